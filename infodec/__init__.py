@@ -1,0 +1,19 @@
+"""infodec: language-model decoding as optimisation, in JAX/Flax.
+
+The curated public API::
+
+    model, params, tokenizer = infodec.load("smollm2-135m")
+    out = infodec.generate(model, params, ["The capital of France is"], infodec.TopP(0.9),
+                           jax.random.key(0), max_new_tokens=32, tokenizer=tokenizer)
+"""
+
+from infodec.decoding import GenerateOutput, compile_count, generate, stream
+from infodec.models.checkpoints import load
+from infodec.policies import (Chain, Epsilon, Eta, Greedy, MinP, Policy, RepetitionPenalty, StepInfo, Temperature,
+                              TopK, TopP, Transform, Typical, chain)
+
+__all__ = [
+    "load", "generate", "stream", "compile_count", "GenerateOutput",
+    "Policy", "Transform", "StepInfo", "Greedy", "Temperature", "TopK", "TopP", "MinP", "Typical", "Epsilon", "Eta",
+    "RepetitionPenalty", "Chain", "chain",
+]

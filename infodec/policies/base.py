@@ -1,0 +1,117 @@
+"""The policy contract and the information diagnostics every policy reports.
+
+A policy maps raw model logits to the log-probabilities of the sampling distribution π::
+
+    policy(logits[B, S, V] or [B, V], step=None) -> (log_pi[B, V], diagnostics: dict[str, Float[B]])
+
+``S`` is the number of streams (1, or 2 for policies that compare the prompt with and without
+evidence: stream 0 with evidence, stream 1 without). Policies are frozen pytree dataclasses: numeric
+fields are traced leaves (a new temperature never recompiles; per-row ``[B]`` arrays are allowed),
+structural fields are static.
+
+Masked (truncated) tokens get the large finite logit ``MASK_VALUE`` rather than ``-inf``, so
+entropies and KLs never see ``0 * inf = NaN``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infodec.models.layers import MASK_VALUE
+
+Array = jax.Array
+Diagnostics = dict[str, Array]
+
+# Temperatures below this are greedy (T5X's convention), avoiding division by ~0.
+MIN_TEMPERATURE = 1e-4
+
+
+@flax.struct.dataclass
+class StepInfo:
+    """What stateful policies may read at a decode step.
+
+    Attributes:
+      context: ``[B, C]`` int32, the prompt and the tokens generated so far (``-1`` where empty).
+      index: int32 scalar, the number of tokens generated so far.
+    """
+
+    context: Array
+    index: Array
+
+
+class Policy:
+    """Base class: subclasses implement ``log_probs`` and may set ``num_streams = 2``."""
+
+    num_streams: ClassVar[int] = 1
+
+    def __call__(self, logits: Array, step: StepInfo | None = None) -> tuple[Array, Diagnostics]:
+        logits = as_streams(logits, self.num_streams, type(self).__name__)
+        log_pi, extra = self.log_probs(logits, step)
+        return log_pi, {**information(log_pi, jax.nn.log_softmax(logits[:, 0])), **extra}
+
+    def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
+        """``logits[B, S, V]`` float32 -> ``(log_pi[B, V], extra diagnostics)``."""
+        raise NotImplementedError
+
+
+class Transform(Policy):
+    """A one-stream logit transform (temperature, truncation, penalty); chains compose them."""
+
+    def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
+        return jax.nn.log_softmax(self.transform(logits[:, 0], step)), {}
+
+    def transform(self, logits: Array, step: StepInfo | None) -> Array:
+        """``logits[B, V]`` -> transformed logits ``[B, V]`` (masked entries at ``MASK_VALUE``)."""
+        raise NotImplementedError
+
+
+def as_streams(logits: Array, num_streams: int, name: str) -> Array:
+    """Accepts ``[B, V]`` (one stream) or ``[B, S, V]`` and returns float32 ``[B, S, V]``."""
+    logits = jnp.asarray(logits)
+    if logits.ndim == 2:
+        logits = logits[:, None, :]
+    if logits.ndim != 3:
+        raise ValueError(f"{name}: logits must be [batch, vocab] or [batch, streams, vocab], got {logits.shape}")
+    if logits.shape[1] < num_streams:
+        raise ValueError(f"{name} needs {num_streams} streams (with and without evidence) but got "
+                         f"{logits.shape[1]}; pass evidence=... to generate()")
+    return logits.astype(jnp.float32)
+
+
+def information(log_pi: Array, log_p: Array) -> Diagnostics:
+    """Entropy ``H(π)`` and ``KL(π ‖ P_G)`` per row (nats), from log-probabilities ``[B, V]``."""
+    pi = jnp.exp(log_pi)
+    entropy = jnp.maximum(-jnp.sum(pi * log_pi, axis=-1), 0.0)
+    kl = jnp.sum(pi * (log_pi - log_p), axis=-1)
+    return {"entropy": entropy, "kl_to_model": jnp.maximum(kl, 0.0)}
+
+
+def per_row(value: Any) -> Array:
+    """A scalar or ``[B]`` parameter as something that broadcasts against ``[B, V]``."""
+    value = jnp.asarray(value, jnp.float32)
+    return value[:, None] if value.ndim == 1 else value
+
+
+def greedy_logits(logits: Array) -> Array:
+    """0 at the first argmax of each row, ``MASK_VALUE`` elsewhere (ties go to the lowest index, as in HF)."""
+    best = jnp.argmax(logits, axis=-1)
+    return jnp.where(jnp.arange(logits.shape[-1]) == best[:, None], 0.0, MASK_VALUE)
+
+
+def check_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
+                high_open: bool = False, allowed: str) -> None:
+    """Raises a clear ValueError if a concrete parameter is outside its range (tracers pass)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        array = np.asarray(value, np.float64)
+    except (TypeError, ValueError):  # pytree internals rebuild policies with placeholder leaves
+        return
+    bad = np.isnan(array) | (array <= low if low_open else array < low) | (array >= high if high_open else array > high)
+    if np.any(bad):
+        raise ValueError(f"{name} must be {allowed}, got {value}")

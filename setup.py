@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="infodec",
+    version="0.1.0",
+    description="Language-model decoding as optimisation: value-function decoders and DAEMON in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["infodec", "infodec.*", "experiments", "experiments.*"]),
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2",
+        "chex>=0.1.87",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "safetensors>=0.4",
+        "tokenizers>=0.20",
+        "gguf>=0.10",
+        "huggingface_hub>=0.24",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # torch is pinned to the CPU build this project tests against; install it first (README).
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "accelerate>=1.0"],
+        "bench": ["torch==2.13.0", "transformers>=4.50", "accelerate>=1.0", "psutil>=5.9"],
+    },
+)
