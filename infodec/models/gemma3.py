@@ -1,0 +1,311 @@
+"""Gemma 3 text models (HF ``Gemma3ForCausalLM``, model_type ``gemma3_text``), e.g. Gemma 3 270M/1B.
+
+Sandwich-norm blocks, every norm Gemma's ``(1 + w)`` RMS norm::
+
+    x += post_attention_norm(attn(input_norm(x)))
+    x += post_feedforward_norm(geglu(pre_feedforward_norm(x)))
+
+Attention has per-head q/k norms and scale ``query_pre_attn_scalar ** -0.5``. Layers are either
+``sliding_attention`` (window ``sliding_window``, local RoPE base, 1e4 for Gemma 3) or
+``full_attention`` (global RoPE base, 1e6, plus optional scaling such as linear x8 for 4B+). Embeddings
+are scaled by ``sqrt(hidden_size)`` and the LM head is tied to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from infodec.models.base import CausalLM, CheckpointMismatchError, checked, stack_layers
+from infodec.models.layers import Attention, GatedMLP, RMSNorm, default_scan_layers, rope_inv_freq, run_layers
+
+HF_MODEL_TYPES = ("gemma3_text",)
+
+LAYER_TYPES = ("sliding_attention", "full_attention")
+# HF's defaults when a config gives no RoPE base (``Gemma3TextConfig.default_theta``).
+DEFAULT_GLOBAL_THETA = 1_000_000.0
+DEFAULT_LOCAL_THETA = 10_000.0
+# Window of full-attention layers when the window is traced (scanned layers): larger than any context.
+NO_WINDOW = np.iinfo(np.int32).max
+
+log = logging.getLogger(__name__)
+
+
+def _rope_items(params: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
+    """RoPE scaling as a hashable tuple of items, None for plain (``default``) RoPE."""
+    params = {key: value for key, value in (params or {}).items() if key != "rope_theta"}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return None
+    return tuple(sorted((key, tuple(value) if isinstance(value, list) else value)
+                        for key, value in params.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Gemma3Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    query_pre_attn_scalar: float
+    sliding_window: int | None
+    layer_types: tuple[str, ...]  # "sliding_attention" / "full_attention", one per layer
+    rope_theta: float  # full-attention (global) layers
+    rope_local_theta: float  # sliding-attention (local) layers
+    max_position_embeddings: int
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # global layers; items, so the config hashes
+    rope_local_scaling: tuple[tuple[str, Any], ...] | None = None
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False
+    hidden_act: str = "gelu_pytorch_tanh"
+    final_logit_softcapping: float | None = None
+    # Applied to attention scores when set. ``from_hf`` leaves it None: HF's Gemma 3 reads the config
+    # field but never passes it to attention, and our logits must equal HF's on the same directory.
+    attn_logit_softcapping: float | None = None
+    scan_layers: bool = False
+    model_type: str = "gemma3_text"
+
+    def __post_init__(self):
+        if len(self.layer_types) != self.num_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if unknown:
+            raise ValueError(f"unsupported Gemma 3 layer types {unknown}; supported: {', '.join(LAYER_TYPES)}")
+
+    @property
+    def is_global(self) -> np.ndarray:
+        """``[num_layers]`` bool, True for full-attention layers."""
+        return np.array([kind == "full_attention" for kind in self.layer_types], dtype=bool)
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> "Gemma3Config":
+        """Reads an HF ``config.json`` dict, in transformers 5's or the older format.
+
+        transformers 5: ``layer_types`` and ``rope_parameters = {"full_attention": {...},
+        "sliding_attention": {...}}``. Older: ``sliding_window_pattern`` (every N-th layer global),
+        ``rope_theta`` + ``rope_scaling`` (global) and ``rope_local_base_freq`` (local).
+        """
+        if hf.get("use_bidirectional_attention"):
+            raise ValueError("Gemma 3 with use_bidirectional_attention (an encoder, e.g. EmbeddingGemma) "
+                             "is not a causal LM and is not supported")
+        heads = hf["num_attention_heads"]
+        layers = hf["num_hidden_layers"]
+        layer_types = hf.get("layer_types")
+        if layer_types is None:
+            pattern = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+            layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                           for i in range(layers)]
+
+        rope = hf.get("rope_parameters") or {}
+        if set(rope) & set(LAYER_TYPES):  # transformers 5: one entry per layer type
+            global_rope = dict(rope.get("full_attention") or {})
+            local_rope = dict(rope.get("sliding_attention") or {})
+        else:  # flat (global) parameters, or none
+            global_rope, local_rope = dict(rope), {}
+        if hf.get("rope_scaling"):  # old format: scaling of the global layers (HF merges it the same way)
+            global_rope.update(hf["rope_scaling"])
+        global_theta = global_rope.get("rope_theta", hf.get("rope_theta", DEFAULT_GLOBAL_THETA))
+        local_theta = local_rope.get("rope_theta", hf.get("rope_local_base_freq", DEFAULT_LOCAL_THETA))
+        if hf.get("attn_logit_softcapping") is not None:
+            log.warning("ignoring attn_logit_softcapping=%s: HF's Gemma3ForCausalLM does not apply it",
+                        hf["attn_logit_softcapping"])
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256),
+            sliding_window=hf.get("sliding_window", 4096),
+            layer_types=tuple(layer_types),
+            rope_theta=float(global_theta),
+            rope_local_theta=float(local_theta),
+            max_position_embeddings=hf.get("max_position_embeddings", 131072),
+            rope_scaling=_rope_items(global_rope),
+            rope_local_scaling=_rope_items(local_rope),
+            tie_word_embeddings=hf.get("tie_word_embeddings", True),
+            attention_bias=hf.get("attention_bias", False),
+            hidden_act=hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh",
+            final_logit_softcapping=hf.get("final_logit_softcapping"),
+            scan_layers=default_scan_layers() if scan_layers is None else scan_layers,
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The HF ``config.json`` (``Gemma3ForCausalLM.from_pretrained`` loads the same directory).
+
+        Written in transformers 5's format, plus the older keys (``rope_theta``, ``rope_local_base_freq``,
+        ``rope_scaling``, ``sliding_window_pattern`` when the layers follow one) older versions read.
+        """
+        global_rope = {"rope_type": "default", **dict(self.rope_scaling or ()), "rope_theta": self.rope_theta}
+        local_rope = {"rope_type": "default", **dict(self.rope_local_scaling or ()),
+                      "rope_theta": self.rope_local_theta}
+        config = {
+            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim, "rms_norm_eps": self.rms_norm_eps,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar, "sliding_window": self.sliding_window,
+            "layer_types": list(self.layer_types),
+            "rope_parameters": {"full_attention": global_rope, "sliding_attention": local_rope},
+            "rope_theta": self.rope_theta, "rope_local_base_freq": self.rope_local_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": self.attention_bias,
+            "hidden_activation": self.hidden_act,
+            "final_logit_softcapping": self.final_logit_softcapping,
+            "attn_logit_softcapping": self.attn_logit_softcapping,
+            "torch_dtype": "float32",
+        }
+        if self.rope_scaling:
+            config["rope_scaling"] = dict(self.rope_scaling)
+        for pattern in range(1, self.num_layers + 1):
+            if self.layer_types == tuple("full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                         for i in range(self.num_layers)):
+                config["sliding_window_pattern"] = pattern
+                break
+        return config
+
+
+def _layer_rope_and_window(c: Gemma3Config, is_global, local_inv_freq, global_inv_freq):
+    """The layer's RoPE frequencies and window: static for a Python bool, selected when traced."""
+    if isinstance(is_global, (bool, np.bool_)):  # unrolled layers
+        if is_global:
+            return global_inv_freq, None
+        return local_inv_freq, c.sliding_window
+    inv_freq = jnp.where(is_global, global_inv_freq, local_inv_freq)
+    window = None if c.sliding_window is None else jnp.where(is_global, NO_WINDOW, c.sliding_window)
+    return inv_freq, window
+
+
+class Gemma3Block(nn.Module):
+    config: Gemma3Config
+
+    @nn.compact
+    def __call__(self, x, kv, layer, *, is_global, positions, k_positions, index, local_inv_freq,
+                 global_inv_freq):
+        c = self.config
+        norm = lambda name: RMSNorm(c.rms_norm_eps, offset=1.0, name=name)  # noqa: E731
+        inv_freq, window = _layer_rope_and_window(c, is_global, local_inv_freq, global_inv_freq)
+        attn = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size,
+                         scale=c.query_pre_attn_scalar ** -0.5, qkv_bias=c.attention_bias,
+                         out_bias=c.attention_bias, qk_norm_eps=c.rms_norm_eps, norm_offset=1.0,
+                         softcap=c.attn_logit_softcapping, name="self_attn")
+        h, kv = attn(norm("input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq, window)
+        x = x + norm("post_attention_layernorm")(h)
+        mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, name="mlp")
+        return x + norm("post_feedforward_layernorm")(mlp(norm("pre_feedforward_layernorm")(x))), kv
+
+
+class Gemma3(nn.Module):
+    config: Gemma3Config
+
+    @nn.compact
+    def __call__(self, tokens, positions, cache):
+        c = self.config
+        embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
+        x = embed(tokens)
+        # HF multiplies by a float32 sqrt(hidden_size) cast to the weights' dtype (55.5, not 55.43, in bf16).
+        x = x * jnp.asarray(np.float32(math.sqrt(c.hidden_size))).astype(x.dtype)
+        index, kv, k_positions = None, None, positions
+        if cache is not None:
+            index = cache.index
+            cache = cache.write_positions(positions)
+            kv, k_positions = (cache.k, cache.v), cache.positions
+        local_inv_freq = rope_inv_freq(c.head_dim, c.rope_local_theta, dict(c.rope_local_scaling or ()) or None)
+        global_inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
+        x, kv = run_layers(Gemma3Block, c, c.scan_layers, x, kv, layer_args={"is_global": c.is_global},
+                           positions=positions, k_positions=k_positions, index=index,
+                           local_inv_freq=local_inv_freq, global_inv_freq=global_inv_freq)
+        x = RMSNorm(c.rms_norm_eps, offset=1.0, name="norm")(x)
+        if c.tie_word_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.Dense(c.vocab_size, use_bias=False, name="lm_head")(x)
+        logits = logits.astype(jnp.float32)
+        if c.final_logit_softcapping is not None:
+            logits = c.final_logit_softcapping * jnp.tanh(logits / c.final_logit_softcapping)
+        if cache is not None:
+            cache = cache.replace(k=kv[0], v=kv[1])
+        return logits, x, cache
+
+
+def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, np.ndarray]) -> dict:
+    """HF ``Gemma3ForCausalLM`` state dict (numpy, ``[out, in]`` linears, norms store ``w``) -> Flax params."""
+    c = config
+    t = {name.removeprefix("model."): value for name, value in tensors.items()}
+    extra = sorted({int(m.group(1)) for name in t if (m := re.match(r"layers\.(\d+)\.", name))
+                    and int(m.group(1)) >= c.num_layers})
+    if extra:
+        raise CheckpointMismatchError(
+            f"checkpoint has weights for layer(s) {extra[:5]}{'...' if len(extra) > 5 else ''} but the config "
+            f"has {c.num_layers} layers (num_hidden_layers): config.json and the weights disagree")
+
+    def dense(name: str, out_dim: int, in_dim: int, bias: bool) -> dict:
+        params = {"kernel": checked(t, f"{name}.weight", (out_dim, in_dim)).T}
+        if bias:
+            params["bias"] = checked(t, f"{name}.bias", (out_dim,))
+        return params
+
+    def norm(name: str, dim: int = c.hidden_size) -> dict:
+        return {"scale": checked(t, f"{name}.weight", (dim,))}
+
+    layers = []
+    q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    bias = c.attention_bias
+    for i in range(c.num_layers):
+        p = f"layers.{i}"
+        layers.append({
+            "input_layernorm": norm(f"{p}.input_layernorm"),
+            "post_attention_layernorm": norm(f"{p}.post_attention_layernorm"),
+            "pre_feedforward_layernorm": norm(f"{p}.pre_feedforward_layernorm"),
+            "post_feedforward_layernorm": norm(f"{p}.post_feedforward_layernorm"),
+            "self_attn": {
+                "q_proj": dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, bias),
+                "k_proj": dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, bias),
+                "v_proj": dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, bias),
+                "o_proj": dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, bias),
+                "q_norm": norm(f"{p}.self_attn.q_norm", c.head_dim),
+                "k_norm": norm(f"{p}.self_attn.k_norm", c.head_dim),
+            },
+            "mlp": {
+                "gate_proj": dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size, False),
+                "up_proj": dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size, False),
+                "down_proj": dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size, False),
+            },
+        })
+    params = {
+        "embed_tokens": {"embedding": checked(t, "embed_tokens.weight", (c.vocab_size, c.hidden_size))},
+        "norm": norm("norm"),
+        **layer_params(layers, c.scan_layers),
+    }
+    if not c.tie_word_embeddings:
+        params["lm_head"] = {"kernel": checked(t, "lm_head.weight", (c.vocab_size, c.hidden_size)).T}
+    return params
+
+
+def layer_params(layers: list[dict], scan: bool) -> dict:
+    """Names per-layer trees as ``run_layers`` expects them."""
+    if scan:
+        return {"layers": {"block": stack_layers(layers)}}
+    return {f"layers_{i}": layer for i, layer in enumerate(layers)}
+
+
+def build(config: Gemma3Config) -> CausalLM:
+    return CausalLM(config, Gemma3)
+
+
+Config = Gemma3Config

@@ -1,0 +1,307 @@
+"""Text <-> token ids, on top of the HF ``tokenizers`` library (Rust; no torch, no transformers).
+
+A :class:`Tokenizer` comes from one of two places:
+
+* :meth:`Tokenizer.from_file`: a ``tokenizer.json``, with the BOS/EOS/PAD conventions read from the
+  HF files beside it (or from our own ``infodec_tokenizer.json``, written by :meth:`Tokenizer.save`).
+* :meth:`Tokenizer.from_gguf`: the vocabulary a GGUF checkpoint carries as metadata, rebuilt the way
+  llama.cpp and transformers' GGUF loader read it. Two kinds are supported: byte-level BPE
+  (``tokenizer.ggml.model == "gpt2"``, e.g. SmolLM2) and SentencePiece BPE (``"llama"``, e.g. Gemma 3).
+  Building the latter derives half a million merges, so callers cache the result with ``save()``.
+
+Encoding never pads or truncates: the backend's padding and truncation are switched off.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as BackendTokenizer
+
+INFODEC_CONFIG = "infodec_tokenizer.json"
+
+# llama.cpp's token types (gguf.TokenType): CONTROL tokens are special (dropped when decoding with
+# skip_special_tokens), USER_DEFINED ones are matched whole in the text but decode as plain text.
+_NORMAL = 1
+_CONTROL = 3
+_USER_DEFINED = 4
+
+# Control tokens that end a turn or a document even when the vocabulary names another token EOS.
+# llama.cpp stops generation on these too (its "end of generation" set).
+_END_OF_GENERATION = frozenset({
+    "<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
+    "<end_of_turn>", "<EOT>",
+})
+
+# The Llama-3 pre-tokenizer split (transformers' integrations/gguf/gguf_tokenizer_mapping.py).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _byte_level_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
+    """How a byte-level vocabulary splits text before BPE, from ``tokenizer.ggml.pre``."""
+    if pre in ("gpt2", "default"):
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pre == "smollm":
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ])
+    if pre in ("llama-bpe", "llama3"):
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    raise ValueError(
+        f"unsupported tokenizer.ggml.pre {pre!r} for a byte-level (gpt2) GGUF vocabulary; "
+        "supported: 'default', 'gpt2', 'smollm', 'llama-bpe', 'llama3'")
+
+
+def _sentencepiece_merges(tokens: Sequence[str], ranks: Sequence[float]) -> list[tuple[str, str]]:
+    """The BPE merges a SentencePiece vocabulary implies (it stores scores, not merges).
+
+    Every way of cutting a token into two vocabulary pieces is a merge producing it. Merges are
+    ordered by the rank of the token they produce (lower first), then longer left piece first, then
+    file order -- the order transformers' ``generate_merges`` gives, so encodings agree with it.
+    """
+    vocab = set(tokens)
+    candidates = []
+    for index, token in enumerate(tokens):
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                # (rank, -cut, index) is unique per merge, so the strings are never compared.
+                candidates.append((ranks[index], -cut, index, left, right))
+    candidates.sort()
+    return [(left, right) for *_, left, right in candidates]
+
+
+class Tokenizer:
+    """A ``tokenizers.Tokenizer`` plus the special-token conventions decoding needs.
+
+    Attributes:
+      backend: the wrapped ``tokenizers.Tokenizer`` (padding and truncation off).
+      bos_id: the beginning-of-sequence id, or None if the vocabulary has none (e.g. BERT).
+      eos_ids: every id that ends generation: the EOS id first, then e.g. Gemma's ``<end_of_turn>``
+        or SmolLM2's ``<|endoftext|>``. Empty when the vocabulary defines no EOS (e.g. BERT).
+      pad_id: the padding id, or None.
+      add_bos: the default of ``encode(..., add_bos=)``. It stands for "add the special tokens this
+        tokenizer adds to a single text": the BOS for decoder LMs, and for a backend whose
+        post-processor inserts tokens itself (BERT's ``[CLS] ... [SEP]``), that post-processor.
+    """
+
+    def __init__(self, backend: BackendTokenizer, *, bos_id: int | None, eos_ids: Iterable[int],
+                 pad_id: int | None, add_bos: bool) -> None:
+        backend.no_padding()
+        backend.no_truncation()
+        self.backend = backend
+        self.bos_id = bos_id
+        self.eos_ids = tuple(dict.fromkeys(eos_ids))
+        self.pad_id = pad_id
+        self.add_bos = add_bos
+        # A post-processor that already puts BOS first (TemplateProcessing, BertProcessing, ...) is
+        # left to do it; otherwise encode() prepends it.
+        self._prepend_bos = bos_id is not None and backend.encode("").ids[:1] != [bos_id]
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @functools.cached_property
+    def special_ids(self) -> frozenset[int]:
+        """Control tokens: the added tokens marked special, plus BOS, EOS and PAD."""
+        special = {i for i, token in self.backend.get_added_tokens_decoder().items() if token.special}
+        special.update(i for i in (self.bos_id, self.pad_id, *self.eos_ids) if i is not None)
+        return frozenset(special)
+
+    # ----------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_file(cls, directory_or_tokenizer_json: str | Path) -> Tokenizer:
+        """Loads a ``tokenizer.json`` (a file, or the directory holding it).
+
+        BOS/EOS/PAD and ``add_bos`` come from ``infodec_tokenizer.json`` beside it when present (an
+        exact copy of what ``save()`` wrote); otherwise from the HF files beside it:
+        ``tokenizer_config.json`` / ``special_tokens_map.json`` (``bos_token``, ``eos_token``,
+        ``pad_token`` as strings or ``{"content": ...}``; ``add_bos_token``), then ``config.json`` /
+        ``generation_config.json`` (``bos_token_id``, ``eos_token_id`` int or list, ``pad_token_id``).
+        Without ``add_bos_token``, ``add_bos`` is whether the backend's post-processor adds tokens,
+        as ``add_special_tokens=True`` does in transformers.
+        """
+        path = Path(directory_or_tokenizer_json)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer.json at {path}")
+        backend = BackendTokenizer.from_file(str(file))
+        ours = _read_json(file.parent / INFODEC_CONFIG)
+        if ours is not None:
+            return cls(backend, bos_id=ours["bos_id"], eos_ids=ours["eos_ids"],
+                       pad_id=ours["pad_id"], add_bos=ours["add_bos"])
+
+        token_configs = [_read_json(file.parent / name) or {}
+                         for name in ("tokenizer_config.json", "special_tokens_map.json")]
+        model_configs = [_read_json(file.parent / name) or {}
+                         for name in ("config.json", "generation_config.json")]
+
+        def ids_of(name: str) -> list[int]:
+            """Ids the configs give for ``name`` ("bos", ...): token strings first, then ids."""
+            found = []
+            for config in token_configs:
+                token = config.get(f"{name}_token")
+                token = token.get("content") if isinstance(token, dict) else token
+                if isinstance(token, str) and (token_id := backend.token_to_id(token)) is not None:
+                    found.append(token_id)
+            for config in model_configs:
+                value = config.get(f"{name}_token_id")
+                values = value if isinstance(value, list) else [value]
+                found.extend(v for v in values if isinstance(v, int))
+            return found
+
+        processor = backend.post_processor
+        adds_tokens = processor is not None and processor.num_special_tokens_to_add(False) > 0
+        add_bos = token_configs[0].get("add_bos_token", adds_tokens)
+        eos_ids = ids_of("eos")
+        if eos_ids:  # a vocabulary with an EOS also stops on its other end-of-generation tokens
+            eos_ids += _end_of_generation_ids(backend)
+        return cls(backend, bos_id=next(iter(ids_of("bos")), None), eos_ids=eos_ids,
+                   pad_id=next(iter(ids_of("pad")), None), add_bos=bool(add_bos))
+
+    @classmethod
+    def from_gguf(cls, reader: gguf.GGUFReader) -> Tokenizer:
+        """Builds the tokenizer a GGUF file describes in its ``tokenizer.ggml.*`` metadata.
+
+        ``model == "gpt2"``: byte-level BPE from ``tokens`` and ``merges``, split per ``pre``.
+        ``model == "llama"``: SentencePiece BPE with byte fallback; the merges are derived from the
+        vocabulary ranked by ``scores`` -- except for Gemma, whose merge order is the file order:
+        its scores follow that order for ordinary tokens, but user-defined ones such as runs of
+        spaces carry a placeholder -1000 that would rank their merges a thousand places too late.
+        Gemma also gets no dummy-prefix space whatever ``add_space_prefix`` says, as in
+        transformers' ``GemmaTokenizer``; other SentencePiece vocabularies get one unless the file
+        says ``add_space_prefix = false``.
+
+        CONTROL tokens become special added tokens and USER_DEFINED ones plain added tokens, so
+        neither is cut up by BPE. ``eos_ids`` is ``eos_token_id`` plus the control tokens llama.cpp
+        also stops on (``<end_of_turn>``, ``<|endoftext|>``, ...). ``add_bos`` follows
+        ``add_bos_token``, defaulting to llama.cpp's choice (False for gpt2, True for llama).
+        """
+        def field(key: str, default: Any = None) -> Any:
+            found = reader.fields.get(f"tokenizer.ggml.{key}")
+            return default if found is None else found.contents()
+
+        kind = field("model")
+        tokens: list[str] = field("tokens")
+        types: list[int] = field("token_type") or [_NORMAL] * len(tokens)
+        if kind == "gpt2":
+            backend = BackendTokenizer(models.BPE(
+                {token: i for i, token in enumerate(tokens)},
+                [tuple(merge.split(" ", 1)) for merge in field("merges")]))
+            backend.pre_tokenizer = _byte_level_pre_tokenizer(field("pre", "default"))
+            backend.decoder = decoders.ByteLevel()
+            add_bos = field("add_bos_token", False)
+        elif kind == "llama":
+            architecture = reader.fields["general.architecture"].contents()
+            gemma = architecture.startswith("gemma")
+            # llama.cpp stores Gemma's runs of spaces with real spaces; SentencePiece spells them "▁".
+            spelled = ["▁" * len(t) if t and not t.strip(" ") else t for t in tokens]
+            ranks = range(len(tokens)) if gemma else [-score for score in field("scores")]
+            unk_id = field("unknown_token_id")
+            backend = BackendTokenizer(models.BPE(
+                {token: i for i, token in enumerate(spelled)}, _sentencepiece_merges(spelled, ranks),
+                unk_token=None if unk_id is None else spelled[unk_id], fuse_unk=True,
+                byte_fallback=True))
+            spaces = normalizers.Replace(" ", "▁")
+            decode_steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+            if field("add_space_prefix", True) and not gemma:
+                # The dummy prefix goes on every stretch of text between added tokens, as in
+                # llama.cpp; decoding strips it from the start of the text.
+                backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), spaces])
+                decode_steps.append(decoders.Strip(" ", 1, 0))
+            else:
+                backend.normalizer = spaces
+            backend.decoder = decoders.Sequence(decode_steps)
+            # Respelled runs of spaces are not added tokens (as in transformers): they are built by
+            # their merges, which the file order ranks first anyway.
+            types = [t if token == s else _NORMAL for token, s, t in zip(tokens, spelled, types)]
+            add_bos = field("add_bos_token", True)
+        else:
+            raise ValueError(f"unsupported GGUF tokenizer.ggml.model {kind!r}; supported: "
+                             "'gpt2' (byte-level BPE), 'llama' (SentencePiece BPE)")
+
+        backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
+                                    for token, t in zip(tokens, types) if t == _CONTROL])
+        backend.add_tokens([AddedToken(token, special=False, normalized=False)
+                            for token, t in zip(tokens, types) if t == _USER_DEFINED])
+        eos_id = field("eos_token_id")
+        return cls(backend, bos_id=field("bos_token_id"),
+                   eos_ids=([] if eos_id is None else [eos_id]) + _end_of_generation_ids(backend),
+                   pad_id=field("padding_token_id"), add_bos=bool(add_bos))
+
+    def save(self, directory: str | Path) -> None:
+        """Writes ``tokenizer.json`` and ``infodec_tokenizer.json``; ``from_file`` reads both back."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        config = {"bos_id": self.bos_id, "eos_ids": list(self.eos_ids), "pad_id": self.pad_id,
+                  "add_bos": self.add_bos}
+        (directory / INFODEC_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+    # ---------------------------------------------------------------------------------- encoding
+
+    def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
+        """Token ids of ``text``; ``add_bos`` (default ``self.add_bos``) adds BOS / special tokens."""
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        return self.encode_batch([text], add_bos=add_bos)[0]
+
+    def encode_batch(self, texts: Iterable[str], *, add_bos: bool | None = None) -> list[list[int]]:
+        """``encode`` of each text (unpadded, so the lists may differ in length)."""
+        if isinstance(texts, str):
+            raise ValueError("encode_batch expects a list of str, got one str")
+        texts = list(texts)
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError("encode_batch expects a list of str")
+        add = self.add_bos if add_bos is None else add_bos
+        encodings = self.backend.encode_batch(texts, add_special_tokens=add)
+        prefix = [self.bos_id] if add and self._prepend_bos else []
+        return [prefix + encoding.ids for encoding in encodings]
+
+    def decode(self, ids: Sequence[int] | np.ndarray, *, skip_special_tokens: bool = True) -> str:
+        """Text of a 1-D sequence of ids (list, numpy or jax array); drops control tokens by default."""
+        return self.backend.decode(self._id_list(ids), skip_special_tokens=skip_special_tokens)
+
+    def decode_batch(self, batch: Iterable[Sequence[int]] | np.ndarray, *,
+                     skip_special_tokens: bool = True) -> list[str]:
+        """``decode`` of each row of ``batch`` (a list of id sequences or a 2-D array)."""
+        return self.backend.decode_batch([self._id_list(row) for row in batch],
+                                         skip_special_tokens=skip_special_tokens)
+
+    def _id_list(self, ids: Sequence[int] | np.ndarray) -> list[int]:
+        array = np.asarray(ids)
+        if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"expected a 1-D sequence of int ids, got shape {array.shape} "
+                             f"of {array.dtype}")
+        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got "
+                             f"{array.min()}..{array.max()}")
+        return array.tolist()
+
+
+def _end_of_generation_ids(backend: BackendTokenizer) -> list[int]:
+    """Ids of the special tokens named in ``_END_OF_GENERATION``."""
+    return [i for i, token in sorted(backend.get_added_tokens_decoder().items())
+            if token.special and token.content in _END_OF_GENERATION]
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
