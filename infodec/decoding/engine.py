@@ -195,7 +195,8 @@ def _initial_state(logits, cache, positions, tokens, key, buffer, num_samples, p
                                  jax.ShapeDtypeStruct((1, context.shape[1]), jnp.int32))
     zeros = lambda: jnp.zeros((rows, buffer), jnp.float32)  # noqa: E731  (distinct buffers: all donated)
     return DecodeState(
-        step=jnp.int32(0), key=key, cache=cache, logits=repeat(logits)[:, None, :],
+        # A copy: the state is donated to the decode loop, which would otherwise delete the caller's key.
+        step=jnp.int32(0), key=jnp.copy(key), cache=cache, logits=repeat(logits)[:, None, :],
         next_position=repeat(jnp.max(positions, axis=1) + 1),
         done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), context=repeat(context),
         tokens=jnp.zeros((rows, buffer), jnp.int32), logp_model=zeros(), logp_policy=zeros(),

@@ -1,0 +1,53 @@
+r"""Generate continuations of a prompt with any infodec policy.
+
+    python -m experiments.generate --prompt="The capital of France is" --policy=top_p --top_p=0.9 \
+        --temperature=0.8 --num_samples=3 --seed=0
+"""
+
+import time
+
+import jax
+from absl import app, flags
+
+import infodec
+from infodec.policies import named
+
+_MODEL = flags.DEFINE_string("model", "smollm2-135m", "Registry name, HF directory, .gguf file or hub id.")
+_PROMPT = flags.DEFINE_multi_string("prompt", ["The history of the printing press begins"],
+                                    "Prompt text (repeat the flag for a batch).")
+_POLICY = flags.DEFINE_enum("policy", "top_p", named.NAMES, "Decoding policy.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Temperature (0 = greedy), applied before truncation.")
+_TOP_K = flags.DEFINE_integer("top_k", 50, "k for --policy=top_k.")
+_TOP_P = flags.DEFINE_float("top_p", 0.9, "p for --policy=top_p.")
+_MIN_P = flags.DEFINE_float("min_p", 0.05, "p for --policy=min_p.")
+_TYPICAL_P = flags.DEFINE_float("typical_p", 0.9, "mass for --policy=typical.")
+_EPSILON = flags.DEFINE_float("epsilon", 3e-4, "cut-off for --policy=epsilon.")
+_ETA = flags.DEFINE_float("eta", 3e-4, "cut-off for --policy=eta.")
+_REPETITION_PENALTY = flags.DEFINE_float("repetition_penalty", 1.0, "CTRL repetition penalty (1 = off).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 3, "Continuations per prompt.", lower_bound=1)
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 48, "Tokens to generate.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    policy = named.build(_POLICY.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+                         min_p=_MIN_P.value, typical_p=_TYPICAL_P.value, epsilon=_EPSILON.value, eta=_ETA.value,
+                         repetition_penalty=_REPETITION_PENALTY.value)
+    model, params, tokenizer = infodec.load(_MODEL.value)
+    start = time.perf_counter()
+    out = infodec.generate(model, params, _PROMPT.value, policy, jax.random.key(_SEED.value),
+                           max_new_tokens=_MAX_NEW_TOKENS.value, tokenizer=tokenizer,
+                           num_samples=_NUM_SAMPLES.value)
+    seconds = time.perf_counter() - start
+    for row, text in enumerate(out.text):
+        prompt = _PROMPT.value[row // _NUM_SAMPLES.value]
+        entropy = out.diagnostics["entropy"][row, :out.lengths[row]].mean()
+        print(f"--- prompt {row // _NUM_SAMPLES.value}, sample {row % _NUM_SAMPLES.value} "
+              f"({out.lengths[row]} tokens, mean entropy {entropy:.2f} nats)\n{prompt}{text}\n")
+    print(f"{int(out.lengths.sum())} tokens in {seconds:.1f} s (first call includes compilation)")
+
+
+if __name__ == "__main__":
+    app.run(main)
