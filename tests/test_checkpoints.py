@@ -196,3 +196,14 @@ def test_minilm_registry_model_encodes(minilm_dir):
     embedding = encoder.encode(params, np.asarray([ids]), np.ones((1, len(ids)), int))
     assert embedding.shape == (1, 384)
     assert abs(float(jnp.linalg.norm(embedding)) - 1.0) < 1e-5
+
+
+def test_bfloat16_checkpoint_is_widened_exactly(tmp_path):
+    from tests.hf_tiny import hf_logits
+
+    hf_model = save_tiny_llama(tmp_path).to(torch.bfloat16)
+    hf_model.save_pretrained(tmp_path)
+    model, params, _ = infodec.load(tmp_path)
+    tokens = np.random.RandomState(0).randint(0, 97, (2, 8))
+    logits, _ = model.apply(params, tokens, np.broadcast_to(np.arange(8), (2, 8)))
+    assert np.abs(np.asarray(logits) - hf_logits(hf_model.float(), tokens)).max() < 1e-4
