@@ -7,13 +7,13 @@ The curated public API::
                            jax.random.key(0), max_new_tokens=32, tokenizer=tokenizer)
 """
 
-from infodec.decoding import GenerateOutput, compile_count, generate, stream
+from infodec.decoding import GenerateOutput, beam_search, compile_count, contrastive_search, generate, stream
 from infodec.models.checkpoints import load
 from infodec.policies import (Chain, Epsilon, Eta, Greedy, MinP, Policy, RepetitionPenalty, StepInfo, Temperature,
                               TopK, TopP, Transform, Typical, chain)
 
 __all__ = [
-    "load", "generate", "stream", "compile_count", "GenerateOutput",
+    "load", "generate", "stream", "beam_search", "contrastive_search", "compile_count", "GenerateOutput",
     "Policy", "Transform", "StepInfo", "Greedy", "Temperature", "TopK", "TopP", "MinP", "Typical", "Epsilon", "Eta",
     "RepetitionPenalty", "Chain", "chain",
 ]
