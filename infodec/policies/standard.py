@@ -38,6 +38,12 @@ class Temperature(Transform):
     def __post_init__(self):
         check_range("temperature", self.temperature, 0.0, float("inf"), allowed="a number >= 0 (0 = greedy)")
 
+    def as_value_policy(self):
+        """The same policy as a value function: ``ValuePolicy(β=1, γ=T−1)`` (for T > 0)."""
+        from infodec.policies.value import ValuePolicy  # value.py builds on this module
+
+        return ValuePolicy(beta=1.0, gamma=jnp.asarray(self.temperature) - 1.0)
+
     def transform(self, logits: Array, step: StepInfo | None) -> Array:
         t = per_row(self.temperature)
         scaled = logits / jnp.maximum(t, MIN_TEMPERATURE)
@@ -71,11 +77,12 @@ class TopP(Transform):
 
     def __post_init__(self):
         check_range("top_p", self.p, 0.0, 1.0, allowed="in [0, 1]")
+        check_min_tokens(self.min_tokens_to_keep)
 
     def transform(self, logits: Array, step: StepInfo | None) -> Array:
         probs = jax.nn.softmax(logits, axis=-1)
         p = jnp.broadcast_to(jnp.asarray(self.p, jnp.float32), logits.shape[:1])
-        keep = mass_prefix_keep(logits, probs, p)
+        keep = mass_prefix_keep(logits, probs, p) | (p >= 1)[:, None]  # rounded prefix sums may reach 1 early
         return _keep_at_least(logits, keep, self.min_tokens_to_keep)
 
 
@@ -88,6 +95,7 @@ class MinP(Transform):
 
     def __post_init__(self):
         check_range("min_p", self.p, 0.0, 1.0, allowed="in [0, 1]")
+        check_min_tokens(self.min_tokens_to_keep)
 
     def transform(self, logits: Array, step: StepInfo | None) -> Array:
         probs = jax.nn.softmax(logits, axis=-1)
@@ -108,6 +116,7 @@ class Typical(Transform):
 
     def __post_init__(self):
         check_range("typical_p", self.p, 0.0, 1.0, low_open=True, high_open=True, allowed="in (0, 1)")
+        check_min_tokens(self.min_tokens_to_keep)
 
     def transform(self, logits: Array, step: StepInfo | None) -> Array:
         log_probs = jax.nn.log_softmax(logits, axis=-1)
@@ -131,6 +140,7 @@ class Epsilon(Transform):
 
     def __post_init__(self):
         check_range("epsilon", self.epsilon, 0.0, 1.0, low_open=True, high_open=True, allowed="in (0, 1)")
+        check_min_tokens(self.min_tokens_to_keep)
 
     def transform(self, logits: Array, step: StepInfo | None) -> Array:
         keep = jax.nn.softmax(logits, axis=-1) >= per_row(self.epsilon)
@@ -146,6 +156,7 @@ class Eta(Transform):
 
     def __post_init__(self):
         check_range("eta", self.epsilon, 0.0, 1.0, low_open=True, high_open=True, allowed="in (0, 1)")
+        check_min_tokens(self.min_tokens_to_keep)
 
     def transform(self, logits: Array, step: StepInfo | None) -> Array:
         log_probs = jax.nn.log_softmax(logits, axis=-1)
@@ -197,6 +208,11 @@ def chain(*transforms: Transform) -> Chain:
             raise TypeError(f"chain() takes one-stream transforms (Temperature, TopK, TopP, ...), got "
                             f"{type(transform).__name__}")
     return Chain(tuple(transforms))
+
+
+def check_min_tokens(min_tokens_to_keep: int) -> None:
+    if not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+        raise ValueError(f"min_tokens_to_keep must be an integer >= 1, got {min_tokens_to_keep!r}")
 
 
 # --- sort-free thresholds ---------------------------------------------------------------------------
