@@ -27,7 +27,8 @@ def tiny_llama(seed: int = 0, scale: float = 2.0):
                             max_position_embeddings=MAX_LENGTH, scan_layers=False)
     model = llama.build(cfg)
     tokens = jnp.zeros((1, 4), jnp.int32)
-    params = model.module(cfg).init(jax.random.key(seed), tokens, jnp.arange(4)[None], None)["params"]
+    init = jax.jit(model.module(cfg).init)  # one compilation instead of op-by-op dispatch
+    params = init(jax.random.key(seed), tokens, jnp.arange(4)[None], None)["params"]
     params = dict(params)
     params["embed_tokens"] = {"embedding": params["embed_tokens"]["embedding"] * scale}
     params["lm_head"] = {"kernel": params["lm_head"]["kernel"] * scale}
@@ -35,70 +36,85 @@ def tiny_llama(seed: int = 0, scale: float = 2.0):
 
 
 class Reference:
-    """Cache-free next-token logits of a model, memoised per context."""
+    """Cache-free next-token logits of a model (full-sequence ``model.apply``), memoised per context.
+
+    Contexts are right-padded to ``WIDTH`` tokens and batched in blocks of ``ROWS`` so every call has
+    one shape (one compilation): under the causal mask, the logits at position ``len - 1`` do not
+    depend on the padding after it.
+    """
+
+    WIDTH = 32
+    ROWS = 64
 
     def __init__(self, model, params):
         self.model, self.params = model, params
-        self._apply = jax.jit(lambda p, t: model.apply(p, t, jnp.broadcast_to(jnp.arange(t.shape[1]), t.shape))[0])
+        positions = jnp.broadcast_to(jnp.arange(self.WIDTH), (self.ROWS, self.WIDTH))
+        self._apply = jax.jit(lambda p, t: model.apply(p, t, positions)[0])
         self._memo: dict[tuple[int, ...], np.ndarray] = {}
 
-    def logits(self, context) -> np.ndarray:
-        """``[V]`` float32 next-token logits after ``context`` (a sequence of token ids)."""
-        context = tuple(int(t) for t in context)
-        if context not in self._memo:
-            self._memo[context] = np.asarray(self._apply(self.params, jnp.asarray([context], jnp.int32))[0, -1])
-        return self._memo[context]
+    def batch_logits(self, contexts) -> np.ndarray:
+        """``[len(contexts), V]`` float32 next-token logits after each context (sequences of ids)."""
+        contexts = [tuple(int(t) for t in c) for c in contexts]
+        todo = sorted({c for c in contexts if c not in self._memo})
+        for start in range(0, len(todo), self.ROWS):
+            block = todo[start:start + self.ROWS]
+            tokens = np.zeros((self.ROWS, self.WIDTH), np.int32)
+            for row, c in enumerate(block):
+                assert 0 < len(c) <= self.WIDTH, len(c)
+                tokens[row, :len(c)] = c
+            out = np.asarray(self._apply(self.params, jnp.asarray(tokens)))
+            for row, c in enumerate(block):
+                self._memo[c] = out[row, len(c) - 1]
+        return np.stack([self._memo[c] for c in contexts])
 
-    def batch_logits(self, contexts) -> None:
-        """Fills the memo for many same-length contexts with one call."""
-        contexts = [tuple(int(t) for t in c) for c in contexts if tuple(c) not in self._memo]
-        if not contexts:
-            return
-        out = np.asarray(self._apply(self.params, jnp.asarray(contexts, jnp.int32))[:, -1])
-        for c, row in zip(contexts, out):
-            self._memo[c] = row
+    def logits(self, context) -> np.ndarray:
+        """``[V]`` float32 next-token logits after ``context``."""
+        return self.batch_logits([context])[0]
 
     def log_model(self, context) -> np.ndarray:
         """``[V]`` log P_G(. | context) in float64."""
         x = self.logits(context).astype(np.float64)
         return x - np.logaddexp.reduce(x)
 
-    def greedy(self, prompt, steps: int) -> list[int]:
-        """Greedy continuation by full-sequence recomputation at every step (first argmax on ties)."""
-        context = list(prompt)
+    def greedy(self, prompts, steps: int) -> np.ndarray:
+        """``[B, steps]`` greedy continuations, recomputing the full sequence at every step (first
+        argmax on ties, as ``Greedy``)."""
+        contexts = [list(p) for p in prompts]
         for _ in range(steps):
-            context.append(int(np.argmax(self.logits(context))))
-        return context[len(prompt):]
+            best = np.argmax(self.batch_logits(contexts), axis=-1)
+            for context, token in zip(contexts, best):
+                context.append(int(token))
+        return np.array([c[len(p):] for c, p in zip(contexts, prompts)])
 
 
 def policy_log_probs(policy, logits: np.ndarray) -> np.ndarray:
-    """``[V]`` log π for one row of logits, in float64 (masked entries are ~-1e30)."""
-    log_pi, _ = policy(jnp.asarray(logits, jnp.float32)[None])
-    log_pi = np.asarray(log_pi[0], np.float64)
-    return log_pi - np.logaddexp.reduce(log_pi)
+    """``[..., V]`` log π of rows of logits, in float64 (masked entries are ~-1e30)."""
+    logits = np.asarray(logits, np.float32)
+    log_pi, _ = policy(jnp.asarray(logits.reshape(-1, logits.shape[-1])))
+    log_pi = np.asarray(log_pi, np.float64).reshape(logits.shape)
+    return log_pi - np.logaddexp.reduce(log_pi, axis=-1, keepdims=True)
 
 
 def exact_sequences(ref: Reference, policy, prompt, horizon: int):
-    """Enumerates every continuation of ``horizon`` tokens.
+    """Enumerates every continuation of ``horizon`` tokens (lexicographic order).
 
     Returns ``(seqs [V**H, H] int, prob [V**H], log_pi [V**H, H], log_p [V**H, H])`` where
-    ``prob = Π π(y_t | prompt, y_<t)`` and the per-step log π and log P_G of each token.
+    ``prob = Π_t π(y_t | prompt, y_<t)`` and the per-step log π and log P_G of each token. Each step
+    applies the policy once to the logits of all ``V**t`` prefixes.
     """
-    prompt = list(prompt)
+    prompt = [int(t) for t in prompt]
     seqs = np.array(list(itertools.product(range(VOCAB), repeat=horizon)), np.int64)
     log_pi = np.zeros(seqs.shape, np.float64)
     log_p = np.zeros(seqs.shape, np.float64)
     for t in range(horizon):
-        prefixes = sorted({tuple(s[:t]) for s in seqs})
-        ref.batch_logits([prompt + list(p) for p in prefixes])
-        step_pi, step_p = {}, {}
-        for prefix in prefixes:
-            logits = ref.logits(prompt + list(prefix))
-            step_pi[prefix] = policy_log_probs(policy, logits)
-            step_p[prefix] = ref.log_model(prompt + list(prefix))
-        for i, s in enumerate(seqs):
-            log_pi[i, t] = step_pi[tuple(s[:t])][s[t]]
-            log_p[i, t] = step_p[tuple(s[:t])][s[t]]
+        prefixes = [tuple(p) for p in itertools.product(range(VOCAB), repeat=t)]  # lexicographic too
+        logits = ref.batch_logits([prompt + list(p) for p in prefixes])  # [V**t, V]
+        step_pi = policy_log_probs(policy, logits)
+        step_p = logits.astype(np.float64) - np.logaddexp.reduce(logits.astype(np.float64), axis=-1,
+                                                                 keepdims=True)
+        prefix_index = sequence_index(seqs[:, :t]) if t else np.zeros(len(seqs), np.int64)
+        log_pi[:, t] = step_pi[prefix_index, seqs[:, t]]
+        log_p[:, t] = step_p[prefix_index, seqs[:, t]]
     prob = np.exp(log_pi.sum(1))
     return seqs, prob, log_pi, log_p
 

@@ -69,7 +69,8 @@ def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, 
     state, prompt_tokens = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer,
                                           stop_tokens, num_samples, chunk, pad_id)
     stops = _stop_array(stop_tokens, tokenizer)
-    state = _decode_loop(model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id)
+    state = _decode_loop(model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id,
+                         policy_structure(policy))
     return _output(state, prompt_tokens, max_new_tokens, tokenizer)
 
 
@@ -88,7 +89,7 @@ def stream(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *,
         start = int(state.step)
         if start >= max_new_tokens or bool(np.all(np.asarray(state.done))):
             return
-        state = _decode_chunk(model, params, policy, state, stops, limit, chunk, pad_id)
+        state = _decode_chunk(model, params, policy, state, stops, limit, chunk, pad_id, policy_structure(policy))
         stop = min(int(state.step), max_new_tokens)
         yield np.asarray(state.tokens[:, start:stop])
 
@@ -210,7 +211,7 @@ def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> 
     rows, streams, _ = state.logits.shape
     log_pi, diagnostics = policy(state.logits, StepInfo(state.context, state.step))
     keys = jax.random.split(jax.random.fold_in(state.key, state.step), rows)
-    token = jax.vmap(jax.random.categorical)(keys, log_pi).astype(jnp.int32)
+    token = sample(keys, log_pi)
     token = jnp.where(state.done, pad_id, token)
     log_p = jax.nn.log_softmax(state.logits[:, 0])
     pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]  # noqa: E731
@@ -238,6 +239,18 @@ def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> 
                      for name, buf in state.diagnostics.items()})
 
 
+def sample(keys: Array, log_pi: Array) -> Array:
+    """One token per row from ``log_pi[N, V]`` by inverting the CDF with one uniform per row.
+
+    Exact like Gumbel-max, but draws N random numbers instead of N x V (the threefry draws dominated
+    sampling at batch 25 on CPU). Zero-probability tokens are never chosen: ``u > 0`` and a token is
+    picked only where the CDF strictly rises past ``u``.
+    """
+    cdf = jnp.cumsum(jnp.exp(log_pi), axis=-1)
+    u = (1.0 - jax.vmap(jax.random.uniform)(keys)) * cdf[:, -1]  # in (0, total]
+    return jnp.minimum(jnp.sum(cdf < u[:, None], axis=-1), log_pi.shape[-1] - 1).astype(jnp.int32)
+
+
 def _chunk(model, params, policy, state, stops, max_new, chunk, pad_id):
     def body(carry, _):
         return _step(model, params, policy, carry, stops, max_new, pad_id), None
@@ -245,7 +258,21 @@ def _chunk(model, params, policy, state, stops, max_new, chunk, pad_id):
     return jax.lax.scan(body, state, None, length=chunk)[0]
 
 
-def _decode_loop_impl(model, params, policy, state, stops, max_new, chunk, pad_id):
+def policy_structure(policy: Policy) -> tuple:
+    """The policy's pytree structure *with the class of every node*: a jit-static cache key.
+
+    jax's treedefs of ``register_dataclass`` nodes (what ``flax.struct.dataclass`` uses) compare equal
+    across classes with the same field layout (``MinP`` == ``Epsilon``, ``Temperature`` == ``TopK``),
+    so when two such entries meet in jit's cache one policy can be served the other's compiled code.
+    Passing this key as a static argument keeps policies of different classes apart.
+    """
+    def key(treedef):
+        return treedef.node_data(), tuple(key(child) for child in treedef.children())
+
+    return key(jax.tree.structure(policy))
+
+
+def _decode_loop_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure):
     _TRACES["decode_loop"] += 1
 
     def keep_going(s):
@@ -255,13 +282,14 @@ def _decode_loop_impl(model, params, policy, state, stops, max_new, chunk, pad_i
                               lambda s: _chunk(model, params, policy, s, stops, max_new, chunk, pad_id), state)
 
 
-def _decode_chunk_impl(model, params, policy, state, stops, max_new, chunk, pad_id):
+def _decode_chunk_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure):
     _TRACES["decode_chunk"] += 1
     return _chunk(model, params, policy, state, stops, max_new, chunk, pad_id)
 
 
-_decode_loop = jax.jit(_decode_loop_impl, static_argnums=(0, 6, 7), donate_argnums=3)
-_decode_chunk = jax.jit(_decode_chunk_impl, static_argnums=(0, 6, 7), donate_argnums=3)
+# ``structure`` (argument 8) is unused in the body: it only keys the compiled code (policy_structure).
+_decode_loop = jax.jit(_decode_loop_impl, static_argnums=(0, 6, 7, 8), donate_argnums=3)
+_decode_chunk = jax.jit(_decode_chunk_impl, static_argnums=(0, 6, 7, 8), donate_argnums=3)
 
 
 def _output(state: DecodeState, prompt_tokens, max_new_tokens, tokenizer) -> GenerateOutput:
