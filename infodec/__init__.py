@@ -9,11 +9,15 @@ The curated public API::
 
 from infodec.decoding import GenerateOutput, beam_search, compile_count, contrastive_search, generate, stream
 from infodec.models.checkpoints import load
-from infodec.policies import (Chain, Epsilon, Eta, Greedy, MinP, Policy, RepetitionPenalty, StepInfo, Temperature,
-                              TopK, TopP, Transform, Typical, chain)
+from infodec.policies import (PMI, Chain, ClassifierFreeGuidance, DynamicValuePolicy, Epsilon, Eta, FunctionScore,
+                              Greedy, HalfLifeSchedule, KLGuidedTemperature, MinP, Policy, RepetitionPenalty,
+                              SigmoidSchedule, StepInfo, Temperature, TopK, TopP, Transform, Typical, ValuePolicy,
+                              chain)
 
 __all__ = [
     "load", "generate", "stream", "beam_search", "contrastive_search", "compile_count", "GenerateOutput",
     "Policy", "Transform", "StepInfo", "Greedy", "Temperature", "TopK", "TopP", "MinP", "Typical", "Epsilon", "Eta",
     "RepetitionPenalty", "Chain", "chain",
+    "ValuePolicy", "PMI", "FunctionScore", "ClassifierFreeGuidance", "KLGuidedTemperature", "DynamicValuePolicy",
+    "HalfLifeSchedule", "SigmoidSchedule",
 ]

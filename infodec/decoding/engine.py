@@ -53,21 +53,19 @@ def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, 
       key: a PRNG key; step ``t`` of row ``n`` uses its own key derived from it.
       max_new_tokens: tokens to generate per row (a row stops earlier at a stop token).
       tokenizer: to encode string prompts and decode the output text.
-      evidence: reserved for two-stream policies (see ``infodec.policies``).
+      evidence: for two-stream policies, one evidence text (or token list) per prompt. Stream 0 reads
+        evidence followed by the prompt, stream 1 the prompt alone; both are left-padded to one bucket
+        so they are aligned at the decode position, run as 2B rows of one forward call, and both
+        receive the sampled token. Stopping follows the tokens, which the streams share.
       stop_tokens: ids that end a row; default: the tokenizer's end-of-generation ids (none without a
         tokenizer); None or () for none.
       num_samples: continuations per prompt (rows ``prompt * num_samples + sample``).
       chunk: decode steps per ``lax.scan`` between checks that every row is done.
       pad_id: token id written after a row is done.
     """
-    if policy.num_streams == 2 and evidence is None:
-        raise ValueError(f"{type(policy).__name__} compares the prompt with and without evidence: "
-                         "pass evidence=... to generate()")
-    if policy.num_streams == 1 and evidence is not None:
-        raise ValueError(f"{type(policy).__name__} is a one-stream policy; evidence is only used by "
-                         "two-stream policies (num_streams == 2)")
-    state, prompt_tokens = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer,
-                                          stop_tokens, num_samples, chunk, pad_id)
+    policy = canonical_policy(policy)
+    state, prompt_tokens = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens,
+                                  num_samples, chunk, pad_id, evidence)
     stops = _stop_array(stop_tokens, tokenizer)
     state = _decode_loop(model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id,
                          policy_structure(policy))
@@ -75,14 +73,15 @@ def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, 
 
 
 def stream(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *, max_new_tokens: int,
-           tokenizer=None, stop_tokens=..., num_samples: int = 1, chunk: int = 1,
+           tokenizer=None, evidence=None, stop_tokens=..., num_samples: int = 1, chunk: int = 1,
            pad_id: int = 0) -> Iterator[np.ndarray]:
     """Like ``generate`` but yields the new tokens ``[N, k]`` after every ``chunk`` steps (1 by default).
 
     Rows that are done yield ``pad_id``. Same compiled step as ``generate``; the host sees each chunk.
     """
+    policy = canonical_policy(policy)
     state, _ = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens,
-                         num_samples, chunk, pad_id)
+                      num_samples, chunk, pad_id, evidence)
     stops = _stop_array(stop_tokens, tokenizer)
     limit = jnp.int32(max_new_tokens)
     while True:
@@ -96,10 +95,29 @@ def stream(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *,
 
 # --- set-up -----------------------------------------------------------------------------------------
 
-def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens, num_samples,
-           chunk, pad_id):
+def canonical_policy(policy: Policy) -> Policy:
+    """Numeric leaves as float32 arrays, so ``Temperature(1)`` after ``Temperature(0.7)`` (an int after a
+    float) reuses the compiled loop; integer fields such as top-k are cast back where they are used."""
     if not isinstance(policy, Policy):
         raise TypeError(f"policy must be an infodec Policy, got {type(policy).__name__}")
+
+    def canonical(leaf):
+        if isinstance(leaf, (bool, np.bool_)) or jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+            return leaf
+        return jnp.asarray(leaf, jnp.float32)
+
+    return jax.tree.map(canonical, policy)
+
+
+def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens, num_samples,
+           chunk, pad_id, evidence):
+    streams = policy.num_streams
+    if streams == 2 and evidence is None:
+        raise ValueError(f"{type(policy).__name__} compares the prompt with and without evidence: "
+                         "pass evidence=... to generate()")
+    if streams == 1 and evidence is not None:
+        raise ValueError(f"{type(policy).__name__} is a one-stream policy; evidence is only used by "
+                         "two-stream policies (num_streams == 2)")
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
@@ -107,6 +125,13 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     token_lists = encode_prompts(prompts, tokenizer)
+    if streams == 2:
+        evidence_lists = encode_prompts(evidence, tokenizer)
+        if len(evidence_lists) != len(token_lists):
+            raise ValueError(f"got {len(evidence_lists)} evidence entries for {len(token_lists)} prompts; "
+                             "pass one per prompt")
+        # Model rows 2n (evidence + prompt) and 2n + 1 (prompt alone).
+        token_lists = [row for ev, ids in zip(evidence_lists, token_lists) for row in (ev + ids, ids)]
     longest = max(len(t) for t in token_lists)
     if longest + max_new_tokens > model.max_length:
         raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
@@ -118,8 +143,9 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_
     logits, cache = _prefill(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
     state = _initial_state(logits, cache, jnp.asarray(positions), jnp.asarray(tokens), key, buffer,
                            num_samples, policy)
-    prompt_tokens = np.full((len(token_lists), longest), -1, np.int32)
-    for row, ids in enumerate(token_lists):
+    conditioned = token_lists[::streams]  # what stream 0 (the anchor) read
+    prompt_tokens = np.full((len(conditioned), max(len(t) for t in conditioned)), -1, np.int32)
+    for row, ids in enumerate(conditioned):
         prompt_tokens[row, :len(ids)] = ids
     return state, np.repeat(prompt_tokens, num_samples, axis=0)
 
@@ -183,25 +209,36 @@ _prefill = jax.jit(_prefill_impl, static_argnums=0, donate_argnums=4)
 
 
 def _initial_state(logits, cache, positions, tokens, key, buffer, num_samples, policy) -> DecodeState:
-    rows = logits.shape[0] * num_samples
-    repeat = lambda x: jnp.repeat(x, num_samples, axis=0) if num_samples > 1 else x  # noqa: E731
-    if num_samples > 1:
-        cache = cache.replace(k=jnp.repeat(cache.k, num_samples, axis=1),
-                              v=jnp.repeat(cache.v, num_samples, axis=1),
-                              positions=repeat(cache.positions))
-    context = jnp.concatenate([jnp.where(positions >= 0, tokens, -1),
-                               jnp.full((tokens.shape[0], buffer), -1, jnp.int32)], axis=1)
-    diagnostics = jax.eval_shape(lambda x, c: policy(x, StepInfo(c, jnp.int32(0)))[1],
-                                 jax.ShapeDtypeStruct((1, policy.num_streams, logits.shape[-1]), jnp.float32),
-                                 jax.ShapeDtypeStruct((1, context.shape[1]), jnp.int32))
+    """The state after prefill. Model rows come in groups of ``S`` streams per prompt; ``num_samples``
+    copies of each group are made by broadcasting the prefilled cache (no second prefill)."""
+    streams = policy.num_streams
+
+    def repeat(x, axis=0):  # [P * S, ...] -> [P * M * S, ...], copying each prompt's group of streams
+        if num_samples == 1:
+            return x
+        grouped = x.reshape(*x.shape[:axis], -1, streams, *x.shape[axis + 1:])
+        grouped = jnp.repeat(grouped, num_samples, axis=axis)
+        return grouped.reshape(*x.shape[:axis], -1, *x.shape[axis + 1:])
+
+    cache = cache.replace(k=repeat(cache.k, 1), v=repeat(cache.v, 1), positions=repeat(cache.positions))
+    anchor = slice(0, None, streams)  # stream 0 rows: what the context (and repetition penalties) see
+    context = jnp.concatenate([jnp.where(positions[anchor] >= 0, tokens[anchor], -1),
+                               jnp.full((tokens.shape[0] // streams, buffer), -1, jnp.int32)], axis=1)
+    context = jnp.repeat(context, num_samples, axis=0)
+    logits = repeat(logits).reshape(-1, streams, logits.shape[-1])
+    rows = logits.shape[0]
+    names = jax.eval_shape(lambda x, c: policy(x, StepInfo(c, jnp.int32(0)))[1],
+                           jax.ShapeDtypeStruct((1, streams, logits.shape[-1]), jnp.float32),
+                           jax.ShapeDtypeStruct((1, context.shape[1]), jnp.int32))
+    names = [*names, *(["pmi"] if streams == 2 else [])]
     zeros = lambda: jnp.zeros((rows, buffer), jnp.float32)  # noqa: E731  (distinct buffers: all donated)
     return DecodeState(
         # A copy: the state is donated to the decode loop, which would otherwise delete the caller's key.
-        step=jnp.int32(0), key=jnp.copy(key), cache=cache, logits=repeat(logits)[:, None, :],
+        step=jnp.int32(0), key=jnp.copy(key), cache=cache, logits=logits,
         next_position=repeat(jnp.max(positions, axis=1) + 1),
-        done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), context=repeat(context),
+        done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), context=context,
         tokens=jnp.zeros((rows, buffer), jnp.int32), logp_model=zeros(), logp_policy=zeros(),
-        diagnostics={name: zeros() for name in diagnostics})
+        diagnostics={name: zeros() for name in names})
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -215,6 +252,8 @@ def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> 
     token = jnp.where(state.done, pad_id, token)
     log_p = jax.nn.log_softmax(state.logits[:, 0])
     pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]  # noqa: E731
+    if streams == 2:  # attribution of the chosen token: log P(a | s, c) - log P(a | s)
+        diagnostics = {**diagnostics, "pmi": pick(log_p) - pick(jax.nn.log_softmax(state.logits[:, 1]))}
 
     def record(buffer, value):
         return jax.lax.dynamic_update_slice(buffer, value[:, None].astype(buffer.dtype), (0, state.step))

@@ -1,0 +1,255 @@
+"""Value-function policies [P1]: every decoder as the optimum of an information-theoretic objective.
+
+One-step lemma (spec.md §1): for ``β > 0``, ``β + γ > 0`` and a score ``g(s, a)``::
+
+    J_s(π) = λ·E_π[g] − β·KL(π ‖ P_G) + γ·H(π)
+    argmax_π J_s = softmax((β·log P_G + λ·g) / (β + γ))
+
+``ValuePolicy`` implements that closed form with a pluggable score, and the named decoders are cases
+of it (each has ``as_value_policy()``, and the tests check the two agree):
+
+| decoder | β | γ | λ | g |
+|---|---|---|---|---|
+| ``Temperature(T)`` | 1 | T − 1 | 0 | — |
+| ``ClassifierFreeGuidance(w)`` | 1 | 0 | w − 1 | PMI between the streams |
+| ``ClassifierGuidance(D, s)`` | 1 | 0 | s | log P_D(c \\| s, a) |
+| ``KLGuidedTemperature`` | 1 | T(s) − 1, T(s) from the streams' KL | 0 | — |
+
+Two-stream policies read ``logits[:, 0]`` (prompt with evidence, the anchor P_G) and ``logits[:, 1]``
+(without evidence).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from infodec.policies.base import MASK_VALUE, MIN_TEMPERATURE, Diagnostics, Policy, StepInfo, check_range, \
+    greedy_logits, per_row
+from infodec.policies.standard import TopK, TopP
+
+Array = jax.Array
+
+
+# --- scores g(s, a) ---------------------------------------------------------------------------------
+
+@flax.struct.dataclass
+class PMI:
+    """``g(s, a) = log P(a | s, c) − log P(a | s)``: pointwise mutual information of the next token and
+    the evidence ``c``, from the two streams."""
+
+    num_streams = 2
+
+    def __call__(self, log_probs: Array, step: StepInfo | None) -> Array:
+        return log_probs[:, 0] - log_probs[:, 1]
+
+
+@flax.struct.dataclass
+class FunctionScore:
+    """A user score ``fn(log_probs[B, S, V], step) -> g[B, V]`` (``fn`` must be hashable: a function)."""
+
+    fn: Callable = flax.struct.field(pytree_node=False)
+    num_streams: int = flax.struct.field(pytree_node=False, default=1)
+
+    def __call__(self, log_probs: Array, step: StepInfo | None) -> Array:
+        return self.fn(log_probs, step)
+
+
+# --- the general policy -----------------------------------------------------------------------------
+
+@flax.struct.dataclass
+class ValuePolicy(Policy):
+    """``π = softmax((β·log P_G + λ·g) / (β + γ))``, the optimum of ``λ·E_π[g] − β·KL(π‖P_G) + γ·H(π)``.
+
+    Attributes:
+      beta: weight of sensibleness (KL to the model); > 0.
+      gamma: weight of diversity (entropy); ``beta + gamma > 0``.
+      lam: weight of the score (attribution when ``g`` is PMI or a discriminator).
+      score: ``g``, called as ``score(log_probs[B, S, V], step) -> [B, V]``; None for ``g = 0``.
+    Scalars or per-row ``[B]`` arrays; all traced.
+    """
+
+    beta: float | Array = 1.0
+    gamma: float | Array = 0.0
+    lam: float | Array = 0.0
+    score: Any = None
+
+    def __post_init__(self):
+        check_range("beta", self.beta, 0.0, float("inf"), low_open=True, allowed="> 0")
+        if not isinstance(self.beta, jax.core.Tracer) and not isinstance(self.gamma, jax.core.Tracer):
+            check_range("beta + gamma", jnp.asarray(self.beta) + jnp.asarray(self.gamma), 0.0, float("inf"),
+                        low_open=True, allowed="> 0 (the policy's effective temperature (β+γ)/β must be positive)")
+
+    @property
+    def num_streams(self) -> int:
+        return 1 if self.score is None else self.score.num_streams
+
+    def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        beta, gamma, lam = per_row(self.beta), per_row(self.gamma), per_row(self.lam)
+        utility = beta * log_probs[:, 0]
+        if self.score is not None:
+            utility = utility + lam * self.score(log_probs, step)
+        rows = logits.shape[0]
+        extra = {"temperature": jnp.broadcast_to((beta + gamma) / beta, (rows, 1))[:, 0],
+                 "guidance": jnp.broadcast_to(lam / beta, (rows, 1))[:, 0]}
+        return jax.nn.log_softmax(utility / (beta + gamma)), {**extra, **stream_diagnostics(log_probs)}
+
+
+def stream_diagnostics(log_probs: Array) -> Diagnostics:
+    """``kl_streams = KL(P(·|s,c) ‖ P(·|s))`` per row for two-stream input, nothing for one stream."""
+    if log_probs.shape[1] < 2:
+        return {}
+    p = jnp.exp(log_probs[:, 0])
+    return {"kl_streams": jnp.maximum(jnp.sum(p * (log_probs[:, 0] - log_probs[:, 1]), axis=-1), 0.0)}
+
+
+# --- named decoders ---------------------------------------------------------------------------------
+
+@flax.struct.dataclass
+class ClassifierFreeGuidance(Policy):
+    """``logits = ℓ_u + w·(ℓ_c − ℓ_u)`` on log-softmaxed streams (spec.md convention): ``w = 1`` is plain
+    conditional sampling, ``w = 0`` unconditional, ``w > 1`` sharpens toward the evidence. Equals
+    ``ValuePolicy(β=1, γ=0, λ=w−1, PMI())``; ``temperature`` divides the result (γ = T − 1)."""
+
+    scale: float | Array = 1.5
+    temperature: float | Array = 1.0
+
+    num_streams = 2
+
+    def __post_init__(self):
+        check_range("temperature", self.temperature, 0.0, float("inf"), low_open=True, allowed="> 0")
+
+    def as_value_policy(self) -> ValuePolicy:
+        return ValuePolicy(beta=1.0, gamma=jnp.asarray(self.temperature) - 1.0,
+                           lam=jnp.asarray(self.scale) - 1.0, score=PMI())
+
+    def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
+        return self.as_value_policy().log_probs(logits, step)
+
+
+@flax.struct.dataclass
+class KLGuidedTemperature(Policy):
+    """KL-divergence guided temperature [P2], the official rule (spec.md §2)::
+
+        KL = max(0, Σ p (log p − log p'))     p, p' = clip(softmax(ℓ), 1e-7, 1), unrenormalised
+        T  = t0 · 2^(−KL / half_life)         (half_life = 0: T = t0)
+        π  = softmax(truncate(ℓ / max(T, 1e-4)))   top-k then top-p, after the temperature
+
+    ``exact=False`` computes the KL from log-softmax differences without clipping (the textbook KL;
+    it differs from the official one only where some probability is below 1e-7). ``top_k = 0`` and
+    ``top_p = 1`` disable truncation (the defaults: the official code's ``topk=1`` default is greedy
+    and is not copied). ``t0 <= 1e-4`` is greedy on ``ℓ``. Fields are traced.
+    """
+
+    t0: float | Array = 1.0
+    half_life: float | Array = 1.0
+    top_k: int | Array = 0
+    top_p: float | Array = 1.0
+    exact: bool = flax.struct.field(pytree_node=False, default=True)
+
+    num_streams = 2
+
+    def __post_init__(self):
+        check_range("t0", self.t0, 0.0, float("inf"), allowed=">= 0 (0 = greedy)")
+        check_range("half_life", self.half_life, 0.0, float("inf"), allowed=">= 0 nats (0 disables)")
+        check_range("top_k", self.top_k, 0, float("inf"), allowed=">= 0 (0 = off)")
+        check_range("top_p", self.top_p, 0.0, 1.0, allowed="in [0, 1] (1 = off)")
+
+    def stream_kl(self, logits: Array) -> Array:
+        if self.exact:
+            p = jnp.clip(jax.nn.softmax(logits[:, 0]), 1e-7, 1.0)
+            q = jnp.clip(jax.nn.softmax(logits[:, 1]), 1e-7, 1.0)
+            kl = jnp.sum(p * (jnp.log(p) - jnp.log(q)), axis=-1)
+        else:
+            log_p, log_q = jax.nn.log_softmax(logits[:, 0]), jax.nn.log_softmax(logits[:, 1])
+            kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+        return jnp.maximum(kl, 0.0)
+
+    def temperature(self, kl: Array) -> Array:
+        t0 = jnp.broadcast_to(jnp.asarray(self.t0, jnp.float32), kl.shape)
+        h = jnp.broadcast_to(jnp.asarray(self.half_life, jnp.float32), kl.shape)
+        return jnp.where(h > 0, t0 * jnp.exp2(-kl / jnp.where(h > 0, h, 1.0)), t0)
+
+    def as_value_policy(self, logits: Array) -> ValuePolicy:
+        """The untruncated policy at these logits: ``ValuePolicy(β=1, γ=T(s)−1)`` per row."""
+        return ValuePolicy(beta=1.0, gamma=self.temperature(self.stream_kl(logits)) - 1.0)
+
+    def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
+        kl = self.stream_kl(logits)
+        t = self.temperature(kl)
+        conditional = logits[:, 0]
+        scaled = conditional / jnp.maximum(t, MIN_TEMPERATURE)[:, None]
+        scaled = jnp.where(per_row(self.t0) <= MIN_TEMPERATURE, greedy_logits(conditional), scaled)
+        k = jnp.broadcast_to(jnp.asarray(self.top_k, jnp.int32), kl.shape)
+        p = jnp.broadcast_to(jnp.asarray(self.top_p, jnp.float32), kl.shape)
+        # Truncations that are off for every row are skipped at run time, not computed and discarded.
+        scaled = jax.lax.cond(jnp.all(k <= 0), lambda x: x,
+                              lambda x: TopK(jnp.where(k > 0, k, x.shape[-1])).transform(x, step), scaled)
+        scaled = jax.lax.cond(jnp.all(p >= 1), lambda x: x, lambda x: TopP(p).transform(x, step), scaled)
+        return jax.nn.log_softmax(scaled), {"kl_streams": kl, "temperature": t}
+
+
+# --- the open question: λ or T as a function of the streams' KL ------------------------------------
+
+@flax.struct.dataclass
+class HalfLifeSchedule:
+    """The official mapping [P2]: ``value(KL) = base · 2^(−KL / half_life)`` (non-increasing in KL)."""
+
+    base: float | Array = 1.0
+    half_life: float | Array = 1.0
+
+    def __call__(self, kl: Array) -> Array:
+        return jnp.asarray(self.base, jnp.float32) * jnp.exp2(-kl / jnp.maximum(jnp.asarray(self.half_life), 1e-12))
+
+
+@flax.struct.dataclass
+class SigmoidSchedule:
+    """An alternative: ``low + (high − low) · sigmoid((KL − midpoint) / width)``. With ``high > low``
+    for guidance it raises λ where the evidence matters (large KL) and leaves P_G alone elsewhere."""
+
+    low: float | Array = 1.0
+    high: float | Array = 3.0
+    midpoint: float | Array = 0.5
+    width: float | Array = 0.25
+
+    def __call__(self, kl: Array) -> Array:
+        return self.low + (self.high - self.low) * jax.nn.sigmoid((kl - self.midpoint) / self.width)
+
+
+@flax.struct.dataclass
+class DynamicValuePolicy(Policy):
+    """A value policy whose T or λ is ``schedule(KL(P(·|s,c) ‖ P(·|s)))`` at every step.
+
+    ``target="temperature"``: ``π ∝ P(·|s,c)^(1/T)`` with ``T = schedule(KL)`` (γ = T − 1); with
+    ``HalfLifeSchedule(t0, h)`` this is untruncated KL-guided temperature.
+    ``target="guidance"``: ``π ∝ P(·|s,c) · exp(λ·PMI)`` with ``λ = schedule(KL)``, i.e. CFG with
+    ``w = 1 + λ`` chosen per step. ``schedule`` is any pytree callable ``[B] -> [B]``.
+    """
+
+    schedule: Any = HalfLifeSchedule()
+    target: str = flax.struct.field(pytree_node=False, default="temperature")
+
+    num_streams = 2
+
+    def __post_init__(self):
+        if self.target not in ("temperature", "guidance"):
+            raise ValueError(f"target must be 'temperature' or 'guidance', got {self.target!r}")
+
+    def as_value_policy(self, logits: Array) -> ValuePolicy:
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        value = self.schedule(stream_diagnostics(log_probs)["kl_streams"])
+        if self.target == "temperature":
+            return ValuePolicy(beta=1.0, gamma=jnp.maximum(value, MIN_TEMPERATURE) - 1.0)
+        return ValuePolicy(beta=1.0, gamma=0.0, lam=value, score=PMI())
+
+    def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
+        log_pi, diagnostics = self.as_value_policy(logits).log_probs(logits, step)
+        return log_pi, {**diagnostics, **stream_diagnostics(jax.nn.log_softmax(logits, axis=-1))}
+
+
+__all__ = ["PMI", "FunctionScore", "ValuePolicy", "ClassifierFreeGuidance", "KLGuidedTemperature",
+           "HalfLifeSchedule", "SigmoidSchedule", "DynamicValuePolicy", "MASK_VALUE"]
