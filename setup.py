@@ -15,6 +15,7 @@ setup(
         "chex>=0.1.87",
         "absl-py>=2.0",
         "numpy>=1.26",
+        "scipy>=1.11",
         "safetensors>=0.4",
         "tokenizers>=0.20",
         "gguf>=0.10",
