@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import collections
+import functools
+import threading
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -64,9 +66,9 @@ def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, 
       pad_id: token id written after a row is done.
     """
     policy = canonical_policy(policy)
-    state, prompt_tokens = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens,
-                                  num_samples, chunk, pad_id, evidence)
     stops = _stop_array(stop_tokens, tokenizer)
+    state, prompt_tokens = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_samples,
+                                  chunk, pad_id, evidence, _decode_loop, stops)
     state = _decode_loop(model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id,
                          policy_structure(policy))
     return _output(state, prompt_tokens, max_new_tokens, tokenizer)
@@ -80,9 +82,9 @@ def stream(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *,
     Rows that are done yield ``pad_id``. Same compiled step as ``generate``; the host sees each chunk.
     """
     policy = canonical_policy(policy)
-    state, _ = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens,
-                      num_samples, chunk, pad_id, evidence)
     stops = _stop_array(stop_tokens, tokenizer)
+    state, _ = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_samples, chunk, pad_id,
+                      evidence, _decode_chunk, stops)
     limit = jnp.int32(max_new_tokens)
     while True:
         start = int(state.step)
@@ -109,8 +111,14 @@ def canonical_policy(policy: Policy) -> Policy:
     return jax.tree.map(canonical, policy)
 
 
-def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_tokens, num_samples,
-           chunk, pad_id, evidence):
+def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_samples, chunk, pad_id,
+           evidence, loop, stops):
+    """Validates, encodes and prefills; returns the initial state and the prompt tokens.
+
+    ``loop`` (the jitted decode function that will run next) is compiled in a background thread from
+    the state's abstract shapes while this thread compiles and runs prefill: XLA compiles release the
+    GIL, so on a cold start the two compilations overlap instead of adding up.
+    """
     streams = policy.num_streams
     if streams == 2 and evidence is None:
         raise ValueError(f"{type(policy).__name__} compares the prompt with and without evidence: "
@@ -139,10 +147,18 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, stop_
     bucket = prompt_bucket(longest)
     buffer = -(-max_new_tokens // chunk) * chunk  # output slots: whole chunks
     tokens, positions = left_pad(token_lists, bucket, pad_id)
+    tokens, positions = jnp.asarray(tokens), jnp.asarray(positions)
     cache = model.init_cache(len(token_lists), bucket + buffer)
-    logits, cache = _prefill(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
-    state = _initial_state(logits, cache, jnp.asarray(positions), jnp.asarray(tokens), key, buffer,
-                           num_samples, policy)
+    initial = functools.partial(_initial_state, positions=positions, tokens=tokens, key=key, buffer=buffer,
+                                num_samples=num_samples, policy=policy)
+    logits_shape = jax.ShapeDtypeStruct((len(token_lists), model.vocab_size), jnp.float32)
+    state_shape = jax.eval_shape(initial, logits_shape, cache)
+    compiling = threading.Thread(target=loop.lower(model, params, policy, state_shape, stops, jnp.int32(0), chunk,
+                                                   pad_id, policy_structure(policy)).compile)
+    compiling.start()
+    logits, cache = _prefill(model, params, tokens, positions, cache)
+    state = initial(logits, cache)
+    compiling.join()
     conditioned = token_lists[::streams]  # what stream 0 (the anchor) read
     prompt_tokens = np.full((len(conditioned), max(len(t) for t in conditioned)), -1, np.int32)
     for row, ids in enumerate(conditioned):

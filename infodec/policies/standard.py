@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from infodec.policies.base import (MASK_VALUE, MIN_TEMPERATURE, Policy, StepInfo, Transform, check_range,
-                                   greedy_logits, per_row)
+                                   first_argmax_mask, greedy_logits, per_row)
 
 Array = jax.Array
 
@@ -275,8 +275,13 @@ def mass_prefix_keep(logits: Array, probs: Array, p: Array) -> Array:
     above = logits > threshold
     tied = logits == threshold
     mass_above = jnp.sum(jnp.where(above, probs, 0.0), axis=-1, keepdims=True)
-    tied_before = jnp.cumsum(tied, axis=-1) - tied  # tied tokens with a lower index
     tie_prob = jnp.max(jnp.where(tied, probs, 0.0), axis=-1, keepdims=True)
+
+    def tie_ranks():  # tied tokens with a lower index; a vocabulary-wide cumsum, so only when needed
+        return jnp.cumsum(tied, axis=-1) - tied
+
+    several_tied = jnp.any(jnp.sum(tied, axis=-1) > 1)
+    tied_before = jax.lax.cond(several_tied, tie_ranks, lambda: jnp.zeros(tied.shape, jnp.int32))
     return above | (tied & (mass_above + tied_before * tie_prob < p[:, None]))
 
 
@@ -289,9 +294,11 @@ def _keep_top_values(logits: Array, keep: Array, min_tokens: int) -> Array:
 def _keep_at_least(logits: Array, keep: Array, min_tokens: int, order: Array | None = None) -> Array:
     """Masks ``~keep`` but always keeps the ``min_tokens`` best tokens by ``order`` (default: logits)."""
     order = logits if order is None else order
-    _, best = jax.lax.top_k(order, min_tokens)  # ties go to the lowest index
-    vocab = jnp.arange(logits.shape[-1])
-    keep |= jnp.any(vocab[None, :, None] == best[:, None, :], axis=-1)
+    if min_tokens == 1:
+        keep |= first_argmax_mask(order)
+    else:
+        _, best = jax.lax.top_k(order, min_tokens)  # ties go to the lowest index
+        keep |= jnp.any(jnp.arange(logits.shape[-1])[None, :, None] == best[:, None, :], axis=-1)
     return jnp.where(keep, logits, MASK_VALUE)
 
 
