@@ -102,9 +102,12 @@ def checked(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
     return value
 
 
-def stack_layers(layers: list[dict]) -> dict:
-    """Stacks per-layer parameter trees along a new leading axis (for ``scan_layers``)."""
-    return jax.tree.map(lambda *xs: np.stack(xs), *layers)
+def layer_params(layers: list[dict], scan: bool) -> dict:
+    """Names per-layer trees as ``run_layers`` expects them: ``layers_{i}`` unrolled, or one tree
+    stacked along a new leading axis under ``layers/block`` for ``scan_layers``."""
+    if scan:
+        return {"layers": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+    return {f"layers_{i}": layer for i, layer in enumerate(layers)}
 
 
 def to_device(params: Any, dtype: Any) -> Any:

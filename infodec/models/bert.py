@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CheckpointMismatchError, Params, checked
+from infodec.models.base import CheckpointMismatchError, Params, checked, layer_params
 from infodec.models.layers import ACTIVATIONS, default_scan_layers, dot_product_attention, run_layers
-from infodec.models.llama import layer_params
 
 Array = jax.Array
 

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, CheckpointMismatchError, checked, stack_layers
+from infodec.models.base import CausalLM, CheckpointMismatchError, checked, layer_params
 from infodec.models.layers import Attention, GatedMLP, RMSNorm, default_scan_layers, rope_inv_freq, run_layers
 
 HF_MODEL_TYPES = ("gemma3_text",)
@@ -295,13 +295,6 @@ def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, np.ndarray]) 
     if not c.tie_word_embeddings:
         params["lm_head"] = {"kernel": checked(t, "lm_head.weight", (c.vocab_size, c.hidden_size)).T}
     return params
-
-
-def layer_params(layers: list[dict], scan: bool) -> dict:
-    """Names per-layer trees as ``run_layers`` expects them."""
-    if scan:
-        return {"layers": {"block": stack_layers(layers)}}
-    return {f"layers_{i}": layer for i, layer in enumerate(layers)}
 
 
 def build(config: Gemma3Config) -> CausalLM:

@@ -16,9 +16,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, CheckpointMismatchError, checked
+from infodec.models.base import CausalLM, CheckpointMismatchError, checked, layer_params
 from infodec.models.layers import ACTIVATIONS, Attention, default_scan_layers, run_layers
-from infodec.models.llama import layer_params
 
 HF_MODEL_TYPES = ("gpt2",)
 
@@ -171,8 +170,8 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
     for i in range(c.num_layers):
         p = f"h.{i}"
         qkv = conv1d(f"{p}.attn.c_attn", d, 3 * d)
-        kernels = np.split(qkv["kernel"], 3, axis=1)
-        biases = np.split(qkv["bias"], 3)
+        kernels = jnp.split(qkv["kernel"], 3, axis=1)
+        biases = jnp.split(qkv["bias"], 3)
         layers.append({
             "ln_1": norm(f"{p}.ln_1"),
             "ln_2": norm(f"{p}.ln_2"),
