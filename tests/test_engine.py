@@ -11,9 +11,9 @@
 import jax
 import numpy as np
 import pytest
-from scipy import stats
 
 import infodec
+from infodec import theory
 from infodec.decoding import engine
 from tests.tiny_models import VOCAB, Reference, exact_sequences, policy_log_probs, sequence_index, tiny_llama
 
@@ -65,28 +65,10 @@ def draws(tiny):
     return draw
 
 
-def chi_square(observed: np.ndarray, prob: np.ndarray) -> float:
-    """Goodness-of-fit p-value of counts against probabilities; cells with expected count < 5 are pooled
-    (into the smallest large cell if the pool itself is under 5). Zero-probability cells are excluded:
-    callers check separately that they were never observed."""
-    observed = np.asarray(observed, np.float64)
-    n = observed.sum()
-    support = prob > 0
-    expected = n * prob / prob[support].sum()
-    big = support & (expected >= 5)
-    small = support & ~big
-    obs, exp = list(observed[big]), list(expected[big])
-    if small.any():
-        pooled_obs, pooled_exp = observed[small].sum(), expected[small].sum()
-        if pooled_exp >= 5 or not exp:
-            obs.append(pooled_obs)
-            exp.append(pooled_exp)
-        else:
-            i = int(np.argmin(exp))
-            obs[i] += pooled_obs
-            exp[i] += pooled_exp
-    assert len(obs) >= 2, "need at least two cells"
-    return float(stats.chisquare(obs, exp).pvalue)
+def chi_square(samples: np.ndarray, prob: np.ndarray) -> float:
+    """p-value of sampled ``[N, H]`` sequences against exact probabilities (``infodec.theory``'s test)."""
+    with np.errstate(divide="ignore"):
+        return theory.chi_square(samples, np.log(prob)).p_value
 
 
 def counts(tokens: np.ndarray) -> np.ndarray:
@@ -102,7 +84,7 @@ def test_samples_follow_exact_policy_distribution(tiny, draws, name):
     observed = counts(out.tokens)
     # Truncated policies: tokens outside the kept set are never sampled.
     assert observed[prob == 0].sum() == 0, f"{name} sampled sequences of probability 0"
-    p_value = chi_square(observed, prob)
+    p_value = chi_square(out.tokens, prob)
     print(f"\nchi-square {name}: p = {p_value:.4g} ({int((prob > 0).sum())} sequences in the support)")
     assert p_value > ALPHA, f"{name}: samples do not follow the exact distribution (p = {p_value:.3g})"
     # Per-token log P_G and log π of the sampled tokens, against the cache-free enumeration.
@@ -127,7 +109,7 @@ def test_chi_square_rejects_a_wrong_distribution(tiny, draws):
     """Negative control: samples at T = 0.7 are rejected against the exact T = 1.0 distribution."""
     _, out = draws("temperature-0.7")
     _, wrong, _, _ = exact_sequences(tiny[2], infodec.Temperature(1.0), PROMPT, HORIZON)
-    p_value = chi_square(counts(out.tokens), wrong)
+    p_value = chi_square(out.tokens, wrong)
     print(f"\nnegative control (T=0.7 samples vs T=1.0): p = {p_value:.3g}")
     assert p_value < ALPHA
 
@@ -139,8 +121,7 @@ def _check_pairs_independent(tokens, exact_prob, seqs, label):
     marginals (chi-square), and they coincide as often as two independent draws (Σ P(y)²)."""
     first = np.array([exact_prob[seqs[:, 0] == v].sum() for v in range(VOCAB)])
     a, b = tokens[0::2], tokens[1::2]
-    joint = np.bincount(a[:, 0] * VOCAB + b[:, 0], minlength=VOCAB * VOCAB)
-    p_value = chi_square(joint, np.outer(first, first).reshape(-1))
+    p_value = chi_square(np.stack([a[:, 0], b[:, 0]], axis=1), np.outer(first, first).reshape(-1))
     print(f"\npair independence ({label}): p = {p_value:.4g}")
     assert p_value > ALPHA
     same = np.mean(np.all(a == b, axis=1))
@@ -156,7 +137,7 @@ def test_identical_prompts_give_independent_samples(tiny, draws):
     # The same prompt given DRAWS times: same distribution, independent rows.
     separate = infodec.generate(model, params, [PROMPT] * DRAWS, infodec.Temperature(0.7), jax.random.key(7),
                                 max_new_tokens=HORIZON, chunk=4)
-    p_value = chi_square(counts(separate.tokens), prob)
+    p_value = chi_square(separate.tokens, prob)
     print(f"\nchi-square separate identical prompts: p = {p_value:.4g}")
     assert p_value > ALPHA
     _check_pairs_independent(separate.tokens, prob, seqs, "separate prompts")

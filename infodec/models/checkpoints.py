@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.models import bert, gemma3, gpt2, llama, registry
-from infodec.models.base import CheckpointMismatchError, to_device
+from infodec.models.base import to_device
 from infodec.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
