@@ -27,6 +27,7 @@ import numpy as np
 from absl import app, flags
 
 import infodec
+from bench.common import TEXT
 from infodec.models import checkpoints
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "Model to benchmark.")
@@ -39,13 +40,6 @@ _VS_HF = flags.DEFINE_boolean("vs_hf", False, "Also time HF transformers generat
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads for the HF reference.")
 _OUT = flags.DEFINE_string("out", "bench/results", "Output folder.")
 _MEMORY_CHILD = flags.DEFINE_string("memory_child", None, "Internal: batch,policy for the peak-memory child.")
-
-TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-        "movable metal type with an oil-based ink and a screw press adapted from those used to make wine. "
-        "Within a few decades, print shops had spread to most of the major cities of Europe, and the price of "
-        "books fell sharply. Scholars could now compare identical copies of a text, which changed the way "
-        "knowledge was checked, shared and argued about. ") * 4
-
 
 def prompts(tokenizer, batch: int, length: int) -> np.ndarray:
     """``[batch, length]`` distinct prompts of equal length (windows of one text; no padding needed)."""

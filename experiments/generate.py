@@ -35,6 +35,7 @@ def main(argv):
     policy = named.build(_POLICY.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
                          min_p=_MIN_P.value, typical_p=_TYPICAL_P.value, epsilon=_EPSILON.value, eta=_ETA.value,
                          repetition_penalty=_REPETITION_PENALTY.value)
+    infodec.enable_compilation_cache()
     model, params, tokenizer = infodec.load(_MODEL.value)
     start = time.perf_counter()
     out = infodec.generate(model, params, _PROMPT.value, policy, jax.random.key(_SEED.value),

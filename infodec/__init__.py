@@ -7,17 +7,18 @@ The curated public API::
                            jax.random.key(0), max_new_tokens=32, tokenizer=tokenizer)
 """
 
+from infodec.compilation import enable_compilation_cache
 from infodec.decoding import GenerateOutput, beam_search, compile_count, contrastive_search, generate, stream
 from infodec.models.checkpoints import load
-from infodec.policies import (PMI, Chain, ClassifierFreeGuidance, DynamicValuePolicy, Epsilon, Eta, FunctionScore,
+from infodec.policies import (PMI, Chain, ClassifierFreeGuidance, ClassifierGuidance, DynamicValuePolicy, Epsilon, Eta, FunctionScore,
                               Greedy, HalfLifeSchedule, KLGuidedTemperature, MinP, Policy, RepetitionPenalty,
                               SigmoidSchedule, StepInfo, Temperature, TopK, TopP, Transform, Typical, ValuePolicy,
                               chain)
 
 __all__ = [
-    "load", "generate", "stream", "beam_search", "contrastive_search", "compile_count", "GenerateOutput",
+    "load", "enable_compilation_cache", "generate", "stream", "beam_search", "contrastive_search", "compile_count", "GenerateOutput",
     "Policy", "Transform", "StepInfo", "Greedy", "Temperature", "TopK", "TopP", "MinP", "Typical", "Epsilon", "Eta",
     "RepetitionPenalty", "Chain", "chain",
     "ValuePolicy", "PMI", "FunctionScore", "ClassifierFreeGuidance", "KLGuidedTemperature", "DynamicValuePolicy",
-    "HalfLifeSchedule", "SigmoidSchedule",
+    "HalfLifeSchedule", "SigmoidSchedule", "ClassifierGuidance",
 ]
