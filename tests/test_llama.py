@@ -1,5 +1,7 @@
 """Llama family: parity with HF transformers on tiny random checkpoints, cache and padding semantics."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -96,6 +98,10 @@ def test_config_weight_mismatch_is_one_clear_error(tmp_path):
     from infodec.models.checkpoints import read_safetensors
     with pytest.raises(CheckpointMismatchError, match=r"mlp.gate_proj.weight.*shape \(80, 48\).*\(96, 48\)"):
         llama.convert_hf_weights(config, read_safetensors(tmp_path))
+    fewer_layers = dataclasses.replace(llama.LlamaConfig.from_hf(
+        __import__("json").loads((tmp_path / "config.json").read_text())), num_layers=2)
+    with pytest.raises(CheckpointMismatchError, match=r"weights for layer\(s\) \[2\] but the config has 2 layers"):
+        llama.convert_hf_weights(fewer_layers, read_safetensors(tmp_path))
 
 
 def test_apply_rejects_bad_input(tiny):

@@ -242,13 +242,7 @@ def _check_setting(kind, chosen, log_pi, hf_probs, hf_keep, truncated_input, wha
 
 # --- sweeps: one jitted call per parameter setting, all policies at once ----------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The HF references run single-threaded: cheaper on a small shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _jitted():

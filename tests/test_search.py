@@ -20,14 +20,7 @@ STEPS = 20
 PAD = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # The HF references are tiny: one intra-op thread is far faster than two on a
-    # busy 2-core machine (seconds -> tens of ms per generate call).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ Each architecture file defines a frozen ``Config`` dataclass and a Linen module 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -100,6 +101,46 @@ def checked(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
             f"tensor {name!r} has shape {tuple(value.shape)} but the config implies {tuple(shape)}: "
             "config.json and the weights disagree")
     return value
+
+
+class HFWeights:
+    """HF tensors (``[out, in]`` linears) read by name, with shape checks, as Flax parameter trees."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], prefix: str = "model."):
+        self.tensors = {name.removeprefix(prefix): value for name, value in tensors.items()}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        return checked(self.tensors, name, shape)
+
+    def dense(self, name: str, out_dim: int, in_dim: int, bias: bool = False) -> dict:
+        params = {"kernel": self.get(f"{name}.weight", (out_dim, in_dim)).T}
+        if bias:
+            params["bias"] = self.get(f"{name}.bias", (out_dim,))
+        return params
+
+    def norm(self, name: str, dim: int) -> dict:
+        return {"scale": self.get(f"{name}.weight", (dim,))}
+
+    def check_layers(self, prefix: str, num_layers: int) -> None:
+        """One clear error when the checkpoint holds layers (``{prefix}{i}.``) beyond ``num_layers``:
+        ``checked`` only notices missing tensors, not surplus ones."""
+        pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
+        extra = sorted({int(m.group(1)) for name in self.tensors
+                        if (m := pattern.match(name)) and int(m.group(1)) >= num_layers})
+        if extra:
+            raise CheckpointMismatchError(
+                f"checkpoint has weights for layer(s) {extra[:5]}{'...' if len(extra) > 5 else ''} but the "
+                f"config has {num_layers} layers (num_hidden_layers): config.json and the weights disagree")
+
+    def decoder(self, config: Any, layers: list[dict]) -> dict:
+        """The full tree of a Llama-style decoder: embedding, layers, final norm, optional LM head."""
+        self.check_layers("layers.", config.num_layers)
+        shape = (config.vocab_size, config.hidden_size)
+        params = {"embed_tokens": {"embedding": self.get("embed_tokens.weight", shape)},
+                  "norm": self.norm("norm", config.hidden_size), **layer_params(layers, config.scan_layers)}
+        if not config.tie_word_embeddings:
+            params["lm_head"] = {"kernel": self.get("lm_head.weight", shape).T}
+        return params
 
 
 def layer_params(layers: list[dict], scan: bool) -> dict:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CheckpointMismatchError, Params, checked, layer_params
+from infodec.models.base import HFWeights, Params, checked, layer_params
 from infodec.models.layers import ACTIVATIONS, default_scan_layers, dot_product_attention, run_layers
 
 Array = jax.Array
@@ -190,7 +190,8 @@ def convert_hf_weights(config: BertConfig, tensors: Mapping[str, np.ndarray]) ->
     """
     c = config
     d = c.hidden_size
-    t = {name.removeprefix("bert."): value for name, value in tensors.items()}
+    weights = HFWeights(tensors, prefix="bert.")
+    t = weights.tensors
 
     def dense(name: str, out_dim: int, in_dim: int) -> dict:
         return {"kernel": checked(t, f"{name}.weight", (out_dim, in_dim)).T,
@@ -215,9 +216,7 @@ def convert_hf_weights(config: BertConfig, tensors: Mapping[str, np.ndarray]) ->
             "output": dense(f"{p}.output.dense", d, c.intermediate_size),
             "output_norm": norm(f"{p}.output.LayerNorm"),
         })
-    if f"encoder.layer.{c.num_layers}.attention.self.query.weight" in t:
-        raise CheckpointMismatchError(f"checkpoint has more than the config's {c.num_layers} layers: "
-                                      "config.json and the weights disagree")
+    weights.check_layers("encoder.layer.", c.num_layers)
     return {
         "word_embeddings": {"embedding": checked(t, "embeddings.word_embeddings.weight", (c.vocab_size, d))},
         "position_embeddings": {"embedding": checked(t, "embeddings.position_embeddings.weight",

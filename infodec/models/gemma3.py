@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import re
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, CheckpointMismatchError, checked, layer_params
+from infodec.models.base import CausalLM, HFWeights
 from infodec.models.layers import Attention, GatedMLP, RMSNorm, default_scan_layers, rope_inv_freq, run_layers
 
 HF_MODEL_TYPES = ("gemma3_text",)
@@ -246,55 +245,31 @@ class Gemma3(nn.Module):
 def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, np.ndarray]) -> dict:
     """HF ``Gemma3ForCausalLM`` state dict (numpy, ``[out, in]`` linears, norms store ``w``) -> Flax params."""
     c = config
-    t = {name.removeprefix("model."): value for name, value in tensors.items()}
-    extra = sorted({int(m.group(1)) for name in t if (m := re.match(r"layers\.(\d+)\.", name))
-                    and int(m.group(1)) >= c.num_layers})
-    if extra:
-        raise CheckpointMismatchError(
-            f"checkpoint has weights for layer(s) {extra[:5]}{'...' if len(extra) > 5 else ''} but the config "
-            f"has {c.num_layers} layers (num_hidden_layers): config.json and the weights disagree")
-
-    def dense(name: str, out_dim: int, in_dim: int, bias: bool) -> dict:
-        params = {"kernel": checked(t, f"{name}.weight", (out_dim, in_dim)).T}
-        if bias:
-            params["bias"] = checked(t, f"{name}.bias", (out_dim,))
-        return params
-
-    def norm(name: str, dim: int = c.hidden_size) -> dict:
-        return {"scale": checked(t, f"{name}.weight", (dim,))}
-
-    layers = []
+    w = HFWeights(tensors)
     q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     bias = c.attention_bias
+    layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}"
+        norms = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                 "post_feedforward_layernorm")
         layers.append({
-            "input_layernorm": norm(f"{p}.input_layernorm"),
-            "post_attention_layernorm": norm(f"{p}.post_attention_layernorm"),
-            "pre_feedforward_layernorm": norm(f"{p}.pre_feedforward_layernorm"),
-            "post_feedforward_layernorm": norm(f"{p}.post_feedforward_layernorm"),
+            **{name: w.norm(f"{p}.{name}", c.hidden_size) for name in norms},
             "self_attn": {
-                "q_proj": dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, bias),
-                "k_proj": dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, bias),
-                "v_proj": dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, bias),
-                "o_proj": dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, bias),
-                "q_norm": norm(f"{p}.self_attn.q_norm", c.head_dim),
-                "k_norm": norm(f"{p}.self_attn.k_norm", c.head_dim),
+                "q_proj": w.dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, bias),
+                "k_proj": w.dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, bias),
+                "v_proj": w.dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, bias),
+                "o_proj": w.dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, bias),
+                "q_norm": w.norm(f"{p}.self_attn.q_norm", c.head_dim),
+                "k_norm": w.norm(f"{p}.self_attn.k_norm", c.head_dim),
             },
             "mlp": {
-                "gate_proj": dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size, False),
-                "up_proj": dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size, False),
-                "down_proj": dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size, False),
+                "gate_proj": w.dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size),
+                "up_proj": w.dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size),
+                "down_proj": w.dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size),
             },
         })
-    params = {
-        "embed_tokens": {"embedding": checked(t, "embed_tokens.weight", (c.vocab_size, c.hidden_size))},
-        "norm": norm("norm"),
-        **layer_params(layers, c.scan_layers),
-    }
-    if not c.tie_word_embeddings:
-        params["lm_head"] = {"kernel": checked(t, "lm_head.weight", (c.vocab_size, c.hidden_size)).T}
-    return params
+    return w.decoder(c, layers)
 
 
 def build(config: Gemma3Config) -> CausalLM:

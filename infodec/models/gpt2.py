@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, CheckpointMismatchError, checked, layer_params
+from infodec.models.base import CausalLM, HFWeights, checked, layer_params
 from infodec.models.layers import ACTIVATIONS, Attention, default_scan_layers, run_layers
 
 HF_MODEL_TYPES = ("gpt2",)
@@ -157,7 +157,8 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
     """
     c = config
     d = c.hidden_size
-    t = {name.removeprefix("transformer."): value for name, value in tensors.items()}
+    weights = HFWeights(tensors, prefix="transformer.")
+    t = weights.tensors
 
     def conv1d(name: str, in_dim: int, out_dim: int) -> dict:
         return {"kernel": checked(t, f"{name}.weight", (in_dim, out_dim)),
@@ -185,9 +186,7 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
                 "c_proj": conv1d(f"{p}.mlp.c_proj", c.intermediate_size, d),
             },
         })
-    if f"h.{c.num_layers}.ln_1.weight" in t:
-        raise CheckpointMismatchError(f"checkpoint has more than the config's {c.num_layers} layers: "
-                                      "config.json and the weights disagree")
+    weights.check_layers("h.", c.num_layers)
     params = {
         "wte": {"embedding": checked(t, "wte.weight", (c.vocab_size, d))},
         "wpe": {"embedding": checked(t, "wpe.weight", (c.max_position_embeddings, d))},

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, checked, layer_params
+from infodec.models.base import CausalLM, HFWeights
 from infodec.models.layers import Attention, GatedMLP, RMSNorm, default_scan_layers, rope_inv_freq, run_layers
 
 HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -129,44 +129,27 @@ class Llama(nn.Module):
 def convert_hf_weights(config: LlamaConfig, tensors: Mapping[str, np.ndarray]) -> dict:
     """HF ``LlamaForCausalLM`` state dict (numpy, ``[out, in]`` linears) -> Flax params."""
     c = config
-    t = {name.removeprefix("model."): value for name, value in tensors.items()}
-
-    def dense(name: str, out_dim: int, in_dim: int, bias: bool) -> dict:
-        params = {"kernel": checked(t, f"{name}.weight", (out_dim, in_dim)).T}
-        if bias:
-            params["bias"] = checked(t, f"{name}.bias", (out_dim,))
-        return params
-
-    def norm(name: str) -> dict:
-        return {"scale": checked(t, f"{name}.weight", (c.hidden_size,))}
-
-    layers = []
+    w = HFWeights(tensors)
     q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}"
         layers.append({
-            "input_layernorm": norm(f"{p}.input_layernorm"),
-            "post_attention_layernorm": norm(f"{p}.post_attention_layernorm"),
+            "input_layernorm": w.norm(f"{p}.input_layernorm", c.hidden_size),
+            "post_attention_layernorm": w.norm(f"{p}.post_attention_layernorm", c.hidden_size),
             "self_attn": {
-                "q_proj": dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, c.qkv_bias),
-                "k_proj": dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, c.qkv_bias),
-                "v_proj": dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, c.qkv_bias),
-                "o_proj": dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, c.out_bias),
+                "q_proj": w.dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, c.qkv_bias),
+                "k_proj": w.dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, c.qkv_bias),
+                "v_proj": w.dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, c.qkv_bias),
+                "o_proj": w.dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, c.out_bias),
             },
             "mlp": {
-                "gate_proj": dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
-                "up_proj": dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
-                "down_proj": dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size, c.mlp_bias),
+                "gate_proj": w.dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
+                "up_proj": w.dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
+                "down_proj": w.dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size, c.mlp_bias),
             },
         })
-    params = {
-        "embed_tokens": {"embedding": checked(t, "embed_tokens.weight", (c.vocab_size, c.hidden_size))},
-        "norm": norm("norm"),
-        **layer_params(layers, c.scan_layers),
-    }
-    if not c.tie_word_embeddings:
-        params["lm_head"] = {"kernel": checked(t, "lm_head.weight", (c.vocab_size, c.hidden_size)).T}
-    return params
+    return w.decoder(c, layers)
 
 
 def build(config: LlamaConfig) -> CausalLM:

