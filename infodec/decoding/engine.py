@@ -152,12 +152,18 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_s
     initial = functools.partial(_initial_state, positions=positions, tokens=tokens, key=key, buffer=buffer,
                                 num_samples=num_samples, policy=policy)
     logits_shape = jax.ShapeDtypeStruct((len(token_lists), model.vocab_size), jnp.float32)
-    state_shape = jax.eval_shape(initial, logits_shape, cache)
+    hidden_shape = (jax.ShapeDtypeStruct((len(token_lists), model.config.hidden_size), jnp.float32)
+                    if policy.needs_hidden else None)
+    state_shape = jax.eval_shape(initial, logits_shape, cache, hidden_shape)
     compiling = threading.Thread(target=loop.lower(model, params, policy, state_shape, stops, jnp.int32(0), chunk,
                                                    pad_id, policy_structure(policy)).compile)
     compiling.start()
-    logits, cache = _prefill(model, params, tokens, positions, cache)
-    state = initial(logits, cache)
+    if policy.needs_hidden:
+        logits, cache, hidden = _prefill_hidden(model, params, tokens, positions, cache)
+    else:
+        logits, cache = _prefill(model, params, tokens, positions, cache)
+        hidden = None
+    state = initial(logits, cache, hidden)
     compiling.join()
     conditioned = token_lists[::streams]  # what stream 0 (the anchor) read
     prompt_tokens = np.full((len(conditioned), max(len(t) for t in conditioned)), -1, np.int32)
@@ -221,12 +227,22 @@ def _prefill_impl(model, params, tokens, positions, cache):
     return logits[:, -1], cache
 
 
+def _prefill_hidden_impl(model, params, tokens, positions, cache):
+    """Prefill for policies with ``needs_hidden``: also the last hidden state ``[R, D]`` float32."""
+    _TRACES["prefill"] += 1
+    logits, cache, hidden = model.apply(params, tokens, positions, cache, return_hidden=True)
+    return logits[:, -1], cache, hidden[:, -1].astype(jnp.float32)
+
+
 _prefill = jax.jit(_prefill_impl, static_argnums=0, donate_argnums=4)
+_prefill_hidden = jax.jit(_prefill_hidden_impl, static_argnums=0, donate_argnums=4)
 
 
-def _initial_state(logits, cache, positions, tokens, key, buffer, num_samples, policy) -> DecodeState:
+def _initial_state(logits, cache, hidden=None, *, positions, tokens, key, buffer, num_samples,
+                   policy) -> DecodeState:
     """The state after prefill. Model rows come in groups of ``S`` streams per prompt; ``num_samples``
-    copies of each group are made by broadcasting the prefilled cache (no second prefill)."""
+    copies of each group are made by broadcasting the prefilled cache (no second prefill). ``hidden``
+    (``[P * S, D]``, policies with ``needs_hidden``) keeps stream 0 of each group."""
     streams = policy.num_streams
 
     def repeat(x, axis=0):  # [P * S, ...] -> [P * M * S, ...], copying each prompt's group of streams
@@ -243,9 +259,13 @@ def _initial_state(logits, cache, positions, tokens, key, buffer, num_samples, p
     context = jnp.repeat(context, num_samples, axis=0)
     logits = repeat(logits).reshape(-1, streams, logits.shape[-1])
     rows = logits.shape[0]
-    names = jax.eval_shape(lambda x, c: policy(x, StepInfo(c, jnp.int32(0)))[1],
-                           jax.ShapeDtypeStruct((1, streams, logits.shape[-1]), jnp.float32),
-                           jax.ShapeDtypeStruct((1, context.shape[1]), jnp.int32))
+    if hidden is not None:
+        hidden = repeat(hidden).reshape(rows, streams, -1)[:, 0]
+    # Abstract evaluation at the real batch size (free), so per-row [N] policy fields broadcast.
+    names = jax.eval_shape(lambda x, c, h: policy(x, StepInfo(c, jnp.int32(0), h))[1],
+                           jax.ShapeDtypeStruct((rows, streams, logits.shape[-1]), jnp.float32),
+                           jax.ShapeDtypeStruct((rows, context.shape[1]), jnp.int32),
+                           None if hidden is None else jax.ShapeDtypeStruct((rows, hidden.shape[-1]), jnp.float32))
     names = [*names, *(["pmi"] if streams == 2 else [])]
     zeros = lambda: jnp.zeros((rows, buffer), jnp.float32)  # noqa: E731  (distinct buffers: all donated)
     return DecodeState(
@@ -254,7 +274,7 @@ def _initial_state(logits, cache, positions, tokens, key, buffer, num_samples, p
         next_position=repeat(jnp.max(positions, axis=1) + 1),
         done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), context=context,
         tokens=jnp.zeros((rows, buffer), jnp.int32), logp_model=zeros(), logp_policy=zeros(),
-        diagnostics={name: zeros() for name in names})
+        diagnostics={name: zeros() for name in names}, hidden=hidden)
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -262,7 +282,7 @@ def _initial_state(logits, cache, positions, tokens, key, buffer, num_samples, p
 def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> DecodeState:
     """One token for every row: policy, sample, record, then one model call on the sampled tokens."""
     rows, streams, _ = state.logits.shape
-    log_pi, diagnostics = policy(state.logits, StepInfo(state.context, state.step))
+    log_pi, diagnostics = policy(state.logits, StepInfo(state.context, state.step, state.hidden))
     keys = jax.random.split(jax.random.fold_in(state.key, state.step), rows)
     token = sample(keys, log_pi)
     token = jnp.where(state.done, pad_id, token)
@@ -279,10 +299,16 @@ def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> 
     done = state.done | jnp.any(token[:, None] == stops[None, :], axis=-1) | (step >= max_new)
     prompt_slots = state.context.shape[1] - state.tokens.shape[1]
     feed_positions = jnp.where(jnp.repeat(live, streams), state.next_position, -1)
-    logits, cache = model.apply(params, jnp.repeat(token, streams)[:, None], feed_positions[:, None],
-                                state.cache)
+    hidden = None
+    if policy.needs_hidden:  # static: other policies compile exactly the call they always did
+        logits, cache, hidden = model.apply(params, jnp.repeat(token, streams)[:, None], feed_positions[:, None],
+                                            state.cache, return_hidden=True)
+        hidden = hidden[:, 0].astype(jnp.float32).reshape(rows, streams, -1)[:, 0]
+    else:
+        logits, cache = model.apply(params, jnp.repeat(token, streams)[:, None], feed_positions[:, None],
+                                    state.cache)
     return state.replace(
-        step=step, cache=cache, logits=logits.reshape(rows, streams, -1),
+        step=step, cache=cache, logits=logits.reshape(rows, streams, -1), hidden=hidden,
         next_position=state.next_position + 1, done=done,
         lengths=jnp.where(live, step, state.lengths),
         context=jax.lax.dynamic_update_slice(state.context, jnp.where(live, token, -1)[:, None],
@@ -321,8 +347,13 @@ def policy_structure(policy: Policy) -> tuple:
     so when two such entries meet in jit's cache one policy can be served the other's compiled code.
     Passing this key as a static argument keeps policies of different classes apart.
     """
+    def hashable(data):  # dict nodes (e.g. a discriminator's params) carry their keys as a list
+        if isinstance(data, (list, tuple)):
+            return tuple(hashable(x) for x in data)
+        return data
+
     def key(treedef):
-        return treedef.node_data(), tuple(key(child) for child in treedef.children())
+        return hashable(treedef.node_data()), tuple(key(child) for child in treedef.children())
 
     return key(jax.tree.structure(policy))
 

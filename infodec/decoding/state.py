@@ -33,6 +33,8 @@ class DecodeState:
       logp_model: ``[N, L]`` log P_G of each chosen token under the raw model (stream 0).
       logp_policy: ``[N, L]`` log π of each chosen token under the sampling policy.
       diagnostics: name -> ``[N, L]`` per-step scalars reported by the policy.
+      hidden: ``[N, D]`` float32 final hidden state of stream 0 at the decode position (the one that
+        produced ``logits[:, 0]``), only for policies with ``needs_hidden``; None otherwise.
     """
 
     step: Array
@@ -47,6 +49,7 @@ class DecodeState:
     logp_model: Array
     logp_policy: Array
     diagnostics: dict[str, Array]
+    hidden: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)

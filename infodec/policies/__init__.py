@@ -3,10 +3,11 @@
 from infodec.policies.base import Policy, StepInfo, Transform, information
 from infodec.policies.standard import (Chain, Epsilon, Eta, Greedy, MinP, RepetitionPenalty, Temperature,
                                        TopK, TopP, Typical, chain)
+from infodec.policies.guidance import ClassifierGuidance, TopicDiscriminator
 from infodec.policies.value import (PMI, ClassifierFreeGuidance, DynamicValuePolicy, FunctionScore,
                                     HalfLifeSchedule, KLGuidedTemperature, SigmoidSchedule, ValuePolicy)
 
 __all__ = ["Policy", "StepInfo", "Transform", "information", "Chain", "Epsilon", "Eta", "Greedy", "MinP",
            "RepetitionPenalty", "Temperature", "TopK", "TopP", "Typical", "chain", "PMI", "FunctionScore",
            "ValuePolicy", "ClassifierFreeGuidance", "KLGuidedTemperature", "DynamicValuePolicy",
-           "HalfLifeSchedule", "SigmoidSchedule"]
+           "HalfLifeSchedule", "SigmoidSchedule", "ClassifierGuidance", "TopicDiscriminator"]

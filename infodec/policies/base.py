@@ -38,16 +38,25 @@ class StepInfo:
     Attributes:
       context: ``[B, C]`` int32, the prompt and the tokens generated so far (``-1`` where empty).
       index: int32 scalar, the number of tokens generated so far.
+      hidden: ``[B, D]`` float32, the model's final (post-norm) hidden state of stream 0 at the current
+        decode position (the state whose logits the policy is scoring), or None. The engine computes it
+        only for policies with ``needs_hidden = True``.
     """
 
     context: Array
     index: Array
+    hidden: Array | None = None
 
 
 class Policy:
-    """Base class: subclasses implement ``log_probs`` and may set ``num_streams = 2``."""
+    """Base class: subclasses implement ``log_probs`` and may set ``num_streams = 2``.
+
+    ``needs_hidden = True`` asks the engine for ``StepInfo.hidden`` (one more output of every model call;
+    other policies do not pay for it).
+    """
 
     num_streams: ClassVar[int] = 1
+    needs_hidden: ClassVar[bool] = False
 
     def __call__(self, logits: Array, step: StepInfo | None = None) -> tuple[Array, Diagnostics]:
         logits = as_streams(logits, self.num_streams, type(self).__name__)
