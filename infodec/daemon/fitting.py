@@ -1,0 +1,394 @@
+"""DAEMON Algorithm 1: fitting the coefficients µ by weighted importance sampling (spec.md §3).
+
+``q_µ(x|c) ∝ p_θ(x|c) · exp(−µᵀ f(x, c))`` with one global µ. Given ``N`` samples per prefix from a
+proposal ``r`` with features ``f_{j,i}`` and log ratios ``ρ_{j,i} = log p_θ − log r``, the sample dual
+
+    L̂(µ) = mean_j [logsumexp_i(ρ_{j,i} − µᵀ f_{j,i}) − log N] + µᵀ F
+
+is convex in µ (its Hessian is a weighted covariance); its gradient ``F − Ê_µ[f]`` vanishes where the
+reweighted samples match the target moments. The samples are reused: only the weights change.
+
+* ``normalization="prefix"`` (default, the spec's): every prefix has its own normaliser ``Z(c_j)``,
+  ``w_j = softmax_i(lw_j)``, ``Ê_µ[f] = mean_j Σ_i w_{j,i} f_{j,i}``.
+* ``normalization="global"``: one normaliser over all pairs,
+  ``L̂(µ) = logsumexp_{j,i}(lw) − log(J N) + µᵀ F`` and ``Ê_µ[f] = Σ_{j,i} w_{j,i} f_{j,i}`` with
+  ``w = softmax`` over all ``(j, i)``. This is the projection of the *joint* ``p(c) p_θ(x|c)``, which
+  may also reweight prefixes (prefixes whose samples look more like the target get more mass); with
+  one prefix the two coincide.
+
+Metrics are standardised (zero mean, unit variance over all samples of the proposal) before fitting
+(``standardize=True``): the fit finds ``ν`` on ``g = (f − m)/s``, and ``µ = ν / s`` on the raw scale (the
+shift ``m`` cancels in every normaliser). Both are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from infodec.daemon import metrics as metrics_lib
+
+Array = jax.Array
+
+NORMALIZATIONS = ("prefix", "global")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitReport:
+    """What :func:`fit_coefficients` found (numpy arrays).
+
+    Attributes:
+      mu: ``[K]`` coefficients on the raw metric scale (``q ∝ p_θ exp(−µᵀ f)``).
+      mu_standardized: ``[K]`` coefficients on the standardised scale (``µ · s``).
+      feature_mean, feature_std: ``[K]`` the standardisation ``m``, ``s`` (0 and 1 when off).
+      fitted_moments: ``[K]`` ``Ê_µ[f]`` on the raw scale at the returned µ.
+      target: ``[K]`` ``F``.
+      residual: ``[K]`` ``F − Ê_µ[f]`` (raw scale); residual_norm its Euclidean norm and
+        residual_norm_standardized the norm of ``(F − Ê_µ[f]) / s`` (the gradient the optimiser saw).
+      ess: ``[J]`` effective sample size ``1/Σ_i w_{j,i}²`` of each prefix's self-normalised weights
+        (for the global variant too: each prefix's weights renormalised).
+      ess_global: ``1/Σ w²`` of the weights normalised over all ``(j, i)``.
+      weights: ``[J, N]`` the normalised weights (per prefix, or over all pairs for "global").
+      loss_history: ``[steps + 1]`` L̂ (standardised parametrisation, same value) before each step.
+      steps: optax steps taken; converged: whether ``residual_norm_standardized < tol``.
+      normalization: "prefix" or "global".
+      metric_names, human_features ``[J, K]``, sample_features ``[J, N, K]``, log_ratios ``[J, N]``:
+        filled in by :func:`fit` (None from :func:`fit_coefficients`).
+    """
+
+    mu: np.ndarray
+    mu_standardized: np.ndarray
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    fitted_moments: np.ndarray
+    target: np.ndarray
+    residual: np.ndarray
+    residual_norm: float
+    residual_norm_standardized: float
+    ess: np.ndarray
+    ess_global: float
+    weights: np.ndarray
+    loss_history: np.ndarray
+    steps: int
+    converged: bool
+    normalization: str
+    metric_names: tuple[str, ...] | None = None
+    human_features: np.ndarray | None = None
+    sample_features: np.ndarray | None = None
+    log_ratios: np.ndarray | None = None
+
+    @property
+    def standardization(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)``: pass as ``sample(..., standardization=)`` with ``mu_standardized``."""
+        return self.feature_mean, self.feature_std
+
+
+def dual_loss(nu: Array, g: Array, rho: Array, target: Array, normalization: str = "prefix") -> Array:
+    """``L̂(ν)`` for standardised features ``g[J, N, K]``, log ratios ``rho[J, N]``, ``target[K]``."""
+    lw = rho - jnp.einsum("jnk,k->jn", g, nu)
+    num_prefixes, num_samples = lw.shape
+    if normalization == "prefix":
+        log_z = jnp.mean(jax.nn.logsumexp(lw, axis=1)) - jnp.log(num_samples)
+    else:
+        log_z = jax.nn.logsumexp(lw) - jnp.log(num_prefixes * num_samples)
+    return log_z + jnp.dot(nu, target)
+
+
+def _normalized_weights(lw: Array, normalization: str) -> Array:
+    if normalization == "prefix":
+        return jax.nn.softmax(lw, axis=1)
+    return jax.nn.softmax(lw.reshape(-1)).reshape(lw.shape)
+
+
+def moments(mu: Array, features: Array, log_ratios: Array | None = None, normalization: str = "prefix") -> Array:
+    """``Ê_µ[f]`` ``[K]``: the self-normalised importance-weighted feature means at ``mu``."""
+    features = jnp.asarray(features, jnp.float32)
+    rho = jnp.zeros(features.shape[:2]) if log_ratios is None else jnp.asarray(log_ratios, jnp.float32)
+    w = _normalized_weights(rho - jnp.einsum("jnk,k->jn", features, jnp.asarray(mu, jnp.float32)), normalization)
+    total = jnp.einsum("jn,jnk->k", w, features)
+    return total / features.shape[0] if normalization == "prefix" else total
+
+
+def _run(optimizer, nu0, g, rho, target, normalization, steps, tol):
+    """Minimises the dual in a ``while_loop`` (stops at ``steps`` or once ‖∇‖ < tol)."""
+    loss = lambda nu: dual_loss(nu, g, rho, target, normalization)  # noqa: E731
+    value_and_grad = jax.value_and_grad(loss)
+    history = jnp.full((steps + 1,), jnp.nan, jnp.float32)
+
+    def cond(carry):
+        step, _, _, _, grad_norm = carry
+        return (step < steps) & (grad_norm >= tol)
+
+    def body(carry):
+        step, nu, state, history, _ = carry
+        value, grad = value_and_grad(nu)
+        history = history.at[step].set(value)
+        updates, state = optimizer.update(grad, state, nu, value=value, grad=grad, value_fn=loss)
+        nu = optax.apply_updates(nu, updates)
+        return step + 1, nu, state, history, jnp.linalg.norm(jax.grad(loss)(nu))
+
+    state = optimizer.init(nu0)
+    start = (jnp.int32(0), nu0, state, history, jnp.linalg.norm(jax.grad(loss)(nu0)))
+    step, nu, _, history, grad_norm = jax.lax.while_loop(cond, body, start)
+    history = history.at[step].set(loss(nu))
+    return nu, step, history, grad_norm
+
+
+_run_jit = jax.jit(_run, static_argnums=(0, 5, 6))
+
+
+@functools.lru_cache(maxsize=16)
+def _default_optimizer(learning_rate):
+    """L-BFGS, cached so repeated fits reuse the compiled loop (the optimiser is a static argument)."""
+    return optax.with_extra_args_support(optax.lbfgs(learning_rate=learning_rate))
+
+
+def fit_coefficients(features, log_ratios, target, *, normalization: str = "prefix", standardize: bool = True,
+                     steps: int = 200, learning_rate: float | None = None,
+                     optimizer: optax.GradientTransformation | None = None, tol: float = 1e-6,
+                     mu_init=None, polish: bool = True) -> tuple[np.ndarray, FitReport]:
+    """Algorithm 1 on arrays: ``µ = argmin L̂(µ)`` (module docstring), no model needed.
+
+    Args:
+      features: ``[J, N, K]`` metrics of ``N`` proposal samples for each of ``J`` prefixes.
+      log_ratios: ``[J, N]`` ``ρ = log p_θ(x|c) − log r(x|c)`` (zeros when sampling from p_θ), or None.
+      target: ``[K]`` ``F``, the human metric means.
+      normalization: "prefix" (per-prefix normalisers, the spec's) or "global" (module docstring).
+      standardize: fit on standardised metrics (zero mean, unit variance over the samples); a metric
+        with zero variance keeps scale 1.
+      steps: maximum optimiser steps. tol: target for ‖∇L̂‖ = ‖(F − Ê_µ[f]) / s‖ (standardised scale);
+        ``converged`` reports whether it was met. The float32 optax loop stops at ``max(tol, 1e-4)``
+        when ``polish`` (float32 line searches cannot resolve much less), the float64 polish goes on.
+      learning_rate: for the default optimiser, L-BFGS (``optax.lbfgs``): None uses its line search.
+      optimizer: any optax transformation instead (e.g. ``optax.adam(0.05)``); it is called with
+        ``value``, ``grad`` and ``value_fn`` extra arguments (``optax.with_extra_args_support``).
+      mu_init: ``[K]`` starting µ on the raw scale (default zeros).
+      polish: after the (float32, on-device) optax loop, take damped Newton steps in float64 on the host
+        (Hessian = the weighted feature covariance, K x K), so the moments match to float64 precision.
+
+    Returns ``(mu [K], FitReport)``. If ``F`` lies outside the convex hull of the samples' features, no
+    finite µ matches it; the optimiser then stops at ``steps`` with ``converged=False``.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    f = np.asarray(features, np.float64)
+    if f.ndim != 3:
+        raise ValueError(f"features must be [J prefixes, N samples, K metrics], got shape {f.shape}")
+    num_prefixes, num_samples, k = f.shape
+    if num_prefixes < 1 or num_samples < 1 or k < 1:
+        raise ValueError(f"features must be non-empty, got shape {f.shape}")
+    rho = np.zeros((num_prefixes, num_samples)) if log_ratios is None else np.asarray(log_ratios, np.float64)
+    if rho.shape != (num_prefixes, num_samples):
+        raise ValueError(f"log_ratios {rho.shape} must be [J, N] = {(num_prefixes, num_samples)}")
+    target = np.asarray(target, np.float64).reshape(-1)
+    if target.shape != (k,):
+        raise ValueError(f"target {target.shape} must be [K] = ({k},)")
+    if not (np.all(np.isfinite(f)) and np.all(np.isfinite(target)) and not np.any(np.isnan(rho))):
+        raise ValueError("features, target and log_ratios must be finite (log_ratios may be -inf)")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if standardize:
+        mean = f.reshape(-1, k).mean(0)
+        std = f.reshape(-1, k).std(0)
+        std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    else:
+        mean, std = np.zeros(k), np.ones(k)
+    g = jnp.asarray((f - mean) / std, jnp.float32)
+    big_f = jnp.asarray((target - mean) / std, jnp.float32)
+    rho_j = jnp.asarray(np.nan_to_num(rho, neginf=-1e30), jnp.float32)
+    nu0 = jnp.zeros(k, jnp.float32) if mu_init is None else jnp.asarray(np.asarray(mu_init) * std, jnp.float32)
+    optimizer = _default_optimizer(learning_rate) if optimizer is None else optax.with_extra_args_support(optimizer)
+    nu, taken, history, grad_norm = _run_jit(
+        optimizer, nu0, g, rho_j, big_f, normalization, int(steps), jnp.float32(max(tol, 1e-4) if polish else tol))
+    nu = np.asarray(nu, np.float64)
+    if polish:
+        nu = _newton_polish(nu, (f - mean) / std, rho, (target - mean) / std,
+                            normalization)
+    mu = nu / std
+
+    # Diagnostics in float64 on the host.
+    lw = rho - np.einsum("jnk,k->jn", f, mu)
+    per_prefix = _softmax(lw, axis=1)
+    weights = per_prefix if normalization == "prefix" else _softmax(lw.reshape(-1)).reshape(lw.shape)
+    fitted = (np.einsum("jn,jnk->k", weights, f) / (num_prefixes if normalization == "prefix" else 1))
+    joint = _softmax(lw.reshape(-1))
+    residual = target - fitted
+    report = FitReport(
+        mu=mu, mu_standardized=nu, feature_mean=mean, feature_std=std, fitted_moments=fitted, target=target,
+        residual=residual, residual_norm=float(np.linalg.norm(residual)),
+        residual_norm_standardized=float(np.linalg.norm(residual / std)),
+        ess=1.0 / np.sum(per_prefix ** 2, axis=1), ess_global=float(1.0 / np.sum(joint ** 2)), weights=weights,
+        loss_history=np.asarray(history[:int(taken) + 1], np.float64), steps=int(taken),
+        converged=float(np.linalg.norm(residual / std)) < tol,
+        normalization=normalization)
+    return mu, report
+
+
+def _dual64(nu, g, rho, big_f, normalization):
+    """``(L̂, ∇L̂, ∇²L̂)`` in float64 on the host (standardised parametrisation)."""
+    lw = rho - g @ nu
+    num_prefixes, num_samples = lw.shape
+    if normalization == "prefix":
+        m = np.max(lw, axis=1, keepdims=True)
+        log_z = m[:, 0] + np.log(np.sum(np.exp(lw - m), axis=1))
+        w = np.exp(lw - log_z[:, None]) / num_prefixes  # each prefix carries 1/J of the mass
+        loss = log_z.mean() - np.log(num_samples)
+    else:
+        m = np.max(lw)
+        log_z = m + np.log(np.sum(np.exp(lw - m)))
+        w = np.exp(lw - log_z)
+        loss = log_z - np.log(num_prefixes * num_samples)
+    means = np.einsum("jn,jnk->jk", w, g)
+    mean = means.sum(0)
+    if normalization == "prefix":
+        means = means * num_prefixes  # per-prefix means
+        centred = g - means[:, None, :]
+    else:
+        centred = g - mean
+    k = g.shape[-1]
+    flat = centred.reshape(-1, k)
+    hessian = (flat * w.reshape(-1, 1)).T @ flat
+    return loss + nu @ big_f, big_f - mean, hessian
+
+
+def _newton_polish(nu, g, rho, big_f, normalization, iters: int = 30):
+    """Damped Newton on the convex dual from ``nu`` (float64); never returns a worse point."""
+    rho = np.where(np.isneginf(rho), -1e300, rho)
+    loss, grad, hessian = _dual64(nu, g, rho, big_f, normalization)
+    for _ in range(iters):
+        if not np.all(np.isfinite(grad)) or np.linalg.norm(grad) < 1e-11:
+            break
+        step = np.linalg.solve(hessian + 1e-12 * np.eye(len(nu)) * max(1.0, np.trace(hessian)), grad)
+        t, moved = 1.0, False
+        while t > 1e-4:
+            trial = nu - t * step
+            new = _dual64(trial, g, rho, big_f, normalization)
+            if np.isfinite(new[0]) and new[0] <= loss + 1e-4 * t * (grad @ -step):
+                nu, (loss, grad, hessian), moved = trial, new, True
+                break
+            t *= 0.5
+        if not moved:
+            break
+    return nu
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# --- with a model ----------------------------------------------------------------------------------
+
+def pad_rows(rows: Sequence[Sequence[int]], width: int | None = None, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens [B, W], lengths [B])`` from id lists, right-padded with ``fill`` (truncated to ``width``)."""
+    rows = [[int(t) for t in np.asarray(r).reshape(-1)] for r in rows]
+    if width is not None:
+        rows = [r[:width] for r in rows]
+    w = max(1, max((len(r) for r in rows), default=0)) if width is None else width
+    tokens = np.full((len(rows), w), fill, np.int32)
+    for b, r in enumerate(rows):
+        tokens[b, :len(r)] = r
+    return tokens, np.array([len(r) for r in rows], np.int32)
+
+
+def encode_texts(texts, tokenizer, *, add_bos: bool) -> list[list[int]]:
+    """Token-id lists from strings (needs ``tokenizer``) or id sequences."""
+    if isinstance(texts, str):
+        texts = [texts]
+    out = []
+    for t in texts:
+        if isinstance(t, str):
+            if tokenizer is None:
+                raise ValueError("string prefixes/continuations need tokenizer=...; or pass token ids")
+            out.append(list(tokenizer.encode(t, add_bos=add_bos)))
+        else:
+            out.append([int(x) for x in np.asarray(t).reshape(-1)])
+    return out
+
+
+def human_features(prefixes, continuations, metric_names: Sequence[str], *, max_new_tokens: int | None = None,
+                   tokenizer=None, **metric_deps) -> np.ndarray:
+    """``[J, K]`` metrics of human continuations (truncated to ``max_new_tokens`` when given)."""
+    prefix_ids = encode_texts(prefixes, tokenizer, add_bos=True)
+    cont_ids = encode_texts(continuations, tokenizer, add_bos=False)
+    if len(prefix_ids) != len(cont_ids):
+        raise ValueError(f"got {len(cont_ids)} human continuations for {len(prefix_ids)} prefixes")
+    tokens, lengths = pad_rows(cont_ids, max_new_tokens)
+    prefix, _ = pad_rows(prefix_ids, fill=-1)
+    deps = dict(metric_deps)
+    if tokenizer is not None:
+        deps.setdefault("tokenizer", tokenizer)
+    return np.asarray(metrics_lib.compute(metric_names, tokens, lengths, prefix, **deps), np.float64)
+
+
+def draw_candidates(model, params, prompts, metric_names, *, num_samples: int, max_new_tokens: int, key,
+                    proposal_temperature: float = 1.0, tokenizer=None, stop_tokens=..., functions=None,
+                    **metric_deps):
+    """Draws ``num_samples`` continuations per prompt from ``Temperature(τ)`` (one shared prefill) and
+    returns ``(output, features [P, M, K], log_ratios [P, M])``; ``ρ = Σ_t (log p_θ − log r)`` over the
+    generated tokens, exactly 0 when ``τ = 1``."""
+    import infodec  # late: infodec imports this package
+
+    if proposal_temperature <= 0:
+        raise ValueError(f"proposal_temperature must be > 0, got {proposal_temperature}")
+    prompt_ids = encode_texts(prompts, tokenizer, add_bos=True)
+    out = infodec.generate(model, params, prompt_ids, infodec.Temperature(float(proposal_temperature)), key,
+                           max_new_tokens=max_new_tokens, num_samples=num_samples, tokenizer=tokenizer,
+                           stop_tokens=stop_tokens)
+    deps = dict(metric_deps)
+    if tokenizer is not None:
+        deps.setdefault("tokenizer", tokenizer)
+    functions = functions or metrics_lib.metric_functions(metric_names, **deps)
+    feats = np.asarray(metrics_lib.compute_with(functions, out.tokens, out.lengths, out.prompt_tokens), np.float64)
+    logp_model, logp_policy = out.sequence_logp()
+    rho = np.zeros_like(logp_model, np.float64) if proposal_temperature == 1.0 else (
+        logp_model.astype(np.float64) - logp_policy.astype(np.float64))
+    num_prompts = len(prompt_ids)
+    return out, feats.reshape(num_prompts, num_samples, -1), rho.reshape(num_prompts, num_samples)
+
+
+def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str], *, num_samples: int,
+        max_new_tokens: int, key, proposal_temperature: float = 1.0, tokenizer=None, stop_tokens=...,
+        normalization: str = "prefix", standardize: bool = True, steps: int = 200,
+        learning_rate: float | None = None, optimizer=None, **metric_deps) -> tuple[np.ndarray, FitReport]:
+    """Algorithm 1 end to end (spec.md §3).
+
+    1. ``F = mean_j f(x_j^human, c_j)`` (human continuations truncated to ``max_new_tokens`` tokens, so
+       they are measured on the same budget as the samples);
+    2. ``N = num_samples`` continuations per prefix, drawn once with ``infodec.generate(...,
+       num_samples=N)`` from ``Temperature(proposal_temperature)``; ``ρ`` from the per-token
+       ``logp_model − logp_policy`` (0 when τ = 1);
+    3. :func:`fit_coefficients` on the features.
+
+    ``prefixes`` / ``human_continuations``: strings (with ``tokenizer``) or token-id lists. Prefix
+    strings are encoded with BOS, continuations without. ``metric_deps`` feed ``coh``/``info``
+    (see ``metrics.get_metric``). Returns ``(mu, report)`` with the features in the report.
+    """
+    names = tuple(metric_names)
+    deps = dict(metric_deps)
+    if tokenizer is not None:
+        deps.setdefault("tokenizer", tokenizer)
+    functions = metrics_lib.metric_functions(names, **deps)
+    prefix_ids = encode_texts(prefixes, tokenizer, add_bos=True)
+    human = human_features(prefix_ids, encode_texts(human_continuations, tokenizer, add_bos=False), names,
+                           max_new_tokens=max_new_tokens, **{**deps, **_resolved(names, functions)})
+    _, feats, rho = draw_candidates(model, params, prefix_ids, names, num_samples=num_samples,
+                                    max_new_tokens=max_new_tokens, key=key,
+                                    proposal_temperature=proposal_temperature, tokenizer=tokenizer,
+                                    stop_tokens=stop_tokens, functions=functions)
+    mu, report = fit_coefficients(feats, rho, human.mean(0), normalization=normalization, standardize=standardize,
+                                  steps=steps, learning_rate=learning_rate, optimizer=optimizer)
+    return mu, dataclasses.replace(report, metric_names=names, human_features=human, sample_features=feats,
+                                   log_ratios=rho)
+
+
+def _resolved(names, functions) -> dict[str, Any]:
+    """Passes already-built ``coh``/``info`` functions on, so they are not rebuilt."""
+    return {n: fn for n, fn in zip(names, functions) if n in ("coh", "info")}
