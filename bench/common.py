@@ -6,3 +6,19 @@ TEXT = ("The history of the printing press begins in the fifteenth century, when
         "Within a few decades, print shops had spread to most of the major cities of Europe, and the price of "
         "books fell sharply. Scholars could now compare identical copies of a text, which changed the way "
         "knowledge was checked, shared and argued about. ") * 4
+
+
+def write_results(out: str, name: str, meta: dict, rows: list[dict], table: str) -> None:
+    """Writes ``{out}/{name}.json`` (meta + rows) and ``{out}/{name}.md`` (the table), and prints the table."""
+    import json
+    import os
+    from pathlib import Path
+
+    import jax
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"backend": jax.default_backend(), "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), **meta}
+    (folder / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (folder / f"{name}.md").write_text(table)
+    print(table)

@@ -14,7 +14,6 @@ Writes ``bench/results/decode.json`` and ``bench/results/decode.md``.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 import infodec
-from bench.common import TEXT
+from bench.common import TEXT, write_results
 from infodec.models import checkpoints
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "Model to benchmark.")
@@ -173,21 +172,15 @@ def main(argv):
 
 
 def write(rows: list[dict], limits: dict) -> None:
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": _MODEL.value, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
-            "cpu_count": os.cpu_count(), "limits": limits, "repeats": _REPEATS.value,
+    meta = {"model": _MODEL.value, "limits": limits, "repeats": _REPEATS.value,
             "prompt_tokens": _PROMPT_TOKENS.value}
-    (out / "decode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     header = ("| batch | policy | infodec tok/s | HF tok/s | speed-up | limit tok/s | fraction of limit | "
               "compile s | compilations (timed) | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"| {r['batch']} | {r['policy']} | {r['infodec_tokens_per_s']:.1f} | "
              f"{r.get('hf_tokens_per_s', float('nan')):.1f} | {r.get('speedup_vs_hf', float('nan')):.2f}x | "
              f"{r['limit_tokens_per_s']:.0f} ({r['limit_kind']}) | {r['fraction_of_limit']:.0%} | "
              f"{r['compile_s']:.1f} | {r['compilations_timed']} | {r['peak_rss_mb']:.0f} |" for r in rows]
-    table = header + "\n".join(lines) + "\n"
-    (out / "decode.md").write_text(table)
-    print(table)
+    write_results(_OUT.value, "decode", meta, rows, header + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -417,3 +417,29 @@ def test_fit_and_perplexity_with_model(tiny):
     assert ppl.num_tokens == mask.sum() and ppl.num_samples == 64
     # The paper's qualitative claim, on this fixed seed (human text = p_θ at τ = 0.7): 2.52 vs 2.82.
     assert np.isfinite(ppl.ppl_q) and ppl.ppl_q < ppl.ppl_p
+
+
+def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch):
+    from infodec.daemon import studies
+    from infodec.data.corpora import Window
+
+    model, params = tiny
+    rng = np.random.default_rng(0)
+
+    def fake_windows(corpus, tokenizer, split, count, prompt_tokens, continuation_tokens, max_per_document, seed):
+        ids = rng.integers(1, 6, size=(count, prompt_tokens + continuation_tokens))
+        return [Window(doc_id=f"{split}-{i}", index=0, start=0, prompt=tuple(map(int, row[:prompt_tokens])),
+                       continuation=tuple(map(int, row[prompt_tokens:])), prompt_text="", continuation_text="")
+                for i, row in enumerate(ids)]
+
+    monkeypatch.setattr(studies, "_windows", fake_windows)
+    result = studies.single_metric_study(model, params, None, metric="sr2", num_fit_prefixes=5, num_fit_samples=4,
+                                         num_eval_prompts=5, num_candidates=4, max_new_tokens=8, prompt_tokens=3,
+                                         rows_per_call=8, log=lambda s: None)
+    assert result["human"]["n"] == result["plain"]["n"] == result["daemon"]["n"] == 5
+    assert len(result["fit"]["mu"]) == 1 and 1 <= result["daemon_ess"]["mean"] <= 4 + 1e-4
+    assert len(result["daemon_chosen_index"]) == 5
+    for name in ("plain", "daemon", "human"):
+        assert np.isfinite(result["perplexity"][name]["ppl"])
+    assert set(result["criterion"]) >= {"metric_within_human_se", "perplexity_within_10pct"}
+    assert studies.mean_se([1.0, 3.0]) == {"mean": 2.0, "se": 1.0, "n": 2}

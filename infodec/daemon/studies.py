@@ -1,0 +1,205 @@
+"""End-to-end DAEMON studies on a real model and corpus (issue 5).
+
+:func:`single_metric_study` fits µ for one metric (default SR-4) on the corpus's fit split (Algorithm 1),
+then decodes the eval split's prompts with plain ancestral sampling and with DAEMON (Algorithm 2,
+``M`` candidates per prompt), and reports the metric of human, plain and DAEMON continuations (mean ±
+standard error over eval prompts) and the perplexity of the decoded continuations under the model.
+
+Conventions: prompts are ``prompt_tokens`` ids cut from documents (``corpora.load_windows``; at most
+``max_per_document`` windows per document, so the windows are close to independent); human
+continuations are the next ``max_new_tokens`` ids; EOS is suppressed in every decode
+(``stop_tokens=()``), so human, plain and DAEMON continuations all have exactly ``max_new_tokens``
+tokens and the metrics compare like with like. The proposal is ``Temperature(1.0)`` (ρ = 0).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from infodec.daemon import fitting as fit_lib
+from infodec.daemon import metrics as metrics_lib
+from infodec.daemon import sampling as sampling_lib
+
+
+def mean_se(values) -> dict[str, float]:
+    """``{"mean", "se", "n"}``: the mean and its standard error ``std(ddof=1)/sqrt(n)``."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    se = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return {"mean": float(np.mean(v)), "se": se, "n": int(len(v))}
+
+
+def _windows(corpus, tokenizer, split, count, prompt_tokens, continuation_tokens, max_per_document, seed):
+    from infodec.data import corpora
+
+    pool = corpora.load_windows(corpus, tokenizer, split=split, prompt_tokens=prompt_tokens,
+                                continuation_tokens=continuation_tokens, max_per_document=max_per_document)
+    if len(pool) < count:
+        raise ValueError(f"{corpus}/{split} has {len(pool)} windows of {prompt_tokens}+{continuation_tokens} "
+                         f"tokens (max_per_document={max_per_document}), asked for {count}")
+    picked = np.random.default_rng(seed).choice(len(pool), size=count, replace=False)
+    return [pool[i] for i in sorted(picked)]
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _padded(prompts: list, part: slice, size: int) -> list:
+    """``prompts[part]`` padded to ``size`` with its last prompt, so every call has one shape (one compile);
+    callers keep the first ``part.stop - part.start`` rows."""
+    chunk = prompts[part]
+    return chunk + [chunk[-1]] * (size - len(chunk))
+
+
+def _perplexity(logp: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Token-level perplexity over all rows plus the per-row mean NLL's mean ± SE."""
+    count = mask.sum(1)
+    per_row = -np.where(mask, logp, 0.0).sum(1) / np.maximum(count, 1)
+    return {"ppl": float(np.exp(-np.where(mask, logp, 0.0).sum() / mask.sum())),
+            "nll_per_row": mean_se(per_row)}
+
+
+def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus: str = "wiki",
+                        num_fit_prefixes: int = 32, num_fit_samples: int = 16, num_eval_prompts: int = 32,
+                        num_candidates: int = 25, max_new_tokens: int = 128, prompt_tokens: int = 32,
+                        max_per_document: int = 1, rows_per_call: int = 100, seed: int = 0,
+                        log=print) -> dict[str, Any]:
+    """Fits µ for ``metric`` alone and compares human / plain sampling / DAEMON on the eval split.
+
+    Args:
+      model, params, tokenizer: the LM (``infodec.load``).
+      metric: one jit-able metric name (``sr4``, ``tr32``, ``div``, ...).
+      corpus: ``corpora.load_windows`` name; fit prefixes come from the "fit" split, eval prompts from
+        the "eval" split (disjoint documents).
+      num_fit_prefixes, num_fit_samples: ``J`` and ``N`` of Algorithm 1 (samples from p_θ).
+      num_eval_prompts, num_candidates: eval prompts and DAEMON's ``M``.
+      max_new_tokens: continuation length (human continuations are cut to the same length).
+      rows_per_call: decode rows per ``generate`` call (prompts are chunked so ``chunk * N`` or
+        ``chunk * M`` stays at or below it; bounds the KV-cache memory).
+      seed: window choice and every PRNG key derive from it.
+
+    Returns a JSON-able dict: ``human``, ``plain``, ``daemon`` (metric mean ± SE over eval prompts),
+    ``fit`` (µ on both scales, target, fitted moment, residual, ESS, steps, converged),
+    ``daemon_ess`` (per-prompt SIR ESS mean ± SE), ``perplexity`` (of plain and DAEMON continuations
+    under the model: token-level ``ppl`` and per-row mean NLL ± SE; ``ratio`` = DAEMON / plain),
+    ``criterion`` (issue 5's two checks), ``timing_s``.
+    """
+    import infodec  # late: infodec imports this package
+
+    names = (metric,)
+    timing = {}
+    key_fit, key_plain, key_daemon = jax.random.split(jax.random.key(seed), 3)
+
+    # --- Algorithm 1 on the fit split -------------------------------------------------------------
+    start = time.perf_counter()
+    fit_windows = _windows(corpus, tokenizer, "fit", num_fit_prefixes, prompt_tokens, max_new_tokens,
+                           max_per_document, seed)
+    fit_prompts = [list(w.prompt) for w in fit_windows]
+    human_fit = fit_lib.human_features(fit_prompts, [list(w.continuation) for w in fit_windows], names,
+                                       max_new_tokens=max_new_tokens)
+    per_call = max(1, rows_per_call // num_fit_samples)
+    feats = []
+    for i, part in enumerate(_chunks(len(fit_prompts), per_call)):
+        _, f, _ = fit_lib.draw_candidates(model, params, _padded(fit_prompts, part, per_call), names,
+                                          num_samples=num_fit_samples,
+                                          max_new_tokens=max_new_tokens, key=jax.random.fold_in(key_fit, i),
+                                          stop_tokens=())
+        feats.append(f[:part.stop - part.start])
+        log(f"fit samples: {part.stop}/{len(fit_prompts)} prefixes ({time.perf_counter() - start:.0f} s)")
+    feats = np.concatenate(feats, axis=0)
+    mu, report = fit_lib.fit_coefficients(feats, None, human_fit.mean(0))
+    timing["fit"] = time.perf_counter() - start
+    log(f"fitted mu={mu} (standardised {report.mu_standardized}), target {report.target}, "
+        f"fitted {report.fitted_moments}, converged={report.converged}")
+
+    # --- eval split: human, plain sampling, DAEMON --------------------------------------------------
+    eval_windows = _windows(corpus, tokenizer, "eval", num_eval_prompts, prompt_tokens, max_new_tokens,
+                            max_per_document, seed + 1)
+    eval_prompts = [list(w.prompt) for w in eval_windows]
+    human_eval = fit_lib.human_features(eval_prompts, [list(w.continuation) for w in eval_windows], names,
+                                        max_new_tokens=max_new_tokens)[:, 0]
+
+    start = time.perf_counter()
+    plain_tokens, plain_lengths = [], []
+    per_call = min(rows_per_call, len(eval_prompts))
+    for i, part in enumerate(_chunks(len(eval_prompts), per_call)):
+        out = infodec.generate(model, params, _padded(eval_prompts, part, per_call), infodec.Temperature(1.0),
+                               jax.random.fold_in(key_plain, i), max_new_tokens=max_new_tokens, stop_tokens=())
+        plain_tokens.append(out.tokens[:part.stop - part.start])
+        plain_lengths.append(out.lengths[:part.stop - part.start])
+    plain_tokens, plain_lengths = np.concatenate(plain_tokens), np.concatenate(plain_lengths)
+    timing["plain"] = time.perf_counter() - start
+    log(f"plain samples done ({timing['plain']:.0f} s)")
+
+    start = time.perf_counter()
+    per_call = max(1, rows_per_call // num_candidates)
+    d_tokens, d_lengths, d_ess, d_index = [], [], [], []
+    for i, part in enumerate(_chunks(len(eval_prompts), per_call)):
+        out = sampling_lib.sample(model, params, _padded(eval_prompts, part, per_call), mu, names,
+                                  num_candidates=num_candidates,
+                                  max_new_tokens=max_new_tokens, key=jax.random.fold_in(key_daemon, i),
+                                  stop_tokens=())
+        keep = part.stop - part.start
+        d_tokens.append(out.tokens[:keep])
+        d_lengths.append(out.lengths[:keep])
+        d_ess.append(out.ess[:keep])
+        d_index.append(out.index[:keep])
+        log(f"DAEMON: {part.stop}/{len(eval_prompts)} prompts ({time.perf_counter() - start:.0f} s)")
+    d_tokens, d_lengths = np.concatenate(d_tokens), np.concatenate(d_lengths)
+    d_ess = np.concatenate(d_ess)
+    timing["daemon"] = time.perf_counter() - start
+
+    prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
+    plain_metric = np.asarray(metrics_lib.compute(names, plain_tokens, plain_lengths, prefix))[:, 0]
+    daemon_metric = np.asarray(metrics_lib.compute(names, d_tokens, d_lengths, prefix))[:, 0]
+
+    # --- perplexity of the decoded continuations under the model (one cache-free forward pass) ------
+    start = time.perf_counter()
+    ppl = {}
+    for name, (tokens, lengths) in {"plain": (plain_tokens, plain_lengths), "daemon": (d_tokens, d_lengths),
+                                    "human": fit_lib.pad_rows([list(w.continuation) for w in eval_windows],
+                                                              max_new_tokens)}.items():
+        logp, mask = [], []
+        for part in _chunks(len(eval_prompts), 16):
+            lp, m = metrics_lib.continuation_log_probs(model, params, tokens[part], lengths[part], prefix[part])
+            logp.append(lp)
+            mask.append(m)
+        ppl[name] = _perplexity(np.concatenate(logp), np.concatenate(mask))
+    ppl["ratio_daemon_vs_plain"] = ppl["daemon"]["ppl"] / ppl["plain"]["ppl"]
+    timing["perplexity"] = time.perf_counter() - start
+
+    human, plain, daemon = mean_se(human_eval), mean_se(plain_metric), mean_se(daemon_metric)
+    ratio = lambda a, b: float(np.divide(a, b)) if b else float("inf") if a else float("nan")  # noqa: E731
+    criterion = {
+        "metric_within_human_se": bool(abs(daemon["mean"] - human["mean"]) <= human["se"]),
+        "daemon_minus_human_in_human_se": ratio(daemon["mean"] - human["mean"], human["se"]),
+        "daemon_minus_human_in_combined_se": ratio(daemon["mean"] - human["mean"],
+                                                    float(np.hypot(human["se"], daemon["se"]))),
+        "plain_minus_human_in_human_se": ratio(plain["mean"] - human["mean"], human["se"]),
+        "perplexity_within_10pct": bool(abs(ppl["ratio_daemon_vs_plain"] - 1.0) <= 0.10),
+    }
+    return {
+        "metric": metric, "corpus": corpus,
+        "sizes": {"num_fit_prefixes": num_fit_prefixes, "num_fit_samples": num_fit_samples,
+                  "num_eval_prompts": num_eval_prompts, "num_candidates": num_candidates,
+                  "max_new_tokens": max_new_tokens, "prompt_tokens": prompt_tokens,
+                  "max_per_document": max_per_document, "seed": seed},
+        "human": human, "plain": plain, "daemon": daemon,
+        "human_fit_split": mean_se(human_fit[:, 0]),
+        "fit": {"mu": report.mu.tolist(), "mu_standardized": report.mu_standardized.tolist(),
+                "feature_mean": report.feature_mean.tolist(), "feature_std": report.feature_std.tolist(),
+                "target": report.target.tolist(), "fitted_moments": report.fitted_moments.tolist(),
+                "residual_norm": report.residual_norm, "converged": report.converged, "steps": report.steps,
+                "ess": mean_se(report.ess), "ess_min": float(report.ess.min()), "ess_global": report.ess_global},
+        "daemon_ess": {**mean_se(d_ess), "min": float(d_ess.min())},
+        "daemon_chosen_index": np.concatenate(d_index).tolist(),
+        "perplexity": ppl, "criterion": criterion, "timing_s": timing,
+    }
+
+
+__all__ = ["single_metric_study", "mean_se"]
