@@ -241,9 +241,9 @@ def test_num_samples_rows_are_prompt_major_and_share_one_prefill(tiny, monkeypat
     prefill_batches = []
     original = engine._prefill
 
-    def spy(model_, params_, tokens, positions, cache):
+    def spy(model_, params_, tokens, positions, cache, **kwargs):
         prefill_batches.append(tokens.shape[0])
-        return original(model_, params_, tokens, positions, cache)
+        return original(model_, params_, tokens, positions, cache, **kwargs)
 
     monkeypatch.setattr(engine, "_prefill", spy)
     out = infodec.generate(model, params, prompts, infodec.Greedy(), jax.random.key(0), max_new_tokens=STEPS,

@@ -158,12 +158,8 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_s
     compiling = threading.Thread(target=loop.lower(model, params, policy, state_shape, stops, jnp.int32(0), chunk,
                                                    pad_id, policy_structure(policy)).compile)
     compiling.start()
-    if policy.needs_hidden:
-        logits, cache, hidden = _prefill_hidden(model, params, tokens, positions, cache)
-    else:
-        logits, cache = _prefill(model, params, tokens, positions, cache)
-        hidden = None
-    state = initial(logits, cache, hidden)
+    logits, cache, hidden = _prefill(model, params, tokens, positions, cache, with_hidden=policy.needs_hidden)
+    state = initial(logits, cache, None if hidden is None else hidden[:, -1])
     compiling.join()
     conditioned = token_lists[::streams]  # what stream 0 (the anchor) read
     prompt_tokens = np.full((len(conditioned), max(len(t) for t in conditioned)), -1, np.int32)
@@ -221,21 +217,18 @@ def _stop_array(stop_tokens, tokenizer) -> Array:
     return jnp.asarray(stop_tokens + (-1,) * (MAX_STOP_TOKENS - len(stop_tokens)), jnp.int32)
 
 
-def _prefill_impl(model, params, tokens, positions, cache):
+def _prefill_impl(model, params, tokens, positions, cache, with_hidden=False):
+    """Runs the prompts through the model once: ``(logits[R, V] at the last position, cache, hidden)``,
+    ``hidden`` being the final hidden states ``[R, T, D]`` (float32) when ``with_hidden``, else None."""
     _TRACES["prefill"] += 1
-    logits, cache = model.apply(params, tokens, positions, cache)
-    return logits[:, -1], cache
-
-
-def _prefill_hidden_impl(model, params, tokens, positions, cache):
-    """Prefill for policies with ``needs_hidden``: also the last hidden state ``[R, D]`` float32."""
-    _TRACES["prefill"] += 1
+    if not with_hidden:
+        logits, cache = model.apply(params, tokens, positions, cache)
+        return logits[:, -1], cache, None
     logits, cache, hidden = model.apply(params, tokens, positions, cache, return_hidden=True)
-    return logits[:, -1], cache, hidden[:, -1].astype(jnp.float32)
+    return logits[:, -1], cache, hidden.astype(jnp.float32)
 
 
-_prefill = jax.jit(_prefill_impl, static_argnums=0, donate_argnums=4)
-_prefill_hidden = jax.jit(_prefill_hidden_impl, static_argnums=0, donate_argnums=4)
+_prefill = jax.jit(_prefill_impl, static_argnums=0, static_argnames="with_hidden", donate_argnums=4)
 
 
 def _initial_state(logits, cache, hidden=None, *, positions, tokens, key, buffer, num_samples,

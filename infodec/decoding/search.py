@@ -134,7 +134,7 @@ def beam_search(model: CausalLM, params: Any, prompts, key: Array | None = None,
                                                                      pad_id)
     batch = len(token_lists)
     cache = model.init_cache(batch, tokens.shape[1] + buffer)
-    logits, cache = _prefill(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
+    logits, cache, _ = _prefill(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
     state = _beam_initial_state(logits, cache, positions, num_beams, buffer, pad_id)
     mode = EARLY_STOPPING.index(early_stopping) if isinstance(early_stopping, str) else int(bool(early_stopping))
     state = _beam_loop(model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(length_penalty),
@@ -306,7 +306,9 @@ def contrastive_search(model: CausalLM, params: Any, prompts, key: Array | None 
     token_lists, tokens, positions, buffer, prompt_tokens = _prepare(model, prompts, tokenizer, max_new_tokens,
                                                                      pad_id)
     cache = model.init_cache(len(token_lists), tokens.shape[1] + buffer)
-    logits, cache, hidden = _prefill_hidden(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
+    logits, cache, hidden = _prefill(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache,
+                                     with_hidden=True)
+    hidden = _normalise(hidden)
     state = _contrastive_initial_state(logits, cache, hidden, positions, int(top_k), buffer, pad_id)
     state = _contrastive_loop(model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(penalty_alpha),
                               pad_id)
@@ -321,15 +323,6 @@ def contrastive_search(model: CausalLM, params: Any, prompts, key: Array | None 
 def _normalise(h: Array) -> Array:
     h = h.astype(jnp.float32)
     return h / jnp.linalg.norm(h, axis=-1, keepdims=True)
-
-
-def _prefill_hidden_impl(model, params, tokens, positions, cache):
-    _TRACES["prefill_hidden"] += 1
-    logits, cache, hidden = model.apply(params, tokens, positions, cache, return_hidden=True)
-    return logits[:, -1], cache, _normalise(hidden)
-
-
-_prefill_hidden = jax.jit(_prefill_hidden_impl, static_argnums=0, donate_argnums=4)
 
 
 def _contrastive_initial_state(logits, cache, hidden, positions, top_k, buffer, pad_id) -> ContrastiveState:
