@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from infodec.daemon import metrics as metrics_lib
+from infodec.decoding.engine import encode_prompts
 
 Array = jax.Array
 
@@ -298,26 +299,11 @@ def pad_rows(rows: Sequence[Sequence[int]], width: int | None = None, fill: int 
     return tokens, np.array([len(r) for r in rows], np.int32)
 
 
-def encode_texts(texts, tokenizer, *, add_bos: bool) -> list[list[int]]:
-    """Token-id lists from strings (needs ``tokenizer``) or id sequences."""
-    if isinstance(texts, str):
-        texts = [texts]
-    out = []
-    for t in texts:
-        if isinstance(t, str):
-            if tokenizer is None:
-                raise ValueError("string prefixes/continuations need tokenizer=...; or pass token ids")
-            out.append(list(tokenizer.encode(t, add_bos=add_bos)))
-        else:
-            out.append([int(x) for x in np.asarray(t).reshape(-1)])
-    return out
-
-
 def human_features(prefixes, continuations, metric_names: Sequence[str], *, max_new_tokens: int | None = None,
                    tokenizer=None, **metric_deps) -> np.ndarray:
     """``[J, K]`` metrics of human continuations (truncated to ``max_new_tokens`` when given)."""
-    prefix_ids = encode_texts(prefixes, tokenizer, add_bos=True)
-    cont_ids = encode_texts(continuations, tokenizer, add_bos=False)
+    prefix_ids = encode_prompts(prefixes, tokenizer, add_bos=True)
+    cont_ids = encode_prompts(continuations, tokenizer, add_bos=False, allow_empty=True)
     if len(prefix_ids) != len(cont_ids):
         raise ValueError(f"got {len(cont_ids)} human continuations for {len(prefix_ids)} prefixes")
     tokens, lengths = pad_rows(cont_ids, max_new_tokens)
@@ -338,7 +324,7 @@ def draw_candidates(model, params, prompts, metric_names, *, num_samples: int, m
 
     if proposal_temperature <= 0:
         raise ValueError(f"proposal_temperature must be > 0, got {proposal_temperature}")
-    prompt_ids = encode_texts(prompts, tokenizer, add_bos=True)
+    prompt_ids = encode_prompts(prompts, tokenizer, add_bos=True)
     out = infodec.generate(model, params, prompt_ids, infodec.Temperature(float(proposal_temperature)), key,
                            max_new_tokens=max_new_tokens, num_samples=num_samples, tokenizer=tokenizer,
                            stop_tokens=stop_tokens)
@@ -376,8 +362,9 @@ def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str
     if tokenizer is not None:
         deps.setdefault("tokenizer", tokenizer)
     functions = metrics_lib.metric_functions(names, **deps)
-    prefix_ids = encode_texts(prefixes, tokenizer, add_bos=True)
-    human = human_features(prefix_ids, encode_texts(human_continuations, tokenizer, add_bos=False), names,
+    prefix_ids = encode_prompts(prefixes, tokenizer, add_bos=True)
+    human_ids = encode_prompts(human_continuations, tokenizer, add_bos=False, allow_empty=True)
+    human = human_features(prefix_ids, human_ids, names,
                            max_new_tokens=max_new_tokens, **{**deps, **_resolved(names, functions)})
     _, feats, rho = draw_candidates(model, params, prefix_ids, names, num_samples=num_samples,
                                     max_new_tokens=max_new_tokens, key=key,

@@ -19,6 +19,7 @@ from scipy.special import logsumexp
 
 from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
+from infodec.decoding.engine import encode_prompts
 from infodec.daemon import sampling as sampling_lib
 
 
@@ -113,8 +114,8 @@ def perplexity(model, params, prefixes, human_continuations, mu, metric_names: S
     if tokenizer is not None:
         deps.setdefault("tokenizer", tokenizer)
     functions = metrics_lib.metric_functions(names, **deps)
-    prefix_ids = fit_lib.encode_texts(prefixes, tokenizer, add_bos=True)
-    cont_ids = fit_lib.encode_texts(human_continuations, tokenizer, add_bos=False)
+    prefix_ids = encode_prompts(prefixes, tokenizer, add_bos=True)
+    cont_ids = encode_prompts(human_continuations, tokenizer, add_bos=False, allow_empty=True)
     tokens, lengths = fit_lib.pad_rows(cont_ids, max_new_tokens)
     prefix, _ = fit_lib.pad_rows(prefix_ids, fill=-1)
     logp, mask = metrics_lib.continuation_log_probs(model, params, tokens, lengths, prefix)

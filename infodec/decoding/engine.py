@@ -168,8 +168,10 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_s
     return state, np.repeat(prompt_tokens, num_samples, axis=0)
 
 
-def encode_prompts(prompts, tokenizer) -> list[list[int]]:
-    """Normalises the accepted prompt forms to a list of non-empty token-id lists."""
+def encode_prompts(prompts, tokenizer, *, add_bos: bool | None = None, allow_empty: bool = False) -> list[list[int]]:
+    """Normalises the accepted prompt forms (a string, strings, id sequences, an int array ``[B, T]``)
+    to token-id lists. Strings are encoded with ``add_bos`` (None: the tokenizer's default); empty
+    rows are an error unless ``allow_empty`` (continuations may be empty, prompts may not)."""
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(prompts, (np.ndarray, jax.Array)):
@@ -184,9 +186,9 @@ def encode_prompts(prompts, tokenizer) -> list[list[int]]:
         if isinstance(prompt, str):
             if tokenizer is None:
                 raise ValueError("string prompts need tokenizer=...; or pass token ids")
-            prompt = tokenizer.encode(prompt)
+            prompt = tokenizer.encode(prompt, add_bos=add_bos)
         ids = [int(t) for t in np.asarray(prompt).reshape(-1)]
-        if not ids:
+        if not ids and not allow_empty:
             raise ValueError(f"prompt {i} is empty (no tokens); every prompt needs at least one token")
         lists.append(ids)
     return lists
