@@ -34,12 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infodec.decoding.engine import prompt_bucket
+
 Array = jax.Array
 Metric = Callable[..., Array]
 
 DEFAULT_SR = 4
 DEFAULT_TR = 32
-MIN_BUCKET = 16
 
 
 def _check(tokens, lengths) -> tuple[Array, Array]:
@@ -153,10 +154,6 @@ def pooled_diversity(tokens, lengths, orders: Sequence[int] = (2, 3, 4)) -> dict
 
 # --- model-based metrics ---------------------------------------------------------------------------
 
-def _bucket(length: int) -> int:
-    return max(MIN_BUCKET, 1 << max(length - 1, 0).bit_length())
-
-
 def _prefix_lists(prefix, batch: int) -> list[list[int]]:
     if prefix is None:
         raise ValueError("this metric compares the continuation with its prefix: pass prefix=[B, P] "
@@ -185,7 +182,7 @@ def coherence(encoder, params, encoder_tokenizer, lm_tokenizer, *, max_length: i
     def encode(texts: list[str]) -> np.ndarray:
         ids = [list(x) for x in encoder_tokenizer.encode_batch(texts)]
         ids = [x if len(x) <= limit else x[:limit - 1] + x[-1:] for x in ids]
-        width = min(_bucket(max(len(x) for x in ids)), limit)
+        width = min(prompt_bucket(max(len(x) for x in ids)), limit)
         tokens = np.zeros((len(ids), width), np.int32)
         mask = np.zeros((len(ids), width), np.int32)
         for row, x in enumerate(ids):
@@ -221,7 +218,7 @@ def continuation_log_probs(model, params, tokens, lengths, prefix, *, apply=None
     if longest > model.max_length:
         raise ValueError(f"prefix + continuation of {longest} tokens exceeds the evaluator's context of "
                          f"{model.max_length}")
-    span = min(_bucket(longest), model.max_length)
+    span = min(prompt_bucket(longest), model.max_length)
     full = np.zeros((batch, span), np.int32)
     positions = np.full((batch, span), -1, np.int32)
     starts = np.zeros(batch, np.int64)
