@@ -90,6 +90,10 @@ def test_div_defaults_jit_and_compute(padded):
     assert pooled["diversity"] == pytest.approx(product)
     with pytest.raises(ValueError, match="unknown metric"):
         daemon.get_metric("mauve")
+    with pytest.raises(ValueError, match=r"sr\{n\} needs an n-gram order n >= 1, got 0"):
+        daemon.get_metric("sr0")
+    with pytest.raises(ValueError, match=r"tr\{l\} needs a look-back window l >= 1, got 0"):
+        daemon.get_metric("tr0")
     with pytest.raises(ValueError, match="needs"):
         daemon.get_metric("info")
 

@@ -120,12 +120,16 @@ def diversity(tokens, lengths, prefix=None) -> Array:
 
 
 def sr(n: int = DEFAULT_SR) -> Metric:
-    """The ``sr{n}`` metric function."""
+    """The ``sr{n}`` metric function (``n >= 1``)."""
+    if n < 1:
+        raise ValueError(f"sr{{n}} needs an n-gram order n >= 1, got {n}")
     return functools.partial(sequence_repetition, n=n)
 
 
 def tr(l: int = DEFAULT_TR) -> Metric:  # noqa: E741 (the spec's name)
-    """The ``tr{l}`` metric function."""
+    """The ``tr{l}`` metric function (``l >= 1``)."""
+    if l < 1:
+        raise ValueError(f"tr{{l}} needs a look-back window l >= 1, got {l}")
     return functools.partial(token_repetition, window=l)
 
 
