@@ -446,4 +446,3 @@ def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch):
     for name in ("plain", "daemon", "human"):
         assert np.isfinite(result["perplexity"][name]["ppl"])
     assert set(result["criterion"]) >= {"metric_within_human_se", "perplexity_within_10pct"}
-    assert studies.mean_se([1.0, 3.0]) == {"mean": 2.0, "se": 1.0, "n": 2}

@@ -23,13 +23,7 @@ import numpy as np
 from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import sampling as sampling_lib
-
-
-def mean_se(values) -> dict[str, float]:
-    """``{"mean", "se", "n"}``: the mean and its standard error ``std(ddof=1)/sqrt(n)``."""
-    v = np.asarray(values, np.float64).reshape(-1)
-    se = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"mean": float(np.mean(v)), "se": se, "n": int(len(v))}
+from infodec.eval.stats import mean_se
 
 
 def _windows(corpus, tokenizer, split, count, prompt_tokens, continuation_tokens, max_per_document, seed):
@@ -202,4 +196,4 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
     }
 
 
-__all__ = ["single_metric_study", "mean_se"]
+__all__ = ["single_metric_study"]

@@ -1,0 +1,70 @@
+"""Resumable results folders (infodec.results) and summary statistics (infodec.eval.stats)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from infodec.eval.stats import bootstrap_ci, mean_se
+from infodec.results import ResultsFolder, plot_series
+
+
+def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
+    calls = []
+
+    def point(v):
+        def compute():
+            calls.append(v)
+            if v == 3 and calls.count(3) == 1:
+                raise KeyboardInterrupt  # the first run is interrupted at the third point
+            return {"value": v * v}
+        return compute
+
+    points = [(f"p{v}", point(v)) for v in range(1, 5)]
+    with pytest.raises(KeyboardInterrupt):
+        ResultsFolder(tmp_path, {"a": 1}).run(points, log=lambda s: None)
+    assert calls == [1, 2, 3]
+    records = ResultsFolder(tmp_path, {"a": 1}).run(points, log=lambda s: None)
+    assert calls == [1, 2, 3, 3, 4]  # finished points 1 and 2 were not recomputed
+    assert [r["value"] for r in records] == [1, 4, 9, 16]
+    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 4
+
+
+def test_partial_last_line_is_recomputed(tmp_path):
+    folder = ResultsFolder(tmp_path, {})
+    folder.append("done", {"x": 1})
+    with (tmp_path / "points.jsonl").open("a") as f:
+        f.write('{"key": "cut", "x"')  # killed mid-write
+    assert set(folder.points()) == {"done"}
+    folder.append("cut", {"x": 2})
+    assert folder.points()["cut"]["x"] == 2
+
+
+def test_other_settings_are_refused_unless_overwritten(tmp_path):
+    ResultsFolder(tmp_path, {"temperature": [0.5, 1.0]}).append("k", {"x": 1})
+    with pytest.raises(ValueError, match="differing: \\['temperature'\\]"):
+        ResultsFolder(tmp_path, {"temperature": [0.7]})
+    folder = ResultsFolder(tmp_path, {"temperature": [0.7]}, overwrite=True)
+    assert folder.points() == {}
+    assert json.loads((tmp_path / "flags.json").read_text()) == {"temperature": [0.7]}
+
+
+def test_csv_and_plot(tmp_path):
+    folder = ResultsFolder(tmp_path, {})
+    path = folder.write_csv("t.csv", [{"a": 1, "b": 0.123456789}, {"a": 2, "c": "x"}])
+    assert path.read_text().splitlines() == ["a,b,c", "1,0.123457,", "2,,x"]
+    png = plot_series(tmp_path / "p.png", {"s": [{"x": 1.0, "y": 2.0, "y_err": 0.1, "t": 0.5},
+                                                 {"x": 0.0, "y": 1.0, "t": 1.0}]}, x="x", y="y", annotate="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mean_se_and_bootstrap():
+    assert mean_se([1.0, 3.0]) == {"mean": 2.0, "se": 1.0, "n": 2}
+    values = np.random.default_rng(0).normal(size=400)
+    ci = bootstrap_ci(values)
+    se = mean_se(values)
+    # the percentile bootstrap of the mean agrees with the normal interval to within a few percent
+    assert ci["low"] < se["mean"] < ci["high"]
+    assert abs((ci["high"] - ci["low"]) / (2 * 1.96 * se["se"]) - 1) < 0.1
+    with pytest.raises(ValueError, match="at least one"):
+        mean_se([])
