@@ -22,14 +22,13 @@ setup(
         "huggingface_hub>=0.24",
         "tqdm>=4.66",
         "matplotlib>=3.8",
-        # MAUVE (infodec.eval.mauve) on features of a fixed model.
-        "mauve-text>=0.4",
-        "faiss-cpu>=1.8",
-        "scikit-learn>=1.4",
     ],
     extras_require={
         # torch is pinned to the CPU build this project tests against; install it first (README).
+        # MAUVE (infodec.eval.mauve): the mauve-text library imports torch at import time.
+        "eval": ["torch==2.13.0", "mauve-text>=0.4", "faiss-cpu>=1.8", "scikit-learn>=1.4"],
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "accelerate>=1.0",
+                 "mauve-text>=0.4", "faiss-cpu>=1.8", "scikit-learn>=1.4",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
         "bench": ["torch==2.13.0", "transformers>=4.50", "accelerate>=1.0", "psutil>=5.9"],
     },

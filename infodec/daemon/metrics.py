@@ -206,18 +206,13 @@ def coherence(encoder, params, encoder_tokenizer, lm_tokenizer, *, max_length: i
     return coh
 
 
-def continuation_log_probs(model, params, tokens, lengths, prefix, *, apply=None) -> tuple[np.ndarray, np.ndarray]:
-    """``(logp [B, L], mask [B, L])``: log p(x_t | c, x_<t) of each continuation token under ``model``,
-    from one cache-free full-sequence ``apply`` over prefix + continuation (right-padded to a
-    power-of-two bucket; under the causal mask the padding changes nothing). Every prefix must be
-    non-empty (its last token predicts the first continuation token)."""
-    tokens, lengths = _check(tokens, lengths)
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    prefixes = _prefix_lists(prefix, len(tokens))
-    if any(len(p) == 0 for p in prefixes):
-        raise ValueError("info needs a non-empty prefix for every row (its last token predicts the first "
-                         "continuation token); prepend BOS to empty prompts")
-    batch, width = tokens.shape
+def pack_prefix_continuation(model, prefixes: list[list[int]], tokens: np.ndarray,
+                             lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Packs each row's prefix + continuation for one cache-free ``apply``: ``(ids [B, S], positions
+    [B, S] (-1 after the text), starts [B])`` with ``S`` the power-of-two bucket of the longest row and
+    ``starts[b]`` the column of row b's first continuation token. Under the causal mask the right
+    padding changes nothing."""
+    batch = len(tokens)
     longest = max(len(p) + int(n) for p, n in zip(prefixes, lengths))
     if longest > model.max_length:
         raise ValueError(f"prefix + continuation of {longest} tokens exceeds the evaluator's context of "
@@ -232,6 +227,22 @@ def continuation_log_probs(model, params, tokens, lengths, prefix, *, apply=None
         full[b, len(p):len(p) + n] = tokens[b, :n]
         positions[b, :len(p) + n] = np.arange(len(p) + n)
         starts[b] = len(p)
+    return full, positions, starts
+
+
+def continuation_log_probs(model, params, tokens, lengths, prefix, *, apply=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(logp [B, L], mask [B, L])``: log p(x_t | c, x_<t) of each continuation token under ``model``,
+    from one cache-free full-sequence ``apply`` over prefix + continuation (right-padded to a
+    power-of-two bucket; under the causal mask the padding changes nothing). Every prefix must be
+    non-empty (its last token predicts the first continuation token)."""
+    tokens, lengths = _check(tokens, lengths)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    prefixes = _prefix_lists(prefix, len(tokens))
+    if any(len(p) == 0 for p in prefixes):
+        raise ValueError("info needs a non-empty prefix for every row (its last token predicts the first "
+                         "continuation token); prepend BOS to empty prompts")
+    full, positions, starts = pack_prefix_continuation(model, prefixes, tokens, lengths)
+    span, width = full.shape[1], tokens.shape[1]
     next_logp = np.asarray((apply or _next_token_log_probs)(model, params, jnp.asarray(full), jnp.asarray(positions)))
     # next_logp[b, s] = log p(full[b, s + 1] | full[b, :s + 1]); continuation token t sits at column
     # start + t, so it is next_logp[b, start + t - 1].

@@ -1,4 +1,8 @@
-"""Evaluation measures shared by the studies: uncertainty summaries, diversity, attribution, MAUVE."""
+"""Evaluation measures shared by the studies: uncertainty summaries, diversity, attribution, MAUVE.
+
+``infodec.eval.mauve`` needs the optional mauve-text library (``pip install "infodec[eval]"``) and is
+imported on use, not here.
+"""
 
 from infodec.eval.stats import bootstrap_ci, mean_se
 
