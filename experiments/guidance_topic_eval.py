@@ -14,14 +14,14 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 
 import infodec
 from infodec import guidance_training
 from infodec.data import load_wiki_leads, split
+from infodec.eval.attribution import text_embedder
+from infodec.eval.topic_judge import TopicJudge
 from infodec.policies.guidance import ClassifierGuidance
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "The LM (must match the discriminator's).")
@@ -35,38 +35,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 _OUT = flags.DEFINE_string("out", "", "Optional JSON file for the numbers.")
 
 
-def embed(encoder, params, tokenizer, texts, batch=64, width=128):
-    fn = jax.jit(encoder.encode)
-    out = []
-    for begin in range(0, len(texts), batch):
-        ids = [tokenizer.encode(t)[:width] or [0] for t in texts[begin:begin + batch]]
-        tokens, mask = np.zeros((batch, width), np.int32), np.zeros((batch, width), np.int32)
-        for row, seq in enumerate(ids):
-            tokens[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-        out.append(np.asarray(fn(params, jnp.asarray(tokens), jnp.asarray(mask)))[:len(ids)])
-    return np.concatenate(out)
-
-
-def fit_logistic(x, y, classes, steps=500, l2=1e-3):
-    w = {"w": jnp.zeros((x.shape[1], classes)), "b": jnp.zeros((classes,))}
-    opt = optax.adam(0.05)
-    state = opt.init(w)
-    x, y = jnp.asarray(x), jnp.asarray(y)
-
-    @jax.jit
-    def update(w, state):
-        def loss(w):
-            logits = x @ w["w"] + w["b"]
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + l2 * jnp.sum(w["w"] ** 2)
-        g = jax.grad(loss)(w)
-        u, state = opt.update(g, state)
-        return optax.apply_updates(w, u), state
-
-    for _ in range(steps):
-        w, state = update(w, state)
-    return lambda z: np.asarray(jnp.asarray(z) @ w["w"] + w["b"]).argmax(-1)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -78,14 +46,12 @@ def main(argv):
     rng = np.random.default_rng(_SEED.value)
 
     start = time.time()
-    encoder, enc_params, enc_tok = infodec.load("minilm-l6")
+    embed = text_embedder(*infodec.load("minilm-l6"), max_length=128)
     judge_train = guidance_training.sample_leads(split(leads, "train"), _NUM_JUDGE.value, _SEED.value + 7)
-    judge = fit_logistic(embed(encoder, enc_params, enc_tok, [r.lead for r in judge_train]),
-                         np.array([index[r.topic] for r in judge_train]), len(topics))
+    judge = TopicJudge.fit(embed, [r.lead for r in judge_train], [index[r.topic] for r in judge_train], topics)
     test = guidance_training.sample_leads(split(leads, "test"), 0, _SEED.value + 3)
     judge_test = test[:400]
-    judge_acc = float(np.mean(judge(embed(encoder, enc_params, enc_tok, [r.lead for r in judge_test]))
-                              == np.array([index[r.topic] for r in judge_test])))
+    judge_acc = judge.accuracy([r.lead for r in judge_test], [index[r.topic] for r in judge_test])
     print(f"judge: logistic regression on MiniLM, {len(judge_train)} train leads, "
           f"held-out accuracy {judge_acc:.3f} on {len(judge_test)} test leads ({time.time() - start:.0f}s)")
 
@@ -104,7 +70,7 @@ def main(argv):
             out = infodec.generate(model, params, prompts, policy, jax.random.key(_SEED.value),
                                    max_new_tokens=_MAX_NEW.value, tokenizer=tokenizer)
             texts = [f"{p} {c}" for p, c in zip(prompts, out.text)]
-            verdict = judge(embed(encoder, enc_params, enc_tok, texts))
+            verdict = judge.predict(texts)
             share = float(np.mean(verdict == target))
             mask = out.mask()
             p_target = float((out.diagnostics["p_target"] * mask).sum() / mask.sum())
