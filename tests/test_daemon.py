@@ -446,3 +446,22 @@ def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch):
     for name in ("plain", "daemon", "human"):
         assert np.isfinite(result["perplexity"][name]["ppl"])
     assert set(result["criterion"]) >= {"metric_within_human_se", "perplexity_within_10pct"}
+
+
+def test_ridge_keeps_mu_finite_for_an_unreachable_target_and_barely_moves_a_reachable_fit():
+    rng = np.random.default_rng(3)
+    features = rng.uniform(0, 1, (6, 20, 2))
+    outside = np.array([1.5, 0.5])  # the first metric's target lies beyond every sample
+    _, exact = daemon.fit_coefficients(features, None, outside, steps=100)
+    mu, ridged = daemon.fit_coefficients(features, None, outside, steps=100, l2=0.1)
+    assert not exact.converged and np.abs(exact.mu_standardized).max() > 50
+    assert ridged.converged and np.all(np.isfinite(mu))
+    assert np.abs(ridged.mu_standardized).max() < np.abs(exact.mu_standardized).max() / 2
+    # the ridge's stationarity condition: (F − Ê[f]) / s = −l2 · ν
+    np.testing.assert_allclose(ridged.residual / ridged.feature_std, -0.1 * ridged.mu_standardized, atol=1e-6)
+    inside = features.mean((0, 1)) + 0.05
+    mu0, _ = daemon.fit_coefficients(features, None, inside)
+    mu1, _ = daemon.fit_coefficients(features, None, inside, l2=1e-4)
+    np.testing.assert_allclose(mu1, mu0, rtol=1e-2, atol=1e-3)
+    with pytest.raises(ValueError, match="l2 must be >= 0"):
+        daemon.fit_coefficients(features, None, inside, l2=-1.0)

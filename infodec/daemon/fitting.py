@@ -57,7 +57,8 @@ class FitReport:
       ess_global: ``1/Σ w²`` of the weights normalised over all ``(j, i)``.
       weights: ``[J, N]`` the normalised weights (per prefix, or over all pairs for "global").
       loss_history: ``[steps + 1]`` L̂ (standardised parametrisation, same value) before each step.
-      steps: optax steps taken; converged: whether ``residual_norm_standardized < tol``.
+      steps: optax steps taken; converged: whether the dual's gradient norm (``residual_norm_standardized``
+        when ``l2 = 0``) is below ``tol``.
       normalization: "prefix" or "global".
       metric_names, human_features ``[J, K]``, sample_features ``[J, N, K]``, log_ratios ``[J, N]``:
         filled in by :func:`fit` (None from :func:`fit_coefficients`).
@@ -90,15 +91,15 @@ class FitReport:
         return self.feature_mean, self.feature_std
 
 
-def dual_loss(nu: Array, g: Array, rho: Array, target: Array, normalization: str = "prefix") -> Array:
-    """``L̂(ν)`` for standardised features ``g[J, N, K]``, log ratios ``rho[J, N]``, ``target[K]``."""
+def dual_loss(nu: Array, g: Array, rho: Array, target: Array, normalization: str = "prefix", l2: float = 0.0) -> Array:
+    """``L̂(ν) + l2/2 ‖ν‖²`` for standardised features ``g[J, N, K]``, log ratios ``rho[J, N]``, ``target[K]``."""
     lw = rho - jnp.einsum("jnk,k->jn", g, nu)
     num_prefixes, num_samples = lw.shape
     if normalization == "prefix":
         log_z = jnp.mean(jax.nn.logsumexp(lw, axis=1)) - jnp.log(num_samples)
     else:
         log_z = jax.nn.logsumexp(lw) - jnp.log(num_prefixes * num_samples)
-    return log_z + jnp.dot(nu, target)
+    return log_z + jnp.dot(nu, target) + 0.5 * l2 * jnp.dot(nu, nu)
 
 
 def _normalized_weights(lw: Array, normalization: str) -> Array:
@@ -116,9 +117,9 @@ def moments(mu: Array, features: Array, log_ratios: Array | None = None, normali
     return total / features.shape[0] if normalization == "prefix" else total
 
 
-def _run(optimizer, nu0, g, rho, target, normalization, steps, tol):
+def _run(optimizer, nu0, g, rho, target, normalization, steps, tol, l2):
     """Minimises the dual in a ``while_loop`` (stops at ``steps`` or once ‖∇‖ < tol)."""
-    loss = lambda nu: dual_loss(nu, g, rho, target, normalization)  # noqa: E731
+    loss = lambda nu: dual_loss(nu, g, rho, target, normalization, l2)  # noqa: E731
     value_and_grad = jax.value_and_grad(loss)
     history = jnp.full((steps + 1,), jnp.nan, jnp.float32)
 
@@ -153,7 +154,7 @@ def _default_optimizer(learning_rate):
 def fit_coefficients(features, log_ratios, target, *, normalization: str = "prefix", standardize: bool = True,
                      steps: int = 200, learning_rate: float | None = None,
                      optimizer: optax.GradientTransformation | None = None, tol: float = 1e-6,
-                     mu_init=None, polish: bool = True) -> tuple[np.ndarray, FitReport]:
+                     mu_init=None, polish: bool = True, l2: float = 0.0) -> tuple[np.ndarray, FitReport]:
     """Algorithm 1 on arrays: ``µ = argmin L̂(µ)`` (module docstring), no model needed.
 
     Args:
@@ -172,6 +173,9 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
       mu_init: ``[K]`` starting µ on the raw scale (default zeros).
       polish: after the (float32, on-device) optax loop, take damped Newton steps in float64 on the host
         (Hessian = the weighted feature covariance, K x K), so the moments match to float64 precision.
+      l2: ridge ``l2/2 ‖ν‖²`` on the standardised coefficients. 0 (default) is the exact moment match;
+        a small value (1e-3) keeps µ finite when ``F`` is outside the samples' hull (finite-sample
+        fits of many metrics), at a moment residual of ``l2·ν`` in standard deviations.
 
     Returns ``(mu [K], FitReport)``. If ``F`` lies outside the convex hull of the samples' features, no
     finite µ matches it; the optimiser then stops at ``steps`` with ``converged=False``.
@@ -194,6 +198,8 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
         raise ValueError("features, target and log_ratios must be finite (log_ratios may be -inf)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
     if standardize:
         mean = f.reshape(-1, k).mean(0)
         std = f.reshape(-1, k).std(0)
@@ -206,11 +212,11 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
     nu0 = jnp.zeros(k, jnp.float32) if mu_init is None else jnp.asarray(np.asarray(mu_init) * std, jnp.float32)
     optimizer = _default_optimizer(learning_rate) if optimizer is None else optax.with_extra_args_support(optimizer)
     nu, taken, history, grad_norm = _run_jit(
-        optimizer, nu0, g, rho_j, big_f, normalization, int(steps), jnp.float32(max(tol, 1e-4) if polish else tol))
+        optimizer, nu0, g, rho_j, big_f, normalization, int(steps), jnp.float32(max(tol, 1e-4) if polish else tol),
+        jnp.float32(l2))
     nu = np.asarray(nu, np.float64)
     if polish:
-        nu = _newton_polish(nu, (f - mean) / std, rho, (target - mean) / std,
-                            normalization)
+        nu = _newton_polish(nu, (f - mean) / std, rho, (target - mean) / std, normalization, l2)
     mu = nu / std
 
     # Diagnostics in float64 on the host.
@@ -226,13 +232,13 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
         residual_norm_standardized=float(np.linalg.norm(residual / std)),
         ess=1.0 / np.sum(per_prefix ** 2, axis=1), ess_global=float(1.0 / np.sum(joint ** 2)), weights=weights,
         loss_history=np.asarray(history[:int(taken) + 1], np.float64), steps=int(taken),
-        converged=float(np.linalg.norm(residual / std)) < tol,
+        converged=float(np.linalg.norm(residual / std + l2 * nu)) < tol,
         normalization=normalization)
     return mu, report
 
 
-def _dual64(nu, g, rho, big_f, normalization):
-    """``(L̂, ∇L̂, ∇²L̂)`` in float64 on the host (standardised parametrisation)."""
+def _dual64(nu, g, rho, big_f, normalization, l2=0.0):
+    """``(L̂, ∇L̂, ∇²L̂)`` (with the ridge) in float64 on the host (standardised parametrisation)."""
     lw = rho - g @ nu
     num_prefixes, num_samples = lw.shape
     if normalization == "prefix":
@@ -255,13 +261,14 @@ def _dual64(nu, g, rho, big_f, normalization):
     k = g.shape[-1]
     flat = centred.reshape(-1, k)
     hessian = (flat * w.reshape(-1, 1)).T @ flat
-    return loss + nu @ big_f, big_f - mean, hessian
+    return (loss + nu @ big_f + 0.5 * l2 * nu @ nu, big_f - mean + l2 * nu,
+            hessian + l2 * np.eye(len(nu)))
 
 
-def _newton_polish(nu, g, rho, big_f, normalization, iters: int = 30):
+def _newton_polish(nu, g, rho, big_f, normalization, l2=0.0, iters: int = 30):
     """Damped Newton on the convex dual from ``nu`` (float64); never returns a worse point."""
     rho = np.where(np.isneginf(rho), -1e300, rho)
-    loss, grad, hessian = _dual64(nu, g, rho, big_f, normalization)
+    loss, grad, hessian = _dual64(nu, g, rho, big_f, normalization, l2)
     for _ in range(iters):
         if not np.all(np.isfinite(grad)) or np.linalg.norm(grad) < 1e-11:
             break
@@ -269,7 +276,7 @@ def _newton_polish(nu, g, rho, big_f, normalization, iters: int = 30):
         t, moved = 1.0, False
         while t > 1e-4:
             trial = nu - t * step
-            new = _dual64(trial, g, rho, big_f, normalization)
+            new = _dual64(trial, g, rho, big_f, normalization, l2)
             if np.isfinite(new[0]) and new[0] <= loss + 1e-4 * t * (grad @ -step):
                 nu, (loss, grad, hessian), moved = trial, new, True
                 break
@@ -316,10 +323,11 @@ def human_features(prefixes, continuations, metric_names: Sequence[str], *, max_
 
 def draw_candidates(model, params, prompts, metric_names, *, num_samples: int, max_new_tokens: int, key,
                     proposal_temperature: float = 1.0, tokenizer=None, stop_tokens=..., functions=None,
-                    **metric_deps):
+                    mesh=None, **metric_deps):
     """Draws ``num_samples`` continuations per prompt from ``Temperature(τ)`` (one shared prefill) and
     returns ``(output, features [P, M, K], log_ratios [P, M])``; ``ρ = Σ_t (log p_θ − log r)`` over the
-    generated tokens, exactly 0 when ``τ = 1``."""
+    generated tokens, exactly 0 when ``τ = 1``. ``mesh``: as for ``infodec.generate`` (the ``P * M``
+    candidate rows on the data axis, parameters on the model axis; same candidates as one device)."""
     import infodec  # late: infodec imports this package
 
     if proposal_temperature <= 0:
@@ -327,7 +335,7 @@ def draw_candidates(model, params, prompts, metric_names, *, num_samples: int, m
     prompt_ids = encode_prompts(prompts, tokenizer, add_bos=True)
     out = infodec.generate(model, params, prompt_ids, infodec.Temperature(float(proposal_temperature)), key,
                            max_new_tokens=max_new_tokens, num_samples=num_samples, tokenizer=tokenizer,
-                           stop_tokens=stop_tokens)
+                           stop_tokens=stop_tokens, mesh=mesh)
     deps = dict(metric_deps)
     if tokenizer is not None:
         deps.setdefault("tokenizer", tokenizer)
@@ -343,7 +351,7 @@ def draw_candidates(model, params, prompts, metric_names, *, num_samples: int, m
 def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str], *, num_samples: int,
         max_new_tokens: int, key, proposal_temperature: float = 1.0, tokenizer=None, stop_tokens=...,
         normalization: str = "prefix", standardize: bool = True, steps: int = 200,
-        learning_rate: float | None = None, optimizer=None, **metric_deps) -> tuple[np.ndarray, FitReport]:
+        learning_rate: float | None = None, optimizer=None, mesh=None, **metric_deps) -> tuple[np.ndarray, FitReport]:
     """Algorithm 1 end to end (spec.md §3).
 
     1. ``F = mean_j f(x_j^human, c_j)`` (human continuations truncated to ``max_new_tokens`` tokens, so
@@ -355,7 +363,8 @@ def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str
 
     ``prefixes`` / ``human_continuations``: strings (with ``tokenizer``) or token-id lists. Prefix
     strings are encoded with BOS, continuations without. ``metric_deps`` feed ``coh``/``info``
-    (see ``metrics.get_metric``). Returns ``(mu, report)`` with the features in the report.
+    (see ``metrics.get_metric``). ``mesh``: where the samples are drawn (``draw_candidates``). Returns
+    ``(mu, report)`` with the features in the report.
     """
     names = tuple(metric_names)
     deps = dict(metric_deps)
@@ -369,7 +378,7 @@ def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str
     _, feats, rho = draw_candidates(model, params, prefix_ids, names, num_samples=num_samples,
                                     max_new_tokens=max_new_tokens, key=key,
                                     proposal_temperature=proposal_temperature, tokenizer=tokenizer,
-                                    stop_tokens=stop_tokens, functions=functions)
+                                    stop_tokens=stop_tokens, functions=functions, mesh=mesh)
     mu, report = fit_coefficients(feats, rho, human.mean(0), normalization=normalization, standardize=standardize,
                                   steps=steps, learning_rate=learning_rate, optimizer=optimizer)
     return mu, dataclasses.replace(report, metric_names=names, human_features=human, sample_features=feats,

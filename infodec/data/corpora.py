@@ -113,6 +113,12 @@ def known_corpora() -> str:
         ", ".join(HF_ALIASES) + ", hf:<path>[:<config>]"
 
 
+def check_name(name: str) -> str:
+    """Returns ``name`` if it names a corpus :func:`load_documents` can build; ValueError otherwise."""
+    _builder(name)
+    return name
+
+
 def load_documents(name: str, *, refresh: bool = False) -> list[Document]:
     """The documents of corpus ``name``, fetched and cleaned on first use, then read from the
     JSON-lines cache (``refresh=True`` rebuilds it). Raises ValueError for an unknown name."""

@@ -1,0 +1,114 @@
+r"""The DAEMON paper's studies on the default model: main table, SR-4 study, M sweep, proposal-τ sweep.
+
+    python -m experiments.daemon --smoke                  # < 1 min after loading: wiki, 2 baselines, tiny sizes
+    python -m experiments.daemon                          # the README's run (wiki + news, every study)
+    python -m experiments.daemon --corpora=news --studies=main --max_new_tokens=128
+
+Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
+
+* ``main``: human continuations, the baselines (greedy, top-k, top-p, typical, η, contrastive, beam)
+  and DAEMON (µ fitted on every ``--metrics`` metric, SIR over ``--num_candidates``), each with every
+  metric (mean ± SE over prompts), pooled diversity, MAUVE against human text, perplexity of the
+  continuations under the model, and the human text's perplexity under the model and under DAEMON.
+* ``sr4``: µ fitted on SR-4 alone (``infodec.daemon.studies.single_metric_study``).
+* ``m_sweep``: DAEMON's standardised gap to human and ESS against M (``--m_values``), and time.
+* ``temperature``: proposal temperature τ (``--proposal_temperatures``): µ refitted with samples from
+  ``Temperature(τ)`` (with the proposal correction), then diversity against coherence.
+
+The SR-4 study and the sweeps run on the first corpus only. Results go to ``--out`` (default ``results/daemon``):
+``flags.json``, ``points.jsonl`` (one line per finished point; a rerun resumes), ``main.csv``,
+``sweeps.csv``, ``main_gaps.png``, ``m_sweep.png``, ``temperature.png``. Logic lives in
+``infodec.daemon.comparison`` (importable from notebooks).
+"""
+
+import time
+
+import jax
+from absl import app, flags
+
+import infodec
+from experiments import common
+from infodec.daemon import comparison
+
+_MODEL = flags.DEFINE_string("model", "smollm2-135m", "Registry name, HF directory or .gguf of the LM.")
+_CORPORA = flags.DEFINE_list("corpora", ["wiki", "news"], "Corpora (infodec.data.corpora names).")
+_STUDIES = flags.DEFINE_list("studies", ["main", "sr4", "m_sweep", "temperature"], "Which studies to run.")
+_METRICS = flags.DEFINE_list("metrics", list(comparison.METRICS), "Metrics µ is fitted on and reported.")
+_BASELINES = flags.DEFINE_list("baselines", list(comparison.BASELINES), "Baseline decoders of the main table.")
+_FIT_PREFIXES = flags.DEFINE_integer("num_fit_prefixes", 32, "J: fit-split prefixes.")
+_FIT_SAMPLES = flags.DEFINE_integer("num_fit_samples", 16, "N: proposal samples per fit prefix.")
+_EVAL_PROMPTS = flags.DEFINE_integer("num_eval_prompts", 32, "Eval-split prompts (one continuation each).")
+_CANDIDATES = flags.DEFINE_integer("num_candidates", 25, "M: DAEMON candidates per prompt.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "Continuation length (paper: 256).")
+_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Prompt length in tokens.")
+_L2 = flags.DEFINE_float("l2", 1e-3, "Ridge on the standardised µ of the full-metric fit (keeps µ finite when a "
+                         "human mean lies outside the samples' hull; 0 = exact moment matching).")
+_M_VALUES = flags.DEFINE_list("m_values", ["5", "10", "25", "50", "100"], "M sweep values.")
+_TAUS = flags.DEFINE_string("proposal_temperatures", "0.8,0.9,1.0", "Proposal temperature sweep.")
+_SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", 8, "Eval prompts per sweep point.")
+_ROWS_PER_CALL = flags.DEFINE_integer("rows_per_call", 100, "Decode rows per call (bounds cache memory).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of window choice and every PRNG key.")
+_SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny settings that finish in about a minute.")
+_OUT = flags.DEFINE_string("out", "results/daemon", "Results folder.")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Discard finished points in --out and start afresh.")
+
+SMOKE = dict(corpora=["wiki"], studies=["main", "m_sweep"], metrics=["sr4", "div"], baselines=["greedy", "top_p"],
+             num_fit_prefixes=4, num_fit_samples=4, num_eval_prompts=4, num_candidates=4, max_new_tokens=16,
+             m_values=["4"], sweep_prompts=4, rows_per_call=16)
+
+
+def _settings() -> dict:
+    values = common.settings(__name__)
+    if values.pop("smoke"):
+        values.update(SMOKE)
+    return values
+
+
+def _validate(s: dict) -> None:
+    from infodec.daemon import metrics
+    from infodec.data import corpora
+
+    unknown = set(s["studies"]) - {"main", "sr4", "m_sweep", "temperature"}
+    common.require(not unknown, f"--studies: unknown {sorted(unknown)}; choose from main, sr4, m_sweep, temperature")
+    bad = set(s["baselines"]) - set(comparison.BASELINES)
+    common.require(not bad, f"--baselines: unknown {sorted(bad)}; choose from {', '.join(comparison.BASELINES)}")
+    for name in s["metrics"]:
+        try:
+            metrics.get_metric(name, coh=lambda *a: None, info=lambda *a: None)
+        except ValueError as e:
+            raise app.UsageError(f"--metrics: {e}") from None
+    for corpus in s["corpora"]:
+        try:
+            corpora.check_name(corpus)
+        except ValueError as e:
+            raise app.UsageError(f"--corpora: {e}") from None
+    for flag in ("num_fit_prefixes", "num_fit_samples", "num_eval_prompts", "num_candidates", "max_new_tokens",
+                 "prompt_tokens", "sweep_prompts", "rows_per_call"):
+        common.require(s[flag] >= 1, f"--{flag} must be >= 1, got {s[flag]}")
+    common.require(s["l2"] >= 0, f"--l2 must be >= 0, got {s['l2']}")
+    common.require(s["sweep_prompts"] <= s["num_eval_prompts"], "--sweep_prompts must be <= --num_eval_prompts")
+    ms = common.parse_floats("m_values", ",".join(s["m_values"]))
+    common.require(all(m >= 1 and m == int(m) for m in ms), f"--m_values must be positive integers, got {ms}")
+    taus = common.parse_floats("proposal_temperatures", s["proposal_temperatures"])
+    common.require(all(t > 0 for t in taus), f"--proposal_temperatures must be > 0, got {taus}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    s = _settings()
+    _validate(s)
+    folder = common.results_folder(__name__, _OUT.value, _OVERWRITE.value, **s)
+    infodec.enable_compilation_cache()
+    start = time.perf_counter()
+    model, params, tokenizer = infodec.load(s["model"])
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    records = comparison.run_studies(folder, model, params, tokenizer, s, log=log)
+    comparison.write_tables_and_plots(folder, records, s)
+    log(comparison.summary(records, s))
+    log(f"done in {time.perf_counter() - start:.0f} s; results in {folder.path}")
+
+
+if __name__ == "__main__":
+    jax.config.parse_flags_with_absl()
+    app.run(main)

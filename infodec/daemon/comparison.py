@@ -1,0 +1,463 @@
+"""DAEMON against the standard decoders on human text: the second paper's studies (issue 6).
+
+A :class:`Study` holds what every point of a study shares — the LM, the metric functions, the fit
+split's prefixes and the eval split's prompts with their human continuations — and each method
+decodes or evaluates one point:
+
+* :meth:`Study.decode` — one baseline decoder (greedy, top-k, top-p, typical, η, contrastive, beam);
+* :meth:`Study.fit` — Algorithm 1 on the fit split (proposal ``Temperature(τ)``), returning µ;
+* :meth:`Study.daemon` — Algorithm 2 on the eval prompts (``M`` candidates each), with the ESS and the
+  candidates' metrics, which also give ``Ẑ`` for the human-text perplexity under ``q_µ``;
+* :meth:`Study.evaluate` — every metric (mean ± SE over prompts), the pooled diversity, MAUVE against
+  the human continuations, and the perplexity of the continuations under the model;
+* :meth:`Study.perplexity_under_q` — human-text perplexity under p_θ and under q_µ.
+
+Conventions as in :mod:`infodec.daemon.studies`: prompts are ``prompt_tokens`` ids from documents of
+one split; EOS is suppressed (``stop_tokens=()``), so every continuation — human or decoded — has
+exactly ``max_new_tokens`` tokens; decodes are chunked to ``rows_per_call`` rows with the last chunk
+padded, so every call of a decoder has one shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from infodec.daemon import fitting as fit_lib
+from infodec.daemon import metrics as metrics_lib
+from infodec.daemon import perplexity_q
+from infodec.daemon import sampling as sampling_lib
+from infodec.daemon.studies import _chunks, _padded, _perplexity, _windows
+from infodec.eval.stats import mean_se
+
+METRICS = ("sr2", "sr3", "sr4", "tr32", "div", "coh", "info")
+
+# The baselines of [P3]'s main table, with their settings (paper's where it states them).
+BASELINES = {
+    "greedy": "greedy",
+    "top_k": "top-k, k = 50",
+    "top_p": "top-p (nucleus), p = 0.95",
+    "typical": "typical, τ = 0.95",
+    "eta": "η-sampling, η = 0.0009",
+    "contrastive": "contrastive search, k = 4, α = 0.6",
+    "beam": "beam search, 4 beams",
+}
+
+
+def _baseline_policy(name: str):
+    import infodec
+
+    return {"greedy": infodec.Greedy(), "top_k": infodec.chain(infodec.Temperature(1.0), infodec.TopK(50)),
+            "top_p": infodec.chain(infodec.Temperature(1.0), infodec.TopP(0.95)),
+            "typical": infodec.chain(infodec.Temperature(1.0), infodec.Typical(0.95)),
+            "eta": infodec.chain(infodec.Temperature(1.0), infodec.Eta(0.0009))}[name]
+
+
+@dataclasses.dataclass
+class Study:
+    """One corpus, one LM, one metric set: the shared inputs of every point.
+
+    Build with :func:`prepare`. Attributes: ``fit_prompts`` / ``fit_human`` (token lists of the fit
+    split), ``eval_prompts`` / ``human_tokens [P, L]`` / ``human_lengths [P]`` / ``prefix [P, W]`` (eval
+    split, prompts right-padded with -1), ``human_features [P, K]``, ``functions`` (one per metric name).
+    """
+
+    model: Any
+    params: Any
+    tokenizer: Any
+    corpus: str
+    metric_names: tuple[str, ...]
+    functions: list
+    max_new_tokens: int
+    rows_per_call: int
+    fit_prompts: list
+    fit_human: list
+    eval_prompts: list
+    human_tokens: np.ndarray
+    human_lengths: np.ndarray
+    prefix: np.ndarray
+    human_features: np.ndarray
+    log: Callable[[str], None] = print
+    _mauve_human: np.ndarray | None = None
+
+    # --- decoding ---------------------------------------------------------------------------------
+    def decode(self, name: str, key) -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens [P, L], lengths [P])`` of baseline ``name`` (a :data:`BASELINES` key) on the eval
+        prompts."""
+        import infodec
+
+        if name not in BASELINES:
+            raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(BASELINES)}")
+        per_call = min(self.rows_per_call // (4 if name in ("beam", "contrastive") else 1), len(self.eval_prompts))
+        tokens, lengths = [], []
+        for i, part in enumerate(_chunks(len(self.eval_prompts), per_call)):
+            prompts, call_key = _padded(self.eval_prompts, part, per_call), jax.random.fold_in(key, i)
+            common = dict(max_new_tokens=self.max_new_tokens, stop_tokens=())
+            if name == "beam":
+                out = infodec.beam_search(self.model, self.params, prompts, num_beams=4, **common)
+            elif name == "contrastive":
+                out = infodec.contrastive_search(self.model, self.params, prompts, top_k=4, penalty_alpha=0.6,
+                                                 **common)
+            else:
+                out = infodec.generate(self.model, self.params, prompts, _baseline_policy(name), call_key, **common)
+            keep = part.stop - part.start
+            tokens.append(np.asarray(out.tokens)[:keep])
+            lengths.append(np.asarray(out.lengths)[:keep])
+        return np.concatenate(tokens), np.concatenate(lengths)
+
+    def fit(self, num_samples: int, key, *, proposal_temperature: float = 1.0,
+            l2: float = 0.0) -> tuple[np.ndarray, fit_lib.FitReport]:
+        """Algorithm 1 on the fit split: ``num_samples`` proposal samples per prefix, drawn once; ``l2``
+        is ``fit_coefficients``' ridge."""
+        human = np.asarray(metrics_lib.compute_with(self.functions, *fit_lib.pad_rows(self.fit_human, self.max_new_tokens),
+                                                    fit_lib.pad_rows(self.fit_prompts, fill=-1)[0]), np.float64)
+        per_call = max(1, self.rows_per_call // num_samples)
+        feats, rho = [], []
+        start = time.perf_counter()
+        for i, part in enumerate(_chunks(len(self.fit_prompts), per_call)):
+            _, f, r = fit_lib.draw_candidates(self.model, self.params, _padded(self.fit_prompts, part, per_call),
+                                              self.metric_names, num_samples=num_samples,
+                                              max_new_tokens=self.max_new_tokens, key=jax.random.fold_in(key, i),
+                                              proposal_temperature=proposal_temperature, stop_tokens=(),
+                                              functions=self.functions)
+            keep = part.stop - part.start
+            feats.append(f[:keep])
+            rho.append(r[:keep])
+            self.log(f"  fit samples: {part.stop}/{len(self.fit_prompts)} prefixes ({time.perf_counter() - start:.0f} s)")
+        return fit_lib.fit_coefficients(np.concatenate(feats), np.concatenate(rho), human.mean(0), l2=l2)
+
+    def daemon(self, mu, num_candidates: int, key, *, proposal_temperature: float = 1.0,
+               prompts: int | None = None) -> dict[str, np.ndarray]:
+        """Algorithm 2 on the first ``prompts`` eval prompts (all by default): ``tokens``, ``lengths``,
+        ``ess [P]``, ``index [P]`` and the candidates' ``features [P, M, K]`` / ``log_ratios [P, M]``."""
+        count = len(self.eval_prompts) if prompts is None else prompts
+        per_call = max(1, min(self.rows_per_call // num_candidates, count))
+        parts = {k: [] for k in ("tokens", "lengths", "ess", "index", "features", "log_ratios")}
+        start = time.perf_counter()
+        for i, part in enumerate(_chunks(count, per_call)):
+            out = sampling_lib.sample(self.model, self.params, _padded(self.eval_prompts, part, per_call), mu,
+                                      self.metric_names, num_candidates=num_candidates,
+                                      max_new_tokens=self.max_new_tokens, key=jax.random.fold_in(key, i),
+                                      proposal_temperature=proposal_temperature, stop_tokens=(),
+                                      **{n: f for n, f in zip(self.metric_names, self.functions)
+                                         if n in ("coh", "info")})
+            keep = part.stop - part.start
+            for k in parts:
+                parts[k].append(np.asarray(getattr(out, k))[:keep])
+            self.log(f"  DAEMON (M={num_candidates}): {part.stop}/{count} prompts ({time.perf_counter() - start:.0f} s)")
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def features(self, tokens, lengths, rows: int | None = None) -> np.ndarray:
+        """``[P, K]`` metrics of continuations of the first ``rows`` eval prompts."""
+        rows = len(tokens) if rows is None else rows
+        return np.asarray(metrics_lib.compute_with(self.functions, tokens[:rows], lengths[:rows], self.prefix[:rows]),
+                          np.float64)
+
+    def evaluate(self, tokens, lengths, *, mauve: bool = True) -> dict[str, Any]:
+        """Every metric (mean ± SE over prompts), pooled diversity, MAUVE against the human
+        continuations (same prompts) and the continuations' perplexity under the model."""
+        rows = len(tokens)
+        feats = self.features(tokens, lengths)
+        result = {"metrics": {n: mean_se(feats[:, k]) for k, n in enumerate(self.metric_names)},
+                  "pooled_diversity": metrics_lib.pooled_diversity(tokens, lengths),
+                  "perplexity": self._perplexity(tokens, lengths)}
+        if mauve:
+            from infodec.eval import mauve as mauve_lib
+
+            human = self.mauve_human_features()[:rows]
+            ours = mauve_lib.features(self.model, self.params, tokens, lengths, self.prefix[:rows])
+            result["mauve"] = mauve_lib.mauve_score(human, ours)
+        return result
+
+    def mauve_human_features(self) -> np.ndarray:
+        from infodec.eval import mauve as mauve_lib
+
+        if self._mauve_human is None:
+            self._mauve_human = mauve_lib.features(self.model, self.params, self.human_tokens, self.human_lengths,
+                                                   self.prefix)
+        return self._mauve_human
+
+    def _perplexity(self, tokens, lengths) -> dict[str, Any]:
+        logp, mask = [], []
+        for part in _chunks(len(tokens), 16):
+            lp, m = metrics_lib.continuation_log_probs(self.model, self.params, tokens[part], lengths[part],
+                                                       self.prefix[part])
+            logp.append(lp)
+            mask.append(m)
+        return _perplexity(np.concatenate(logp), np.concatenate(mask))
+
+    def perplexity_under_q(self, mu, candidate_features, candidate_log_ratios=None) -> dict[str, float]:
+        """Human-text perplexity under p_θ and under ``q_µ``; ``Ẑ`` from ``candidate_features [P', M, K]``
+        (proposal samples for the first ``P'`` eval prompts, e.g. DAEMON's candidates)."""
+        rows = len(candidate_features)
+        logp, mask = [], []
+        for part in _chunks(rows, 16):
+            lp, m = metrics_lib.continuation_log_probs(self.model, self.params, self.human_tokens[part],
+                                                       self.human_lengths[part], self.prefix[part])
+            logp.append(lp)
+            mask.append(m)
+        logp, mask = np.concatenate(logp), np.concatenate(mask)
+        report = perplexity_q.perplexity_under_q(logp.sum(1), self.human_features[:rows], candidate_features, mu,
+                                                 num_tokens=mask.sum(1), sample_log_ratios=candidate_log_ratios)
+        return {"ppl_model": report.ppl_p, "ppl_q": report.ppl_q, "num_samples": report.num_samples,
+                "num_texts": rows, "num_tokens": report.num_tokens}
+
+    def gap_to_human(self, features) -> dict[str, float]:
+        """Per metric, ``(mean(features) − mean(human)) / std(human)`` on the same prompts, and the mean
+        absolute standardised gap over metrics (one number for sweeps)."""
+        rows = len(features)
+        human = self.human_features[:rows]
+        scale = np.where(human.std(0, ddof=1) > 0, human.std(0, ddof=1), 1.0)
+        gaps = (features.mean(0) - human.mean(0)) / scale
+        return {**{n: float(g) for n, g in zip(self.metric_names, gaps)}, "mean_abs": float(np.abs(gaps).mean())}
+
+
+def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Sequence[str] = METRICS,
+            num_fit_prefixes: int = 32, num_eval_prompts: int = 32, prompt_tokens: int = 32,
+            max_new_tokens: int = 128, max_per_document: int = 1, rows_per_call: int = 100, seed: int = 0,
+            encoder=None, log: Callable[[str], None] = print) -> Study:
+    """Loads the corpus windows and builds the metric functions.
+
+    ``encoder``: ``(encoder, encoder_params, encoder_tokenizer)`` for ``coh`` (default
+    ``infodec.load("minilm-l6")`` when ``coh`` is asked for). ``info`` is the NLL under the LM itself.
+    """
+    import infodec
+
+    names = tuple(metric_names)
+    deps: dict[str, Any] = {}
+    if "coh" in names:
+        enc, enc_params, enc_tokenizer = encoder or infodec.load("minilm-l6")
+        deps["coh"] = metrics_lib.coherence(enc, enc_params, enc_tokenizer, tokenizer)
+    if "info" in names:
+        deps["info"] = metrics_lib.information(model, params)
+    functions = metrics_lib.metric_functions(names, **deps)
+
+    fit_windows = _windows(corpus, tokenizer, "fit", num_fit_prefixes, prompt_tokens, max_new_tokens,
+                           max_per_document, seed)
+    eval_windows = _windows(corpus, tokenizer, "eval", num_eval_prompts, prompt_tokens, max_new_tokens,
+                            max_per_document, seed + 1)
+    eval_prompts = [list(w.prompt) for w in eval_windows]
+    human_tokens, human_lengths = fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens)
+    prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
+    human = np.asarray(metrics_lib.compute_with(functions, human_tokens, human_lengths, prefix), np.float64)
+    return Study(model=model, params=params, tokenizer=tokenizer, corpus=corpus, metric_names=names,
+                 functions=functions, max_new_tokens=max_new_tokens, rows_per_call=rows_per_call,
+                 fit_prompts=[list(w.prompt) for w in fit_windows],
+                 fit_human=[list(w.continuation) for w in fit_windows], eval_prompts=eval_prompts,
+                 human_tokens=human_tokens, human_lengths=human_lengths, prefix=prefix, human_features=human,
+                 log=log)
+
+
+def fit_summary(report: fit_lib.FitReport) -> dict[str, Any]:
+    """The JSON-able part of a ``FitReport``."""
+    return {"mu": report.mu.tolist(), "mu_standardized": report.mu_standardized.tolist(),
+            "feature_mean": report.feature_mean.tolist(), "feature_std": report.feature_std.tolist(),
+            "target": report.target.tolist(), "fitted_moments": report.fitted_moments.tolist(),
+            "residual_norm_standardized": report.residual_norm_standardized, "converged": report.converged,
+            "steps": report.steps, "ess": mean_se(report.ess), "ess_min": float(report.ess.min())}
+
+
+# --- the launcher's studies, as resumable points (experiments.daemon and the notebook) --------------
+def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str], None] = print) -> dict:
+    """Runs the studies of settings ``s`` (``experiments.daemon``'s flags) as points of the
+    ``ResultsFolder`` ``folder``, skipping finished ones; returns ``{key: record}``."""
+    from infodec.daemon import studies
+
+    records: dict[str, dict] = {}
+    key = jax.random.key(s["seed"])
+    for c_index, corpus in enumerate(s["corpora"]):
+        ckey = jax.random.fold_in(key, c_index)
+        study = prepare(model, params, tokenizer, corpus=corpus, metric_names=s["metrics"],
+                        num_fit_prefixes=s["num_fit_prefixes"], num_eval_prompts=s["num_eval_prompts"],
+                        prompt_tokens=s["prompt_tokens"], max_new_tokens=s["max_new_tokens"],
+                        rows_per_call=s["rows_per_call"], seed=s["seed"], log=log)
+        log(f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
+            f"{s['max_new_tokens']} new tokens, metrics {', '.join(study.metric_names)}")
+
+        def fit_point(tau: float, k):
+            def compute():
+                mu, report = study.fit(s["num_fit_samples"], k, proposal_temperature=tau, l2=s["l2"])
+                return {"corpus": corpus, "study": "fit", "proposal_temperature": tau, **fit_summary(report)}
+            return compute
+
+        fit_key = f"{corpus}/fit/tau=1"
+        records.update(zip([fit_key], folder.run([(fit_key, fit_point(1.0, jax.random.fold_in(ckey, 0)))], log)))
+        mu = np.asarray(records[fit_key]["mu"])
+        points = []
+        if "main" in s["studies"]:
+            points.append((f"{corpus}/main/human", lambda: {
+                "corpus": corpus, "study": "main", "decoder": "human",
+                **study.evaluate(study.human_tokens, study.human_lengths, mauve=False)}))
+            for i, name in enumerate(s["baselines"]):
+                def baseline(name=name, k=jax.random.fold_in(ckey, 100 + i)):
+                    start = time.perf_counter()
+                    tokens, lengths = study.decode(name, k)
+                    decode_s = time.perf_counter() - start
+                    return {"corpus": corpus, "study": "main", "decoder": name, "decode_s": decode_s,
+                            **study.evaluate(tokens, lengths)}
+                points.append((f"{corpus}/main/{name}", baseline))
+
+            def daemon_main(k=jax.random.fold_in(ckey, 200)):
+                start = time.perf_counter()
+                out = study.daemon(mu, s["num_candidates"], k)
+                decode_s = time.perf_counter() - start
+                return {"corpus": corpus, "study": "main", "decoder": "daemon", "decode_s": decode_s,
+                        "num_candidates": s["num_candidates"], "ess": mean_se(out["ess"]),
+                        **study.evaluate(out["tokens"], out["lengths"]),
+                        "human_perplexity": study.perplexity_under_q(mu, out["features"])}
+            points.append((f"{corpus}/main/daemon", daemon_main))
+        if c_index == 0 and "sr4" in s["studies"]:
+            points.append((f"{corpus}/sr4", lambda: {"corpus": corpus, "study": "sr4", **studies.single_metric_study(
+                model, params, tokenizer, metric="sr4", corpus=corpus, num_fit_prefixes=s["num_fit_prefixes"],
+                num_fit_samples=s["num_fit_samples"], num_eval_prompts=s["num_eval_prompts"],
+                num_candidates=s["num_candidates"], max_new_tokens=s["max_new_tokens"],
+                prompt_tokens=s["prompt_tokens"], rows_per_call=s["rows_per_call"], seed=s["seed"], log=log)}))
+        if c_index == 0 and "m_sweep" in s["studies"]:
+            for m in (int(float(v)) for v in s["m_values"]):
+                def sweep_m(m=m, k=jax.random.fold_in(ckey, 300 + m)):
+                    start = time.perf_counter()
+                    out = study.daemon(mu, m, k, prompts=s["sweep_prompts"])
+                    seconds = time.perf_counter() - start
+                    chosen = study.features(out["tokens"], out["lengths"])
+                    return {"corpus": corpus, "study": "m_sweep", "num_candidates": m, "decode_s": seconds,
+                            "ess": mean_se(out["ess"]), "gap": study.gap_to_human(chosen)}
+                points.append((f"{corpus}/m_sweep/M={m}", sweep_m))
+        records.update(zip([k for k, _ in points], folder.run(points, log)))
+        if c_index == 0 and "temperature" in s["studies"]:
+            for t in (float(v) for v in s["proposal_temperatures"].split(",")):
+                tkey = f"{corpus}/fit/tau={t:g}"
+                if tkey not in records:
+                    records.update(zip([tkey], folder.run(
+                        [(tkey, fit_point(t, jax.random.fold_in(ckey, 400 + int(1000 * t))))], log)))
+
+                def sweep_tau(t=t, k=jax.random.fold_in(ckey, 500 + int(1000 * t))):
+                    mu_t = np.asarray(records[f"{corpus}/fit/tau={t:g}"]["mu"])
+                    out = study.daemon(mu_t, s["num_candidates"], k, proposal_temperature=t,
+                                       prompts=s["sweep_prompts"])
+                    return {"corpus": corpus, "study": "temperature", "proposal_temperature": t,
+                            "ess": mean_se(out["ess"]),
+                            **study.evaluate(out["tokens"], out["lengths"], mauve=False)}
+                tau_key = f"{corpus}/temperature/tau={t:g}"
+                records.update(zip([tau_key], folder.run([(tau_key, sweep_tau)], log)))
+    return records
+
+
+def _main_rows(records: dict, s: dict) -> list[dict]:
+    rows = []
+    for r in records.values():
+        if r.get("study") != "main":
+            continue
+        row = {"corpus": r["corpus"], "decoder": r["decoder"], "n": r["metrics"][s["metrics"][0]]["n"]}
+        for name in s["metrics"]:
+            row[name] = r["metrics"][name]["mean"]
+            row[name + "_se"] = r["metrics"][name]["se"]
+        row["pooled_div"] = r["pooled_diversity"]["diversity"]
+        row["mauve"] = r["mauve"]["mauve"] if "mauve" in r else None
+        row["mauve_spread"] = r["mauve"]["spread"] if "mauve" in r else None
+        row["ppl_of_text"] = r["perplexity"]["ppl"]
+        if "human_perplexity" in r:
+            row["human_ppl_model"] = r["human_perplexity"]["ppl_model"]
+            row["human_ppl_daemon"] = r["human_perplexity"]["ppl_q"]
+            row["ess"] = r["ess"]["mean"]
+        rows.append(row)
+    return rows
+
+
+def write_tables_and_plots(folder, records: dict, s: dict) -> None:
+    """``main.csv`` (one row per corpus × decoder), ``sweeps.csv``, and the PNGs: ``main_gaps.png``
+    (each decoder's standardised gap to human per metric), ``m_sweep.png`` (gap and ESS against M),
+    ``temperature.png`` (diversity against coherence over the proposal temperature)."""
+    from infodec.results import plot_series
+
+    main = _main_rows(records, s)
+    if main:
+        folder.write_csv("main.csv", main)
+        _plot_gaps(folder.path / "main_gaps.png", main, s["metrics"])
+    sweeps = []
+    for r in records.values():
+        if r.get("study") == "m_sweep":
+            sweeps.append({"study": "m_sweep", "corpus": r["corpus"], "M": r["num_candidates"],
+                           "gap_mean_abs": r["gap"]["mean_abs"], "ess": r["ess"]["mean"], "ess_se": r["ess"]["se"],
+                           "decode_s": r["decode_s"]})
+        elif r.get("study") == "temperature":
+            sweeps.append({"study": "temperature", "corpus": r["corpus"], "tau": r["proposal_temperature"],
+                           "ess": r["ess"]["mean"], **{f"{n}": r["metrics"][n]["mean"] for n in r["metrics"]},
+                           **{f"{n}_se": r["metrics"][n]["se"] for n in r["metrics"]}})
+    if sweeps:
+        folder.write_csv("sweeps.csv", sweeps)
+    m_points = [p for p in sweeps if p["study"] == "m_sweep"]
+    if m_points:
+        plot_series(folder.path / "m_sweep.png", {
+            "mean |gap to human| (human SD)": [{"M": p["M"], "y": p["gap_mean_abs"]} for p in m_points],
+            "ESS / M": [{"M": p["M"], "y": p["ess"] / p["M"], "y_err": 1.96 * p["ess_se"] / p["M"]} for p in m_points],
+        }, x="M", y="y", xlabel="candidates M", ylabel="value", title="DAEMON: gap to human and ESS against M")
+    t_points = [p for p in sweeps if p["study"] == "temperature"]
+    if t_points and "div" in s["metrics"] and "coh" in s["metrics"]:
+        plot_series(folder.path / "temperature.png", {"DAEMON": [
+            {"div": p["div"], "coh": p["coh"], "div_err": 1.96 * p["div_se"], "coh_err": 1.96 * p["coh_se"],
+             "tau": p["tau"]} for p in t_points]}, x="div", y="coh", annotate="tau",
+            xlabel="diversity (div)", ylabel="coherence (coh)", title="Proposal temperature τ: diversity vs coherence")
+
+
+def _plot_gaps(path, rows: list[dict], metric_names) -> None:
+    """Grouped bars of ``(decoder − human) / human SD`` per metric, one panel per corpus."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpora_ = list(dict.fromkeys(r["corpus"] for r in rows))
+    fig, axes = plt.subplots(len(corpora_), 1, figsize=(8, 3.2 * len(corpora_)), dpi=110, squeeze=False)
+    for ax, corpus in zip(axes[:, 0], corpora_):
+        group = [r for r in rows if r["corpus"] == corpus]
+        human = next((r for r in group if r["decoder"] == "human"), None)
+        if human is None:
+            continue
+        decoders = [r for r in group if r["decoder"] != "human"]
+        width = 0.8 / max(len(decoders), 1)
+        for i, r in enumerate(decoders):
+            gaps = [(r[n] - human[n]) / max(human[n + "_se"] * np.sqrt(human["n"]), 1e-12) for n in metric_names]
+            ax.bar(np.arange(len(metric_names)) + i * width - 0.4 + width / 2, gaps, width, label=r["decoder"])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(np.arange(len(metric_names)), metric_names)
+        ax.set_ylabel("(decoder − human) / human SD")
+        ax.set_title(f"{corpus}: distance to human text per metric (0 = human)", fontsize=10)
+        ax.legend(fontsize=6, ncol=3)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summary(records: dict, s: dict) -> str:
+    """A Markdown summary: per corpus, the main table and which decoder is closest to human per metric."""
+    rows = _main_rows(records, s)
+    lines = []
+    for corpus in dict.fromkeys(r["corpus"] for r in rows):
+        group = [r for r in rows if r["corpus"] == corpus]
+        human = next((r for r in group if r["decoder"] == "human"), None)
+        cols = list(s["metrics"]) + ["mauve", "ppl_of_text"]
+        lines += [f"### {corpus}", "", "| decoder | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for r in group:
+            cells = [f"{r[c]:.4g} ± {r[c + '_se']:.2g}" if c in s["metrics"] else
+                     ("–" if r[c] is None else f"{r[c]:.3g}") for c in cols]
+            lines.append(f"| {r['decoder']} | " + " | ".join(cells) + " |")
+        if human is not None:
+            closest = {n: min((r for r in group if r["decoder"] != "human"), key=lambda r: abs(r[n] - human[n]))["decoder"]
+                       for n in s["metrics"]}
+            lines += ["", "closest to human: " + ", ".join(f"{n}: {d}" for n, d in closest.items())]
+        daemon = next((r for r in group if r["decoder"] == "daemon"), None)
+        if daemon is not None and "human_ppl_model" in daemon:
+            lines.append(f"human-text perplexity: {daemon['human_ppl_model']:.2f} under the model, "
+                         f"{daemon['human_ppl_daemon']:.2f} under DAEMON's q_µ")
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = ["Study", "prepare", "fit_summary", "run_studies", "write_tables_and_plots", "summary", "METRICS",
+           "BASELINES"]
