@@ -1,0 +1,57 @@
+"""experiments.daemon: flag validation, and the smoke run end to end on the default model (with resume)."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from absl import app
+
+from experiments import daemon as launcher
+
+
+def _settings(**changes):
+    s = {"model": "smollm2-135m", "corpora": ["wiki"], "studies": ["main"], "metrics": ["sr4", "div"],
+         "baselines": ["greedy"], "num_fit_prefixes": 4, "num_fit_samples": 4, "num_eval_prompts": 4,
+         "num_candidates": 4, "max_new_tokens": 16, "prompt_tokens": 32, "l2": 1e-3, "m_values": ["4"],
+         "proposal_temperatures": "1.0", "sweep_prompts": 4, "rows_per_call": 16, "seed": 0}
+    return {**s, **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"studies": ["main", "tables"]}, "unknown \\['tables'\\]"),
+    ({"baselines": ["greedy", "nucleus"]}, "unknown \\['nucleus'\\]"),
+    ({"metrics": ["sr4", "bleu"]}, "--metrics"),
+    ({"corpora": ["wikipedia"]}, "unknown corpus 'wikipedia'"),
+    ({"num_candidates": 0}, "--num_candidates must be >= 1"),
+    ({"sweep_prompts": 8}, "--sweep_prompts must be <= --num_eval_prompts"),
+    ({"m_values": ["2.5"]}, "positive integers"),
+    ({"proposal_temperatures": "0.9,-1"}, "must be > 0"),
+    ({"proposal_temperatures": "warm"}, "comma-separated numbers"),
+    ({"l2": -1.0}, "--l2 must be >= 0"),
+])
+def test_bad_flags_are_usage_errors(changes, message):
+    launcher._validate(_settings())  # the baseline settings are valid
+    with pytest.raises(app.UsageError, match=message):
+        launcher._validate(_settings(**changes))
+
+
+def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
+    command = [sys.executable, "-m", "experiments.daemon", "--smoke", f"--out={tmp_path}"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    points = [json.loads(line) for line in (tmp_path / "points.jsonl").read_text().splitlines()]
+    assert [p["key"] for p in points] == ["wiki/fit/tau=1", "wiki/main/human", "wiki/main/greedy",
+                                         "wiki/main/top_p", "wiki/main/daemon", "wiki/m_sweep/M=4"]
+    with (tmp_path / "main.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["decoder"] for r in rows] == ["human", "greedy", "top_p", "daemon"]
+    daemon = rows[-1]
+    assert 1.0 <= float(daemon["ess"]) <= 4.0 + 1e-6 and float(daemon["human_ppl_daemon"]) > 1.0
+    for name in ("main_gaps.png", "m_sweep.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming, 5 of 5 points already done" in second.stdout + second.stderr
+    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 6  # nothing recomputed
