@@ -191,9 +191,14 @@ class Study:
             mask.append(m)
         return _perplexity(np.concatenate(logp), np.concatenate(mask))
 
-    def perplexity_under_q(self, mu, candidate_features, candidate_log_ratios=None) -> dict[str, float]:
+    def perplexity_under_q(self, mu, candidate_features, candidate_log_ratios=None, *,
+                           splits: int = 5) -> dict[str, Any]:
         """Human-text perplexity under p_θ and under ``q_µ``; ``Ẑ`` from ``candidate_features [P', M, K]``
-        (proposal samples for the first ``P'`` eval prompts, e.g. DAEMON's candidates)."""
+        (proposal samples for the first ``P'`` eval prompts, e.g. DAEMON's candidates).
+
+        ``ppl_q`` uses all ``M`` samples per prompt; the spread comes from ``splits`` disjoint groups of
+        ``M // splits`` candidates, i.e. independent estimates with fewer samples each (the estimator is
+        biased low in N, so the groups' mean sits above the full estimate)."""
         rows = len(candidate_features)
         logp, mask = [], []
         for part in _chunks(rows, 16):
@@ -202,10 +207,21 @@ class Study:
             logp.append(lp)
             mask.append(m)
         logp, mask = np.concatenate(logp), np.concatenate(mask)
+        common = dict(num_tokens=mask.sum(1))
         report = perplexity_q.perplexity_under_q(logp.sum(1), self.human_features[:rows], candidate_features, mu,
-                                                 num_tokens=mask.sum(1), sample_log_ratios=candidate_log_ratios)
-        return {"ppl_model": report.ppl_p, "ppl_q": report.ppl_q, "num_samples": report.num_samples,
-                "num_texts": rows, "num_tokens": report.num_tokens}
+                                                 sample_log_ratios=candidate_log_ratios, **common)
+        result = {"ppl_model": report.ppl_p, "ppl_q": report.ppl_q, "num_samples": report.num_samples,
+                  "num_texts": rows, "num_tokens": report.num_tokens}
+        size = candidate_features.shape[1] // splits
+        if splits > 1 and size >= 1:
+            groups = [candidate_features[:, g * size:(g + 1) * size] for g in range(splits)]
+            ratios = None if candidate_log_ratios is None else [
+                candidate_log_ratios[:, g * size:(g + 1) * size] for g in range(splits)]
+            spread, _ = perplexity_q.perplexity_over_seeds(logp.sum(1), self.human_features[:rows], groups, mu,
+                                                           sample_log_ratios_per_seed=ratios, **common)
+            result["ppl_q_split"] = {"num_samples": size, "splits": splits, "mean": spread.mean, "std": spread.std,
+                                     "min": spread.min, "max": spread.max}
+        return result
 
     def gap_to_human(self, features) -> dict[str, float]:
         """Per metric, ``(mean(features) − mean(human)) / std(human)`` on the same prompts, and the mean
