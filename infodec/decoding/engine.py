@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infodec import sharding
 from infodec.decoding.state import DecodeState, GenerateOutput
 from infodec.models.base import CausalLM
 from infodec.policies.base import Policy, StepInfo
@@ -44,7 +45,7 @@ def compile_count() -> int:
 
 def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *, max_new_tokens: int,
              tokenizer=None, evidence=None, stop_tokens: Sequence[int] | None | type(Ellipsis) = ...,
-             num_samples: int = 1, chunk: int = DEFAULT_CHUNK, pad_id: int = 0) -> GenerateOutput:
+             num_samples: int = 1, chunk: int = DEFAULT_CHUNK, pad_id: int = 0, mesh=None) -> GenerateOutput:
     """Decodes continuations of ``prompts`` with ``policy``.
 
     Args:
@@ -64,35 +65,48 @@ def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, 
       num_samples: continuations per prompt (rows ``prompt * num_samples + sample``).
       chunk: decode steps per ``lax.scan`` between checks that every row is done.
       pad_id: token id written after a row is done.
+      mesh: a ``jax.sharding.Mesh`` with axes ``("data", "model")`` (``infodec.sharding.make_mesh``), or
+        None for one device. Rows (prompts x samples x streams) go on the data axis, parameters on
+        the model axis (``sharding.shard_params``; done here when ``params`` are not yet placed, which
+        copies them on every call, so place them once beforehand). When the rows are not a multiple
+        of the data-axis size, copies of the last prompt fill it up; they are decoded as finished rows
+        and dropped from the output. Results equal the single-device results (module docstring).
     """
     policy = canonical_policy(policy)
     stops = _stop_array(stop_tokens, tokenizer)
-    state, prompt_tokens = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_samples,
-                                  chunk, pad_id, evidence, _decode_loop, stops)
+    if mesh is not None:
+        params = sharding.shard_params(model, params, mesh)
+    state, prompt_tokens, policy = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer,
+                                          num_samples, chunk, pad_id, evidence, _decode_loop, stops, mesh)
     state = _decode_loop(model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id,
-                         policy_structure(policy))
+                         policy_structure(policy), mesh)
     return _output(state, prompt_tokens, max_new_tokens, tokenizer)
 
 
 def stream(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *, max_new_tokens: int,
            tokenizer=None, evidence=None, stop_tokens=..., num_samples: int = 1, chunk: int = 1,
-           pad_id: int = 0) -> Iterator[np.ndarray]:
+           pad_id: int = 0, mesh=None) -> Iterator[np.ndarray]:
     """Like ``generate`` but yields the new tokens ``[N, k]`` after every ``chunk`` steps (1 by default).
 
     Rows that are done yield ``pad_id``. Same compiled step as ``generate``; the host sees each chunk.
+    ``mesh`` as for ``generate``.
     """
     policy = canonical_policy(policy)
     stops = _stop_array(stop_tokens, tokenizer)
-    state, _ = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_samples, chunk, pad_id,
-                      evidence, _decode_chunk, stops)
+    if mesh is not None:
+        params = sharding.shard_params(model, params, mesh)
+    state, prompt_tokens, policy = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer,
+                                          num_samples, chunk, pad_id, evidence, _decode_chunk, stops, mesh)
+    rows = len(prompt_tokens)  # without the rows that only pad the data axis
     limit = jnp.int32(max_new_tokens)
     while True:
         start = int(state.step)
         if start >= max_new_tokens or bool(np.all(np.asarray(state.done))):
             return
-        state = _decode_chunk(model, params, policy, state, stops, limit, chunk, pad_id, policy_structure(policy))
+        state = _decode_chunk(model, params, policy, state, stops, limit, chunk, pad_id, policy_structure(policy),
+                              mesh)
         stop = min(int(state.step), max_new_tokens)
-        yield np.asarray(state.tokens[:, start:stop])
+        yield np.asarray(state.tokens[:rows, start:stop])
 
 
 # --- set-up -----------------------------------------------------------------------------------------
@@ -112,12 +126,19 @@ def canonical_policy(policy: Policy) -> Policy:
 
 
 def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_samples, chunk, pad_id,
-           evidence, loop, stops):
-    """Validates, encodes and prefills; returns the initial state and the prompt tokens.
+           evidence, loop, stops, mesh=None):
+    """Validates, encodes and prefills; returns ``(state, prompt_tokens, policy)``.
 
     ``loop`` (the jitted decode function that will run next) is compiled in a background thread from
     the state's abstract shapes while this thread compiles and runs prefill: XLA compiles release the
     GIL, so on a cold start the two compilations overlap instead of adding up.
+
+    With a ``mesh``, prompts are padded with copies of the last one until the rows split evenly over
+    the data axis (``sharding.padded_prompt_count``); the extra rows start as done, so they neither
+    change the real rows (their sampling keys are ``split(..., N')[n]``, equal to ``split(..., N)[n]``
+    for ``n < N`` under jax's partitionable threefry) nor keep the loop running. ``prompt_tokens``
+    covers the real rows only, and per-row ``[N]`` policy fields are padded to ``[N']`` (the returned
+    policy).
     """
     streams = policy.num_streams
     if streams == 2 and evidence is None:
@@ -133,13 +154,27 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_s
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     token_lists = encode_prompts(prompts, tokenizer)
+    evidence_lists = encode_prompts(evidence, tokenizer) if streams == 2 else None
+    if streams == 2 and len(evidence_lists) != len(token_lists):
+        raise ValueError(f"got {len(evidence_lists)} evidence entries for {len(token_lists)} prompts; "
+                         "pass one per prompt")
+    real_rows = len(token_lists) * num_samples
+    extra = sharding.padded_prompt_count(len(token_lists), num_samples, mesh) - len(token_lists)
+    if extra:
+        if not jax.config.jax_threefry_partitionable:
+            raise ValueError(f"{real_rows} rows do not split over the mesh's data axis of "
+                             f"{sharding.axis_size(mesh, sharding.DATA)} and padding them would change the "
+                             "sampling keys with jax_threefry_partitionable=False; enable it or pass a "
+                             "multiple of the data-axis size")
+        token_lists = token_lists + token_lists[-1:] * extra
+        if evidence_lists is not None:
+            evidence_lists = evidence_lists + evidence_lists[-1:] * extra
+        policy = _pad_per_row(policy, real_rows, len(token_lists) * num_samples)
+    conditioned = token_lists[:len(token_lists) - extra]  # what stream 0 (the anchor) reads, real rows
     if streams == 2:
-        evidence_lists = encode_prompts(evidence, tokenizer)
-        if len(evidence_lists) != len(token_lists):
-            raise ValueError(f"got {len(evidence_lists)} evidence entries for {len(token_lists)} prompts; "
-                             "pass one per prompt")
         # Model rows 2n (evidence + prompt) and 2n + 1 (prompt alone).
         token_lists = [row for ev, ids in zip(evidence_lists, token_lists) for row in (ev + ids, ids)]
+        conditioned = token_lists[:len(conditioned) * 2:2]
     longest = max(len(t) for t in token_lists)
     if longest + max_new_tokens > model.max_length:
         raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
@@ -147,25 +182,45 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_s
     bucket = prompt_bucket(longest)
     buffer = -(-max_new_tokens // chunk) * chunk  # output slots: whole chunks
     tokens, positions = left_pad(token_lists, bucket, pad_id)
-    tokens, positions = jnp.asarray(tokens), jnp.asarray(positions)
-    cache = model.init_cache(len(token_lists), bucket + buffer)
+    if mesh is None:
+        tokens, positions = jnp.asarray(tokens), jnp.asarray(positions)
+        cache = model.init_cache(len(token_lists), bucket + buffer)
+    else:  # prefill rows on the data axis when they split evenly (else replicated: M > 1 rows come later)
+        rows = sharding.batch_sharding(tokens.shape, mesh)
+        tokens, positions = jax.device_put(tokens, rows), jax.device_put(positions, rows)
+        cache = sharding.init_cache(model, len(token_lists), bucket + buffer, mesh)
     initial = functools.partial(_initial_state, positions=positions, tokens=tokens, key=key, buffer=buffer,
-                                num_samples=num_samples, policy=policy)
+                                num_samples=num_samples, policy=policy, real_rows=real_rows)
     logits_shape = jax.ShapeDtypeStruct((len(token_lists), model.vocab_size), jnp.float32)
     hidden_shape = (jax.ShapeDtypeStruct((len(token_lists), model.config.hidden_size), jnp.float32)
                     if policy.needs_hidden else None)
     state_shape = jax.eval_shape(initial, logits_shape, cache, hidden_shape)
+    if mesh is not None:  # lower for the placement the state will have, so the call reuses this compile
+        placement = sharding.state_shardings(state_shape, mesh)
+        state_shape = sharding.with_shardings(state_shape, placement)
     compiling = threading.Thread(target=loop.lower(model, params, policy, state_shape, stops, jnp.int32(0), chunk,
-                                                   pad_id, policy_structure(policy)).compile)
+                                                   pad_id, policy_structure(policy), mesh).compile)
     compiling.start()
     logits, cache, hidden = _prefill(model, params, tokens, positions, cache, with_hidden=policy.needs_hidden)
     state = initial(logits, cache, None if hidden is None else hidden[:, -1])
+    if mesh is not None:
+        state = jax.device_put(state, placement)
     compiling.join()
-    conditioned = token_lists[::streams]  # what stream 0 (the anchor) read
     prompt_tokens = np.full((len(conditioned), max(len(t) for t in conditioned)), -1, np.int32)
     for row, ids in enumerate(conditioned):
         prompt_tokens[row, :len(ids)] = ids
-    return state, np.repeat(prompt_tokens, num_samples, axis=0)
+    return state, np.repeat(prompt_tokens, num_samples, axis=0), policy
+
+
+def _pad_per_row(policy: Policy, rows: int, padded: int) -> Policy:
+    """Per-row ``[rows]`` policy fields (dataclass fields, not entries of parameter dicts such as a
+    discriminator's) extended to ``[padded]`` with copies of the last row."""
+    def pad(path, leaf):
+        per_row = (np.ndim(leaf) == 1 and np.shape(leaf)[0] == rows
+                   and not any(isinstance(k, jax.tree_util.DictKey) for k in path))
+        return jnp.concatenate([leaf, jnp.repeat(leaf[-1:], padded - rows)]) if per_row else leaf
+
+    return jax.tree_util.tree_map_with_path(pad, policy)
 
 
 def encode_prompts(prompts, tokenizer, *, add_bos: bool | None = None, allow_empty: bool = False) -> list[list[int]]:
@@ -234,10 +289,11 @@ _prefill = jax.jit(_prefill_impl, static_argnums=0, static_argnames="with_hidden
 
 
 def _initial_state(logits, cache, hidden=None, *, positions, tokens, key, buffer, num_samples,
-                   policy) -> DecodeState:
+                   policy, real_rows=None) -> DecodeState:
     """The state after prefill. Model rows come in groups of ``S`` streams per prompt; ``num_samples``
     copies of each group are made by broadcasting the prefilled cache (no second prefill). ``hidden``
-    (``[P * S, D]``, policies with ``needs_hidden``) keeps stream 0 of each group."""
+    (``[P * S, D]``, policies with ``needs_hidden``) keeps stream 0 of each group. Rows from
+    ``real_rows`` on (padding for the mesh's data axis) start as done."""
     streams = policy.num_streams
 
     def repeat(x, axis=0):  # [P * S, ...] -> [P * M * S, ...], copying each prompt's group of streams
@@ -267,7 +323,7 @@ def _initial_state(logits, cache, hidden=None, *, positions, tokens, key, buffer
         # A copy: the state is donated to the decode loop, which would otherwise delete the caller's key.
         step=jnp.int32(0), key=jnp.copy(key), cache=cache, logits=logits,
         next_position=repeat(jnp.max(positions, axis=1) + 1),
-        done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), context=context,
+        done=jnp.arange(rows) >= (rows if real_rows is None else real_rows), lengths=jnp.zeros((rows,), jnp.int32), context=context,
         tokens=jnp.zeros((rows, buffer), jnp.int32), logp_model=zeros(), logp_policy=zeros(),
         diagnostics={name: zeros() for name in names}, hidden=hidden)
 
@@ -327,11 +383,22 @@ def sample(keys: Array, log_pi: Array) -> Array:
     return jnp.minimum(jnp.sum(cdf < u[:, None], axis=-1), log_pi.shape[-1] - 1).astype(jnp.int32)
 
 
-def _chunk(model, params, policy, state, stops, max_new, chunk, pad_id):
+def _chunk(model, params, policy, state, stops, max_new, chunk, pad_id, mesh=None):
     def body(carry, _):
-        return _step(model, params, policy, carry, stops, max_new, pad_id), None
+        return _placed(_step(model, params, policy, carry, stops, max_new, pad_id), mesh), None
 
     return jax.lax.scan(body, state, None, length=chunk)[0]
+
+
+def _placed(state: DecodeState, mesh) -> DecodeState:
+    """Keeps the state on the mesh (rows on "data", KV heads on "model"; ``sharding.state_shardings``).
+
+    The logits ``[N, S, V]`` keep their whole vocabulary on every model-axis device: the LM head
+    computes them vocabulary-split and this gathers them (a copy, no arithmetic), so the policy and
+    ``sample`` run the single-device computation. A cumulative sum over a split vocabulary adds in a
+    different order (CDFs differ by ~1e-7), which could move a sampled token at a boundary.
+    """
+    return state if mesh is None else sharding.constrain_state(state, mesh)
 
 
 def policy_structure(policy: Policy) -> tuple:
@@ -353,35 +420,39 @@ def policy_structure(policy: Policy) -> tuple:
     return key(jax.tree.structure(policy))
 
 
-def _decode_loop_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure):
+def _decode_loop_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure, mesh=None):
     _TRACES["decode_loop"] += 1
 
     def keep_going(s):
         return (s.step < max_new) & ~jnp.all(s.done)
 
-    return jax.lax.while_loop(keep_going,
-                              lambda s: _chunk(model, params, policy, s, stops, max_new, chunk, pad_id), state)
+    return jax.lax.while_loop(keep_going, lambda s: _chunk(model, params, policy, s, stops, max_new, chunk, pad_id,
+                                                           mesh), _placed(state, mesh))
 
 
-def _decode_chunk_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure):
+def _decode_chunk_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure, mesh=None):
     _TRACES["decode_chunk"] += 1
-    return _chunk(model, params, policy, state, stops, max_new, chunk, pad_id)
+    return _chunk(model, params, policy, _placed(state, mesh), stops, max_new, chunk, pad_id, mesh)
 
 
 # ``structure`` (argument 8) is unused in the body: it only keys the compiled code (policy_structure).
-_decode_loop = jax.jit(_decode_loop_impl, static_argnums=(0, 6, 7, 8), donate_argnums=3)
-_decode_chunk = jax.jit(_decode_chunk_impl, static_argnums=(0, 6, 7, 8), donate_argnums=3)
+# ``mesh`` (argument 9, a hashable ``jax.sharding.Mesh`` or None) is static too: one compile per mesh.
+_decode_loop = jax.jit(_decode_loop_impl, static_argnums=(0, 6, 7, 8, 9), donate_argnums=3)
+_decode_chunk = jax.jit(_decode_chunk_impl, static_argnums=(0, 6, 7, 8, 9), donate_argnums=3)
 
 
 def _output(state: DecodeState, prompt_tokens, max_new_tokens, tokenizer) -> GenerateOutput:
-    host = jax.device_get(state)
-    trim = lambda x: np.asarray(x)[:, :max_new_tokens]  # noqa: E731
-    lengths = np.asarray(host.lengths)
-    tokens = trim(host.tokens)
+    """Fetches the outputs (not the cache) to the host; rows past ``len(prompt_tokens)`` (padding for
+    a mesh's data axis) are dropped."""
+    rows = len(prompt_tokens)
+    host = jax.device_get((state.tokens, state.lengths, state.logp_model, state.logp_policy, state.diagnostics))
+    tokens, lengths, logp_model, logp_policy, diagnostics = host
+    trim = lambda x: np.asarray(x)[:rows, :max_new_tokens]  # noqa: E731
+    lengths = np.asarray(lengths)[:rows]
+    tokens = trim(tokens)
     text = None
     if tokenizer is not None:
         text = tokenizer.decode_batch([row[:n] for row, n in zip(tokens, lengths)])
-    return GenerateOutput(tokens=tokens, lengths=lengths, logp_model=trim(host.logp_model),
-                          logp_policy=trim(host.logp_policy),
-                          diagnostics={k: trim(v) for k, v in host.diagnostics.items()},
+    return GenerateOutput(tokens=tokens, lengths=lengths, logp_model=trim(logp_model), logp_policy=trim(logp_policy),
+                          diagnostics={k: trim(v) for k, v in diagnostics.items()},
                           prompt_tokens=prompt_tokens, text=text)
