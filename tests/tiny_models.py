@@ -13,25 +13,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models import llama
+from infodec.models import gemma3, gpt2, llama
 
 VOCAB = 6
 MAX_LENGTH = 64
+# Config overrides whose heads (8), KV heads (4), MLP width (64) and vocabulary (32) split 2, 4 and 8 ways.
+SHARDABLE = dict(vocab_size=32, hidden_size=32, intermediate_size=64, num_heads=8, num_kv_heads=4, head_dim=8)
 
 
-def tiny_llama(seed: int = 0, scale: float = 2.0):
+def tiny_llama(seed: int = 0, scale: float = 2.0, **overrides):
     """``(model, params)``: a 2-layer Llama over 6 tokens with its embeddings and head scaled by ``scale``
-    so next-token distributions are far from uniform and depend on the context."""
-    cfg = llama.LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
-                            num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
-                            max_position_embeddings=MAX_LENGTH, scan_layers=False)
-    model = llama.build(cfg)
+    so next-token distributions are far from uniform and depend on the context. ``overrides`` replace
+    config fields (e.g. ``SHARDABLE`` for a model whose heads, MLP and vocabulary split 2, 4 and 8 ways)."""
+    cfg = llama.LlamaConfig(**{**dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=2,
+                                      num_heads=2, num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5,
+                                      rope_theta=10000.0, max_position_embeddings=MAX_LENGTH, scan_layers=False),
+                               **overrides})
+    return _random_params(llama.build(cfg), seed, scale)
+
+
+def tiny_gpt2(seed: int = 0, scale: float = 2.0):
+    """``(model, params)``: a 2-layer GPT-2 with ``SHARDABLE``'s sizes (4 heads, its own KV heads)."""
+    cfg = gpt2.GPT2Config(vocab_size=SHARDABLE["vocab_size"], hidden_size=32, intermediate_size=64, num_layers=2,
+                          num_heads=4, max_position_embeddings=MAX_LENGTH)
+    return _random_params(gpt2.build(cfg), seed, scale)
+
+
+def tiny_gemma3(seed: int = 0, scale: float = 2.0):
+    """``(model, params)``: a 2-layer Gemma 3 (one sliding-window layer of 4, one global) with
+    ``SHARDABLE``'s sizes."""
+    cfg = gemma3.Gemma3Config(**{k: SHARDABLE[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                           "num_heads", "num_kv_heads", "head_dim")},
+                              num_layers=2, rms_norm_eps=1e-6, query_pre_attn_scalar=8, sliding_window=4,
+                              layer_types=("sliding_attention", "full_attention"), rope_theta=1e6,
+                              rope_local_theta=1e4, max_position_embeddings=MAX_LENGTH)
+    return _random_params(gemma3.build(cfg), seed, scale)
+
+
+def _random_params(model, seed: int, scale: float):
+    """Random parameters of ``model``, vocabulary matrices (embeddings, LM head) times ``scale``."""
     tokens = jnp.zeros((1, 4), jnp.int32)
-    init = jax.jit(model.module(cfg).init)  # one compilation instead of op-by-op dispatch
-    params = init(jax.random.key(seed), tokens, jnp.arange(4)[None], None)["params"]
-    params = dict(params)
-    params["embed_tokens"] = {"embedding": params["embed_tokens"]["embedding"] * scale}
-    params["lm_head"] = {"kernel": params["lm_head"]["kernel"] * scale}
+    init = jax.jit(model.module(model.config).init)  # one compilation instead of op-by-op dispatch
+    params = dict(init(jax.random.key(seed), tokens, jnp.arange(4)[None], None)["params"])
+    for name in ("embed_tokens", "wte", "lm_head"):
+        if name in params:
+            params[name] = {key: value * scale for key, value in params[name].items()}
     return model, params
 
 

@@ -108,7 +108,7 @@ class DaemonOutput:
 
 def sample(model, params, prompts, mu, metric_names: Sequence[str], *, num_candidates: int, max_new_tokens: int,
            key, proposal_temperature: float = 1.0, correct_proposal: bool = True, standardization=None,
-           tokenizer=None, stop_tokens=..., **metric_deps) -> DaemonOutput:
+           tokenizer=None, stop_tokens=..., mesh=None, **metric_deps) -> DaemonOutput:
     """Algorithm 2: one DAEMON sample per prompt by SIR over ``num_candidates`` proposal candidates.
 
     Args:
@@ -121,6 +121,8 @@ def sample(model, params, prompts, mu, metric_names: Sequence[str], *, num_candi
       correct_proposal: include ``ρ = log p_θ − log r`` in the weights (targets ``q_µ``); False targets
         ``r · exp(−µᵀ f)`` instead. Irrelevant at ``τ = 1`` (``ρ = 0``).
       standardization: ``FitReport`` or ``(mean, std)`` when ``mu`` is on the standardised scale.
+      mesh: a ``jax.sharding.Mesh`` (``infodec.sharding``): the ``P * M`` candidates on its data axis,
+        parameters on its model axis; the candidates, weights and choices equal one device's.
       metric_deps: for ``coh``/``info`` (see ``metrics.get_metric``).
     """
     if num_candidates < 1:
@@ -129,7 +131,7 @@ def sample(model, params, prompts, mu, metric_names: Sequence[str], *, num_candi
     out, feats, rho = fit_lib.draw_candidates(model, params, prompts, metric_names, num_samples=num_candidates,
                                               max_new_tokens=max_new_tokens, key=gen_key,
                                               proposal_temperature=proposal_temperature, tokenizer=tokenizer,
-                                              stop_tokens=stop_tokens, **metric_deps)
+                                              stop_tokens=stop_tokens, mesh=mesh, **metric_deps)
     lw = log_weights(mu, feats, rho if correct_proposal else None, standardization=standardization)
     index, ess = resample(pick_key, lw)
     index, ess = np.asarray(index), np.asarray(ess)
