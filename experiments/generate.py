@@ -2,6 +2,7 @@ r"""Generate continuations of a prompt with any infodec policy.
 
     python -m experiments.generate --prompt="The capital of France is" --policy=top_p --top_p=0.9 \
         --temperature=0.8 --num_samples=3 --seed=0
+    python -m experiments.generate --mesh=data:4,model:2    # 8 devices: rows x 4, tensor-parallel x 2
 """
 
 import time
@@ -10,6 +11,7 @@ import jax
 from absl import app, flags
 
 import infodec
+from infodec import sharding
 from infodec.policies import named
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "Registry name, HF directory, .gguf file or hub id.")
@@ -27,6 +29,8 @@ _REPETITION_PENALTY = flags.DEFINE_float("repetition_penalty", 1.0, "CTRL repeti
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 3, "Continuations per prompt.", lower_bound=1)
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 48, "Tokens to generate.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+_MESH = flags.DEFINE_string("mesh", "", "Device mesh 'data:N,model:M' (an axis left out: data takes the remaining "
+                            "devices, model 1); empty = one device. See infodec.sharding.")
 
 
 def main(argv):
@@ -35,12 +39,18 @@ def main(argv):
     policy = named.build(_POLICY.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
                          min_p=_MIN_P.value, typical_p=_TYPICAL_P.value, epsilon=_EPSILON.value, eta=_ETA.value,
                          repetition_penalty=_REPETITION_PENALTY.value)
+    mesh_spec = sharding.parse_mesh(_MESH.value)
     infodec.enable_compilation_cache()
     model, params, tokenizer = infodec.load(_MODEL.value)
+    mesh = None
+    if mesh_spec is not None:
+        mesh = sharding.make_mesh(**mesh_spec)
+        params = sharding.shard_params(model, params, mesh)
+        print(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.default_backend()} devices")
     start = time.perf_counter()
     out = infodec.generate(model, params, _PROMPT.value, policy, jax.random.key(_SEED.value),
                            max_new_tokens=_MAX_NEW_TOKENS.value, tokenizer=tokenizer,
-                           num_samples=_NUM_SAMPLES.value)
+                           num_samples=_NUM_SAMPLES.value, mesh=mesh)
     seconds = time.perf_counter() - start
     for row, text in enumerate(out.text):
         prompt = _PROMPT.value[row // _NUM_SAMPLES.value]
