@@ -208,6 +208,21 @@ def test_cfg_scale_one_and_half_life_zero_equal_one_stream_sampling(tiny):
         assert {"pmi", "kl_streams"} <= set(two.diagnostics)
 
 
+def test_generate_runs_value_policies_directly(tiny):
+    """ValuePolicy(β, γ) with no score is Temperature((β+γ)/β) inside the engine too (the loop compiles from
+    abstract shapes, which rebuilds the policy with placeholder leaves)."""
+    model, params, _ = tiny
+    key = jax.random.key(11)
+    reference = infodec.generate(model, params, [PROMPT] * 4, infodec.Temperature(1.5), key, max_new_tokens=5)
+    direct = infodec.generate(model, params, [PROMPT] * 4, ValuePolicy(beta=2.0, gamma=1.0), key, max_new_tokens=5)
+    np.testing.assert_array_equal(direct.tokens, reference.tokens)
+    cfg = infodec.generate(model, params, [PROMPT] * 4, ClassifierFreeGuidance(2.0).as_value_policy(), key,
+                           max_new_tokens=5, evidence=[EVIDENCE] * 4)
+    named = infodec.generate(model, params, [PROMPT] * 4, ClassifierFreeGuidance(2.0), key, max_new_tokens=5,
+                             evidence=[EVIDENCE] * 4)
+    np.testing.assert_array_equal(cfg.tokens, named.tokens)
+
+
 def _exact_two_stream(ref, policy, horizon):
     seqs = np.array(list(itertools.product(range(VOCAB), repeat=horizon)), np.int64)
     log_pi = np.zeros(seqs.shape)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from infodec.policies.base import MASK_VALUE, MIN_TEMPERATURE, Diagnostics, Policy, StepInfo, check_range, \
     greedy_logits, per_row
@@ -79,9 +80,14 @@ class ValuePolicy(Policy):
 
     def __post_init__(self):
         check_range("beta", self.beta, 0.0, float("inf"), low_open=True, allowed="> 0")
-        if not isinstance(self.beta, jax.core.Tracer) and not isinstance(self.gamma, jax.core.Tracer):
-            check_range("beta + gamma", jnp.asarray(self.beta) + jnp.asarray(self.gamma), 0.0, float("inf"),
-                        low_open=True, allowed="> 0 (the policy's effective temperature (β+γ)/β must be positive)")
+        if isinstance(self.beta, jax.core.Tracer) or isinstance(self.gamma, jax.core.Tracer):
+            return
+        try:
+            total = np.asarray(self.beta, np.float64) + np.asarray(self.gamma, np.float64)
+        except (TypeError, ValueError):  # pytree internals rebuild policies with placeholder leaves
+            return
+        check_range("beta + gamma", total, 0.0, float("inf"), low_open=True,
+                    allowed="> 0 (the policy's effective temperature (β+γ)/β must be positive)")
 
     @property
     def num_streams(self) -> int:
