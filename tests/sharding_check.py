@@ -207,7 +207,22 @@ def real_results() -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def host_results(index: int, port: int) -> dict:
+    """One of two processes of a ``jax.distributed`` job on this machine (the multi-host recipe): greedy
+    on this process's ``host_slice`` of the prompts, on a 2x2 mesh of its own 4 devices."""
+    process, count = sharding.initialize_distributed(f"localhost:{port}", num_processes=2, process_id=index)
+    model, params = tiny_llama(seed=3, scale=1.5, **SHARDABLE)
+    mesh = sharding.make_mesh(model=2)
+    mine = sharding.host_slice(PROMPTS)
+    return {"process": process, "count": count, "global_devices": len(jax.devices()),
+            "mesh": dict(mesh.shape), "tokens": decode(model, params, infodec.Greedy(), mesh, prompts=mine)["tokens"]}
+
+
 if __name__ == "__main__":
+    if "--host" in sys.argv:  # --host I PORT
+        at = sys.argv.index("--host")
+        print(json.dumps(host_results(int(sys.argv[at + 1]), int(sys.argv[at + 2]))))
+        sys.exit(0)
     if len(jax.devices()) != 8:
         sys.exit(f"expected 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8), got {len(jax.devices())}")
     print(json.dumps(real_results() if "--real" in sys.argv else tiny_results()))

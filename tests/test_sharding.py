@@ -12,6 +12,7 @@ Rules, ``parse_mesh``, ``make_mesh`` errors and ``host_slice`` are tested in-pro
 import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,14 +31,21 @@ REPO = Path(__file__).resolve().parents[1]
 MESHES = ["8x1", "4x2", "2x4"]
 
 
+def child_env(devices: int) -> dict:
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def run_check(*args: str) -> dict:
     """Runs ``python -m tests.sharding_check`` on 8 forced CPU devices; returns its JSON report."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "tests.sharding_check", *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "tests.sharding_check", *args], cwd=REPO, env=child_env(8),
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"sharding_check {args} failed:\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return last_json(proc.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +162,26 @@ def test_default_model_on_mesh_4x2(smollm2_gguf):
     assert real["sharded"] == real["single"]
     assert real["max_logp_diff"] < 1e-3
     assert real["specs"] == {"q_proj": [], "gate_proj": [None, None, "model"], "embed_tokens": ["model"]}
+
+
+def test_two_process_job_splits_prompts(report):
+    """The multi-host recipe on one machine: two ``jax.distributed`` processes of 4 CPU devices each,
+    each decoding its ``host_slice`` on a 2x2 mesh of its own devices; together they give the
+    single-device greedy tokens, in order."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.sharding_check", "--host", str(i), str(port)], cwd=REPO,
+                              env=child_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (_, err) in zip(procs, outs):
+        assert proc.returncode == 0, err[-4000:]
+    hosts = [last_json(out) for out, _ in outs]
+    assert [(h["process"], h["count"], h["global_devices"]) for h in hosts] == [(0, 2, 8), (1, 2, 8)]
+    assert all(h["mesh"] == {"data": 2, "model": 2} for h in hosts)
+    assert [len(h["tokens"]) for h in hosts] == [2, 1]
+    assert hosts[0]["tokens"] + hosts[1]["tokens"] == report["greedy"]["1x1"]["tokens"]
 
 
 # --- in-process: rules, flags, hosts ---------------------------------------------------------------
