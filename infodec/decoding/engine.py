@@ -10,6 +10,9 @@
   is done: the loop never returns to the host, and finished batches stop early.
 * The loop is jitted once per (model, policy structure, shapes); numeric policy fields are traced, so
   a new temperature, top-p or seed reuses the compiled code. The state is donated.
+* With a ``mesh`` (``infodec.sharding``), the mesh is one more static argument; the state's rows stay
+  on its data axis and the parameters on its model axis through ``with_sharding_constraint`` inside
+  the loop, and the tokens equal one device's (``_placed``).
 """
 
 from __future__ import annotations
