@@ -84,7 +84,7 @@ def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | 
 
     Raises ValueError when ``data * model`` is not the number of devices.
     """
-    devices = list(jax.local_devices() if devices is None else devices)
+    devices = list(np.ravel(np.asarray(jax.local_devices() if devices is None else devices, dtype=object)))
     count = len(devices)
     for name, size in (("model", model), ("data", data)):
         if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1):
@@ -126,6 +126,18 @@ def parse_mesh(spec: str) -> dict[str, int | None] | None:
             raise ValueError(f"bad mesh spec {spec!r}: size of {name!r} must be an integer >= 1, got {value!r}")
         sizes[name] = int(value)
     return {"data": sizes.get(DATA), "model": sizes.get(MODEL, 1)}
+
+
+def check_mesh(mesh: Any) -> Mesh:
+    """``mesh`` if it is a ``Mesh`` with axes named ``"data"`` and ``"model"`` (others may exist); a clear
+    ValueError otherwise."""
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh (infodec.sharding.make_mesh), got {type(mesh).__name__}")
+    missing = [name for name in AXES if name not in mesh.axis_names]
+    if missing:
+        raise ValueError(f"mesh axes {tuple(mesh.axis_names)} lack {missing}: infodec places rows on 'data' and "
+                         "parameters on 'model' (build it with infodec.sharding.make_mesh)")
+    return mesh
 
 
 def axis_size(mesh: Mesh | None, name: str) -> int:
@@ -180,7 +192,7 @@ def param_shardings(model: Any, params: Any, mesh: Mesh) -> Any:
 
 def shard_params(model: Any, params: Any, mesh: Mesh) -> Any:
     """``params`` placed on ``mesh`` by :func:`param_shardings` (a no-op for leaves already there)."""
-    return jax.device_put(params, param_shardings(model, params, mesh))
+    return jax.device_put(params, param_shardings(model, params, check_mesh(mesh)))
 
 
 # --- rows, caches and the decode state -------------------------------------------------------------

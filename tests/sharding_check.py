@@ -149,7 +149,10 @@ def loop_on_device(model, params) -> dict:
     policy = jax.device_put(engine.canonical_policy(sampled_policy()), replicated)
     stops = jax.device_put(engine._stop_array((), None), replicated)
     limit = jax.device_put(jnp.int32(NEW_TOKENS), replicated)
-    args = lambda state: (model, placed, policy, state, stops, limit, 4, 0, engine.policy_structure(policy), mesh)  # noqa: E731
+
+    def args(state):
+        return model, placed, policy, state, stops, limit, 4, 0, engine.policy_structure(policy), mesh
+
     state, _, _ = engine._start(model, placed, PROMPTS, policy, jax.random.key(3), NEW_TOKENS, None, 2, 4, 0, None,
                                 engine._decode_loop, stops, mesh)
     jax.block_until_ready(state)
@@ -172,12 +175,13 @@ def primitives(jaxpr) -> set[str]:
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
-        for sub in jax.core.subjaxprs(eqn) if hasattr(jax.core, "subjaxprs") else _subjaxprs(eqn):
+        for sub in _subjaxprs(eqn):
             names |= primitives(sub)
     return names
 
 
 def _subjaxprs(eqn):
+    """The jaxprs inside an equation's parameters (while/scan/cond bodies, nested jits)."""
     for value in eqn.params.values():
         for item in value if isinstance(value, (tuple, list)) else (value,):
             if hasattr(item, "eqns"):

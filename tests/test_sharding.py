@@ -288,6 +288,16 @@ def test_make_mesh_errors():
         sharding.make_mesh(data=0)
 
 
+def test_mesh_needs_data_and_model_axes():
+    model, params = family("llama")
+    wrong = jax.sharding.Mesh(np.array(jax.devices()), ("x",))
+    with pytest.raises(ValueError, match=r"lack \['data', 'model'\]"):
+        infodec.generate(model, params, [[1, 2]], infodec.Greedy(), jax.random.key(0), max_new_tokens=2, mesh=wrong)
+    with pytest.raises(ValueError, match="must be a jax.sharding.Mesh"):
+        sharding.shard_params(model, params, "data:1")
+    assert dict(sharding.make_mesh(devices=np.array(jax.devices())).shape) == {"data": 1, "model": 1}
+
+
 def test_host_slice():
     items = list(range(10))
     shares = [sharding.host_slice(items, i, 3) for i in range(3)]

@@ -326,7 +326,8 @@ def _initial_state(logits, cache, hidden=None, *, positions, tokens, key, buffer
         # A copy: the state is donated to the decode loop, which would otherwise delete the caller's key.
         step=jnp.int32(0), key=jnp.copy(key), cache=cache, logits=logits,
         next_position=repeat(jnp.max(positions, axis=1) + 1),
-        done=jnp.arange(rows) >= (rows if real_rows is None else real_rows), lengths=jnp.zeros((rows,), jnp.int32), context=context,
+        done=jnp.arange(rows) >= (rows if real_rows is None else real_rows),
+        lengths=jnp.zeros((rows,), jnp.int32), context=context,
         tokens=jnp.zeros((rows, buffer), jnp.int32), logp_model=zeros(), logp_policy=zeros(),
         diagnostics={name: zeros() for name in names}, hidden=hidden)
 
