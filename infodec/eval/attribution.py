@@ -56,18 +56,34 @@ def content_precision(output: str, evidence: str, n: int = 1) -> float:
     return sum(min(c, ev[g]) for g, c in out.items()) / sum(out.values())
 
 
-def evidence_pmi(model, params, tokens, lengths, with_evidence: Sequence[Sequence[int]],
-                 without_evidence: Sequence[Sequence[int]], *, batch_size: int = 8) -> dict[str, np.ndarray]:
+def evidence_pmi(model, params, tokens, lengths, with_evidence: Sequence[Sequence[int]] | None,
+                 without_evidence: Sequence[Sequence[int]] | None, *, batch_size: int = 8,
+                 logp_with_evidence=None, logp_without_evidence=None) -> dict[str, np.ndarray]:
     """PMI of each output with the evidence under the evaluator ``model``.
 
     Args:
       tokens, lengths: outputs ``[N, L]`` and lengths ``[N]`` in the evaluator's token ids.
       with_evidence: N prefixes holding evidence + query; without_evidence: N prefixes, the query alone.
+      logp_with_evidence, logp_without_evidence: optional ``[N, L]`` log p(y_t | evidence + query, y_<t)
+        and log p(y_t | query, y_<t) already known — when the evaluator is the decoding model, the
+        engine's ``logp_model`` (stream 0 read evidence + query) and, for a two-stream decoder,
+        ``logp_model − diagnostics["pmi"]`` (stream 1 read the query alone). The pass for a term given
+        here is skipped and its prefixes may be None.
     Returns ``{"pmi": [N] mean per-token PMI, "logp": [N, L] log p(y | evidence + query), "mask": [N, L]}``
     (``logp`` also gives the perplexity under the evaluator; NaN PMI for an empty output).
     """
-    logp, mask = scored_log_probs(model, params, tokens, lengths, with_evidence, batch_size=batch_size)
-    logp_query, _ = scored_log_probs(model, params, tokens, lengths, without_evidence, batch_size=batch_size)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+
+    def term(known, prefixes, name):
+        if known is not None:
+            return np.where(mask, np.asarray(known, np.float64)[:, :tokens.shape[1]], 0.0)
+        if prefixes is None:
+            raise ValueError(f"pass {name} prefixes or logp_{name}")
+        return scored_log_probs(model, params, tokens, lengths, prefixes, batch_size=batch_size)[0]
+
+    logp = term(logp_with_evidence, with_evidence, "with_evidence")
+    logp_query = term(logp_without_evidence, without_evidence, "without_evidence")
     return {"pmi": mean_log_prob(logp - logp_query, mask), "logp": logp, "mask": mask}
 
 

@@ -48,7 +48,7 @@ def scored_log_probs(model, params, tokens, lengths, prefixes: Sequence[Sequence
         padded[row, :len(p)] = p
     logp = np.zeros(tokens.shape, np.float64)
     mask = np.zeros(tokens.shape, bool)
-    for rows, kept in fixed_batches(len(tokens), batch_size):
+    for rows, kept in fixed_batches(len(tokens), min(batch_size, len(tokens))):
         part, part_mask = metrics.continuation_log_probs(model, params, tokens[rows], lengths[rows], padded[rows])
         logp[rows[:kept]], mask[rows[:kept]] = part[:kept], part_mask[:kept]
     return logp, mask

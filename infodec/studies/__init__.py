@@ -1,0 +1,1 @@
+"""End-to-end studies importable from launchers and notebooks (``tradeoff``: [P1]'s tradeoff curves)."""

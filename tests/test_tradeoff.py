@@ -1,0 +1,185 @@
+"""The tradeoff study (infodec.studies.tradeoff) and its launcher on a tiny random model: every family
+runs, an interrupted sweep resumes without recomputing, the CSV and PNGs are written, the verdict
+logic classifies paired differences correctly, and bad settings are refused with clear errors."""
+
+import csv
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from infodec.guidance_training import save_discriminator
+from infodec.policies.guidance import TopicDiscriminator
+from infodec.studies import tradeoff
+from tests.tiny_models import tiny_llama
+
+EOS = 256
+TOPICS = ["Arts", "Science"]
+
+
+class ByteTokenizer:
+    """Bytes are ids 0..255, id 256 is EOS; no BOS."""
+
+    bos_id, eos_ids, pad_id, add_bos = None, (EOS,), None, False
+
+    def encode(self, text, *, add_bos=None):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids, **_):
+        return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
+
+    def decode_batch(self, batch, **_):
+        return [self.decode(ids) for ids in batch]
+
+
+def bag_of_letters(texts):
+    """A transparent stand-in for MiniLM: letter counts."""
+    return np.array([[t.lower().count(c) + 0.1 for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts])
+
+
+INPUTS = [tradeoff.TaskInput("a", "The cat sat on the mat in Paris.", "Tell me about cats.", topic="Arts"),
+          tradeoff.TaskInput("b", "Rivers flow to the sea; water is wet.", "Tell me about rivers.", topic="Science"),
+          tradeoff.TaskInput("c", "Music has rhythm and melody.", "Tell me about music.", topic="Arts")]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, params = tiny_llama(seed=1, vocab_size=EOS + 1, max_position_embeddings=128)
+    return model, params, ByteTokenizer()
+
+
+def small_config(**overrides):
+    settings = dict(model="tiny", families=tradeoff.FAMILIES, num_inputs=3, num_samples=2, max_new_tokens=6,
+                    max_evidence_tokens=24, inputs_per_call=2, temperatures=(1.0,), top_ks=(3,), top_ps=(0.9,),
+                    cfg_scales=(2.0,), classifier_scales=(1.0,), kl_t0s=(1.0,), half_lives=(1.0,),
+                    dynamic_scales=(1.0,))
+    return tradeoff.smoke_config(**{**settings, **overrides})
+
+
+def discriminator(model):
+    head = TopicDiscriminator(len(TOPICS), hidden_dim=8).init(
+        jax.random.key(0), np.zeros((1, model.config.hidden_size), np.float32),
+        np.zeros((1, 3, model.config.hidden_size), np.float32))["params"]
+    return head, {"topics": TOPICS, "model": "tiny", "hidden_dim": 8, "hidden_size": model.config.hidden_size}
+
+
+def test_sweep_runs_every_family_and_resumes(tiny, tmp_path):
+    config = small_config()
+    model = tiny[0]
+    logs = []
+    kwargs = dict(loaded=tiny, embed=bag_of_letters, inputs=INPUTS, discriminator=discriminator(model),
+                  log=logs.append)
+    result = tradeoff.run(config, tmp_path, **kwargs)
+    keys = [r["key"] for r in result.records]
+    assert keys == ["temperature/greedy", "temperature/T=1", "top_k/k=3", "top_p/p=0.9", "cfg/w=2",
+                    "classifier/lambda=1", "kl_guided/t0=1,h=1", "dynamic/lambda_max=1"]
+    for r in result.records:
+        for name in tradeoff.MEASURES:
+            assert set(r["measures"][name]) == {"mean", "ci", "n"}
+            assert len(r["per_input"][name]) == 3
+        assert 0 <= r["measures"]["distinct2"]["mean"] <= 1 and r["measures"]["length"]["mean"] <= 6
+    greedy = result.records[0]["measures"]
+    assert greedy["self_bleu"]["mean"] == pytest.approx(1.0)  # identical samples
+    assert greedy["entropy"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert greedy["kl_to_model"]["mean"] > 0  # greedy moves mass onto one token
+
+    with open(result.csv) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["key"] for r in rows] == keys and "pmi_ci" in rows[0]
+    assert {p.name for p in result.plots} == {"frontier_pmi.png", "frontier_content_precision.png",
+                                              "frontier_similarity.png", "sensibleness.png"}
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in result.plots)
+    assert (tmp_path / "verdict.txt").read_text().startswith("KL-guided vs static temperature")
+
+    before = (tmp_path / "points.jsonl").read_text()
+    logs.clear()
+    again = tradeoff.run(config, tmp_path, **kwargs)
+    assert (tmp_path / "points.jsonl").read_text() == before  # nothing recomputed
+    assert any("8 of 8 points already done" in line for line in logs)
+    assert not any(line.startswith("loaded") for line in logs)  # nor even loaded
+    assert [r["measures"] for r in again.records] == [r["measures"] for r in result.records]
+
+    with pytest.raises(ValueError, match="other settings"):
+        tradeoff.run(config.replace(num_samples=3), tmp_path, **kwargs)
+
+
+def test_pmi_from_the_engine_equals_a_separate_evaluator(tiny, tmp_path):
+    """The shortcuts (log-probs from decoding: stream 0, and stream 1 for two-stream decoders) match the
+    teacher-forced passes of a separate evaluator."""
+    model, params, tok = tiny
+    config = small_config(families=("temperature", "kl_guided"), temperatures=(1.0,))
+    copy = jax.tree.map(lambda x: x + 0, params)  # another object: forces the full evaluator path
+    shortcut = tradeoff.run(config, tmp_path / "a", loaded=tiny, embed=bag_of_letters, inputs=INPUTS, log=print)
+    full = tradeoff.run(config, tmp_path / "b", loaded=tiny, evaluator=(model, copy, tok), embed=bag_of_letters,
+                        inputs=INPUTS, log=print)
+    for a, b in zip(shortcut.records, full.records):
+        for name in ("pmi", "perplexity"):
+            np.testing.assert_allclose(np.array(a["per_input"][name], float), np.array(b["per_input"][name], float),
+                                       rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_family_is_skipped_with_a_reason(tiny, tmp_path):
+    head, meta = discriminator(tiny[0])
+    config = small_config(families=("temperature", "classifier"), discriminator=str(tmp_path / "none"))
+    disc, reason = tradeoff.check_discriminator(config, None, INPUTS)
+    assert disc is None and "no trained discriminator" in reason and "train_discriminator" in reason
+    save_discriminator(tmp_path / "other", head, {**meta, "model": "smollm2-135m"})
+    disc, reason = tradeoff.check_discriminator(config.replace(discriminator=str(tmp_path / "other")), None, INPUTS)
+    assert disc is None and "trained on 'smollm2-135m'" in reason
+    disc, reason = tradeoff.check_discriminator(config, (head, {**meta, "topics": ["Arts"]}), INPUTS)
+    assert disc is None and "['Science']" in reason
+    logs = []
+    result = tradeoff.run(config, tmp_path / "run", loaded=tiny, embed=bag_of_letters, inputs=INPUTS, log=logs.append)
+    assert result.skipped and not any(r["family"] == "classifier" for r in result.records)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(task="squad"), "unknown task 'squad'"),
+    (dict(families=("temperature", "beam")), "unknown families \\['beam'\\]"),
+    (dict(temperatures=(-0.5,)), "temperatures must be >= 0"),
+    (dict(top_ps=(1.5,)), "top_ps must be in \\(0, 1\\]"),
+    (dict(top_ks=(2.5,)), "top_ks must be integers"),
+    (dict(half_lives=(0.0,)), "half_lives must be > 0"),
+    (dict(num_samples=0), "num_samples must be >= 1"),
+    (dict(task="aclsum", families=("classifier",)), "classifier family steers toward a wiki-leads topic"),
+])
+def test_bad_settings_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        small_config(**change)
+
+
+def test_launcher_usage_errors():
+    # Two launches (each imports jax); the rest of the validation is TradeoffConfig's, tested above.
+    for flag, message in [("--task=squad", "--task must be one of"), ("--temperatures=0.5,-1", "temperatures must be >= 0")]:
+        done = subprocess.run([sys.executable, "-m", "experiments.tradeoff", flag, "--out=/nonexistent/x"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and message in done.stderr, (flag, done.stderr[-500:])
+        assert "Traceback" not in done.stderr
+
+
+def test_verdict_classifies_paired_differences():
+    def record(key, family, setting, attr, div):
+        per_input = {"pmi": attr, "distinct2": div}
+        return {"key": key, "family": family, "setting": setting, "per_input": per_input,
+                "measures": {k: tradeoff.interval(v) for k, v in per_input.items()}}
+
+    base = np.linspace(0, 1, 20)
+    records = [
+        record("temperature/greedy", "temperature", "greedy", base, base * 0 + 0.2),
+        record("temperature/T=1", "temperature", "T=1", base, base * 0 + 0.8 + base / 100),
+        record("kl_guided/t0=1,h=1", "kl_guided", "t0=1,h=1", base + 0.5, base * 0 + 0.6 + base / 100),
+        record("kl_guided/t0=1,h=2", "kl_guided", "t0=1,h=2", base + 0.5, base * 0 + 0.9 + base / 100),
+    ]
+    lines = tradeoff.kl_guided_verdict(records, attribution_measures=("pmi",))
+    text = "\n".join(lines)
+    assert "h=1 vs T=1: Δpmi +0.5000" in text and "trades off (more attribution, less diversity)" in text
+    assert "h=2 vs T=1" in text and "-> dominates" in text
+    assert "between greedy and T=1" in text and "above it" in text  # h=1 sits above the interpolated curve
+    assert "outside the static-temperature curve's range" in text  # h=2 is more diverse than T=1
+    assert lines[-1] == ("  pmi: KL-guided dominates static temperature at matched t0 in 1 of 2 settings and lies "
+                         "significantly above the temperature frontier in 1 of 2")
+    assert tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9}) == \
+        "is indistinguishable"
+    assert tradeoff.compare({"mean": -1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9}) == "is dominated"
