@@ -16,10 +16,11 @@ def settings(module_name: str) -> dict:
             if f.name not in _NOT_SETTINGS}
 
 
-def results_folder(module_name: str, out: str, overwrite: bool, **extra) -> ResultsFolder:
-    """The launcher's results folder, bound to its flag values (plus ``extra`` resolved settings)."""
+def results_folder(module_name: str, out: str, overwrite: bool, growable=(), **extra) -> ResultsFolder:
+    """The launcher's results folder, bound to its flag values (plus ``extra`` resolved settings);
+    ``growable`` names list flags a rerun may extend (``ResultsFolder``)."""
     try:
-        return ResultsFolder(out, {**settings(module_name), **extra}, overwrite=overwrite)
+        return ResultsFolder(out, {**settings(module_name), **extra}, overwrite=overwrite, growable=growable)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
 

@@ -6,10 +6,12 @@ r"""The DAEMON paper's studies on the default model: main table, SR-4 study, M s
 
 Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
 
-* ``main``: human continuations, the baselines (greedy, top-k, top-p, typical, η, contrastive, beam)
-  and DAEMON (µ fitted on every ``--metrics`` metric, SIR over ``--num_candidates``), each with every
-  metric (mean ± SE over prompts), pooled diversity, MAUVE against human text, perplexity of the
-  continuations under the model, and the human text's perplexity under the model and under DAEMON.
+* ``main``: human continuations, the baselines (greedy, top-k, top-p, typical, η, contrastive, beam,
+  and ancestral sampling, DAEMON's proposal) and DAEMON (µ fitted on every ``--metrics`` metric, SIR
+  over ``--num_candidates``), each with every metric (mean ± SE over prompts), pooled diversity, MAUVE
+  against human text, perplexity of the continuations under the model, and the human text's
+  perplexity under the model and under DAEMON. A rerun may add baselines, studies or M values to a
+  results folder; the finished points stay.
 * ``sr4``: µ fitted on SR-4 alone (``infodec.daemon.studies.single_metric_study``).
 * ``m_sweep``: DAEMON's standardised gap to human and ESS against M (``--m_values``), and time.
 * ``temperature``: proposal temperature τ (``--proposal_temperatures``): µ refitted with samples from
@@ -98,7 +100,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     s = _settings()
     _validate(s)
-    folder = common.results_folder(__name__, _OUT.value, _OVERWRITE.value, **s)
+    folder = common.results_folder(__name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"),
+                                   **s)
     infodec.enable_compilation_cache()
     start = time.perf_counter()
     model, params, tokenizer = infodec.load(s["model"])

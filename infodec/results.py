@@ -30,9 +30,12 @@ class ResultsFolder:
         values). Stored as ``flags.json``; reopening a folder with different settings raises, because
         mixing points from two configurations in one table would be silently wrong.
       overwrite: start afresh, deleting previous points, tables and plots.
+      growable: settings that list which points to run (decoders, sweep values) rather than how each
+        is computed: a rerun may add entries to them (the finished points stay valid), not drop any.
     """
 
-    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, overwrite: bool = False):
+    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, overwrite: bool = False,
+                 growable: Sequence[str] = ()):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.settings = json.loads(json.dumps(dict(settings)))  # normalise tuples etc. as JSON would
@@ -43,9 +46,10 @@ class ResultsFolder:
                     old.unlink()
         elif flags_file.exists() and self.points_file.exists():
             previous = json.loads(flags_file.read_text())
-            if previous != self.settings:
-                changed = sorted(k for k in set(previous) | set(self.settings)
-                                 if previous.get(k) != self.settings.get(k))
+            changed = sorted(k for k in set(previous) | set(self.settings)
+                             if previous.get(k) != self.settings.get(k)
+                             and not (k in growable and _extends(self.settings.get(k), previous.get(k))))
+            if changed:
                 raise ValueError(f"{self.path} holds results for other settings (differing: {changed}); "
                                  "pass a new output folder, or overwrite to discard the old points")
         flags_file.write_text(json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
@@ -105,6 +109,11 @@ class ResultsFolder:
             for r in rows:
                 writer.writerow({k: _cell(v) for k, v in r.items()})
         return target
+
+
+def _extends(new, old) -> bool:
+    """Whether list ``new`` holds every entry of list ``old``."""
+    return isinstance(new, list) and isinstance(old, list) and all(x in new for x in old)
 
 
 def _cell(value):

@@ -49,6 +49,16 @@ def test_other_settings_are_refused_unless_overwritten(tmp_path):
     assert json.loads((tmp_path / "flags.json").read_text()) == {"temperature": [0.7]}
 
 
+def test_growable_settings_may_gain_entries_but_not_lose_them(tmp_path):
+    ResultsFolder(tmp_path, {"decoders": ["greedy", "top_p"], "n": 4}, growable=["decoders"]).append("k", {})
+    folder = ResultsFolder(tmp_path, {"decoders": ["greedy", "top_p", "beam"], "n": 4}, growable=["decoders"])
+    assert set(folder.points()) == {"k"}
+    with pytest.raises(ValueError, match="differing: \\['decoders'\\]"):
+        ResultsFolder(tmp_path, {"decoders": ["greedy"], "n": 4}, growable=["decoders"])
+    with pytest.raises(ValueError, match="differing: \\['n'\\]"):
+        ResultsFolder(tmp_path, {"decoders": ["greedy", "top_p", "beam"], "n": 5}, growable=["decoders"])
+
+
 def test_csv_and_plot(tmp_path):
     folder = ResultsFolder(tmp_path, {})
     path = folder.write_csv("t.csv", [{"a": 1, "b": 0.123456789}, {"a": 2, "c": "x"}])

@@ -45,6 +45,7 @@ BASELINES = {
     "eta": "η-sampling, η = 0.0009",
     "contrastive": "contrastive search, k = 4, α = 0.6",
     "beam": "beam search, 4 beams",
+    "sampling": "ancestral sampling (T = 1): DAEMON's proposal",
 }
 
 
@@ -54,7 +55,8 @@ def _baseline_policy(name: str):
     return {"greedy": infodec.Greedy(), "top_k": infodec.chain(infodec.Temperature(1.0), infodec.TopK(50)),
             "top_p": infodec.chain(infodec.Temperature(1.0), infodec.TopP(0.95)),
             "typical": infodec.chain(infodec.Temperature(1.0), infodec.Typical(0.95)),
-            "eta": infodec.chain(infodec.Temperature(1.0), infodec.Eta(0.0009))}[name]
+            "eta": infodec.chain(infodec.Temperature(1.0), infodec.Eta(0.0009)),
+            "sampling": infodec.Temperature(1.0)}[name]
 
 
 @dataclasses.dataclass
@@ -197,8 +199,8 @@ class Study:
         (proposal samples for the first ``P'`` eval prompts, e.g. DAEMON's candidates).
 
         ``ppl_q`` uses all ``M`` samples per prompt; the spread comes from ``splits`` disjoint groups of
-        ``M // splits`` candidates, i.e. independent estimates with fewer samples each (the estimator is
-        biased low in N, so the groups' mean sits above the full estimate)."""
+        ``M // splits`` candidates, i.e. independent estimates with fewer samples each (``log Ẑ`` is biased
+        low for small N, so the groups' perplexities sit below the full estimate)."""
         rows = len(candidate_features)
         logp, mask = [], []
         for part in _chunks(rows, 16):
@@ -309,8 +311,8 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
             points.append((f"{corpus}/main/human", lambda: {
                 "corpus": corpus, "study": "main", "decoder": "human",
                 **study.evaluate(study.human_tokens, study.human_lengths, mauve=False)}))
-            for i, name in enumerate(s["baselines"]):
-                def baseline(name=name, k=jax.random.fold_in(ckey, 100 + i)):
+            for name in s["baselines"]:  # keys follow BASELINES' order, so adding a baseline changes no other
+                def baseline(name=name, k=jax.random.fold_in(ckey, 100 + list(BASELINES).index(name))):
                     start = time.perf_counter()
                     tokens, lengths = study.decode(name, k)
                     decode_s = time.perf_counter() - start
