@@ -559,6 +559,22 @@ def table_rows(records: Sequence[Mapping]) -> list[dict]:
     return rows
 
 
+def markdown_table(rows: Sequence[Mapping], measures: Sequence[str] = ("distinct2", "self_bleu", "entropy", "pmi",
+                                                                     "content_precision", "similarity", "perplexity",
+                                                                     "kl_to_model")) -> str:
+    """A markdown table of :func:`table_rows` output: one line per point, ``mean ± ci`` per measure."""
+    def cell(row, name):
+        mean, ci = row[name], row[name + "_ci"]
+        if not math.isfinite(mean):
+            return "—"
+        digits = 1 if name == "perplexity" else 3
+        return f"{mean:.{digits}f} ± {ci:.{digits}f}" if math.isfinite(ci) else f"{mean:.{digits}f}"
+
+    lines = ["| point | " + " | ".join(measures) + " |", "|---" * (len(measures) + 1) + "|"]
+    lines += [f"| {row['key']} | " + " | ".join(cell(row, m) for m in measures) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def _series(records, x: str, y: str) -> dict[str, list[dict]]:
     series: dict[str, list[dict]] = {}
     for r in records:
@@ -680,4 +696,4 @@ def _frontier_gap(point, temps, measure, diversity_measure):
 
 __all__ = ["TASKS", "FAMILIES", "MEASURES", "TaskInput", "task_inputs", "TradeoffConfig", "smoke_config",
            "SweepPoint", "sweep_points", "Study", "load_study", "check_discriminator", "run", "TradeoffResult",
-           "interval", "table_rows", "write_plots", "paired_difference", "compare", "kl_guided_verdict"]
+           "interval", "table_rows", "markdown_table", "write_plots", "paired_difference", "compare", "kl_guided_verdict"]
