@@ -22,11 +22,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 import infodec
-from bench.common import TEXT, write_results
+from bench.common import prompts, write_results
 from infodec.models import checkpoints
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "Model to benchmark.")
@@ -39,12 +38,6 @@ _VS_HF = flags.DEFINE_boolean("vs_hf", False, "Also time HF transformers generat
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads for the HF reference.")
 _OUT = flags.DEFINE_string("out", "bench/results", "Output folder.")
 _MEMORY_CHILD = flags.DEFINE_string("memory_child", None, "Internal: batch,policy for the peak-memory child.")
-
-def prompts(tokenizer, batch: int, length: int) -> np.ndarray:
-    """``[batch, length]`` distinct prompts of equal length (windows of one text; no padding needed)."""
-    ids = tokenizer.encode(TEXT)
-    return np.stack([ids[3 * row: 3 * row + length] for row in range(batch)]).astype(np.int32)
-
 
 def infodec_policy(name: str):
     return infodec.Greedy() if name == "greedy" else infodec.chain(infodec.Temperature(0.8), infodec.TopP(0.9))

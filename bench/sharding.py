@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import infodec  # noqa: E402
-from bench.common import TEXT, write_results  # noqa: E402
+from bench.common import prompts, write_results  # noqa: E402
 from infodec import sharding  # noqa: E402
 from infodec.decoding import engine  # noqa: E402
 
@@ -46,12 +46,6 @@ _OUT = flags.DEFINE_string("out", "bench/results", "Output folder.")
 NOTE = ("The 8 devices are forced host devices sharing this machine's {cores} CPU cores: sharding cannot speed "
         "anything up here, and the partitioned runs pay for collectives, padding and per-device dispatch. "
         "These numbers show that every mesh runs and what the partitioning costs on CPU, not scaling.")
-
-
-def prompts(tokenizer, batch: int, length: int) -> np.ndarray:
-    """``[batch, length]`` distinct prompts of equal length (windows of one text)."""
-    ids = tokenizer.encode(TEXT)
-    return np.stack([ids[3 * row: 3 * row + length] for row in range(batch)]).astype(np.int32)
 
 
 def parse(name: str) -> tuple[int, int]:
