@@ -304,8 +304,9 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
             return compute
 
         fit_key = f"{corpus}/fit/tau=1"
-        records.update(zip([fit_key], folder.run([(fit_key, fit_point(1.0, jax.random.fold_in(ckey, 0)))], log)))
-        mu = np.asarray(records[fit_key]["mu"])
+        if {"main", "m_sweep", "temperature"} & set(s["studies"]):  # the SR-4 study fits its own µ
+            records.update(zip([fit_key], folder.run([(fit_key, fit_point(1.0, jax.random.fold_in(ckey, 0)))], log)))
+            mu = np.asarray(records[fit_key]["mu"])
         points = []
         if "main" in s["studies"]:
             points.append((f"{corpus}/main/human", lambda: {
