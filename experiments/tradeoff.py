@@ -8,9 +8,10 @@ r"""[P1]'s tradeoff curves: sensibleness, diversity and attribution of decoder f
 Each point (``<family>/<setting>``, e.g. ``temperature/T=0.7``) is appended to
 ``<out>/points.jsonl`` as it finishes, so an interrupted sweep resumes where it stopped (rerun the same
 command; ``--overwrite`` starts afresh). Writes ``tradeoff.csv``, ``frontier_{pmi,content_precision,
-similarity}.png`` (attribution against distinct-2, one curve per family), ``sensibleness.png``
-(perplexity against distinct-2) and ``verdict.txt``, and prints the verdict: does KL-guided temperature
-dominate static temperature at the same t0 (``infodec.studies.tradeoff``)?
+similarity}.png`` (attribution against distinct-2, one curve per family), ``sensibleness.png`` and
+``sensibleness_kl.png`` (evaluator NLL and KL to the model against distinct-2) and ``verdict.txt``,
+and prints the verdict: does KL-guided temperature dominate static temperature at the same t0
+(``infodec.studies.tradeoff``)?
 
 The ``classifier`` family needs a discriminator trained for --model (``python -m
 experiments.train_discriminator``, about 2 minutes); without one it is skipped with a message.

@@ -89,7 +89,7 @@ def test_sweep_runs_every_family_and_resumes(tiny, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["key"] for r in rows] == keys and "pmi_ci" in rows[0]
     assert {p.name for p in result.plots} == {"frontier_pmi.png", "frontier_content_precision.png",
-                                              "frontier_similarity.png", "sensibleness.png"}
+                                              "frontier_similarity.png", "sensibleness.png", "sensibleness_kl.png"}
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in result.plots)
     assert (tmp_path / "verdict.txt").read_text().startswith("KL-guided vs static temperature")
 
@@ -181,5 +181,7 @@ def test_verdict_classifies_paired_differences():
     assert lines[-1] == ("  pmi: KL-guided dominates static temperature at matched t0 in 1 of 2 settings and lies "
                          "significantly above the temperature frontier in 1 of 2")
     assert tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9}) == \
-        "is indistinguishable"
-    assert tradeoff.compare({"mean": -1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9}) == "is dominated"
+        "is indistinguishable (same attribution, same diversity within CIs)"
+    assert tradeoff.compare({"mean": -1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9}) == \
+        "is dominated (less attribution, same diversity within CIs)"
+    assert tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.2, "ci": 0.1, "n": 9}).startswith("dominates")

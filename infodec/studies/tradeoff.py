@@ -19,8 +19,8 @@ ids, so every decoder sees the same evidence and attribution is comparable. Each
 ``num_samples`` continuations; all points use the same PRNG keys (common random numbers), so
 differences between points are paired by input.
 
-Measures per point (mean over inputs ± ``1.96·SE``; per-row values are first averaged over an input's
-samples; rows without text are left out):
+Measures per point (mean over inputs ± ``1.96·SE``, a normal approximation; per-row values are first
+averaged over an input's samples; rows without text are left out):
 
 * diversity: ``distinct1``/``distinct2`` of each input's samples pooled, ``self_bleu`` among them (low =
   diverse), ``entropy`` (mean per-token ``H(π)``), and ``corpus_distinct2`` over all outputs with a
@@ -28,8 +28,14 @@ samples; rows without text are left out):
 * attribution: ``pmi`` (per-token PMI with the evidence under the evaluator LM), ``content_precision``
   (content-unigram precision against the evidence; ``content_precision2`` for bigrams), ``similarity``
   (MiniLM cosine to the evidence);
-* sensibleness: ``perplexity`` under the evaluator given evidence + query, ``kl_to_model`` (mean
-  per-token ``KL(π ‖ P_G)``, from the decoder's diagnostics).
+* sensibleness: ``nll`` (mean token negative log-likelihood under the evaluator given evidence +
+  query) and ``perplexity`` (``exp`` of a row's ``nll``, averaged like the rest), ``kl_to_model`` (mean per-token ``KL(π ‖ P_G)``, from the decoder's
+  diagnostics; ``P_G`` is the model given evidence + query).
+
+A final stop token is not part of an output. When the evaluator is the decoding model, log p(y |
+evidence + query) is the engine's ``logp_model`` and, for two-stream decoders, log p(y | query) comes
+from its per-token ``pmi`` diagnostic; only the missing query-alone pass of one-stream decoders runs
+(tests check these equal a separate evaluator's teacher-forced passes).
 
 :func:`run` computes the points into a resumable :class:`~infodec.results.ResultsFolder`, writes
 ``tradeoff.csv``, the plots, and ``verdict.txt`` (:func:`kl_guided_verdict`: does KL-guided temperature
@@ -49,7 +55,7 @@ import jax
 import numpy as np
 
 from infodec.eval import attribution, diversity
-from infodec.eval.sensibleness import perplexity
+from infodec.eval.sensibleness import mean_log_prob, perplexity
 from infodec.eval.stats import bootstrap_ci, mean_se
 from infodec.results import ResultsFolder, plot_series
 
@@ -62,12 +68,13 @@ WIKI_QUERY = "Tell me about {title}."
 
 ATTRIBUTION = ("pmi", "content_precision", "similarity")
 MEASURES = ("distinct1", "distinct2", "self_bleu", "entropy", "pmi", "content_precision", "content_precision2",
-            "similarity", "perplexity", "kl_to_model", "length")
+            "similarity", "nll", "perplexity", "kl_to_model", "length")
 LABELS = {"distinct1": "distinct-1 (within input)", "distinct2": "distinct-2 across an input's samples",
           "self_bleu": "self-BLEU (lower = more diverse)", "entropy": "mean per-token entropy of π (nats)",
           "pmi": "PMI with the evidence (nats / token)", "content_precision": "content-word precision vs evidence",
           "content_precision2": "content-bigram precision vs evidence",
           "similarity": "MiniLM cosine to the evidence", "perplexity": "perplexity under the evaluator",
+          "nll": "NLL under the evaluator (nats / token)",
           "kl_to_model": "KL(π ‖ P_G) per token", "length": "tokens per output"}
 
 
@@ -392,6 +399,7 @@ class Study:
         evidence = [self.evidence_text[r // m] for r in range(len(text))]
         per_row = {
             "pmi": scored["pmi"],
+            "nll": -mean_log_prob(scored["logp"], scored["mask"]),
             "perplexity": perplexity(scored["logp"], scored["mask"]),
             "content_precision": np.array([attribution.content_precision(t, e) for t, e in zip(text, evidence)]),
             "content_precision2": np.array([attribution.content_precision(t, e, 2) for t, e in zip(text, evidence)]),
@@ -505,8 +513,8 @@ def run(config: TradeoffConfig, out: str | Path | None = None, *, overwrite: boo
         inputs: Sequence[TaskInput] | None = None, discriminator=None, mesh=None,
         log: Callable[[str], None] = print) -> TradeoffResult:
     """Computes every point of ``config`` not yet in the results folder, then writes ``tradeoff.csv``,
-    ``frontier_<measure>.png`` (attribution against distinct-2), ``sensibleness.png`` (perplexity against
-    distinct-2) and ``verdict.txt``. Models, the embedder and the inputs are loaded only when a point is
+    ``frontier_<measure>.png`` (attribution against distinct-2), ``sensibleness.png`` and
+    ``sensibleness_kl.png`` (evaluator NLL and KL to the model against distinct-2) and ``verdict.txt``. Models, the embedder and the inputs are loaded only when a point is
     computed, unless given (see :func:`load_study`). ``discriminator``: ``(params, metadata)`` for the
     classifier family (default: loaded from ``config.discriminator``; the family is skipped, with a
     message, when it is missing or does not fit). ``mesh``: a device mesh for decoding (the numbers do
@@ -592,17 +600,20 @@ def _finite(value: float) -> float:
 
 
 def write_plots(records: Sequence[Mapping], folder: str | Path, *, diversity_measure: str = "distinct2") -> list[Path]:
-    """``frontier_<a>.png`` for each attribution measure and ``sensibleness.png``, each against
-    ``diversity_measure``, one curve per family, error bars 1.96·SE, points labelled by their setting."""
+    """``frontier_<a>.png`` for each attribution measure, ``sensibleness.png`` (evaluator NLL) and
+    ``sensibleness_kl.png`` (``KL(π ‖ P_G)``, [P1]'s sensibleness), each against ``diversity_measure``, one
+    curve per family, error bars 1.96·SE, points labelled by their setting."""
     folder = Path(folder)
     paths = []
     for name in ATTRIBUTION:
         paths.append(plot_series(folder / f"frontier_{name}.png", _series(records, diversity_measure, name),
                                  x=diversity_measure, y=name, xlabel=LABELS[diversity_measure], ylabel=LABELS[name],
                                  title=f"attribution ({name}) vs diversity", annotate="setting"))
-    paths.append(plot_series(folder / "sensibleness.png", _series(records, diversity_measure, "perplexity"),
-                             x=diversity_measure, y="perplexity", xlabel=LABELS[diversity_measure],
-                             ylabel=LABELS["perplexity"], title="sensibleness vs diversity", annotate="setting"))
+    for name, y, title in (("sensibleness", "nll", "sensibleness (evaluator NLL) vs diversity"),
+                           ("sensibleness_kl", "kl_to_model", "sensibleness (KL to the model, [P1]) vs diversity")):
+        paths.append(plot_series(folder / f"{name}.png", _series(records, diversity_measure, y), x=diversity_measure,
+                                 y=y, xlabel=LABELS[diversity_measure], ylabel=LABELS[y], title=title,
+                                 annotate="setting"))
     return paths
 
 
@@ -621,15 +632,20 @@ def _sign(diff: Mapping[str, float]) -> int:
 
 
 def compare(attr: Mapping[str, float], div: Mapping[str, float]) -> str:
-    """Classifies paired differences (candidate − reference) in attribution and diversity."""
+    """Classifies paired differences (candidate − reference) in attribution and diversity from their 95%
+    CIs: "dominates" (neither significantly worse, at least one significantly better), "is dominated"
+    (the reverse), "trades off" (one significantly better, the other significantly worse) or "is
+    indistinguishable"; the reason follows in brackets."""
     sa, sd = _sign(attr), _sign(div)
+    words = {1: "more", -1: "less", 0: "same"}
+    reason = f"({words[sa]} attribution, {words[sd]} diversity{' within CIs' if 0 in (sa, sd) else ''})"
     if sa >= 0 and sd >= 0 and (sa or sd):
-        return "dominates"
+        return "dominates " + reason
     if sa <= 0 and sd <= 0 and (sa or sd):
-        return "is dominated"
+        return "is dominated " + reason
     if sa and sd:
-        return "trades off (" + ("more attribution, less diversity" if sa > 0 else "less attribution, more diversity") + ")"
-    return "is indistinguishable"
+        return "trades off " + reason
+    return "is indistinguishable " + reason
 
 
 def kl_guided_verdict(records: Sequence[Mapping], *, attribution_measures: Sequence[str] = ATTRIBUTION,
@@ -660,7 +676,7 @@ def kl_guided_verdict(records: Sequence[Mapping], *, attribution_measures: Seque
             d_attr = paired_difference(r["per_input"][measure], static["per_input"][measure])
             d_div = paired_difference(r["per_input"][diversity_measure], static["per_input"][diversity_measure])
             verdict = compare(d_attr, d_div)
-            dominates += verdict == "dominates"
+            dominates += verdict.startswith("dominates")
             text = (f"  {measure}, {r['setting']} vs T={t0}: Δ{measure} {d_attr['mean']:+.4f} ± {d_attr['ci']:.4f}, "
                     f"Δ{diversity_measure} {d_div['mean']:+.4f} ± {d_div['ci']:.4f} -> {verdict}")
             gap = _frontier_gap(r, temps, measure, diversity_measure)
