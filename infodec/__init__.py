@@ -14,7 +14,7 @@ from infodec.policies import (PMI, Chain, ClassifierFreeGuidance, ClassifierGuid
                               Greedy, HalfLifeSchedule, KLGuidedTemperature, MinP, Policy, RepetitionPenalty,
                               SigmoidSchedule, StepInfo, Temperature, TopK, TopP, Transform, Typical, ValuePolicy,
                               chain)
-from infodec import daemon
+from infodec import daemon, sharding, theory
 
 __all__ = [
     "load", "enable_compilation_cache", "generate", "stream", "beam_search", "contrastive_search", "compile_count", "GenerateOutput",
@@ -22,5 +22,5 @@ __all__ = [
     "RepetitionPenalty", "Chain", "chain",
     "ValuePolicy", "PMI", "FunctionScore", "ClassifierFreeGuidance", "KLGuidedTemperature", "DynamicValuePolicy",
     "HalfLifeSchedule", "SigmoidSchedule", "ClassifierGuidance",
-    "daemon",
+    "daemon", "sharding", "theory",
 ]
