@@ -6,12 +6,13 @@ from absl import app, flags
 
 from infodec.results import ResultsFolder
 
-# Flags that say where and how to write, not what to compute: they never invalidate finished points.
-_NOT_SETTINGS = ("out", "overwrite")
+# Flags that say where and how to run, not what to compute: they never invalidate finished points (a
+# mesh changes where rows run, not their tokens; tests/test_sharding.py checks that).
+_NOT_SETTINGS = ("out", "overwrite", "mesh")
 
 
 def settings(module_name: str) -> dict:
-    """The values of the flags ``module_name`` defines, less ``--out`` / ``--overwrite``."""
+    """The values of the flags ``module_name`` defines, less ``--out``, ``--overwrite`` and ``--mesh``."""
     return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module_name)
             if f.name not in _NOT_SETTINGS}
 
