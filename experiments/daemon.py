@@ -66,40 +66,14 @@ def _settings() -> dict:
     return values
 
 
-def _validate(s: dict) -> None:
-    from infodec.daemon import metrics
-    from infodec.data import corpora
-
-    unknown = set(s["studies"]) - {"main", "sr4", "m_sweep", "temperature"}
-    common.require(not unknown, f"--studies: unknown {sorted(unknown)}; choose from main, sr4, m_sweep, temperature")
-    bad = set(s["baselines"]) - set(comparison.BASELINES)
-    common.require(not bad, f"--baselines: unknown {sorted(bad)}; choose from {', '.join(comparison.BASELINES)}")
-    for name in s["metrics"]:
-        try:
-            metrics.get_metric(name, coh=lambda *a: None, info=lambda *a: None)
-        except ValueError as e:
-            raise app.UsageError(f"--metrics: {e}") from None
-    for corpus in s["corpora"]:
-        try:
-            corpora.check_name(corpus)
-        except ValueError as e:
-            raise app.UsageError(f"--corpora: {e}") from None
-    for flag in ("num_fit_prefixes", "num_fit_samples", "num_eval_prompts", "num_candidates", "max_new_tokens",
-                 "prompt_tokens", "sweep_prompts", "rows_per_call"):
-        common.require(s[flag] >= 1, f"--{flag} must be >= 1, got {s[flag]}")
-    common.require(s["l2"] >= 0, f"--l2 must be >= 0, got {s['l2']}")
-    common.require(s["sweep_prompts"] <= s["num_eval_prompts"], "--sweep_prompts must be <= --num_eval_prompts")
-    ms = common.parse_floats("m_values", ",".join(s["m_values"]))
-    common.require(all(m >= 1 and m == int(m) for m in ms), f"--m_values must be positive integers, got {ms}")
-    taus = common.parse_floats("proposal_temperatures", s["proposal_temperatures"])
-    common.require(all(t > 0 for t in taus), f"--proposal_temperatures must be > 0, got {taus}")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     s = _settings()
-    _validate(s)
+    try:
+        comparison.validate_settings(s)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     folder = common.results_folder(__name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"),
                                    **s)
     infodec.enable_compilation_cache()

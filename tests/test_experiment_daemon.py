@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from absl import app
 
-from experiments import daemon as launcher
+from infodec.daemon import comparison
 
 
 def _settings(**changes):
@@ -31,10 +30,18 @@ def _settings(**changes):
     ({"proposal_temperatures": "warm"}, "comma-separated numbers"),
     ({"l2": -1.0}, "--l2 must be >= 0"),
 ])
-def test_bad_flags_are_usage_errors(changes, message):
-    launcher._validate(_settings())  # the baseline settings are valid
-    with pytest.raises(app.UsageError, match=message):
-        launcher._validate(_settings(**changes))
+def test_bad_settings_are_named(changes, message):
+    comparison.validate_settings(_settings())  # the baseline settings are valid
+    with pytest.raises(ValueError, match=message):
+        comparison.validate_settings(_settings(**changes))
+
+
+def test_the_launcher_turns_a_bad_flag_into_a_usage_error(tmp_path):
+    """(Launchers are run as subprocesses: importing two in one process would define their flags twice.)"""
+    bad = subprocess.run([sys.executable, "-m", "experiments.daemon", "--num_candidates=0", f"--out={tmp_path}"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "--num_candidates must be >= 1, got 0" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "points.jsonl").exists()
 
 
 def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):

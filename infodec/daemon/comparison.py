@@ -280,6 +280,50 @@ def fit_summary(report: fit_lib.FitReport) -> dict[str, Any]:
             "steps": report.steps, "ess": mean_se(report.ess), "ess_min": float(report.ess.min())}
 
 
+STUDIES = ("main", "sr4", "m_sweep", "temperature")
+
+
+def validate_settings(s: dict) -> None:
+    """Raises ValueError naming the setting (``experiments.daemon``'s flag) that is out of range."""
+    from infodec.data import corpora
+
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            raise ValueError(message)
+
+    def numbers(name: str, values) -> list[float]:
+        try:
+            parsed = [float(v) for v in values if str(v).strip()]
+        except ValueError:
+            raise ValueError(f"--{name} must be comma-separated numbers, got {values!r}") from None
+        require(bool(parsed), f"--{name} must list at least one number")
+        return parsed
+
+    unknown = set(s["studies"]) - set(STUDIES)
+    require(not unknown, f"--studies: unknown {sorted(unknown)}; choose from {', '.join(STUDIES)}")
+    bad = set(s["baselines"]) - set(BASELINES)
+    require(not bad, f"--baselines: unknown {sorted(bad)}; choose from {', '.join(BASELINES)}")
+    for name in s["metrics"]:
+        try:
+            metrics_lib.get_metric(name, coh=lambda *a: None, info=lambda *a: None)
+        except ValueError as e:
+            raise ValueError(f"--metrics: {e}") from None
+    for corpus in s["corpora"]:
+        try:
+            corpora.check_name(corpus)
+        except ValueError as e:
+            raise ValueError(f"--corpora: {e}") from None
+    for flag in ("num_fit_prefixes", "num_fit_samples", "num_eval_prompts", "num_candidates", "max_new_tokens",
+                 "prompt_tokens", "sweep_prompts", "rows_per_call"):
+        require(s[flag] >= 1, f"--{flag} must be >= 1, got {s[flag]}")
+    require(s["l2"] >= 0, f"--l2 must be >= 0, got {s['l2']}")
+    require(s["sweep_prompts"] <= s["num_eval_prompts"], "--sweep_prompts must be <= --num_eval_prompts")
+    ms = numbers("m_values", s["m_values"])
+    require(all(m >= 1 and m == int(m) for m in ms), f"--m_values must be positive integers, got {ms}")
+    taus = numbers("proposal_temperatures", s["proposal_temperatures"].split(","))
+    require(all(t > 0 for t in taus), f"--proposal_temperatures must be > 0, got {taus}")
+
+
 # --- the launcher's studies, as resumable points (experiments.daemon and the notebook) --------------
 def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str], None] = print) -> dict:
     """Runs the studies of settings ``s`` (``experiments.daemon``'s flags) as points of the
@@ -478,5 +522,5 @@ def summary(records: dict, s: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Study", "prepare", "fit_summary", "run_studies", "write_tables_and_plots", "summary", "METRICS",
+__all__ = ["Study", "prepare", "fit_summary", "validate_settings", "STUDIES", "run_studies", "write_tables_and_plots", "summary", "METRICS",
            "BASELINES"]
