@@ -74,6 +74,11 @@ def main(argv):
         comparison.validate_settings(s)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    if "main" in s["studies"]:
+        try:
+            import mauve  # noqa: F401  (fail now, not after the first decoder's decode)
+        except ImportError:
+            raise app.UsageError('the main table reports MAUVE, which needs: pip install -e ".[eval]"') from None
     folder = common.results_folder(__name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"),
                                    **s)
     infodec.enable_compilation_cache()
