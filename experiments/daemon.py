@@ -23,6 +23,7 @@ The SR-4 study and the sweeps run on the first corpus only. Results go to ``--ou
 ``infodec.daemon.comparison`` (importable from notebooks).
 """
 
+import importlib.util
 import time
 
 import jax
@@ -75,10 +76,9 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     if "main" in s["studies"]:
-        try:
-            import mauve  # noqa: F401  (fail now, not after the first decoder's decode)
-        except ImportError:
-            raise app.UsageError('the main table reports MAUVE, which needs: pip install -e ".[eval]"') from None
+        # fail now, not after the first decoder's decode
+        common.require(importlib.util.find_spec("mauve") is not None,
+                       'the main table reports MAUVE, which needs: pip install -e ".[eval]"')
     folder = common.results_folder(__name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"),
                                    **s)
     infodec.enable_compilation_cache()
