@@ -46,6 +46,8 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Continuation lengt
 _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Prompt length in tokens.")
 _L2 = flags.DEFINE_float("l2", 1e-3, "Ridge on the standardised µ of the full-metric fit (keeps µ finite when a "
                          "human mean lies outside the samples' hull; 0 = exact moment matching).")
+_SR4_DRAWS = flags.DEFINE_integer("sr4_draws", 1, "SR-4 study: plain and DAEMON continuations per eval prompt "
+                                  "(averaged per prompt; lowers the decoders' Monte Carlo error).")
 _M_VALUES = flags.DEFINE_list("m_values", ["5", "10", "20", "40", "80"], "M sweep values.")
 _TAUS = flags.DEFINE_string("proposal_temperatures", "0.8,0.9,1.0", "Proposal temperature sweep.")
 _SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", 4, "Eval prompts per sweep point.")

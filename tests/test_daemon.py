@@ -423,7 +423,8 @@ def test_fit_and_perplexity_with_model(tiny):
     assert np.isfinite(ppl.ppl_q) and ppl.ppl_q < ppl.ppl_p
 
 
-def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch):
+@pytest.mark.parametrize("draws", [1, 2])
+def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws):
     from infodec.daemon import studies
     from infodec.data.corpora import Window
 
@@ -439,10 +440,11 @@ def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch):
     monkeypatch.setattr(studies, "_windows", fake_windows)
     result = studies.single_metric_study(model, params, None, metric="sr2", num_fit_prefixes=5, num_fit_samples=4,
                                          num_eval_prompts=5, num_candidates=4, max_new_tokens=8, prompt_tokens=3,
-                                         rows_per_call=8, log=lambda s: None)
-    assert result["human"]["n"] == result["plain"]["n"] == result["daemon"]["n"] == 5
+                                         rows_per_call=8, draws_per_prompt=draws, log=lambda s: None)
+    assert result["human"]["n"] == result["plain"]["n"] == result["daemon"]["n"] == 5  # prompts, not draws
     assert len(result["fit"]["mu"]) == 1 and 1 <= result["daemon_ess"]["mean"] <= 4 + 1e-4
-    assert len(result["daemon_chosen_index"]) == 5
+    assert len(result["daemon_chosen_index"]) == 5 * draws
+    assert result["perplexity"]["daemon"]["nll_per_row"]["n"] == 5 * draws
     for name in ("plain", "daemon", "human"):
         assert np.isfinite(result["perplexity"][name]["ppl"])
     assert set(result["criterion"]) >= {"metric_within_human_se", "perplexity_within_10pct"}

@@ -317,6 +317,7 @@ def validate_settings(s: dict) -> None:
                  "prompt_tokens", "sweep_prompts", "rows_per_call"):
         require(s[flag] >= 1, f"--{flag} must be >= 1, got {s[flag]}")
     require(s["l2"] >= 0, f"--l2 must be >= 0, got {s['l2']}")
+    require(s.get("sr4_draws", 1) >= 1, f"--sr4_draws must be >= 1, got {s.get('sr4_draws')}")
     require(s["sweep_prompts"] <= s["num_eval_prompts"], "--sweep_prompts must be <= --num_eval_prompts")
     ms = numbers("m_values", s["m_values"])
     require(all(m >= 1 and m == int(m) for m in ms), f"--m_values must be positive integers, got {ms}")
@@ -379,7 +380,8 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
                 model, params, tokenizer, metric="sr4", corpus=corpus, num_fit_prefixes=s["num_fit_prefixes"],
                 num_fit_samples=s["num_fit_samples"], num_eval_prompts=s["num_eval_prompts"],
                 num_candidates=s["num_candidates"], max_new_tokens=s["max_new_tokens"],
-                prompt_tokens=s["prompt_tokens"], rows_per_call=s["rows_per_call"], seed=s["seed"], log=log)}))
+                prompt_tokens=s["prompt_tokens"], rows_per_call=s["rows_per_call"],
+                draws_per_prompt=s.get("sr4_draws", 1), seed=s["seed"], log=log)}))
         if c_index == 0 and "m_sweep" in s["studies"]:
             for m in (int(float(v)) for v in s["m_values"]):
                 def sweep_m(m=m, k=jax.random.fold_in(ckey, 300 + m)):

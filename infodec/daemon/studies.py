@@ -61,8 +61,8 @@ def _perplexity(logp: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus: str = "wiki",
                         num_fit_prefixes: int = 32, num_fit_samples: int = 16, num_eval_prompts: int = 32,
                         num_candidates: int = 25, max_new_tokens: int = 128, prompt_tokens: int = 32,
-                        max_per_document: int = 1, rows_per_call: int = 100, seed: int = 0,
-                        log=print) -> dict[str, Any]:
+                        max_per_document: int = 1, rows_per_call: int = 100, draws_per_prompt: int = 1,
+                        seed: int = 0, log=print) -> dict[str, Any]:
     """Fits µ for ``metric`` alone and compares human / plain sampling / DAEMON on the eval split.
 
     Args:
@@ -75,6 +75,9 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
       max_new_tokens: continuation length (human continuations are cut to the same length).
       rows_per_call: decode rows per ``generate`` call (prompts are chunked so ``chunk * N`` or
         ``chunk * M`` stays at or below it; bounds the KV-cache memory).
+      draws_per_prompt: independent plain and DAEMON continuations per eval prompt; a prompt's metric
+        is the mean over its draws, which lowers the decoders' Monte Carlo error (the human side has one
+        continuation per prompt).
       seed: window choice and every PRNG key derive from it.
 
     Returns a JSON-able dict: ``human``, ``plain``, ``daemon`` (metric mean ± SE over eval prompts),
@@ -85,6 +88,8 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
     """
     import infodec  # late: infodec imports this package
 
+    if draws_per_prompt < 1:
+        raise ValueError(f"draws_per_prompt must be >= 1, got {draws_per_prompt}")
     names = (metric,)
     timing = {}
     key_fit, key_plain, key_daemon = jax.random.split(jax.random.key(seed), 3)
@@ -115,14 +120,15 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
     eval_windows = _windows(corpus, tokenizer, "eval", num_eval_prompts, prompt_tokens, max_new_tokens,
                             max_per_document, seed + 1)
     eval_prompts = [list(w.prompt) for w in eval_windows]
+    rows = [p for p in eval_prompts for _ in range(draws_per_prompt)]  # prompt-major: row = prompt * D + draw
     human_eval = fit_lib.human_features(eval_prompts, [list(w.continuation) for w in eval_windows], names,
                                         max_new_tokens=max_new_tokens)[:, 0]
 
     start = time.perf_counter()
     plain_tokens, plain_lengths = [], []
-    per_call = min(rows_per_call, len(eval_prompts))
-    for i, part in enumerate(_chunks(len(eval_prompts), per_call)):
-        out = infodec.generate(model, params, _padded(eval_prompts, part, per_call), infodec.Temperature(1.0),
+    per_call = min(rows_per_call, len(rows))
+    for i, part in enumerate(_chunks(len(rows), per_call)):
+        out = infodec.generate(model, params, _padded(rows, part, per_call), infodec.Temperature(1.0),
                                jax.random.fold_in(key_plain, i), max_new_tokens=max_new_tokens, stop_tokens=())
         plain_tokens.append(out.tokens[:part.stop - part.start])
         plain_lengths.append(out.lengths[:part.stop - part.start])
@@ -133,8 +139,8 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
     start = time.perf_counter()
     per_call = max(1, rows_per_call // num_candidates)
     d_tokens, d_lengths, d_ess, d_index = [], [], [], []
-    for i, part in enumerate(_chunks(len(eval_prompts), per_call)):
-        out = sampling_lib.sample(model, params, _padded(eval_prompts, part, per_call), mu, names,
+    for i, part in enumerate(_chunks(len(rows), per_call)):
+        out = sampling_lib.sample(model, params, _padded(rows, part, per_call), mu, names,
                                   num_candidates=num_candidates,
                                   max_new_tokens=max_new_tokens, key=jax.random.fold_in(key_daemon, i),
                                   stop_tokens=())
@@ -143,24 +149,28 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
         d_lengths.append(out.lengths[:keep])
         d_ess.append(out.ess[:keep])
         d_index.append(out.index[:keep])
-        log(f"DAEMON: {part.stop}/{len(eval_prompts)} prompts ({time.perf_counter() - start:.0f} s)")
+        log(f"DAEMON: {part.stop}/{len(rows)} rows ({time.perf_counter() - start:.0f} s)")
     d_tokens, d_lengths = np.concatenate(d_tokens), np.concatenate(d_lengths)
     d_ess = np.concatenate(d_ess)
     timing["daemon"] = time.perf_counter() - start
 
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
-    plain_metric = np.asarray(metrics_lib.compute(names, plain_tokens, plain_lengths, prefix))[:, 0]
-    daemon_metric = np.asarray(metrics_lib.compute(names, d_tokens, d_lengths, prefix))[:, 0]
+    row_prefix = np.repeat(prefix, draws_per_prompt, axis=0)
+    # per prompt: the mean over its draws (draws of one prompt are not independent prompts)
+    plain_metric = np.asarray(metrics_lib.compute(names, plain_tokens, plain_lengths, row_prefix))[:, 0]
+    plain_metric = plain_metric.reshape(-1, draws_per_prompt).mean(1)
+    daemon_metric = np.asarray(metrics_lib.compute(names, d_tokens, d_lengths, row_prefix))[:, 0]
+    daemon_metric = daemon_metric.reshape(-1, draws_per_prompt).mean(1)
 
     # --- perplexity of the decoded continuations under the model (one cache-free forward pass) ------
     start = time.perf_counter()
     ppl = {}
-    for name, (tokens, lengths) in {"plain": (plain_tokens, plain_lengths), "daemon": (d_tokens, d_lengths),
-                                    "human": fit_lib.pad_rows([list(w.continuation) for w in eval_windows],
-                                                              max_new_tokens)}.items():
+    for name, (tokens, lengths, texts_prefix) in {
+            "plain": (plain_tokens, plain_lengths, row_prefix), "daemon": (d_tokens, d_lengths, row_prefix),
+            "human": (*fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens), prefix)}.items():
         logp, mask = [], []
-        for part in _chunks(len(eval_prompts), 16):
-            lp, m = metrics_lib.continuation_log_probs(model, params, tokens[part], lengths[part], prefix[part])
+        for part in _chunks(len(tokens), 16):
+            lp, m = metrics_lib.continuation_log_probs(model, params, tokens[part], lengths[part], texts_prefix[part])
             logp.append(lp)
             mask.append(m)
         ppl[name] = _perplexity(np.concatenate(logp), np.concatenate(mask))
@@ -182,7 +192,7 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
         "sizes": {"num_fit_prefixes": num_fit_prefixes, "num_fit_samples": num_fit_samples,
                   "num_eval_prompts": num_eval_prompts, "num_candidates": num_candidates,
                   "max_new_tokens": max_new_tokens, "prompt_tokens": prompt_tokens,
-                  "max_per_document": max_per_document, "seed": seed},
+                  "max_per_document": max_per_document, "draws_per_prompt": draws_per_prompt, "seed": seed},
         "human": human, "plain": plain, "daemon": daemon,
         "human_fit_split": mean_se(human_fit[:, 0]),
         "fit": {"mu": report.mu.tolist(), "mu_standardized": report.mu_standardized.tolist(),
