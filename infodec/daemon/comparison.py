@@ -31,7 +31,7 @@ from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import perplexity_q
 from infodec.daemon import sampling as sampling_lib
-from infodec.daemon.studies import _chunks, _padded, _perplexity, _windows
+from infodec.daemon.studies import _chunks, _padded, _perplexity, _windows, scored
 from infodec.eval.stats import mean_se
 
 METRICS = ("sr2", "sr3", "sr4", "tr32", "div", "coh", "info")
@@ -185,13 +185,7 @@ class Study:
         return self._mauve_human
 
     def _perplexity(self, tokens, lengths) -> dict[str, Any]:
-        logp, mask = [], []
-        for part in _chunks(len(tokens), 16):
-            lp, m = metrics_lib.continuation_log_probs(self.model, self.params, tokens[part], lengths[part],
-                                                       self.prefix[part])
-            logp.append(lp)
-            mask.append(m)
-        return _perplexity(np.concatenate(logp), np.concatenate(mask))
+        return _perplexity(*scored(self.model, self.params, tokens, lengths, self.prefix[:len(tokens)]))
 
     def perplexity_under_q(self, mu, candidate_features, candidate_log_ratios=None, *,
                            splits: int = 5) -> dict[str, Any]:
@@ -202,13 +196,8 @@ class Study:
         ``M // splits`` candidates, i.e. independent estimates with fewer samples each (``log Ẑ`` is biased
         low for small N, so the groups' perplexities sit below the full estimate)."""
         rows = len(candidate_features)
-        logp, mask = [], []
-        for part in _chunks(rows, 16):
-            lp, m = metrics_lib.continuation_log_probs(self.model, self.params, self.human_tokens[part],
-                                                       self.human_lengths[part], self.prefix[part])
-            logp.append(lp)
-            mask.append(m)
-        logp, mask = np.concatenate(logp), np.concatenate(mask)
+        logp, mask = scored(self.model, self.params, self.human_tokens[:rows], self.human_lengths[:rows],
+                            self.prefix[:rows])
         common = dict(num_tokens=mask.sum(1))
         report = perplexity_q.perplexity_under_q(logp.sum(1), self.human_features[:rows], candidate_features, mu,
                                                  sample_log_ratios=candidate_log_ratios, **common)

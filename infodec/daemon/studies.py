@@ -50,6 +50,15 @@ def _padded(prompts: list, part: slice, size: int) -> list:
     return chunk + [chunk[-1]] * (size - len(chunk))
 
 
+def scored(model, params, tokens, lengths, prefix) -> tuple[np.ndarray, np.ndarray]:
+    """``(logp [B, L], mask [B, L])`` of continuations under the model, ``prefix [B, P]`` padded with -1
+    (``eval.sensibleness.scored_log_probs`` in fixed-size batches)."""
+    from infodec.eval.sensibleness import scored_log_probs
+
+    return scored_log_probs(model, params, tokens, lengths, [[int(t) for t in row if t >= 0] for row in prefix],
+                            batch_size=16)
+
+
 def _perplexity(logp: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Token-level perplexity over all rows plus the per-row mean NLL's mean ± SE."""
     count = mask.sum(1)
@@ -168,12 +177,7 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
     for name, (tokens, lengths, texts_prefix) in {
             "plain": (plain_tokens, plain_lengths, row_prefix), "daemon": (d_tokens, d_lengths, row_prefix),
             "human": (*fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens), prefix)}.items():
-        logp, mask = [], []
-        for part in _chunks(len(tokens), 16):
-            lp, m = metrics_lib.continuation_log_probs(model, params, tokens[part], lengths[part], texts_prefix[part])
-            logp.append(lp)
-            mask.append(m)
-        ppl[name] = _perplexity(np.concatenate(logp), np.concatenate(mask))
+        ppl[name] = _perplexity(*scored(model, params, tokens, lengths, texts_prefix))
     ppl["ratio_daemon_vs_plain"] = ppl["daemon"]["ppl"] / ppl["plain"]["ppl"]
     timing["perplexity"] = time.perf_counter() - start
 
