@@ -1,6 +1,6 @@
 r"""The DAEMON paper's studies on the default model: main table, SR-4 study, M sweep, proposal-τ sweep.
 
-    python -m experiments.daemon --smoke                  # < 1 min after loading: wiki, 2 baselines, tiny sizes
+    python -m experiments.daemon --smoke                  # < 1 min: wiki, greedy vs DAEMON, tiny sizes
     python -m experiments.daemon                          # the README's run (wiki + news, every study)
     python -m experiments.daemon --corpora=news --studies=main --max_new_tokens=128
 
@@ -57,7 +57,7 @@ _SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny settings that finish in abou
 _OUT = flags.DEFINE_string("out", "results/daemon", "Results folder.")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Discard finished points in --out and start afresh.")
 
-SMOKE = dict(corpora=["wiki"], studies=["main", "m_sweep"], metrics=["sr4", "div"], baselines=["greedy", "top_p"],
+SMOKE = dict(corpora=["wiki"], studies=["main", "m_sweep"], metrics=["sr4", "div"], baselines=["greedy"],
              num_fit_prefixes=4, num_fit_samples=4, num_eval_prompts=4, num_candidates=4, max_new_tokens=16,
              m_values=["4"], sweep_prompts=4, rows_per_call=16)
 

@@ -50,15 +50,15 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     points = [json.loads(line) for line in (tmp_path / "points.jsonl").read_text().splitlines()]
     assert [p["key"] for p in points] == ["wiki/fit/tau=1", "wiki/main/human", "wiki/main/greedy",
-                                         "wiki/main/top_p", "wiki/main/daemon", "wiki/m_sweep/M=4"]
+                                         "wiki/main/daemon", "wiki/m_sweep/M=4"]
     with (tmp_path / "main.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["decoder"] for r in rows] == ["human", "greedy", "top_p", "daemon"]
+    assert [r["decoder"] for r in rows] == ["human", "greedy", "daemon"]
     daemon = rows[-1]
     assert 1.0 <= float(daemon["ess"]) <= 4.0 + 1e-6 and float(daemon["human_ppl_daemon"]) > 1.0
     for name in ("main_gaps.png", "m_sweep.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming, 5 of 5 points already done" in second.stdout + second.stderr
-    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 6  # nothing recomputed
+    assert "resuming, 4 of 4 points already done" in second.stdout + second.stderr
+    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 5  # nothing recomputed
