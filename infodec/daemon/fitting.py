@@ -366,13 +366,8 @@ def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str
     (see ``metrics.get_metric``). ``mesh``: where the samples are drawn (``draw_candidates``). Returns
     ``(mu, report)`` with the features in the report.
     """
-    names = tuple(metric_names)
-    deps = dict(metric_deps)
-    if tokenizer is not None:
-        deps.setdefault("tokenizer", tokenizer)
-    functions = metrics_lib.metric_functions(names, **deps)
-    prefix_ids = encode_prompts(prefixes, tokenizer, add_bos=True)
-    human_ids = encode_prompts(human_continuations, tokenizer, add_bos=False, allow_empty=True)
+    names, deps, functions, prefix_ids, human_ids = encode_study_inputs(prefixes, human_continuations, metric_names,
+                                                                         tokenizer, metric_deps)
     human = human_features(prefix_ids, human_ids, names,
                            max_new_tokens=max_new_tokens, **{**deps, **_resolved(names, functions)})
     _, feats, rho = draw_candidates(model, params, prefix_ids, names, num_samples=num_samples,
@@ -383,6 +378,20 @@ def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str
                                   steps=steps, learning_rate=learning_rate, optimizer=optimizer)
     return mu, dataclasses.replace(report, metric_names=names, human_features=human, sample_features=feats,
                                    log_ratios=rho)
+
+
+def encode_study_inputs(prefixes, human_continuations, metric_names, tokenizer, metric_deps):
+    """What ``fit`` and ``perplexity`` share: ``(names, deps, functions, prefix_ids, human_ids)`` with the
+    metric functions built once (``tokenizer`` joins the deps) and the texts encoded (prefixes with BOS,
+    continuations without)."""
+    names = tuple(metric_names)
+    deps = dict(metric_deps)
+    if tokenizer is not None:
+        deps.setdefault("tokenizer", tokenizer)
+    functions = metrics_lib.metric_functions(names, **deps)
+    prefix_ids = encode_prompts(prefixes, tokenizer, add_bos=True)
+    human_ids = encode_prompts(human_continuations, tokenizer, add_bos=False, allow_empty=True)
+    return names, deps, functions, prefix_ids, human_ids
 
 
 def _resolved(names, functions) -> dict[str, Any]:

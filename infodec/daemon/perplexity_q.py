@@ -19,7 +19,6 @@ from scipy.special import logsumexp
 
 from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
-from infodec.decoding.engine import encode_prompts
 from infodec.daemon import sampling as sampling_lib
 
 
@@ -109,13 +108,8 @@ def perplexity(model, params, prefixes, human_continuations, mu, metric_names: S
     """Human-text perplexity under p_θ and ``q_µ`` with a model: ``log p_θ`` of the human continuations
     (truncated to ``max_new_tokens``) from one full-sequence apply, their metrics, and ``N = num_samples``
     samples per prefix from p_θ (``Temperature(1)``, one shared prefill) for ``Ẑ``. Token-level."""
-    names = tuple(metric_names)
-    deps = dict(metric_deps)
-    if tokenizer is not None:
-        deps.setdefault("tokenizer", tokenizer)
-    functions = metrics_lib.metric_functions(names, **deps)
-    prefix_ids = encode_prompts(prefixes, tokenizer, add_bos=True)
-    cont_ids = encode_prompts(human_continuations, tokenizer, add_bos=False, allow_empty=True)
+    names, _, functions, prefix_ids, cont_ids = fit_lib.encode_study_inputs(prefixes, human_continuations,
+                                                                            metric_names, tokenizer, metric_deps)
     tokens, lengths = fit_lib.pad_rows(cont_ids, max_new_tokens)
     prefix, _ = fit_lib.pad_rows(prefix_ids, fill=-1)
     logp, mask = metrics_lib.continuation_log_probs(model, params, tokens, lengths, prefix)
