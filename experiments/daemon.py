@@ -48,6 +48,10 @@ _L2 = flags.DEFINE_float("l2", 1e-3, "Ridge on the standardised µ of the full-m
                          "human mean lies outside the samples' hull; 0 = exact moment matching).")
 _SR4_DRAWS = flags.DEFINE_integer("sr4_draws", 1, "SR-4 study: plain and DAEMON continuations per eval prompt "
                                   "(averaged per prompt; lowers the decoders' Monte Carlo error).")
+_MAX_PER_DOCUMENT = flags.DEFINE_integer("max_per_document", 0, "Windows per document that prompts are drawn from "
+                                        "(0 = every window; 1 = each document's first window only).")
+_FIT_TARGET = flags.DEFINE_enum("fit_target", "split", ["split", "prefixes"], "The human moments µ is fitted to: "
+                                "the mean over every fit-split window, or over the J fit prefixes only.")
 _M_VALUES = flags.DEFINE_list("m_values", ["5", "10", "20", "40", "80"], "M sweep values.")
 _TAUS = flags.DEFINE_string("proposal_temperatures", "0.8,0.9,1.0", "Proposal temperature sweep.")
 _SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", 4, "Eval prompts per sweep point.")

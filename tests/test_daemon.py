@@ -423,31 +423,54 @@ def test_fit_and_perplexity_with_model(tiny):
     assert np.isfinite(ppl.ppl_q) and ppl.ppl_q < ppl.ppl_p
 
 
-@pytest.mark.parametrize("draws", [1, 2])
-def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws):
+@pytest.mark.parametrize("draws, fit_target", [(1, "split"), (2, "prefixes")])
+def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws, fit_target):
     from infodec.daemon import studies
     from infodec.data.corpora import Window
 
     model, params = tiny
-    rng = np.random.default_rng(0)
+    pools = {}
 
-    def fake_windows(corpus, tokenizer, split, count, prompt_tokens, continuation_tokens, max_per_document, seed):
-        ids = rng.integers(1, 6, size=(count, prompt_tokens + continuation_tokens))
-        return [Window(doc_id=f"{split}-{i}", index=0, start=0, prompt=tuple(map(int, row[:prompt_tokens])),
-                       continuation=tuple(map(int, row[prompt_tokens:])), prompt_text="", continuation_text="")
-                for i, row in enumerate(ids)]
+    def fake_split_windows(corpus, tokenizer, split, prompt_tokens, continuation_tokens, max_per_document):
+        rng = np.random.default_rng(0 if split == "fit" else 1)
+        ids = rng.integers(1, 6, size=(12, prompt_tokens + continuation_tokens))
+        pools[split] = [Window(doc_id=f"{split}-{i // 3}", index=i % 3, start=0,  # 4 documents of 3 windows
+                               prompt=tuple(map(int, row[:prompt_tokens])),
+                               continuation=tuple(map(int, row[prompt_tokens:])), prompt_text="", continuation_text="")
+                        for i, row in enumerate(ids)]
+        return pools[split]
 
-    monkeypatch.setattr(studies, "_windows", fake_windows)
+    monkeypatch.setattr(studies, "split_windows", fake_split_windows)
     result = studies.single_metric_study(model, params, None, metric="sr2", num_fit_prefixes=5, num_fit_samples=4,
                                          num_eval_prompts=5, num_candidates=4, max_new_tokens=8, prompt_tokens=3,
-                                         rows_per_call=8, draws_per_prompt=draws, log=lambda s: None)
-    assert result["human"]["n"] == result["plain"]["n"] == result["daemon"]["n"] == 5  # prompts, not draws
+                                         rows_per_call=8, draws_per_prompt=draws, fit_target=fit_target,
+                                         log=lambda s: None)
+    assert result["plain"]["n"] == result["daemon"]["n"] == result["human_prompts"]["n"] == 5  # prompts, not draws
+    assert result["human"]["n"] == result["human_fit_split"]["n"] == 12 and result["human"]["clusters"] == 4
+    assert result["human_fit_prefixes"]["n"] == 5
+
+    def sr2(windows):  # an independent reference: repeated bigrams / bigrams of each continuation
+        values = []
+        for w in windows:
+            grams = list(zip(w.continuation, w.continuation[1:]))
+            values.append(1.0 - len(set(grams)) / len(grams))
+        return np.mean(values)
+
+    assert result["human"]["mean"] == pytest.approx(sr2(pools["eval"]), abs=1e-6)
+    want_target = result["human_fit_split"]["mean"] if fit_target == "split" else result["human_fit_prefixes"]["mean"]
+    assert result["fit"]["target"] == pytest.approx([want_target], abs=1e-6)
+    assert result["human_fit_split"]["mean"] == pytest.approx(sr2(pools["fit"]), abs=1e-6)
     assert len(result["fit"]["mu"]) == 1 and 1 <= result["daemon_ess"]["mean"] <= 4 + 1e-4
     assert len(result["daemon_chosen_index"]) == 5 * draws
     assert result["perplexity"]["daemon"]["nll_per_row"]["n"] == 5 * draws
     for name in ("plain", "daemon", "human"):
         assert np.isfinite(result["perplexity"][name]["ppl"])
-    assert set(result["criterion"]) >= {"metric_within_human_se", "perplexity_within_10pct"}
+    assert set(result["criterion"]) >= {"metric_within_human_se", "metric_within_combined_se", "perplexity_within_10pct"}
+    with pytest.raises(ValueError, match="fit_target must be one of split, prefixes"):
+        studies.single_metric_study(model, params, None, fit_target="eval")
+    with pytest.raises(ValueError, match="has 12 windows, asked for 20"):
+        studies.single_metric_study(model, params, None, metric="sr2", num_fit_prefixes=20, max_new_tokens=8,
+                                    prompt_tokens=3, log=lambda s: None)
 
 
 def test_ridge_keeps_mu_finite_for_an_unreachable_target_and_barely_moves_a_reachable_fit():

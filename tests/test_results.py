@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from infodec.eval.stats import bootstrap_ci, mean_se
+from infodec.eval.stats import bootstrap_ci, clustered_mean_se, mean_se
 from infodec.results import ResultsFolder, plot_series
 
 
@@ -78,3 +78,18 @@ def test_mean_se_and_bootstrap():
     assert abs((ci["high"] - ci["low"]) / (2 * 1.96 * se["se"]) - 1) < 0.1
     with pytest.raises(ValueError, match="at least one"):
         mean_se([])
+
+
+def test_clustered_se():
+    values = np.random.default_rng(1).normal(size=30)
+    # one value per cluster: the ordinary standard error
+    single = clustered_mean_se(values, np.arange(30))
+    assert single["se"] == pytest.approx(mean_se(values)["se"], rel=1e-12) and single["clusters"] == 30
+    # each value copied 4 times into its own cluster: copies add no information, so the SE is unchanged
+    copied = clustered_mean_se(np.repeat(values, 4), np.repeat(np.arange(30), 4))
+    assert copied["se"] == pytest.approx(single["se"], rel=1e-12) and copied["n"] == 120
+    assert mean_se(np.repeat(values, 4))["se"] < 0.6 * single["se"]  # the naive SE would be half as large
+    # a hand-worked case: clusters {1, 2} and {6}, mean 3, cluster sums of deviations -3 and 3
+    assert clustered_mean_se([1.0, 2.0, 6.0], ["a", "a", "b"])["se"] == pytest.approx(np.sqrt(2 * 18) / 3)
+    with pytest.raises(ValueError, match="cluster labels"):
+        clustered_mean_se([1.0, 2.0], ["a"])

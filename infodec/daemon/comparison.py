@@ -31,7 +31,8 @@ from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import perplexity_q
 from infodec.daemon import sampling as sampling_lib
-from infodec.daemon.studies import _chunks, _padded, _perplexity, _windows, scored
+from infodec.daemon.studies import (_chunks, _padded, _perplexity, check_fit_target, pick_windows, scored,
+                                    split_windows, window_features)
 from infodec.eval.stats import mean_se
 
 METRICS = ("sr2", "sr3", "sr4", "tr32", "div", "coh", "info")
@@ -63,8 +64,9 @@ def _baseline_policy(name: str):
 class Study:
     """One corpus, one LM, one metric set: the shared inputs of every point.
 
-    Build with :func:`prepare`. Attributes: ``fit_prompts`` / ``fit_human`` (token lists of the fit
-    split), ``eval_prompts`` / ``human_tokens [P, L]`` / ``human_lengths [P]`` / ``prefix [P, W]`` (eval
+    Build with :func:`prepare`. Attributes: ``fit_prompts`` (token lists of the fit split's ``J``
+    prefixes), ``fit_target_windows`` (the fit-split windows whose human continuations define the
+    target of Algorithm 1: every window, or the ``J`` prefixes' own), ``eval_prompts`` / ``human_tokens [P, L]`` / ``human_lengths [P]`` / ``prefix [P, W]`` (eval
     split, prompts right-padded with -1), ``human_features [P, K]``, ``functions`` (one per metric name).
     """
 
@@ -77,7 +79,7 @@ class Study:
     max_new_tokens: int
     rows_per_call: int
     fit_prompts: list
-    fit_human: list
+    fit_target_windows: list
     eval_prompts: list
     human_tokens: np.ndarray
     human_lengths: np.ndarray
@@ -85,6 +87,7 @@ class Study:
     human_features: np.ndarray
     log: Callable[[str], None] = print
     _mauve_human: np.ndarray | None = None
+    _fit_target: np.ndarray | None = None
 
     # --- decoding ---------------------------------------------------------------------------------
     def decode(self, name: str, key) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +118,6 @@ class Study:
             l2: float = 0.0) -> tuple[np.ndarray, fit_lib.FitReport]:
         """Algorithm 1 on the fit split: ``num_samples`` proposal samples per prefix, drawn once; ``l2``
         is ``fit_coefficients``' ridge."""
-        human = np.asarray(metrics_lib.compute_with(self.functions, *fit_lib.pad_rows(self.fit_human, self.max_new_tokens),
-                                                    fit_lib.pad_rows(self.fit_prompts, fill=-1)[0]), np.float64)
         per_call = max(1, self.rows_per_call // num_samples)
         feats, rho = [], []
         start = time.perf_counter()
@@ -130,7 +131,15 @@ class Study:
             feats.append(f[:keep])
             rho.append(r[:keep])
             self.log(f"  fit samples: {part.stop}/{len(self.fit_prompts)} prefixes ({time.perf_counter() - start:.0f} s)")
-        return fit_lib.fit_coefficients(np.concatenate(feats), np.concatenate(rho), human.mean(0), l2=l2)
+        return fit_lib.fit_coefficients(np.concatenate(feats), np.concatenate(rho), self.fit_target(), l2=l2)
+
+    def fit_target(self) -> np.ndarray:
+        """``[K]`` human mean of every metric over ``fit_target_windows`` (computed once)."""
+        if self._fit_target is None:
+            start = time.perf_counter()
+            self._fit_target = window_features(self.functions, self.fit_target_windows, self.max_new_tokens).mean(0)
+            self.log(f"  fit target: {len(self.fit_target_windows)} human windows ({time.perf_counter() - start:.0f} s)")
+        return self._fit_target
 
     def daemon(self, mu, num_candidates: int, key, *, proposal_temperature: float = 1.0,
                prompts: int | None = None) -> dict[str, np.ndarray]:
@@ -226,9 +235,13 @@ class Study:
 
 def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Sequence[str] = METRICS,
             num_fit_prefixes: int = 32, num_eval_prompts: int = 32, prompt_tokens: int = 32,
-            max_new_tokens: int = 128, max_per_document: int = 1, rows_per_call: int = 100, seed: int = 0,
-            encoder=None, log: Callable[[str], None] = print) -> Study:
+            max_new_tokens: int = 128, max_per_document: int | None = None, fit_target: str = "split",
+            rows_per_call: int = 100, seed: int = 0, encoder=None, log: Callable[[str], None] = print) -> Study:
     """Loads the corpus windows and builds the metric functions.
+
+    Prompts are windows picked at random from each split (at most ``max_per_document`` per document,
+    all by default). ``fit_target``: as in ``studies.single_metric_study`` — ``"split"`` fits µ to the
+    human mean over every fit-split window, ``"prefixes"`` to that of the ``J`` fit prefixes.
 
     ``encoder``: ``(encoder, encoder_params, encoder_tokenizer)`` for ``coh`` (default
     ``infodec.load("minilm-l6")`` when ``coh`` is asked for). ``info`` is the NLL under the LM itself.
@@ -244,10 +257,12 @@ def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Seq
         deps["info"] = metrics_lib.information(model, params)
     functions = metrics_lib.metric_functions(names, **deps)
 
-    fit_windows = _windows(corpus, tokenizer, "fit", num_fit_prefixes, prompt_tokens, max_new_tokens,
-                           max_per_document, seed)
-    eval_windows = _windows(corpus, tokenizer, "eval", num_eval_prompts, prompt_tokens, max_new_tokens,
-                            max_per_document, seed + 1)
+    check_fit_target(fit_target)
+    where = f"{corpus} at {prompt_tokens}+{max_new_tokens} tokens (max_per_document={max_per_document})"
+    fit_pool = split_windows(corpus, tokenizer, "fit", prompt_tokens, max_new_tokens, max_per_document)
+    fit_windows = pick_windows(fit_pool, num_fit_prefixes, seed, f"the fit split of {where}")
+    eval_windows = pick_windows(split_windows(corpus, tokenizer, "eval", prompt_tokens, max_new_tokens,
+                                              max_per_document), num_eval_prompts, seed + 1, f"the eval split of {where}")
     eval_prompts = [list(w.prompt) for w in eval_windows]
     human_tokens, human_lengths = fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens)
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
@@ -255,7 +270,7 @@ def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Seq
     return Study(model=model, params=params, tokenizer=tokenizer, corpus=corpus, metric_names=names,
                  functions=functions, max_new_tokens=max_new_tokens, rows_per_call=rows_per_call,
                  fit_prompts=[list(w.prompt) for w in fit_windows],
-                 fit_human=[list(w.continuation) for w in fit_windows], eval_prompts=eval_prompts,
+                 fit_target_windows=fit_pool if fit_target == "split" else fit_windows, eval_prompts=eval_prompts,
                  human_tokens=human_tokens, human_lengths=human_lengths, prefix=prefix, human_features=human,
                  log=log)
 
@@ -306,7 +321,12 @@ def validate_settings(s: dict) -> None:
                  "prompt_tokens", "sweep_prompts", "rows_per_call"):
         require(s[flag] >= 1, f"--{flag} must be >= 1, got {s[flag]}")
     require(s["l2"] >= 0, f"--l2 must be >= 0, got {s['l2']}")
-    require(s.get("sr4_draws", 1) >= 1, f"--sr4_draws must be >= 1, got {s.get('sr4_draws')}")
+    require(s["sr4_draws"] >= 1, f"--sr4_draws must be >= 1, got {s['sr4_draws']}")
+    require(s["max_per_document"] >= 0, f"--max_per_document must be >= 0 (0 = every window), got {s['max_per_document']}")
+    try:
+        check_fit_target(s["fit_target"])
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
     require(s["sweep_prompts"] <= s["num_eval_prompts"], "--sweep_prompts must be <= --num_eval_prompts")
     ms = numbers("m_values", s["m_values"])
     require(all(m >= 1 and m == int(m) for m in ms), f"--m_values must be positive integers, got {ms}")
@@ -327,6 +347,7 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
         study = prepare(model, params, tokenizer, corpus=corpus, metric_names=s["metrics"],
                         num_fit_prefixes=s["num_fit_prefixes"], num_eval_prompts=s["num_eval_prompts"],
                         prompt_tokens=s["prompt_tokens"], max_new_tokens=s["max_new_tokens"],
+                        max_per_document=s["max_per_document"] or None, fit_target=s["fit_target"],
                         rows_per_call=s["rows_per_call"], seed=s["seed"], log=log)
         log(f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
             f"{s['max_new_tokens']} new tokens, metrics {', '.join(study.metric_names)}")
@@ -369,8 +390,9 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
                 model, params, tokenizer, metric="sr4", corpus=corpus, num_fit_prefixes=s["num_fit_prefixes"],
                 num_fit_samples=s["num_fit_samples"], num_eval_prompts=s["num_eval_prompts"],
                 num_candidates=s["num_candidates"], max_new_tokens=s["max_new_tokens"],
-                prompt_tokens=s["prompt_tokens"], rows_per_call=s["rows_per_call"],
-                draws_per_prompt=s.get("sr4_draws", 1), seed=s["seed"], log=log)}))
+                prompt_tokens=s["prompt_tokens"], max_per_document=s["max_per_document"] or None,
+                fit_target=s["fit_target"], rows_per_call=s["rows_per_call"], draws_per_prompt=s["sr4_draws"],
+                seed=s["seed"], log=log)}))
         if c_index == 0 and "m_sweep" in s["studies"]:
             for m in (int(float(v)) for v in s["m_values"]):
                 def sweep_m(m=m, k=jax.random.fold_in(ckey, 300 + m)):

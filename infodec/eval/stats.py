@@ -14,6 +14,26 @@ def mean_se(values) -> dict[str, float]:
     return {"mean": float(np.mean(v)), "se": se, "n": int(len(v))}
 
 
+def clustered_mean_se(values, clusters) -> dict[str, float]:
+    """``{"mean", "se", "n", "clusters"}``: the mean of ``values`` with a cluster-robust standard error.
+
+    For texts cut from shared documents (several windows per document are not independent):
+    ``se = sqrt(G / (G - 1) · Σ_g (Σ_{i∈g} (v_i − mean))²) / n`` over the ``G`` distinct ``clusters``
+    (the CR1 sandwich estimator of a mean). With one value per cluster it is ``mean_se``'s SE.
+    """
+    v = np.asarray(values, np.float64).reshape(-1)
+    groups = np.asarray(clusters).reshape(-1)
+    if len(v) != len(groups):
+        raise ValueError(f"got {len(v)} values and {len(groups)} cluster labels")
+    if len(v) == 0:
+        raise ValueError("clustered_mean_se needs at least one value")
+    _, label = np.unique(groups, return_inverse=True)
+    count = int(label.max()) + 1
+    sums = np.bincount(label, weights=v - v.mean(), minlength=count)
+    se = float(np.sqrt(count / (count - 1) * np.sum(sums ** 2)) / len(v)) if count > 1 else float("nan")
+    return {"mean": float(v.mean()), "se": se, "n": int(len(v)), "clusters": count}
+
+
 def bootstrap_ci(values, statistic=np.mean, *, level: float = 0.95, resamples: int = 1000,
                  seed: int = 0) -> dict[str, float]:
     """Percentile bootstrap CI of ``statistic`` over ``values[N, ...]`` (resampling the first axis).
@@ -33,4 +53,4 @@ def bootstrap_ci(values, statistic=np.mean, *, level: float = 0.95, resamples: i
             "high": float(np.quantile(draws, 1.0 - tail)), "n": int(len(v))}
 
 
-__all__ = ["mean_se", "bootstrap_ci"]
+__all__ = ["mean_se", "clustered_mean_se", "bootstrap_ci"]
