@@ -14,7 +14,8 @@ def _settings(**changes):
     s = {"model": "smollm2-135m", "corpora": ["wiki"], "studies": ["main"], "metrics": ["sr4", "div"],
          "baselines": ["greedy"], "num_fit_prefixes": 4, "num_fit_samples": 4, "num_eval_prompts": 4,
          "num_candidates": 4, "max_new_tokens": 16, "prompt_tokens": 32, "l2": 1e-3, "m_values": ["4"],
-         "proposal_temperatures": "1.0", "sweep_prompts": 4, "rows_per_call": 16, "seed": 0}
+         "proposal_temperatures": "1.0", "sweep_prompts": 4, "rows_per_call": 16, "seed": 0, "sr4_draws": 1,
+         "max_per_document": 0, "fit_target": "split"}
     return {**s, **changes}
 
 
@@ -29,6 +30,9 @@ def _settings(**changes):
     ({"proposal_temperatures": "0.9,-1"}, "must be > 0"),
     ({"proposal_temperatures": "warm"}, "comma-separated numbers"),
     ({"l2": -1.0}, "--l2 must be >= 0"),
+    ({"sr4_draws": 0}, "--sr4_draws must be >= 1"),
+    ({"max_per_document": -1}, "--max_per_document must be >= 0"),
+    ({"fit_target": "eval"}, "--fit_target must be one of split, prefixes"),
 ])
 def test_bad_settings_are_named(changes, message):
     comparison.validate_settings(_settings())  # the baseline settings are valid
