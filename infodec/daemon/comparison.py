@@ -335,12 +335,89 @@ def validate_settings(s: dict) -> None:
 
 
 # --- the launcher's studies, as resumable points (experiments.daemon and the notebook) --------------
-def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str], None] = print) -> dict:
-    """Runs the studies of settings ``s`` (``experiments.daemon``'s flags) as points of the
-    ``ResultsFolder`` ``folder``, skipping finished ones; returns ``{key: record}``."""
+# Each builder returns ``[(key, compute)]`` for ``ResultsFolder.run``; a point's PRNG key is folded from
+# the corpus key with a fixed per-point offset, so adding points to a folder changes no finished one.
+Points = list[tuple[str, Callable[[], dict]]]
+
+
+def _fit_point(study: Study, s: dict, tau: float, key) -> Points:
+    def compute():
+        _, report = study.fit(s["num_fit_samples"], key, proposal_temperature=tau, l2=s["l2"])
+        return {"corpus": study.corpus, "study": "fit", "proposal_temperature": tau, **fit_summary(report)}
+    return [(f"{study.corpus}/fit/tau={tau:g}", compute)]
+
+
+def _main_points(study: Study, s: dict, mu, ckey) -> Points:
+    """Human, every baseline of ``s["baselines"]`` (keys follow :data:`BASELINES`' order) and DAEMON."""
+    corpus = study.corpus
+    points: Points = [(f"{corpus}/main/human", lambda: {
+        "corpus": corpus, "study": "main", "decoder": "human",
+        **study.evaluate(study.human_tokens, study.human_lengths, mauve=False)})]
+    for name in s["baselines"]:
+        def baseline(name=name, k=jax.random.fold_in(ckey, 100 + list(BASELINES).index(name))):
+            start = time.perf_counter()
+            tokens, lengths = study.decode(name, k)
+            decode_s = time.perf_counter() - start
+            return {"corpus": corpus, "study": "main", "decoder": name, "decode_s": decode_s,
+                    **study.evaluate(tokens, lengths)}
+        points.append((f"{corpus}/main/{name}", baseline))
+
+    def daemon_main(k=jax.random.fold_in(ckey, 200)):
+        start = time.perf_counter()
+        out = study.daemon(mu, s["num_candidates"], k)
+        decode_s = time.perf_counter() - start
+        return {"corpus": corpus, "study": "main", "decoder": "daemon", "decode_s": decode_s,
+                "num_candidates": s["num_candidates"], "ess": mean_se(out["ess"]),
+                **study.evaluate(out["tokens"], out["lengths"]),
+                "human_perplexity": study.perplexity_under_q(mu, out["features"])}
+    return points + [(f"{corpus}/main/daemon", daemon_main)]
+
+
+def _sr4_point(study: Study, s: dict) -> Points:
     from infodec.daemon import studies
 
+    return [(f"{study.corpus}/sr4", lambda: {"corpus": study.corpus, "study": "sr4", **studies.single_metric_study(
+        study.model, study.params, study.tokenizer, metric="sr4", corpus=study.corpus,
+        num_fit_prefixes=s["num_fit_prefixes"], num_fit_samples=s["num_fit_samples"],
+        num_eval_prompts=s["num_eval_prompts"], num_candidates=s["num_candidates"],
+        max_new_tokens=s["max_new_tokens"], prompt_tokens=s["prompt_tokens"],
+        max_per_document=s["max_per_document"] or None, fit_target=s["fit_target"], rows_per_call=s["rows_per_call"],
+        draws_per_prompt=s["sr4_draws"], seed=s["seed"], log=study.log)})]
+
+
+def _m_sweep_points(study: Study, s: dict, mu, ckey) -> Points:
+    points: Points = []
+    for m in (int(float(v)) for v in s["m_values"]):
+        def sweep_m(m=m, k=jax.random.fold_in(ckey, 300 + m)):
+            start = time.perf_counter()
+            out = study.daemon(mu, m, k, prompts=s["sweep_prompts"])
+            seconds = time.perf_counter() - start
+            chosen = study.features(out["tokens"], out["lengths"])
+            return {"corpus": study.corpus, "study": "m_sweep", "num_candidates": m, "decode_s": seconds,
+                    "ess": mean_se(out["ess"]), "gap": study.gap_to_human(chosen)}
+        points.append((f"{study.corpus}/m_sweep/M={m}", sweep_m))
+    return points
+
+
+def _temperature_point(study: Study, s: dict, tau: float, records: dict, ckey) -> Points:
+    """DAEMON with proposal ``Temperature(tau)``, using µ of the point ``<corpus>/fit/tau=<tau>``."""
+    def sweep_tau(k=jax.random.fold_in(ckey, 500 + int(1000 * tau))):
+        mu_t = np.asarray(records[f"{study.corpus}/fit/tau={tau:g}"]["mu"])
+        out = study.daemon(mu_t, s["num_candidates"], k, proposal_temperature=tau, prompts=s["sweep_prompts"])
+        return {"corpus": study.corpus, "study": "temperature", "proposal_temperature": tau,
+                "ess": mean_se(out["ess"]), **study.evaluate(out["tokens"], out["lengths"], mauve=False)}
+    return [(f"{study.corpus}/temperature/tau={tau:g}", sweep_tau)]
+
+
+def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str], None] = print) -> dict:
+    """Runs the studies of settings ``s`` (``experiments.daemon``'s flags) as points of the
+    ``ResultsFolder`` ``folder``, skipping finished ones; returns ``{key: record}``. The SR-4 study and
+    the sweeps run on the first corpus only; the SR-4 study fits its own µ."""
     records: dict[str, dict] = {}
+
+    def run(points: Points) -> None:
+        records.update(zip([k for k, _ in points], folder.run(points, log)))
+
     key = jax.random.key(s["seed"])
     for c_index, corpus in enumerate(s["corpora"]):
         ckey = jax.random.fold_in(key, c_index)
@@ -351,75 +428,23 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
                         rows_per_call=s["rows_per_call"], seed=s["seed"], log=log)
         log(f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
             f"{s['max_new_tokens']} new tokens, metrics {', '.join(study.metric_names)}")
-
-        def fit_point(tau: float, k):
-            def compute():
-                mu, report = study.fit(s["num_fit_samples"], k, proposal_temperature=tau, l2=s["l2"])
-                return {"corpus": corpus, "study": "fit", "proposal_temperature": tau, **fit_summary(report)}
-            return compute
-
-        fit_key = f"{corpus}/fit/tau=1"
-        if {"main", "m_sweep", "temperature"} & set(s["studies"]):  # the SR-4 study fits its own µ
-            records.update(zip([fit_key], folder.run([(fit_key, fit_point(1.0, jax.random.fold_in(ckey, 0)))], log)))
-            mu = np.asarray(records[fit_key]["mu"])
-        points = []
+        first = c_index == 0
+        if {"main", "m_sweep", "temperature"} & set(s["studies"]):
+            run(_fit_point(study, s, 1.0, jax.random.fold_in(ckey, 0)))
+            mu = np.asarray(records[f"{corpus}/fit/tau=1"]["mu"])
+        points: Points = []
         if "main" in s["studies"]:
-            points.append((f"{corpus}/main/human", lambda: {
-                "corpus": corpus, "study": "main", "decoder": "human",
-                **study.evaluate(study.human_tokens, study.human_lengths, mauve=False)}))
-            for name in s["baselines"]:  # keys follow BASELINES' order, so adding a baseline changes no other
-                def baseline(name=name, k=jax.random.fold_in(ckey, 100 + list(BASELINES).index(name))):
-                    start = time.perf_counter()
-                    tokens, lengths = study.decode(name, k)
-                    decode_s = time.perf_counter() - start
-                    return {"corpus": corpus, "study": "main", "decoder": name, "decode_s": decode_s,
-                            **study.evaluate(tokens, lengths)}
-                points.append((f"{corpus}/main/{name}", baseline))
-
-            def daemon_main(k=jax.random.fold_in(ckey, 200)):
-                start = time.perf_counter()
-                out = study.daemon(mu, s["num_candidates"], k)
-                decode_s = time.perf_counter() - start
-                return {"corpus": corpus, "study": "main", "decoder": "daemon", "decode_s": decode_s,
-                        "num_candidates": s["num_candidates"], "ess": mean_se(out["ess"]),
-                        **study.evaluate(out["tokens"], out["lengths"]),
-                        "human_perplexity": study.perplexity_under_q(mu, out["features"])}
-            points.append((f"{corpus}/main/daemon", daemon_main))
-        if c_index == 0 and "sr4" in s["studies"]:
-            points.append((f"{corpus}/sr4", lambda: {"corpus": corpus, "study": "sr4", **studies.single_metric_study(
-                model, params, tokenizer, metric="sr4", corpus=corpus, num_fit_prefixes=s["num_fit_prefixes"],
-                num_fit_samples=s["num_fit_samples"], num_eval_prompts=s["num_eval_prompts"],
-                num_candidates=s["num_candidates"], max_new_tokens=s["max_new_tokens"],
-                prompt_tokens=s["prompt_tokens"], max_per_document=s["max_per_document"] or None,
-                fit_target=s["fit_target"], rows_per_call=s["rows_per_call"], draws_per_prompt=s["sr4_draws"],
-                seed=s["seed"], log=log)}))
-        if c_index == 0 and "m_sweep" in s["studies"]:
-            for m in (int(float(v)) for v in s["m_values"]):
-                def sweep_m(m=m, k=jax.random.fold_in(ckey, 300 + m)):
-                    start = time.perf_counter()
-                    out = study.daemon(mu, m, k, prompts=s["sweep_prompts"])
-                    seconds = time.perf_counter() - start
-                    chosen = study.features(out["tokens"], out["lengths"])
-                    return {"corpus": corpus, "study": "m_sweep", "num_candidates": m, "decode_s": seconds,
-                            "ess": mean_se(out["ess"]), "gap": study.gap_to_human(chosen)}
-                points.append((f"{corpus}/m_sweep/M={m}", sweep_m))
-        records.update(zip([k for k, _ in points], folder.run(points, log)))
-        if c_index == 0 and "temperature" in s["studies"]:
-            for t in (float(v) for v in s["proposal_temperatures"].split(",")):
-                tkey = f"{corpus}/fit/tau={t:g}"
-                if tkey not in records:
-                    records.update(zip([tkey], folder.run(
-                        [(tkey, fit_point(t, jax.random.fold_in(ckey, 400 + int(1000 * t))))], log)))
-
-                def sweep_tau(t=t, k=jax.random.fold_in(ckey, 500 + int(1000 * t))):
-                    mu_t = np.asarray(records[f"{corpus}/fit/tau={t:g}"]["mu"])
-                    out = study.daemon(mu_t, s["num_candidates"], k, proposal_temperature=t,
-                                       prompts=s["sweep_prompts"])
-                    return {"corpus": corpus, "study": "temperature", "proposal_temperature": t,
-                            "ess": mean_se(out["ess"]),
-                            **study.evaluate(out["tokens"], out["lengths"], mauve=False)}
-                tau_key = f"{corpus}/temperature/tau={t:g}"
-                records.update(zip([tau_key], folder.run([(tau_key, sweep_tau)], log)))
+            points += _main_points(study, s, mu, ckey)
+        if first and "sr4" in s["studies"]:
+            points += _sr4_point(study, s)
+        if first and "m_sweep" in s["studies"]:
+            points += _m_sweep_points(study, s, mu, ckey)
+        run(points)
+        if first and "temperature" in s["studies"]:
+            for tau in (float(v) for v in s["proposal_temperatures"].split(",")):
+                if f"{corpus}/fit/tau={tau:g}" not in records:
+                    run(_fit_point(study, s, tau, jax.random.fold_in(ckey, 400 + int(1000 * tau))))
+                run(_temperature_point(study, s, tau, records, ckey))
     return records
 
 
