@@ -57,7 +57,8 @@ _TAUS = flags.DEFINE_string("proposal_temperatures", "0.8,0.9,1.0", "Proposal te
 _SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", 4, "Eval prompts per sweep point.")
 _ROWS_PER_CALL = flags.DEFINE_integer("rows_per_call", 100, "Decode rows per call (bounds cache memory).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of window choice and every PRNG key.")
-_SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny settings that finish in about a minute.")
+_SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny settings that finish in about a minute (for the flags not "
+                               "given on the command line).")
 _OUT = flags.DEFINE_string("out", "results/daemon", "Results folder.")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Discard finished points in --out and start afresh.")
 
@@ -68,8 +69,8 @@ SMOKE = dict(corpora=["wiki"], studies=["main", "m_sweep"], metrics=["sr4", "div
 
 def _settings() -> dict:
     values = common.settings(__name__)
-    if values.pop("smoke"):
-        values.update(SMOKE)
+    if values.pop("smoke"):  # flags given on the command line win over the smoke sizes
+        values.update({name: value for name, value in SMOKE.items() if not flags.FLAGS[name].present})
     return values
 
 

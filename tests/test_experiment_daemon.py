@@ -49,12 +49,13 @@ def test_the_launcher_turns_a_bad_flag_into_a_usage_error(tmp_path):
 
 
 def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
-    command = [sys.executable, "-m", "experiments.daemon", "--smoke", f"--out={tmp_path}"]
+    # a flag given with --smoke overrides the smoke value (M = 3 in the sweep instead of 4)
+    command = [sys.executable, "-m", "experiments.daemon", "--smoke", "--m_values=3", f"--out={tmp_path}"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     points = [json.loads(line) for line in (tmp_path / "points.jsonl").read_text().splitlines()]
     assert [p["key"] for p in points] == ["wiki/fit/tau=1", "wiki/main/human", "wiki/main/greedy",
-                                         "wiki/main/daemon", "wiki/m_sweep/M=4"]
+                                         "wiki/main/daemon", "wiki/m_sweep/M=3"]
     with (tmp_path / "main.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["decoder"] for r in rows] == ["human", "greedy", "daemon"]
