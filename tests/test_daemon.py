@@ -465,12 +465,45 @@ def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws, 
     assert result["perplexity"]["daemon"]["nll_per_row"]["n"] == 5 * draws
     for name in ("plain", "daemon", "human"):
         assert np.isfinite(result["perplexity"][name]["ppl"])
-    assert set(result["criterion"]) >= {"metric_within_human_se", "metric_within_combined_se", "perplexity_within_10pct"}
+    assert set(result["criterion"]) >= {"metric_within_human_se", "metric_within_combined_se", "perplexity_within_10pct",
+                                        "expected_metric_within_human_se", "expected_perplexity_within_10pct"}
+    expected = result["expected_over_resampling"]
+    assert expected["plain"]["n"] == expected["daemon"]["n"] == 5
+    assert 0 <= expected["daemon"]["mean"] <= 1 and np.isfinite(expected["ppl_ratio_daemon_vs_plain"])
     with pytest.raises(ValueError, match="fit_target must be one of split, prefixes"):
         studies.single_metric_study(model, params, None, fit_target="eval")
     with pytest.raises(ValueError, match="has 12 windows, asked for 20"):
         studies.single_metric_study(model, params, None, metric="sr2", num_fit_prefixes=20, max_new_tokens=8,
                                     prompt_tokens=3, log=lambda s: None)
+
+
+def test_expected_over_resampling_is_the_mean_of_the_sir_draw():
+    from types import SimpleNamespace
+
+    from infodec.daemon import studies
+
+    rng = np.random.default_rng(4)
+    prompts, m, length = 3, 5, 6
+    log_w = rng.normal(size=(prompts + 1, m)) * 3  # one padded prompt row beyond `keep`
+    features = rng.uniform(size=(prompts + 1, m, 1))
+    logp = -rng.uniform(0.1, 4.0, size=((prompts + 1) * m, length))
+    out = SimpleNamespace(log_weights=log_w, features=features,
+                          candidates=SimpleNamespace(logp_model=logp, lengths=np.full((prompts + 1) * m, length)))
+    got = studies._expected_over_resampling(out, prompts)
+    # Monte Carlo over the resampling step itself (daemon.resample) converges to the closed form
+    draws = 20000
+    index, _ = daemon.resample(jax.random.key(0), np.repeat(log_w[:prompts], draws, axis=0))
+    chosen = features[np.repeat(np.arange(prompts), draws), np.asarray(index), 0].reshape(prompts, draws)
+    np.testing.assert_allclose(chosen.mean(1), got["daemon"], atol=4 * 0.5 / np.sqrt(draws))
+    nll = -logp.sum(1).reshape(prompts + 1, m)[:prompts] / length
+    np.testing.assert_allclose(got["plain"], features[:prompts, :, 0].mean(1))
+    np.testing.assert_allclose(got["nll_plain"], nll.mean(1))
+    weights = np.exp(log_w[:prompts]) / np.exp(log_w[:prompts]).sum(1, keepdims=True)
+    np.testing.assert_allclose(got["nll_daemon"], (weights * nll).sum(1))
+    # equal weights (µ = 0): DAEMON's expectation is plain sampling's
+    flat = studies._expected_over_resampling(SimpleNamespace(**{**vars(out), "log_weights": np.zeros_like(log_w)}),
+                                             prompts)
+    np.testing.assert_allclose(flat["daemon"], flat["plain"])
 
 
 def test_ridge_keeps_mu_finite_for_an_unreachable_target_and_barely_moves_a_reachable_fit():

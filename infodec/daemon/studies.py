@@ -92,6 +92,23 @@ def window_features(functions, pool, max_new_tokens: int, batch_size: int = 64) 
     return np.concatenate(rows)
 
 
+def _expected_over_resampling(out, keep: int) -> dict[str, np.ndarray]:
+    """Per prompt ``[keep]``, the expectation over the resampling step given the ``M`` candidates of
+    ``sampling.sample``'s output: ``daemon`` = ``Σ_m w_m f(x_m)`` (the chosen text's expected metric),
+    ``plain`` = ``mean_m f(x_m)`` (the candidates are plain samples), and likewise the mean token NLL
+    (``nll_daemon`` / ``nll_plain``) from the candidates' ``logp_model``."""
+    log_w = out.log_weights[:keep]
+    weights = np.exp(log_w - log_w.max(1, keepdims=True))
+    weights /= weights.sum(1, keepdims=True)
+    metric = np.asarray(out.features[:keep, :, 0], np.float64)
+    m = log_w.shape[1]
+    logp = np.asarray(out.candidates.logp_model[:keep * m], np.float64)
+    count = np.asarray(out.candidates.lengths[:keep * m])
+    nll = (-logp.sum(1) / np.maximum(count, 1)).reshape(keep, m)
+    return {"daemon": (weights * metric).sum(1), "plain": metric.mean(1),
+            "nll_daemon": (weights * nll).sum(1), "nll_plain": nll.mean(1)}
+
+
 def _perplexity(logp: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Token-level perplexity over all rows plus the per-row mean NLL's mean ± SE."""
     count = mask.sum(1)
@@ -190,7 +207,7 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
 
     start = time.perf_counter()
     per_call = max(1, rows_per_call // num_candidates)
-    d_tokens, d_lengths, d_ess, d_index = [], [], [], []
+    d_tokens, d_lengths, d_ess, d_index, expected = [], [], [], [], []
     for i, part in enumerate(_chunks(len(rows), per_call)):
         out = sampling_lib.sample(model, params, _padded(rows, part, per_call), mu, names,
                                   num_candidates=num_candidates,
@@ -201,9 +218,12 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
         d_lengths.append(out.lengths[:keep])
         d_ess.append(out.ess[:keep])
         d_index.append(out.index[:keep])
+        expected.append(_expected_over_resampling(out, keep))
         log(f"DAEMON: {part.stop}/{len(rows)} rows ({time.perf_counter() - start:.0f} s)")
     d_tokens, d_lengths = np.concatenate(d_tokens), np.concatenate(d_lengths)
     d_ess = np.concatenate(d_ess)
+    expected = {k: np.concatenate([e[k] for e in expected]).reshape(-1, draws_per_prompt).mean(1)
+                for k in expected[0]}
     timing["daemon"] = time.perf_counter() - start
 
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
@@ -228,7 +248,15 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
     plain, daemon = clustered_mean_se(plain_metric, documents), clustered_mean_se(daemon_metric, documents)
     ratio = lambda a, b: float(np.divide(a, b)) if b else float("inf") if a else float("nan")  # noqa: E731
     combined_se = float(np.hypot(human["se"], daemon["se"]))
+    # The decoded metric's expectation over the resampling step, given the candidates (see
+    # _expected_over_resampling): the same quantity as ``daemon`` / ``plain`` with M times fewer draws' noise.
+    expected_plain, expected_daemon = (clustered_mean_se(expected[k], documents) for k in ("plain", "daemon"))
+    expected_ratio = float(np.exp(expected["nll_daemon"].mean() - expected["nll_plain"].mean()))
     criterion = {
+        "expected_metric_within_human_se": bool(abs(expected_daemon["mean"] - human["mean"]) <= human["se"]),
+        "expected_daemon_minus_human_in_human_se": ratio(expected_daemon["mean"] - human["mean"], human["se"]),
+        "expected_plain_minus_human_in_human_se": ratio(expected_plain["mean"] - human["mean"], human["se"]),
+        "expected_perplexity_within_10pct": bool(abs(expected_ratio - 1.0) <= 0.10),
         "metric_within_human_se": bool(abs(daemon["mean"] - human["mean"]) <= human["se"]),
         "metric_within_combined_se": bool(abs(daemon["mean"] - human["mean"]) <= combined_se),
         "daemon_minus_human_in_human_se": ratio(daemon["mean"] - human["mean"], human["se"]),
@@ -252,6 +280,10 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
                 "residual_norm": report.residual_norm, "converged": report.converged, "steps": report.steps,
                 "ess": mean_se(report.ess), "ess_min": float(report.ess.min()), "ess_global": report.ess_global},
         "daemon_ess": {**mean_se(d_ess), "min": float(d_ess.min())},
+        "expected_over_resampling": {"plain": expected_plain, "daemon": expected_daemon,
+                                     "nll_per_row": {k: clustered_mean_se(expected[f"nll_{k}"], documents)
+                                                     for k in ("plain", "daemon")},
+                                     "ppl_ratio_daemon_vs_plain": expected_ratio},
         "daemon_chosen_index": np.concatenate(d_index).tolist(),
         "perplexity": ppl, "criterion": criterion, "timing_s": timing,
     }
