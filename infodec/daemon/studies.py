@@ -97,11 +97,9 @@ def _expected_over_resampling(out, keep: int) -> dict[str, np.ndarray]:
     ``sampling.sample``'s output: ``daemon`` = ``Σ_m w_m f(x_m)`` (the chosen text's expected metric),
     ``plain`` = ``mean_m f(x_m)`` (the candidates are plain samples), and likewise the mean token NLL
     (``nll_daemon`` / ``nll_plain``) from the candidates' ``logp_model``."""
-    log_w = out.log_weights[:keep]
-    weights = np.exp(log_w - log_w.max(1, keepdims=True))
-    weights /= weights.sum(1, keepdims=True)
+    weights = fit_lib._softmax(np.asarray(out.log_weights[:keep], np.float64), axis=1)
     metric = np.asarray(out.features[:keep, :, 0], np.float64)
-    m = log_w.shape[1]
+    m = weights.shape[1]
     logp = np.asarray(out.candidates.logp_model[:keep * m], np.float64)
     count = np.asarray(out.candidates.lengths[:keep * m])
     nll = (-logp.sum(1) / np.maximum(count, 1)).reshape(keep, m)
@@ -145,7 +143,8 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
     own continuations), ``plain``, ``daemon`` (metric mean ± SE over eval prompts, clustered by
     document), ``human_fit_split`` / ``human_fit_prefixes``, ``fit`` (µ on both scales, target, fitted
     moment, residual, ESS, steps, converged),
-    ``daemon_ess`` (per-prompt SIR ESS mean ± SE), ``perplexity`` (of plain and DAEMON continuations
+    ``daemon_ess`` (per-prompt SIR ESS mean ± SE), ``expected_over_resampling`` (plain's and DAEMON's
+    metric and NLL as expectations over the SIR draw given the candidates), ``perplexity`` (of plain and DAEMON continuations
     under the model: token-level ``ppl`` and per-row mean NLL ± SE; ``ratio`` = DAEMON / plain),
     ``criterion`` (issue 5's checks: DAEMON − human in units of the human SE and of the difference's
     SE, and the perplexity ratio), ``timing_s``.
