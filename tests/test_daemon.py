@@ -470,6 +470,8 @@ def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws, 
     expected = result["expected_over_resampling"]
     assert expected["plain"]["n"] == expected["daemon"]["n"] == 5
     assert 0 <= expected["daemon"]["mean"] <= 1 and np.isfinite(expected["ppl_ratio_daemon_vs_plain"])
+    with pytest.raises(ValueError, match="at least one window"):
+        studies.window_features(M.metric_functions(("sr2",)), [], 8)
     with pytest.raises(ValueError, match="fit_target must be one of split, prefixes"):
         studies.single_metric_study(model, params, None, fit_target="eval")
     with pytest.raises(ValueError, match="has 12 windows, asked for 20"):

@@ -82,6 +82,8 @@ def scored(model, params, tokens, lengths, prefix) -> tuple[np.ndarray, np.ndarr
 def window_features(functions, pool, max_new_tokens: int, batch_size: int = 64) -> np.ndarray:
     """``[len(pool), K]`` metrics (``metrics.metric_functions``) of the windows' human continuations, cut
     to ``max_new_tokens``, in batches of ``batch_size`` (the last padded, so one shape compiles)."""
+    if not pool:
+        raise ValueError("window_features needs at least one window, got none")
     rows = []
     for part in _chunks(len(pool), batch_size):
         chunk = _padded(pool, part, batch_size)
