@@ -3,13 +3,15 @@
 ``q_µ(x|c) ∝ p_θ(x|c) · exp(−µᵀ f(x, c))`` with µ fitted so that ``E_q[f]`` matches the human metrics.
 
 * :mod:`~infodec.daemon.metrics`: ``sr{n}``, ``tr{l}``, ``div``, ``coh``, ``info``, registered by name.
-* :func:`fit_coefficients` / :func:`fit`: Algorithm 1 (weighted importance sampling, optax L-BFGS).
+* :func:`fit_coefficients` / :func:`fit`: Algorithm 1 (weighted importance sampling, optax L-BFGS);
+  :func:`cross_validate_l2` picks its ridge by held-out prefixes.
 * :func:`resample` / :func:`sample`: Algorithm 2 (conditional SIR over M shared-prefix candidates).
 * :func:`perplexity_under_q` / :func:`perplexity`: human-text perplexity under p_θ and q_µ.
 """
 
 from infodec.daemon import metrics
-from infodec.daemon.fitting import FitReport, dual_loss, fit, fit_coefficients, moments
+from infodec.daemon.fitting import (FitReport, RidgeSelection, cross_validate_l2, dual_loss, fit, fit_coefficients,
+                                   moments)
 from infodec.daemon.metrics import METRICS, compute, get_metric, pooled_diversity, register
 from infodec.daemon.perplexity_q import (PerplexityReport, Spread, perplexity, perplexity_over_seeds,
                                        perplexity_under_q, spread)
@@ -17,7 +19,7 @@ from infodec.daemon.sampling import DaemonOutput, log_weights, resample, sample
 
 __all__ = [
     "metrics", "METRICS", "compute", "get_metric", "register", "pooled_diversity",
-    "FitReport", "fit", "fit_coefficients", "dual_loss", "moments",
+    "FitReport", "fit", "fit_coefficients", "dual_loss", "moments", "RidgeSelection", "cross_validate_l2",
     "DaemonOutput", "resample", "sample", "log_weights",
     "PerplexityReport", "Spread", "perplexity", "perplexity_under_q", "perplexity_over_seeds", "spread",
 ]

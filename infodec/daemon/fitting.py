@@ -237,6 +237,73 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
     return mu, report
 
 
+@dataclasses.dataclass(frozen=True)
+class RidgeSelection:
+    """What :func:`cross_validate_l2` found (numpy arrays).
+
+    Attributes:
+      l2: the chosen ridge (the candidate with the lowest ``score``; the larger one on a tie).
+      l2_values: ``[V]`` the candidates, ascending.
+      held_out_moments: ``[V, K]`` the out-of-fold moments: each prefix's ``Σ_i w_{j,i} f_{j,i}`` under the µ
+        fitted without its fold, averaged over all ``J`` prefixes (raw scale).
+      score: ``[V]`` the mean over folds of ``‖(F − fold's held-out moments) / s‖²`` (``s``: the samples'
+        standard deviations).
+      folds: the number of folds.
+    """
+
+    l2: float
+    l2_values: np.ndarray
+    held_out_moments: np.ndarray
+    score: np.ndarray
+    folds: int
+
+
+def cross_validate_l2(features, log_ratios, target, l2_values: Sequence[float], *, folds: int = 4,
+                      seed: int = 0, **fit_kwargs) -> RidgeSelection:
+    """Chooses ``fit_coefficients``' ridge by ``folds``-fold cross-validation over prefixes.
+
+    A fit matches the target on its own samples exactly; with few samples per prefix (low ESS) the
+    matching µ also fits their noise and is too large, so on new prefixes the reweighted moments overshoot
+    the target. Each prefix's held-out moment ``Σ_i w_{j,i} f_{j,i}`` (per-prefix weights under the µ of
+    the other folds) is what SIR with ``M = N`` candidates decodes in expectation on that prefix, so the
+    score is the expected mismatch of decoded text, in the samples' standard deviations.
+
+    Args: ``features [J, N, K]``, ``log_ratios [J, N]`` (or None), ``target [K]`` as for
+    :func:`fit_coefficients` (per-prefix normalisation); ``l2_values``: candidates (>= 0); ``folds``: 2..J;
+    ``seed``: the prefixes' assignment to folds; ``fit_kwargs``: passed on to :func:`fit_coefficients`.
+    """
+    f = np.asarray(features, np.float64)
+    if f.ndim != 3:
+        raise ValueError(f"features must be [J prefixes, N samples, K metrics], got shape {f.shape}")
+    values = np.sort(np.asarray(list(l2_values), np.float64).reshape(-1))
+    if values.size == 0 or np.any(values < 0) or not np.all(np.isfinite(values)):
+        raise ValueError(f"l2_values must be one or more finite numbers >= 0, got {list(l2_values)}")
+    num_prefixes = f.shape[0]
+    if not 2 <= folds <= num_prefixes:
+        raise ValueError(f"folds must be between 2 and the number of prefixes ({num_prefixes}), got {folds}")
+    if fit_kwargs.get("normalization", "prefix") != "prefix":
+        raise ValueError("cross_validate_l2 scores per-prefix moments; it needs normalization='prefix'")
+    rho = np.zeros(f.shape[:2]) if log_ratios is None else np.asarray(log_ratios, np.float64)
+    target = np.asarray(target, np.float64).reshape(-1)
+    fold_of = np.random.default_rng(seed).permutation(num_prefixes) % folds
+    std = f.reshape(-1, f.shape[2]).std(0)
+    std = np.where(std > 0, std, 1.0)
+    held_out = np.zeros((len(values), num_prefixes, f.shape[2]))
+    score = np.zeros(len(values))
+    for fold in range(folds):
+        train, test = fold_of != fold, fold_of == fold
+        for v, l2 in enumerate(values):
+            mu, _ = fit_coefficients(f[train], rho[train], target, l2=float(l2), **fit_kwargs)
+            w = _softmax(rho[test] - np.einsum("jnk,k->jn", f[test], mu), axis=1)
+            held_out[v, test] = np.einsum("jn,jnk->jk", w, f[test])
+            # squared per fold, then averaged: averaging the folds' moments first would cancel the noise
+            # each training fit matched (a fold's train and test sample means sum to the total's)
+            score[v] += np.sum(((target - held_out[v, test].mean(0)) / std) ** 2) / folds
+    best = len(values) - 1 - int(np.argmin(score[::-1]))  # ties go to the larger ridge
+    return RidgeSelection(l2=float(values[best]), l2_values=values, held_out_moments=held_out.mean(1), score=score,
+                          folds=folds)
+
+
 def _dual64(nu, g, rho, big_f, normalization, l2=0.0):
     """``(L̂, ∇L̂, ∇²L̂)`` (with the ridge) in float64 on the host (standardised parametrisation)."""
     lw = rho - g @ nu
