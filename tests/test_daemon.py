@@ -487,7 +487,7 @@ def test_expected_over_resampling_is_the_mean_of_the_sir_draw():
     rng = np.random.default_rng(4)
     prompts, m, length = 3, 5, 6
     log_w = rng.normal(size=(prompts + 1, m)) * 3  # one padded prompt row beyond `keep`
-    features = rng.uniform(size=(prompts + 1, m, 1))
+    features = rng.uniform(size=(prompts + 1, m, 2))
     logp = -rng.uniform(0.1, 4.0, size=((prompts + 1) * m, length))
     out = SimpleNamespace(log_weights=log_w, features=features,
                           candidates=SimpleNamespace(logp_model=logp, lengths=np.full((prompts + 1) * m, length)))
@@ -495,10 +495,10 @@ def test_expected_over_resampling_is_the_mean_of_the_sir_draw():
     # Monte Carlo over the resampling step itself (daemon.resample) converges to the closed form
     draws = 20000
     index, _ = daemon.resample(jax.random.key(0), np.repeat(log_w[:prompts], draws, axis=0))
-    chosen = features[np.repeat(np.arange(prompts), draws), np.asarray(index), 0].reshape(prompts, draws)
+    chosen = features[np.repeat(np.arange(prompts), draws), np.asarray(index)].reshape(prompts, draws, 2)
     np.testing.assert_allclose(chosen.mean(1), got["daemon"], atol=4 * 0.5 / np.sqrt(draws))
     nll = -logp.sum(1).reshape(prompts + 1, m)[:prompts] / length
-    np.testing.assert_allclose(got["plain"], features[:prompts, :, 0].mean(1))
+    np.testing.assert_allclose(got["plain"], features[:prompts].mean(1))
     np.testing.assert_allclose(got["nll_plain"], nll.mean(1))
     weights = np.exp(log_w[:prompts]) / np.exp(log_w[:prompts]).sum(1, keepdims=True)
     np.testing.assert_allclose(got["nll_daemon"], (weights * nll).sum(1))
@@ -525,3 +525,39 @@ def test_ridge_keeps_mu_finite_for_an_unreachable_target_and_barely_moves_a_reac
     np.testing.assert_allclose(mu1, mu0, rtol=1e-2, atol=1e-3)
     with pytest.raises(ValueError, match="l2 must be >= 0"):
         daemon.fit_coefficients(features, None, inside, l2=-1.0)
+
+
+def test_cross_validated_ridge_shrinks_a_fit_to_noise_and_keeps_a_real_shift():
+    rng = np.random.default_rng(5)
+    # pure noise, 4 samples per prefix: the exact in-sample match fits noise; µ = 0 is right for new prefixes
+    noise = rng.normal(size=(16, 4, 6))
+    choice = daemon.cross_validate_l2(noise, None, np.zeros(6), [0.0, 1e-2, 1.0, 100.0], folds=4)
+    assert choice.l2 >= 1.0 and choice.score[-1] < choice.score[0]
+    assert choice.held_out_moments.shape == (4, 6) and choice.folds == 4
+    # a real shift with many samples: exponential tilting of N(0, 1) by µ moves the mean by −µ
+    gauss = rng.normal(size=(16, 400, 2))
+    target = np.array([0.5, -0.3])
+    choice = daemon.cross_validate_l2(gauss, None, target, [100.0, 0.0, 1e-2, 1.0], folds=4)
+    np.testing.assert_array_equal(choice.l2_values, [0.0, 1e-2, 1.0, 100.0])
+    assert choice.l2 <= 1e-2
+    np.testing.assert_allclose(choice.held_out_moments[list(choice.l2_values).index(choice.l2)], target, atol=0.05)
+
+
+def test_cross_validated_held_out_moments_use_the_proposal_correction():
+    rng = np.random.default_rng(6)
+    features, rho = rng.uniform(size=(8, 5, 2)), rng.normal(size=(8, 5))
+    # an overwhelming ridge gives µ ≈ 0: each held-out prefix's moment is Σ_i softmax(ρ)_i f_i
+    choice = daemon.cross_validate_l2(features, rho, features.mean((0, 1)) + 0.1, [1e9], folds=2)
+    w = np.exp(rho) / np.exp(rho).sum(1, keepdims=True)
+    np.testing.assert_allclose(choice.held_out_moments[0], np.einsum("jn,jnk->k", w, features) / 8, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"l2_values": [], "folds": 2}, "l2_values must be"), ({"l2_values": [-1.0], "folds": 2}, "l2_values must be"),
+    ({"l2_values": [0.0], "folds": 1}, "folds must be between 2"), ({"l2_values": [0.0], "folds": 9}, "folds must be"),
+    ({"l2_values": [0.0], "folds": 2, "normalization": "global"}, "needs normalization='prefix'"),
+])
+def test_cross_validate_l2_rejects_bad_input(kwargs, message):
+    features = np.random.default_rng(0).uniform(size=(8, 4, 2))
+    with pytest.raises(ValueError, match=message):
+        daemon.cross_validate_l2(features, None, features.mean((0, 1)), **kwargs)

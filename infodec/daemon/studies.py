@@ -95,17 +95,17 @@ def window_features(functions, pool, max_new_tokens: int, batch_size: int = 64) 
 
 
 def _expected_over_resampling(out, keep: int) -> dict[str, np.ndarray]:
-    """Per prompt ``[keep]``, the expectation over the resampling step given the ``M`` candidates of
-    ``sampling.sample``'s output: ``daemon`` = ``Σ_m w_m f(x_m)`` (the chosen text's expected metric),
-    ``plain`` = ``mean_m f(x_m)`` (the candidates are plain samples), and likewise the mean token NLL
-    (``nll_daemon`` / ``nll_plain``) from the candidates' ``logp_model``."""
+    """Per prompt, the expectation over the resampling step given the ``M`` candidates of
+    ``sampling.sample``'s output: ``daemon`` ``[keep, K]`` = ``Σ_m w_m f(x_m)`` (the chosen text's expected
+    metrics), ``plain`` ``[keep, K]`` = ``mean_m f(x_m)`` (the candidates are plain samples), and likewise
+    the mean token NLL (``nll_daemon`` / ``nll_plain``, ``[keep]``) from the candidates' ``logp_model``."""
     weights = fit_lib._softmax(np.asarray(out.log_weights[:keep], np.float64), axis=1)
-    metric = np.asarray(out.features[:keep, :, 0], np.float64)
+    metrics = np.asarray(out.features[:keep], np.float64)
     m = weights.shape[1]
     logp = np.asarray(out.candidates.logp_model[:keep * m], np.float64)
     count = np.asarray(out.candidates.lengths[:keep * m])
     nll = (-logp.sum(1) / np.maximum(count, 1)).reshape(keep, m)
-    return {"daemon": (weights * metric).sum(1), "plain": metric.mean(1),
+    return {"daemon": np.einsum("pm,pmk->pk", weights, metrics), "plain": metrics.mean(1),
             "nll_daemon": (weights * nll).sum(1), "nll_plain": nll.mean(1)}
 
 
@@ -223,8 +223,8 @@ def single_metric_study(model, params, tokenizer, *, metric: str = "sr4", corpus
         log(f"DAEMON: {part.stop}/{len(rows)} rows ({time.perf_counter() - start:.0f} s)")
     d_tokens, d_lengths = np.concatenate(d_tokens), np.concatenate(d_lengths)
     d_ess = np.concatenate(d_ess)
-    expected = {k: np.concatenate([e[k] for e in expected]).reshape(-1, draws_per_prompt).mean(1)
-                for k in expected[0]}
+    expected = {k: np.concatenate([e[k] for e in expected]).reshape(len(eval_prompts), draws_per_prompt, -1)
+                .mean(1)[:, 0] for k in expected[0]}  # the one metric (and the NLL), per prompt
     timing["daemon"] = time.perf_counter() - start
 
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
