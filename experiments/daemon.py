@@ -46,6 +46,11 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Continuation lengt
 _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Prompt length in tokens.")
 _L2 = flags.DEFINE_float("l2", 1e-3, "Ridge on the standardised µ of the full-metric fit (keeps µ finite when a "
                          "human mean lies outside the samples' hull; 0 = exact moment matching).")
+_L2_VALUES = flags.DEFINE_list("l2_values", [], "If given, the ridge is chosen among these by cross-validation over "
+                               "the fit prefixes (infodec.daemon.cross_validate_l2) instead of --l2.")
+_L2_FOLDS = flags.DEFINE_integer("l2_folds", 4, "Folds of the --l2_values cross-validation.")
+_MAX_HUMAN_WINDOWS = flags.DEFINE_integer("max_human_windows", 0, "At most this many windows (a random subset) for "
+                                          "the fit target and the eval split's human means (0 = every window).")
 _SR4_DRAWS = flags.DEFINE_integer("sr4_draws", 1, "SR-4 study: plain and DAEMON continuations per eval prompt "
                                   "(averaged per prompt; lowers the decoders' Monte Carlo error).")
 _MAX_PER_DOCUMENT = flags.DEFINE_integer("max_per_document", 0, "Windows per document that prompts are drawn from "

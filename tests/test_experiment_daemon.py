@@ -15,7 +15,7 @@ def _settings(**changes):
          "baselines": ["greedy"], "num_fit_prefixes": 4, "num_fit_samples": 4, "num_eval_prompts": 4,
          "num_candidates": 4, "max_new_tokens": 16, "prompt_tokens": 32, "l2": 1e-3, "m_values": ["4"],
          "proposal_temperatures": "1.0", "sweep_prompts": 4, "rows_per_call": 16, "seed": 0, "sr4_draws": 1,
-         "max_per_document": 0, "fit_target": "split"}
+         "max_per_document": 0, "fit_target": "split", "l2_values": [], "l2_folds": 4, "max_human_windows": 0}
     return {**s, **changes}
 
 
@@ -33,6 +33,10 @@ def _settings(**changes):
     ({"sr4_draws": 0}, "--sr4_draws must be >= 1"),
     ({"max_per_document": -1}, "--max_per_document must be >= 0"),
     ({"fit_target": "eval"}, "--fit_target must be one of split, prefixes"),
+    ({"l2_values": ["0", "-1"]}, "--l2_values must be >= 0"),
+    ({"l2_values": ["ridge"]}, "--l2_values must be comma-separated numbers"),
+    ({"l2_values": ["0", "1"], "l2_folds": 5}, "--l2_folds must be between 2 and --num_fit_prefixes \\(4\\)"),
+    ({"max_human_windows": -1}, "--max_human_windows must be >= 0"),
 ])
 def test_bad_settings_are_named(changes, message):
     comparison.validate_settings(_settings())  # the baseline settings are valid
@@ -50,7 +54,8 @@ def test_the_launcher_turns_a_bad_flag_into_a_usage_error(tmp_path):
 
 def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     # a flag given with --smoke overrides the smoke value (M = 3 in the sweep instead of 4)
-    command = [sys.executable, "-m", "experiments.daemon", "--smoke", "--m_values=3", f"--out={tmp_path}"]
+    command = [sys.executable, "-m", "experiments.daemon", "--smoke", "--m_values=3", "--l2_values=0,0.01,10",
+               "--l2_folds=2", "--max_human_windows=50", f"--out={tmp_path}"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     points = [json.loads(line) for line in (tmp_path / "points.jsonl").read_text().splitlines()]
@@ -58,9 +63,13 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
                                          "wiki/main/daemon", "wiki/m_sweep/M=3"]
     with (tmp_path / "main.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["decoder"] for r in rows] == ["human", "greedy", "daemon"]
-    daemon = rows[-1]
+    assert [r["decoder"] for r in rows] == ["human", "human_split", "greedy", "daemon", "daemon_expected",
+                                            "sampling_expected"]
+    daemon = rows[3]
     assert 1.0 <= float(daemon["ess"]) <= 4.0 + 1e-6 and float(daemon["human_ppl_daemon"]) > 1.0
+    assert rows[1]["n"] == "50"  # --max_human_windows caps the eval split's human windows
+    ridge = points[0]["l2_cross_validation"]
+    assert ridge["l2_values"] == [0.0, 0.01, 10.0] and ridge["l2"] in ridge["l2_values"] and ridge["folds"] == 2
     for name in ("main_gaps.png", "m_sweep.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)

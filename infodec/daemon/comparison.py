@@ -31,9 +31,9 @@ from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import perplexity_q
 from infodec.daemon import sampling as sampling_lib
-from infodec.daemon.studies import (_chunks, _padded, _perplexity, check_fit_target, pick_windows, scored,
-                                    split_windows, window_features)
-from infodec.eval.stats import mean_se
+from infodec.daemon.studies import (_chunks, _expected_over_resampling, _padded, _perplexity, check_fit_target,
+                                    pick_windows, scored, split_windows, window_features)
+from infodec.eval.stats import clustered_mean_se, mean_se
 
 METRICS = ("sr2", "sr3", "sr4", "tr32", "div", "coh", "info")
 
@@ -66,8 +66,10 @@ class Study:
 
     Build with :func:`prepare`. Attributes: ``fit_prompts`` (token lists of the fit split's ``J``
     prefixes), ``fit_target_windows`` (the fit-split windows whose human continuations define the
-    target of Algorithm 1: every window, or the ``J`` prefixes' own), ``eval_prompts`` / ``human_tokens [P, L]`` / ``human_lengths [P]`` / ``prefix [P, W]`` (eval
-    split, prompts right-padded with -1), ``human_features [P, K]``, ``functions`` (one per metric name).
+    target of Algorithm 1: every window, a random subset, or the ``J`` prefixes' own),
+    ``human_split_windows`` (the eval-split windows the decoders are compared with), ``eval_prompts`` /
+    ``human_tokens [P, L]`` / ``human_lengths [P]`` / ``prefix [P, W]`` (eval split, prompts right-padded
+    with -1), ``human_features [P, K]``, ``functions`` (one per metric name).
     """
 
     model: Any
@@ -80,6 +82,7 @@ class Study:
     rows_per_call: int
     fit_prompts: list
     fit_target_windows: list
+    human_split_windows: list
     eval_prompts: list
     human_tokens: np.ndarray
     human_lengths: np.ndarray
@@ -88,6 +91,7 @@ class Study:
     log: Callable[[str], None] = print
     _mauve_human: np.ndarray | None = None
     _fit_target: np.ndarray | None = None
+    _human_split: dict | None = None
 
     # --- decoding ---------------------------------------------------------------------------------
     def decode(self, name: str, key) -> tuple[np.ndarray, np.ndarray]:
@@ -114,10 +118,9 @@ class Study:
             lengths.append(np.asarray(out.lengths)[:keep])
         return np.concatenate(tokens), np.concatenate(lengths)
 
-    def fit(self, num_samples: int, key, *, proposal_temperature: float = 1.0,
-            l2: float = 0.0) -> tuple[np.ndarray, fit_lib.FitReport]:
-        """Algorithm 1 on the fit split: ``num_samples`` proposal samples per prefix, drawn once; ``l2``
-        is ``fit_coefficients``' ridge."""
+    def fit_samples(self, num_samples: int, key, *, proposal_temperature: float = 1.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(features [J, N, K], log_ratios [J, N])`` of ``num_samples`` proposal samples per fit prefix."""
         per_call = max(1, self.rows_per_call // num_samples)
         feats, rho = [], []
         start = time.perf_counter()
@@ -131,7 +134,23 @@ class Study:
             feats.append(f[:keep])
             rho.append(r[:keep])
             self.log(f"  fit samples: {part.stop}/{len(self.fit_prompts)} prefixes ({time.perf_counter() - start:.0f} s)")
-        return fit_lib.fit_coefficients(np.concatenate(feats), np.concatenate(rho), self.fit_target(), l2=l2)
+        return np.concatenate(feats), np.concatenate(rho)
+
+    def fit(self, num_samples: int, key, *, proposal_temperature: float = 1.0, l2: float = 0.0,
+            l2_values: Sequence[float] = (), folds: int = 4
+            ) -> tuple[np.ndarray, fit_lib.FitReport, fit_lib.RidgeSelection | None]:
+        """Algorithm 1 on the fit split: ``num_samples`` proposal samples per prefix, drawn once.
+        ``l2`` is ``fit_coefficients``' ridge; given ``l2_values``, the ridge is chosen among them by
+        ``folds``-fold cross-validation over the prefixes (``fit_lib.cross_validate_l2``, returned third)."""
+        feats, rho = self.fit_samples(num_samples, key, proposal_temperature=proposal_temperature)
+        selection = None
+        if len(l2_values):
+            selection = fit_lib.cross_validate_l2(feats, rho, self.fit_target(), l2_values, folds=folds)
+            l2 = selection.l2
+            self.log(f"  ridge by {folds}-fold cross-validation: l2 = {l2:g} (scores "
+                     + ", ".join(f"{v:g}: {c:.3g}" for v, c in zip(selection.l2_values, selection.score)) + ")")
+        mu, report = fit_lib.fit_coefficients(feats, rho, self.fit_target(), l2=l2)
+        return mu, report, selection
 
     def fit_target(self) -> np.ndarray:
         """``[K]`` human mean of every metric over ``fit_target_windows`` (computed once)."""
@@ -141,13 +160,26 @@ class Study:
             self.log(f"  fit target: {len(self.fit_target_windows)} human windows ({time.perf_counter() - start:.0f} s)")
         return self._fit_target
 
+    def human_split(self) -> dict[str, dict]:
+        """Per metric, the human mean ± SE (clustered by document) over ``human_split_windows``."""
+        if self._human_split is None:
+            start = time.perf_counter()
+            feats = window_features(self.functions, self.human_split_windows, self.max_new_tokens)
+            documents = [w.doc_id for w in self.human_split_windows]
+            self._human_split = {n: clustered_mean_se(feats[:, k], documents) for k, n in enumerate(self.metric_names)}
+            self.log(f"  human, eval split: {len(documents)} windows ({time.perf_counter() - start:.0f} s)")
+        return self._human_split
+
     def daemon(self, mu, num_candidates: int, key, *, proposal_temperature: float = 1.0,
                prompts: int | None = None) -> dict[str, np.ndarray]:
         """Algorithm 2 on the first ``prompts`` eval prompts (all by default): ``tokens``, ``lengths``,
-        ``ess [P]``, ``index [P]`` and the candidates' ``features [P, M, K]`` / ``log_ratios [P, M]``."""
+        ``ess [P]``, ``index [P]``, the candidates' ``features [P, M, K]`` / ``log_ratios [P, M]``, and
+        the expectations over the resampling step (``studies._expected_over_resampling``):
+        ``expected_daemon`` / ``expected_plain`` ``[P, K]``, ``expected_nll_daemon`` / ``expected_nll_plain`` ``[P]``."""
         count = len(self.eval_prompts) if prompts is None else prompts
         per_call = max(1, min(self.rows_per_call // num_candidates, count))
-        parts = {k: [] for k in ("tokens", "lengths", "ess", "index", "features", "log_ratios")}
+        fields = ("tokens", "lengths", "ess", "index", "features", "log_ratios")
+        parts = {k: [] for k in fields + tuple(f"expected_{e}" for e in ("daemon", "plain", "nll_daemon", "nll_plain"))}
         start = time.perf_counter()
         for i, part in enumerate(_chunks(count, per_call)):
             out = sampling_lib.sample(self.model, self.params, _padded(self.eval_prompts, part, per_call), mu,
@@ -157,8 +189,10 @@ class Study:
                                       **{n: f for n, f in zip(self.metric_names, self.functions)
                                          if n in ("coh", "info")})
             keep = part.stop - part.start
-            for k in parts:
+            for k in fields:
                 parts[k].append(np.asarray(getattr(out, k))[:keep])
+            for k, v in _expected_over_resampling(out, keep).items():
+                parts[f"expected_{k}"].append(v)
             self.log(f"  DAEMON (M={num_candidates}): {part.stop}/{count} prompts ({time.perf_counter() - start:.0f} s)")
         return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -236,12 +270,16 @@ class Study:
 def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Sequence[str] = METRICS,
             num_fit_prefixes: int = 32, num_eval_prompts: int = 32, prompt_tokens: int = 32,
             max_new_tokens: int = 128, max_per_document: int | None = None, fit_target: str = "split",
-            rows_per_call: int = 100, seed: int = 0, encoder=None, log: Callable[[str], None] = print) -> Study:
+            max_human_windows: int | None = None, rows_per_call: int = 100, seed: int = 0, encoder=None,
+            log: Callable[[str], None] = print) -> Study:
     """Loads the corpus windows and builds the metric functions.
 
     Prompts are windows picked at random from each split (at most ``max_per_document`` per document,
     all by default). ``fit_target``: as in ``studies.single_metric_study`` — ``"split"`` fits µ to the
-    human mean over every fit-split window, ``"prefixes"`` to that of the ``J`` fit prefixes.
+    human mean over every fit-split window, ``"prefixes"`` to that of the ``J`` fit prefixes. The
+    decoders are compared with the human mean over every eval-split window. ``max_human_windows``: at
+    most this many windows (a random subset) for either split's human mean (``coh`` and ``info`` of
+    thousands of windows take minutes on a CPU); None = all.
 
     ``encoder``: ``(encoder, encoder_params, encoder_tokenizer)`` for ``coh`` (default
     ``infodec.load("minilm-l6")`` when ``coh`` is asked for). ``info`` is the NLL under the LM itself.
@@ -260,9 +298,13 @@ def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Seq
     check_fit_target(fit_target)
     where = f"{corpus} at {prompt_tokens}+{max_new_tokens} tokens (max_per_document={max_per_document})"
     fit_pool = split_windows(corpus, tokenizer, "fit", prompt_tokens, max_new_tokens, max_per_document)
+    eval_pool = split_windows(corpus, tokenizer, "eval", prompt_tokens, max_new_tokens, max_per_document)
     fit_windows = pick_windows(fit_pool, num_fit_prefixes, seed, f"the fit split of {where}")
-    eval_windows = pick_windows(split_windows(corpus, tokenizer, "eval", prompt_tokens, max_new_tokens,
-                                              max_per_document), num_eval_prompts, seed + 1, f"the eval split of {where}")
+    eval_windows = pick_windows(eval_pool, num_eval_prompts, seed + 1, f"the eval split of {where}")
+    if max_human_windows is not None and max_human_windows < 1:
+        raise ValueError(f"max_human_windows must be >= 1 or None (every window), got {max_human_windows}")
+    capped = lambda pool, offset: pool if max_human_windows is None or len(pool) <= max_human_windows else (  # noqa: E731
+        pick_windows(pool, max_human_windows, seed + offset, where))
     eval_prompts = [list(w.prompt) for w in eval_windows]
     human_tokens, human_lengths = fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens)
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
@@ -270,7 +312,8 @@ def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Seq
     return Study(model=model, params=params, tokenizer=tokenizer, corpus=corpus, metric_names=names,
                  functions=functions, max_new_tokens=max_new_tokens, rows_per_call=rows_per_call,
                  fit_prompts=[list(w.prompt) for w in fit_windows],
-                 fit_target_windows=fit_pool if fit_target == "split" else fit_windows, eval_prompts=eval_prompts,
+                 fit_target_windows=capped(fit_pool, 2) if fit_target == "split" else fit_windows,
+                 human_split_windows=capped(eval_pool, 3), eval_prompts=eval_prompts,
                  human_tokens=human_tokens, human_lengths=human_lengths, prefix=prefix, human_features=human,
                  log=log)
 
@@ -321,6 +364,12 @@ def validate_settings(s: dict) -> None:
                  "prompt_tokens", "sweep_prompts", "rows_per_call"):
         require(s[flag] >= 1, f"--{flag} must be >= 1, got {s[flag]}")
     require(s["l2"] >= 0, f"--l2 must be >= 0, got {s['l2']}")
+    if s["l2_values"]:
+        ridges = numbers("l2_values", s["l2_values"])
+        require(all(v >= 0 for v in ridges), f"--l2_values must be >= 0, got {ridges}")
+        require(2 <= s["l2_folds"] <= s["num_fit_prefixes"],
+                f"--l2_folds must be between 2 and --num_fit_prefixes ({s['num_fit_prefixes']}), got {s['l2_folds']}")
+    require(s["max_human_windows"] >= 0, f"--max_human_windows must be >= 0 (0 = every window), got {s['max_human_windows']}")
     require(s["sr4_draws"] >= 1, f"--sr4_draws must be >= 1, got {s['sr4_draws']}")
     require(s["max_per_document"] >= 0, f"--max_per_document must be >= 0 (0 = every window), got {s['max_per_document']}")
     try:
@@ -342,8 +391,14 @@ Points = list[tuple[str, Callable[[], dict]]]
 
 def _fit_point(study: Study, s: dict, tau: float, key) -> Points:
     def compute():
-        _, report = study.fit(s["num_fit_samples"], key, proposal_temperature=tau, l2=s["l2"])
-        return {"corpus": study.corpus, "study": "fit", "proposal_temperature": tau, **fit_summary(report)}
+        _, report, selection = study.fit(s["num_fit_samples"], key, proposal_temperature=tau, l2=s["l2"],
+                                         l2_values=[float(v) for v in s["l2_values"]], folds=s["l2_folds"])
+        record = {"corpus": study.corpus, "study": "fit", "proposal_temperature": tau, **fit_summary(report)}
+        if selection is not None:
+            record["l2_cross_validation"] = {
+                "l2": selection.l2, "l2_values": selection.l2_values.tolist(), "score": selection.score.tolist(),
+                "held_out_moments": selection.held_out_moments.tolist(), "folds": selection.folds}
+        return record
     return [(f"{study.corpus}/fit/tau={tau:g}", compute)]
 
 
@@ -352,7 +407,8 @@ def _main_points(study: Study, s: dict, mu, ckey) -> Points:
     corpus = study.corpus
     points: Points = [(f"{corpus}/main/human", lambda: {
         "corpus": corpus, "study": "main", "decoder": "human",
-        **study.evaluate(study.human_tokens, study.human_lengths, mauve=False)})]
+        **study.evaluate(study.human_tokens, study.human_lengths, mauve=False),
+        "human_split": {"windows": len(study.human_split_windows), "metrics": study.human_split()}})]
     for name in s["baselines"]:
         def baseline(name=name, k=jax.random.fold_in(ckey, 100 + list(BASELINES).index(name))):
             start = time.perf_counter()
@@ -366,9 +422,15 @@ def _main_points(study: Study, s: dict, mu, ckey) -> Points:
         start = time.perf_counter()
         out = study.daemon(mu, s["num_candidates"], k)
         decode_s = time.perf_counter() - start
+        nll = {k: out[f"expected_nll_{k}"] for k in ("daemon", "plain")}
         return {"corpus": corpus, "study": "main", "decoder": "daemon", "decode_s": decode_s,
                 "num_candidates": s["num_candidates"], "ess": mean_se(out["ess"]),
                 **study.evaluate(out["tokens"], out["lengths"]),
+                "expected_over_resampling": {
+                    **{who: {n: mean_se(out[f"expected_{who}"][:, k]) for k, n in enumerate(study.metric_names)}
+                       for who in ("daemon", "plain")},
+                    "nll_per_row": {k: mean_se(v) for k, v in nll.items()},
+                    "ppl_ratio_daemon_vs_plain": float(np.exp(nll["daemon"].mean() - nll["plain"].mean()))},
                 "human_perplexity": study.perplexity_under_q(mu, out["features"])}
     return points + [(f"{corpus}/main/daemon", daemon_main)]
 
@@ -425,7 +487,8 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
                         num_fit_prefixes=s["num_fit_prefixes"], num_eval_prompts=s["num_eval_prompts"],
                         prompt_tokens=s["prompt_tokens"], max_new_tokens=s["max_new_tokens"],
                         max_per_document=s["max_per_document"] or None, fit_target=s["fit_target"],
-                        rows_per_call=s["rows_per_call"], seed=s["seed"], log=log)
+                        max_human_windows=s["max_human_windows"] or None, rows_per_call=s["rows_per_call"],
+                        seed=s["seed"], log=log)
         log(f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
             f"{s['max_new_tokens']} new tokens, metrics {', '.join(study.metric_names)}")
         first = c_index == 0
@@ -448,15 +511,26 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
     return records
 
 
+HUMAN_ROWS = ("human", "human_split")
+
+
+def _metric_row(corpus: str, decoder: str, metrics: dict, names) -> dict:
+    row = {"corpus": corpus, "decoder": decoder, "n": metrics[names[0]]["n"]}
+    for name in names:
+        row[name] = metrics[name]["mean"]
+        row[name + "_se"] = metrics[name]["se"]
+    return row
+
+
 def _main_rows(records: dict, s: dict) -> list[dict]:
+    """One row per main-table point, plus ``human_split`` (every eval-split window, SE clustered by
+    document) after ``human``, and ``daemon_expected`` / ``sampling_expected`` (the expectation over the
+    resampling step of DAEMON's pick and of a plain sample, from DAEMON's candidates) after ``daemon``."""
     rows = []
     for r in records.values():
         if r.get("study") != "main":
             continue
-        row = {"corpus": r["corpus"], "decoder": r["decoder"], "n": r["metrics"][s["metrics"][0]]["n"]}
-        for name in s["metrics"]:
-            row[name] = r["metrics"][name]["mean"]
-            row[name + "_se"] = r["metrics"][name]["se"]
+        row = _metric_row(r["corpus"], r["decoder"], r["metrics"], s["metrics"])
         row["pooled_div"] = r["pooled_diversity"]["diversity"]
         row["mauve"] = r["mauve"]["mauve"] if "mauve" in r else None
         row["mauve_spread"] = r["mauve"]["spread"] if "mauve" in r else None
@@ -466,7 +540,22 @@ def _main_rows(records: dict, s: dict) -> list[dict]:
             row["human_ppl_daemon"] = r["human_perplexity"]["ppl_q"]
             row["ess"] = r["ess"]["mean"]
         rows.append(row)
+        if "human_split" in r:
+            rows.append(_metric_row(r["corpus"], "human_split", r["human_split"]["metrics"], s["metrics"]))
+        expected = r.get("expected_over_resampling", {})
+        for who in ("daemon", "plain") if expected else ():
+            rows.append({**_metric_row(r["corpus"], f"{'sampling' if who == 'plain' else who}_expected",
+                                       expected[who], s["metrics"]),
+                         "ppl_of_text": float(np.exp(expected["nll_per_row"][who]["mean"]))})
     return rows
+
+
+def _reference_and_decoders(group: list[dict]) -> tuple[dict | None, list[dict]]:
+    """The human row decoders are compared with (every eval-split window when measured, else the
+    prompts' own continuations) and the decoders' rows."""
+    by_name = {r["decoder"]: r for r in group}
+    reference = by_name.get("human_split", by_name.get("human"))
+    return reference, [r for r in group if r["decoder"] not in HUMAN_ROWS]
 
 
 def write_tables_and_plots(folder, records: dict, s: dict) -> None:
@@ -516,13 +605,14 @@ def _plot_gaps(path, rows: list[dict], metric_names) -> None:
     fig, axes = plt.subplots(len(corpora_), 1, figsize=(8, 3.2 * len(corpora_)), dpi=110, squeeze=False)
     for ax, corpus in zip(axes[:, 0], corpora_):
         group = [r for r in rows if r["corpus"] == corpus]
+        reference, decoders = _reference_and_decoders(group)
         human = next((r for r in group if r["decoder"] == "human"), None)
         if human is None:
             continue
-        decoders = [r for r in group if r["decoder"] != "human"]
         width = 0.8 / max(len(decoders), 1)
         for i, r in enumerate(decoders):
-            gaps = [(r[n] - human[n]) / max(human[n + "_se"] * np.sqrt(human["n"]), 1e-12) for n in metric_names]
+            # the human SD is the prompts' continuations' (one window each); the reference may be the split's mean
+            gaps = [(r[n] - reference[n]) / max(human[n + "_se"] * np.sqrt(human["n"]), 1e-12) for n in metric_names]
             ax.bar(np.arange(len(metric_names)) + i * width - 0.4 + width / 2, gaps, width, label=r["decoder"])
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(metric_names)), metric_names)
@@ -541,17 +631,16 @@ def summary(records: dict, s: dict) -> str:
     lines = []
     for corpus in dict.fromkeys(r["corpus"] for r in rows):
         group = [r for r in rows if r["corpus"] == corpus]
-        human = next((r for r in group if r["decoder"] == "human"), None)
+        reference, decoders = _reference_and_decoders(group)
         cols = list(s["metrics"]) + ["mauve", "ppl_of_text"]
         lines += [f"### {corpus}", "", "| decoder | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for r in group:
             cells = [f"{r[c]:.4g} ± {r[c + '_se']:.2g}" if c in s["metrics"] else
-                     ("–" if r[c] is None else f"{r[c]:.3g}") for c in cols]
+                     ("–" if r.get(c) is None else f"{r[c]:.3g}") for c in cols]
             lines.append(f"| {r['decoder']} | " + " | ".join(cells) + " |")
-        if human is not None:
-            closest = {n: min((r for r in group if r["decoder"] != "human"), key=lambda r: abs(r[n] - human[n]))["decoder"]
-                       for n in s["metrics"]}
-            lines += ["", "closest to human: " + ", ".join(f"{n}: {d}" for n, d in closest.items())]
+        if reference is not None and decoders:
+            closest = {n: min(decoders, key=lambda r: abs(r[n] - reference[n]))["decoder"] for n in s["metrics"]}
+            lines += ["", f"closest to {reference['decoder']}: " + ", ".join(f"{n}: {d}" for n, d in closest.items())]
         daemon = next((r for r in group if r["decoder"] == "daemon"), None)
         if daemon is not None and "human_ppl_model" in daemon:
             lines.append(f"human-text perplexity: {daemon['human_ppl_model']:.2f} under the model, "
