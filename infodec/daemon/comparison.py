@@ -617,7 +617,8 @@ def _plot_gaps(path, rows: list[dict], metric_names) -> None:
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(metric_names)), metric_names)
         ax.set_ylabel("(decoder − human) / human SD")
-        ax.set_title(f"{corpus}: distance to human text per metric (0 = human)", fontsize=10)
+        where = "every eval-split window" if reference["decoder"] == "human_split" else "the prompts' continuations"
+        ax.set_title(f"{corpus}: distance to human text per metric (0 = human mean over {where})", fontsize=10)
         ax.legend(fontsize=6, ncol=3)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
