@@ -263,8 +263,8 @@ def cross_validate_l2(features, log_ratios, target, l2_values: Sequence[float], 
     """Chooses ``fit_coefficients``' ridge by ``folds``-fold cross-validation over prefixes.
 
     A fit matches the target on its own samples exactly; with few samples per prefix (low ESS) the
-    matching µ also fits their noise and is too large, so on new prefixes the reweighted moments overshoot
-    the target. Each prefix's held-out moment ``Σ_i w_{j,i} f_{j,i}`` (per-prefix weights under the µ of
+    matching µ can also fit their noise, and on new prefixes the reweighted moments then miss the target.
+    Each prefix's held-out moment ``Σ_i w_{j,i} f_{j,i}`` (per-prefix weights under the µ of
     the other folds) is what SIR with ``M = N`` candidates decodes in expectation on that prefix, so the
     score is the expected mismatch of decoded text, in the samples' standard deviations.
 
