@@ -76,3 +76,10 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming, 4 of 4 points already done" in second.stdout + second.stderr
     assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 5  # nothing recomputed
+
+
+@pytest.mark.parametrize("kwargs, message", [({"max_human_windows": 0}, "max_human_windows must be >= 1 or None"),
+                                             ({"fit_target": "eval"}, "fit_target must be one of")])
+def test_prepare_names_bad_arguments_before_loading_anything(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        comparison.prepare(None, None, None, **kwargs)

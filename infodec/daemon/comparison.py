@@ -286,6 +286,9 @@ def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Seq
     """
     import infodec
 
+    if max_human_windows is not None and max_human_windows < 1:
+        raise ValueError(f"max_human_windows must be >= 1 or None (every window), got {max_human_windows}")
+    check_fit_target(fit_target)
     names = tuple(metric_names)
     deps: dict[str, Any] = {}
     if "coh" in names:
@@ -295,16 +298,17 @@ def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Seq
         deps["info"] = metrics_lib.information(model, params)
     functions = metrics_lib.metric_functions(names, **deps)
 
-    check_fit_target(fit_target)
     where = f"{corpus} at {prompt_tokens}+{max_new_tokens} tokens (max_per_document={max_per_document})"
     fit_pool = split_windows(corpus, tokenizer, "fit", prompt_tokens, max_new_tokens, max_per_document)
     eval_pool = split_windows(corpus, tokenizer, "eval", prompt_tokens, max_new_tokens, max_per_document)
     fit_windows = pick_windows(fit_pool, num_fit_prefixes, seed, f"the fit split of {where}")
     eval_windows = pick_windows(eval_pool, num_eval_prompts, seed + 1, f"the eval split of {where}")
-    if max_human_windows is not None and max_human_windows < 1:
-        raise ValueError(f"max_human_windows must be >= 1 or None (every window), got {max_human_windows}")
-    capped = lambda pool, offset: pool if max_human_windows is None or len(pool) <= max_human_windows else (  # noqa: E731
-        pick_windows(pool, max_human_windows, seed + offset, where))
+
+    def capped(pool, seed_offset):
+        if max_human_windows is None or len(pool) <= max_human_windows:
+            return pool
+        return pick_windows(pool, max_human_windows, seed + seed_offset, where)
+
     eval_prompts = [list(w.prompt) for w in eval_windows]
     human_tokens, human_lengths = fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens)
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
