@@ -14,6 +14,8 @@ Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
   results folder; the finished points stay.
 * ``sr4``: µ fitted on SR-4 alone (``infodec.daemon.studies.single_metric_study``).
 * ``m_sweep``: DAEMON's standardised gap to human and ESS against M (``--m_values``), and time.
+* ``fit``: only Algorithm 1 (µ, its report and, with ``--l2_values``, the cross-validation), which
+  every study but ``sr4`` runs first anyway.
 * ``temperature``: proposal temperature τ (``--proposal_temperatures``): µ refitted with samples from
   ``Temperature(τ)`` (with the proposal correction), then diversity against coherence.
 

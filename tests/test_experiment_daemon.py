@@ -83,3 +83,14 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
 def test_prepare_names_bad_arguments_before_loading_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):
         comparison.prepare(None, None, None, **kwargs)
+
+
+def test_the_fit_study_runs_algorithm_1_alone(tmp_path):
+    command = [sys.executable, "-m", "experiments.daemon", "--smoke", "--studies=fit", "--l2_values=0,1",
+               "--l2_folds=2", f"--out={tmp_path}"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    points = [json.loads(line) for line in (tmp_path / "points.jsonl").read_text().splitlines()]
+    assert [p["key"] for p in points] == ["wiki/fit/tau=1"]
+    assert len(points[0]["mu"]) == 2 and points[0]["l2_cross_validation"]["l2"] in (0.0, 1.0)
+    assert not (tmp_path / "main.csv").exists()

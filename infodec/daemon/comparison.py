@@ -331,7 +331,7 @@ def fit_summary(report: fit_lib.FitReport) -> dict[str, Any]:
             "steps": report.steps, "ess": mean_se(report.ess), "ess_min": float(report.ess.min())}
 
 
-STUDIES = ("main", "sr4", "m_sweep", "temperature")
+STUDIES = ("main", "sr4", "m_sweep", "temperature", "fit")
 
 
 def validate_settings(s: dict) -> None:
@@ -496,7 +496,7 @@ def run_studies(folder, model, params, tokenizer, s: dict, *, log: Callable[[str
         log(f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
             f"{s['max_new_tokens']} new tokens, metrics {', '.join(study.metric_names)}")
         first = c_index == 0
-        if {"main", "m_sweep", "temperature"} & set(s["studies"]):
+        if {"main", "m_sweep", "temperature", "fit"} & set(s["studies"]):
             run(_fit_point(study, s, 1.0, jax.random.fold_in(ckey, 0)))
             mu = np.asarray(records[f"{corpus}/fit/tau=1"]["mu"])
         points: Points = []
