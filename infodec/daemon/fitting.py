@@ -201,9 +201,7 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
     if standardize:
-        mean = f.reshape(-1, k).mean(0)
-        std = f.reshape(-1, k).std(0)
-        std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        mean, std = _standardization(f)
     else:
         mean, std = np.zeros(k), np.ones(k)
     g = jnp.asarray((f - mean) / std, jnp.float32)
@@ -235,6 +233,14 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
         converged=float(np.linalg.norm(residual / std + l2 * nu)) < tol,
         normalization=normalization)
     return mu, report
+
+
+def _standardization(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean [K], std [K])`` of ``f [J, N, K]`` over all samples; a metric with (numerically) zero
+    variance keeps scale 1."""
+    flat = f.reshape(-1, f.shape[-1])
+    mean, std = flat.mean(0), flat.std(0)
+    return mean, np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,8 +292,7 @@ def cross_validate_l2(features, log_ratios, target, l2_values: Sequence[float], 
     rho = np.zeros(f.shape[:2]) if log_ratios is None else np.asarray(log_ratios, np.float64)
     target = np.asarray(target, np.float64).reshape(-1)
     fold_of = np.random.default_rng(seed).permutation(num_prefixes) % folds
-    std = f.reshape(-1, f.shape[2]).std(0)
-    std = np.where(std > 0, std, 1.0)
+    _, std = _standardization(f)
     held_out = np.zeros((len(values), num_prefixes, f.shape[2]))
     score = np.zeros(len(values))
     for fold in range(folds):
