@@ -277,7 +277,7 @@ def prepare(model, params, tokenizer, *, corpus: str = "wiki", metric_names: Seq
     Prompts are windows picked at random from each split (at most ``max_per_document`` per document,
     all by default). ``fit_target``: as in ``studies.single_metric_study`` — ``"split"`` fits µ to the
     human mean over every fit-split window, ``"prefixes"`` to that of the ``J`` fit prefixes. The
-    decoders are compared with the human mean over every eval-split window. ``max_human_windows``: at
+    decoders are compared with the human mean over the eval-split windows. ``max_human_windows``: at
     most this many windows (a random subset) for either split's human mean (``coh`` and ``info`` of
     thousands of windows take minutes on a CPU); None = all.
 
@@ -527,7 +527,7 @@ def _metric_row(corpus: str, decoder: str, metrics: dict, names) -> dict:
 
 
 def _main_rows(records: dict, s: dict) -> list[dict]:
-    """One row per main-table point, plus ``human_split`` (every eval-split window, SE clustered by
+    """One row per main-table point, plus ``human_split`` (the eval-split windows, SE clustered by
     document) after ``human``, and ``daemon_expected`` / ``sampling_expected`` (the expectation over the
     resampling step of DAEMON's pick and of a plain sample, from DAEMON's candidates) after ``daemon``."""
     rows = []
@@ -555,7 +555,7 @@ def _main_rows(records: dict, s: dict) -> list[dict]:
 
 
 def _reference_and_decoders(group: list[dict]) -> tuple[dict | None, list[dict]]:
-    """The human row decoders are compared with (every eval-split window when measured, else the
+    """The human row decoders are compared with (the eval-split windows when measured, else the
     prompts' own continuations) and the decoders' rows."""
     by_name = {r["decoder"]: r for r in group}
     reference = by_name.get("human_split", by_name.get("human"))
@@ -621,7 +621,8 @@ def _plot_gaps(path, rows: list[dict], metric_names) -> None:
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(metric_names)), metric_names)
         ax.set_ylabel("(decoder − human) / human SD")
-        where = "every eval-split window" if reference["decoder"] == "human_split" else "the prompts' continuations"
+        where = (f"{reference['n']} eval-split windows" if reference["decoder"] == "human_split"
+                 else "the prompts' continuations")
         ax.set_title(f"{corpus}: distance to human text per metric (0 = human mean over {where})", fontsize=10)
         ax.legend(fontsize=6, ncol=3)
         ax.grid(alpha=0.3, axis="y")
