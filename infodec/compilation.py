@@ -13,12 +13,12 @@ from pathlib import Path
 
 import jax
 
-from infodec.models import registry
+from infodec.cache import cache_dir
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
     """Caches compiled executables in ``directory`` (default ``$INFODEC_CACHE/xla``); returns it."""
-    path = Path(directory) if directory is not None else registry.cache_dir() / "xla"
+    path = Path(directory) if directory is not None else cache_dir() / "xla"
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     # Cache every executable: the default thresholds skip quick compiles, and prefill is one of them.

@@ -17,8 +17,9 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 
 class ResultsFolder:
@@ -34,8 +35,9 @@ class ResultsFolder:
         is computed: a rerun may add entries to them (the finished points stay valid), not drop any.
     """
 
-    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, overwrite: bool = False,
-                 growable: Sequence[str] = ()):
+    def __init__(
+        self, path: str | Path, settings: Mapping[str, Any], *, overwrite: bool = False, growable: Sequence[str] = ()
+    ):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.settings = json.loads(json.dumps(dict(settings)))  # normalise tuples etc. as JSON would
@@ -46,13 +48,30 @@ class ResultsFolder:
                     old.unlink()
         elif flags_file.exists() and self.points_file.exists():
             previous = json.loads(flags_file.read_text())
-            changed = sorted(k for k in set(previous) | set(self.settings)
-                             if previous.get(k) != self.settings.get(k)
-                             and not (k in growable and _extends(self.settings.get(k), previous.get(k))))
+            changed = sorted(
+                k
+                for k in set(previous) | set(self.settings)
+                if previous.get(k) != self.settings.get(k)
+                and not (k in growable and _extends(self.settings.get(k), previous.get(k)))
+            )
             if changed:
-                raise ValueError(f"{self.path} holds results for other settings (differing: {changed}); "
-                                 "pass a new output folder, or overwrite to discard the old points")
+                raise ValueError(
+                    f"{self.path} holds results for other settings (differing: {changed}); "
+                    "pass a new output folder, or overwrite to discard the old points"
+                )
         flags_file.write_text(json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> ResultsFolder:
+        """A finished (or partial) folder, bound to the settings in its own ``flags.json``: what a report
+        reads to regenerate its tables and plots without recomputing anything. FileNotFoundError when the
+        folder has no settings or no finished point."""
+        flags_file, points_file = Path(path) / "flags.json", Path(path) / "points.jsonl"
+        if not flags_file.exists() or not points_file.exists() or not points_file.read_text().strip():
+            raise FileNotFoundError(
+                f"{path} has no flags.json or no finished point in points.jsonl: pass a folder a launcher wrote"
+            )
+        return cls(path, json.loads(flags_file.read_text()))
 
     def points(self) -> dict[str, dict]:
         """The finished points, ``{key: record}``, in the order they finished."""
@@ -77,8 +96,9 @@ class ResultsFolder:
             f.flush()
         return json.loads(text)
 
-    def run(self, points: Sequence[tuple[str, Callable[[], Mapping[str, Any]]]],
-            log: Callable[[str], None] = print) -> list[dict]:
+    def run(
+        self, points: Sequence[tuple[str, Callable[[], Mapping[str, Any]]]], log: Callable[[str], None] = print
+    ) -> list[dict]:
         """Computes every point not yet finished, appending each as it finishes; returns all records
         in the order of ``points``. Logs progress (finished / total, elapsed, estimated remaining)."""
         keys = [key for key, _ in points]
@@ -94,8 +114,10 @@ class ResultsFolder:
             done[key] = self.append(key, {**compute(), "seconds": time.perf_counter() - point_start})
             elapsed = time.perf_counter() - start
             remaining = elapsed / (i + 1) * (len(todo) - i - 1)
-            log(f"[{len(points) - len(todo) + i + 1}/{len(points)}] {key} "
-                f"({done[key]['seconds']:.0f} s; elapsed {elapsed:.0f} s, ~{remaining:.0f} s left)")
+            log(
+                f"[{len(points) - len(todo) + i + 1}/{len(points)}] {key} "
+                f"({done[key]['seconds']:.0f} s; elapsed {elapsed:.0f} s, ~{remaining:.0f} s left)"
+            )
         return [done[key] for key in keys]
 
     def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
@@ -130,9 +152,17 @@ def _json_default(value):
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
-def plot_series(path: str | Path, series: Mapping[str, Sequence[Mapping[str, float]]], *, x: str, y: str,
-                xlabel: str | None = None, ylabel: str | None = None, title: str = "",
-                annotate: str | None = None) -> Path:
+def plot_series(
+    path: str | Path,
+    series: Mapping[str, Sequence[Mapping[str, float]]],
+    *,
+    x: str,
+    y: str,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    title: str = "",
+    annotate: str | None = None,
+) -> Path:
     """One PNG of labelled curves with error bars.
 
     ``series[label]`` is a list of points, each a dict holding ``x`` and ``y`` (means) and, optionally,
@@ -147,12 +177,25 @@ def plot_series(path: str | Path, series: Mapping[str, Sequence[Mapping[str, flo
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110)
     for label, pts in series.items():
         pts = sorted(pts, key=lambda p: p[x])
-        ax.errorbar([p[x] for p in pts], [p[y] for p in pts], xerr=[p.get(x + "_err", 0.0) for p in pts],
-                    yerr=[p.get(y + "_err", 0.0) for p in pts], marker="o", ms=4, capsize=2, label=label)
+        ax.errorbar(
+            [p[x] for p in pts],
+            [p[y] for p in pts],
+            xerr=[p.get(x + "_err", 0.0) for p in pts],
+            yerr=[p.get(y + "_err", 0.0) for p in pts],
+            marker="o",
+            ms=4,
+            capsize=2,
+            label=label,
+        )
         if annotate:
             for p in pts:
-                ax.annotate(f"{p[annotate]:g}" if isinstance(p[annotate], float) else str(p[annotate]),
-                            (p[x], p[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    f"{p[annotate]:g}" if isinstance(p[annotate], float) else str(p[annotate]),
+                    (p[x], p[y]),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
     ax.set_title(title, fontsize=10)

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -73,6 +74,7 @@ _RULES = (
 
 # --- meshes -----------------------------------------------------------------------------------------
 
+
 def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A ``Mesh`` of shape ``(data, model)`` with axes ``("data", "model")``.
 
@@ -91,12 +93,16 @@ def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | 
             raise ValueError(f"mesh {name} axis size must be an integer >= 1, got {size!r}")
     if data is None:
         if count % model:
-            raise ValueError(f"a model axis of {model} does not divide the {count} available devices; "
-                             f"choose a model size among {[d for d in range(1, count + 1) if count % d == 0]}")
+            raise ValueError(
+                f"a model axis of {model} does not divide the {count} available devices; "
+                f"choose a model size among {[d for d in range(1, count + 1) if count % d == 0]}"
+            )
         data = count // model
     if data * model != count:
-        raise ValueError(f"mesh data:{data} x model:{model} needs {data * model} devices, but {count} are "
-                         f"available; the product must equal the device count (pass devices=... to use a subset)")
+        raise ValueError(
+            f"mesh data:{data} x model:{model} needs {data * model} devices, but {count} are "
+            f"available; the product must equal the device count (pass devices=... to use a subset)"
+        )
     types = (jax.sharding.AxisType.Auto,) * 2
     return jax.make_mesh((int(data), int(model)), AXES, axis_types=types, devices=devices)
 
@@ -135,8 +141,10 @@ def check_mesh(mesh: Any) -> Mesh:
         raise ValueError(f"mesh must be a jax.sharding.Mesh (infodec.sharding.make_mesh), got {type(mesh).__name__}")
     missing = [name for name in AXES if name not in mesh.axis_names]
     if missing:
-        raise ValueError(f"mesh axes {tuple(mesh.axis_names)} lack {missing}: infodec places rows on 'data' and "
-                         "parameters on 'model' (build it with infodec.sharding.make_mesh)")
+        raise ValueError(
+            f"mesh axes {tuple(mesh.axis_names)} lack {missing}: infodec places rows on 'data' and "
+            "parameters on 'model' (build it with infodec.sharding.make_mesh)"
+        )
     return mesh
 
 
@@ -148,6 +156,7 @@ def axis_size(mesh: Mesh | None, name: str) -> int:
 
 
 # --- parameters -------------------------------------------------------------------------------------
+
 
 def _path_name(path) -> str:
     parts = []
@@ -187,7 +196,8 @@ def param_shardings(model: Any, params: Any, mesh: Mesh) -> Any:
     config = getattr(model, "config", model)
     size = axis_size(mesh, MODEL)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, param_spec(_path_name(path), np.shape(x), config, size)), params)
+        lambda path, x: NamedSharding(mesh, param_spec(_path_name(path), np.shape(x), config, size)), params
+    )
 
 
 def shard_params(model: Any, params: Any, mesh: Mesh) -> Any:
@@ -197,6 +207,7 @@ def shard_params(model: Any, params: Any, mesh: Mesh) -> Any:
 
 # --- rows, caches and the decode state -------------------------------------------------------------
 
+
 def _data_spec(size: int, mesh: Mesh) -> str | None:
     return DATA if size % axis_size(mesh, DATA) == 0 else None
 
@@ -205,7 +216,7 @@ def batch_spec(shape: tuple[int, ...], mesh: Mesh, axis: int = 0) -> P:
     """``shape`` with axis ``axis`` (the rows) on ``"data"`` when divisible by its size, else replicated."""
     if len(shape) <= axis:
         return P()
-    spec = [None] * len(shape)
+    spec: list[str | None] = [None] * len(shape)
     spec[axis] = _data_spec(shape[axis], mesh)
     return P(*spec)
 
@@ -220,15 +231,18 @@ def cache_shardings(cache: KVCache, mesh: Mesh) -> KVCache:
     ``"model"`` (each when divisible), ``positions [B, S]`` with ``B`` on ``"data"``, ``index`` replicated."""
     layers, batch, kv_heads, slots, dim = cache.k.shape
     kv_spec = P(None, _data_spec(batch, mesh), MODEL if kv_heads % axis_size(mesh, MODEL) == 0 else None)
-    kv = NamedSharding(mesh, kv_spec)
-    return KVCache(k=kv, v=kv, positions=NamedSharding(mesh, batch_spec(cache.positions.shape, mesh)),
-                   index=NamedSharding(mesh, P()))
+    # The result is the cache's pytree with a sharding at each leaf, not arrays: typed Any.
+    kv: Any = NamedSharding(mesh, kv_spec)
+    positions: Any = NamedSharding(mesh, batch_spec(cache.positions.shape, mesh))
+    index: Any = NamedSharding(mesh, P())
+    return KVCache(k=kv, v=kv, positions=positions, index=index)
 
 
 def state_shardings(state: Any, mesh: Mesh) -> Any:
     """Shardings for a decode state (or any pytree of row-major arrays): ``KVCache`` nodes by
     :func:`cache_shardings`, every other leaf with its leading (row) axis on ``"data"`` when divisible,
     scalars replicated. Leaves may be arrays, tracers or ``ShapeDtypeStruct``s."""
+
     def leaf(x):
         if isinstance(x, KVCache):
             return cache_shardings(x, mesh)
@@ -271,8 +285,10 @@ def init_cache(model: Any, batch: int, max_len: int, mesh: Mesh) -> KVCache:
 
 # --- multi-host -------------------------------------------------------------------------------------
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, **kwargs) -> tuple[int, int]:
+
+def initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None, **kwargs
+) -> tuple[int, int]:
     """Joins a multi-process JAX job (``jax.distributed.initialize``); returns ``(process_index,
     process_count)``.
 
@@ -309,4 +325,4 @@ def host_slice(items: Sequence[Any], process_index: int | None = None, process_c
     items = list(items)
     base, extra = divmod(len(items), count)
     start = index * base + min(index, extra)
-    return items[start:start + base + (index < extra)]
+    return items[start : start + base + (index < extra)]

@@ -47,35 +47,69 @@ def spec(x) -> list:
 
 
 def decode(model, params, policy, mesh=None, prompts=PROMPTS, seed=0, **kwargs) -> dict:
-    out = infodec.generate(model, params, prompts, policy, jax.random.key(seed), max_new_tokens=NEW_TOKENS,
-                           chunk=4, mesh=mesh, **kwargs)
+    out = infodec.generate(
+        model, params, prompts, policy, jax.random.key(seed), max_new_tokens=NEW_TOKENS, chunk=4, mesh=mesh, **kwargs
+    )
     return {"tokens": out.tokens.tolist(), "lengths": out.lengths.tolist(), "logp_model": out.logp_model.tolist()}
 
 
 def tiny_results() -> dict:
     model, params = tiny_llama(seed=3, scale=1.5, **SHARDABLE)
-    results = {"devices": len(jax.devices()), "greedy": {}, "sampled": {}, "daemon": {}, "families": {},
-               "param_specs": {}, "state_specs": {}}
+    results = {
+        "devices": len(jax.devices()),
+        "greedy": {},
+        "sampled": {},
+        "daemon": {},
+        "families": {},
+        "param_specs": {},
+        "state_specs": {},
+    }
     results["recompile"] = recompilation(model, params)  # first: its first call compiles
-    daemon_args = dict(mu=np.array([2.0, -1.0]), metric_names=["sr2", "div"], num_candidates=4,
-                       max_new_tokens=NEW_TOKENS, key=jax.random.key(7), stop_tokens=())
+    daemon_args = dict(
+        mu=np.array([2.0, -1.0]),
+        metric_names=["sr2", "div"],
+        num_candidates=4,
+        max_new_tokens=NEW_TOKENS,
+        key=jax.random.key(7),
+        stop_tokens=(),
+    )
 
     def run_daemon(mesh, name):
-        out = daemon.sample(model, params if mesh is None else sharding.shard_params(model, params, mesh),
-                            PROMPTS[:2], mesh=mesh, **daemon_args)
-        mu, _ = daemon.fit(model, params, PROMPTS[:2], [[1, 2, 1, 2], [5, 6, 7]], ["sr2", "div"], num_samples=4,
-                           max_new_tokens=NEW_TOKENS, key=jax.random.key(8), stop_tokens=(), mesh=mesh)
-        results["daemon"][name] = {"index": out.index.tolist(), "tokens": out.tokens.tolist(),
-                                   "log_weights": out.log_weights.tolist(), "fit_mu": mu.tolist()}
+        out = daemon.sample(
+            model,
+            params if mesh is None else sharding.shard_params(model, params, mesh),
+            PROMPTS[:2],
+            mesh=mesh,
+            **daemon_args,
+        )
+        mu, _ = daemon.fit(
+            model,
+            params,
+            PROMPTS[:2],
+            [[1, 2, 1, 2], [5, 6, 7]],
+            ["sr2", "div"],
+            num_samples=4,
+            max_new_tokens=NEW_TOKENS,
+            key=jax.random.key(8),
+            stop_tokens=(),
+            mesh=mesh,
+        )
+        results["daemon"][name] = {
+            "index": out.index.tolist(),
+            "tokens": out.tokens.tolist(),
+            "log_weights": out.log_weights.tolist(),
+            "fit_mu": mu.tolist(),
+        }
 
     results["greedy"]["1x1"] = decode(model, params, infodec.Greedy())
     results["sampled"]["1x1"] = decode(model, params, sampled_policy(), num_samples=2)
     run_daemon(None, "1x1")
     for family, build in (("gpt2", tiny_gpt2), ("gemma3", tiny_gemma3)):
         fam_model, fam_params = build(seed=4)
-        results["families"][family] = {"1x1": decode(fam_model, fam_params, infodec.Greedy()),
-                                       "2x4": decode(fam_model, fam_params, infodec.Greedy(),
-                                                     mesh=sharding.make_mesh(2, 4))}
+        results["families"][family] = {
+            "1x1": decode(fam_model, fam_params, infodec.Greedy()),
+            "2x4": decode(fam_model, fam_params, infodec.Greedy(), mesh=sharding.make_mesh(2, 4)),
+        }
     for data, width in MESHES:
         name = f"{data}x{width}"
         mesh = sharding.make_mesh(data, width)
@@ -95,28 +129,65 @@ def tiny_results() -> dict:
         results["sampled"][name] = decode(model, placed, sampled_policy(), mesh, num_samples=2)
         # The state as the jitted loop leaves it: one generate's worth, kept on device.
         policy = engine.canonical_policy(sampled_policy())
-        stops = engine._stop_array((), None)
-        state, _, policy = engine._start(model, placed, PROMPTS, policy, jax.random.key(0), NEW_TOKENS, None, 2, 4,
-                                         0, None, engine._decode_loop, stops, mesh)
-        state = engine._decode_loop(model, placed, policy, state, stops, jnp.int32(NEW_TOKENS), 4, 0,
-                                    engine.policy_structure(policy), mesh)
-        results["state_specs"][name] = {"rows": int(state.tokens.shape[0]), "cache_k": spec(state.cache.k),
-                                        "cache_positions": spec(state.cache.positions),
-                                        "tokens": spec(state.tokens), "logits": spec(state.logits),
-                                        "done": spec(state.done)}
+        stops = engine.stop_array((), None)
+        state, _, policy = engine._start(
+            model,
+            placed,
+            PROMPTS,
+            policy,
+            jax.random.key(0),
+            NEW_TOKENS,
+            None,
+            2,
+            4,
+            0,
+            None,
+            engine._decode_loop,
+            stops,
+            mesh,
+        )
+        state = engine._decode_loop(
+            model, placed, policy, state, stops, jnp.int32(NEW_TOKENS), 4, 0, engine.policy_structure(policy), mesh
+        )
+        results["state_specs"][name] = {
+            "rows": int(state.tokens.shape[0]),
+            "cache_k": spec(state.cache.k),
+            "cache_positions": spec(state.cache.positions),
+            "tokens": spec(state.tokens),
+            "logits": spec(state.logits),
+            "done": spec(state.done),
+        }
     # Two-stream (evidence) rows, per-row policy fields (padded with the rows) and stream().
     evidence = [[30, 31], [29], [28, 27, 26]]
     cfg = infodec.ClassifierFreeGuidance(1.5)
     per_row = infodec.Temperature(np.array([0.5, 1.0, 1.5], np.float32))
     results["more"] = {
-        "two_stream": [decode(model, params, cfg, evidence=evidence)["tokens"],
-                       decode(model, params, cfg, sharding.make_mesh(4, 2), evidence=evidence)["tokens"]],
-        "per_row": [decode(model, params, per_row)["tokens"],
-                    decode(model, params, per_row, sharding.make_mesh(8, 1))["tokens"]],
-        "stream": [decode(model, params, sampled_policy())["tokens"],
-                   np.concatenate(list(infodec.stream(model, params, PROMPTS, sampled_policy(), jax.random.key(0),
-                                                      max_new_tokens=NEW_TOKENS, chunk=4,
-                                                      mesh=sharding.make_mesh(2, 4))), axis=1).tolist()],
+        "two_stream": [
+            decode(model, params, cfg, evidence=evidence)["tokens"],
+            decode(model, params, cfg, sharding.make_mesh(4, 2), evidence=evidence)["tokens"],
+        ],
+        "per_row": [
+            decode(model, params, per_row)["tokens"],
+            decode(model, params, per_row, sharding.make_mesh(8, 1))["tokens"],
+        ],
+        "stream": [
+            decode(model, params, sampled_policy())["tokens"],
+            np.concatenate(
+                list(
+                    infodec.stream(
+                        model,
+                        params,
+                        PROMPTS,
+                        sampled_policy(),
+                        jax.random.key(0),
+                        max_new_tokens=NEW_TOKENS,
+                        chunk=4,
+                        mesh=sharding.make_mesh(2, 4),
+                    )
+                ),
+                axis=1,
+            ).tolist(),
+        ],
     }
     run_daemon(sharding.make_mesh(4, 2), "4x2")
     run_daemon(sharding.make_mesh(8, 1), "8x1")
@@ -130,14 +201,18 @@ def recompilation(model, params) -> dict:
     placed = sharding.shard_params(model, params, mesh)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, secs, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration"
-        else None)
+        lambda event, secs, **kw: (
+            compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+        )
+    )
     decode(model, placed, sampled_policy(), mesh, num_samples=2, seed=1)
     before, first_compiles = engine.compile_count(), len(compiles)
     decode(model, placed, sampled_policy(), mesh, prompts=OTHER_PROMPTS, num_samples=2, seed=2)
-    return {"traces_second_call": engine.compile_count() - before,
-            "backend_compiles_second_call": len(compiles) - first_compiles,
-            "backend_compiles_seen": first_compiles}
+    return {
+        "traces_second_call": engine.compile_count() - before,
+        "backend_compiles_second_call": len(compiles) - first_compiles,
+        "backend_compiles_seen": first_compiles,
+    }
 
 
 def loop_on_device(model, params) -> dict:
@@ -147,14 +222,28 @@ def loop_on_device(model, params) -> dict:
     placed = sharding.shard_params(model, params, mesh)
     replicated = NamedSharding(mesh, P())
     policy = jax.device_put(engine.canonical_policy(sampled_policy()), replicated)
-    stops = jax.device_put(engine._stop_array((), None), replicated)
+    stops = jax.device_put(engine.stop_array((), None), replicated)
     limit = jax.device_put(jnp.int32(NEW_TOKENS), replicated)
 
     def args(state):
         return model, placed, policy, state, stops, limit, 4, 0, engine.policy_structure(policy), mesh
 
-    state, _, _ = engine._start(model, placed, PROMPTS, policy, jax.random.key(3), NEW_TOKENS, None, 2, 4, 0, None,
-                                engine._decode_loop, stops, mesh)
+    state, _, _ = engine._start(
+        model,
+        placed,
+        PROMPTS,
+        policy,
+        jax.random.key(3),
+        NEW_TOKENS,
+        None,
+        2,
+        4,
+        0,
+        None,
+        engine._decode_loop,
+        stops,
+        mesh,
+    )
     jax.block_until_ready(state)
     error = None
     try:
@@ -164,8 +253,22 @@ def loop_on_device(model, params) -> dict:
         error = f"{type(e).__name__}: {e}"[:500]
     steps = int(state.step)
     # The loop's program: the top level of the jitted function's jaxpr, and every primitive inside it.
-    state, _, _ = engine._start(model, placed, PROMPTS, policy, jax.random.key(3), NEW_TOKENS, None, 2, 4, 0, None,
-                                engine._decode_loop, stops, mesh)
+    state, _, _ = engine._start(
+        model,
+        placed,
+        PROMPTS,
+        policy,
+        jax.random.key(3),
+        NEW_TOKENS,
+        None,
+        2,
+        4,
+        0,
+        None,
+        engine._decode_loop,
+        stops,
+        mesh,
+    )
     jaxpr = engine._decode_loop.trace(*args(state)).jaxpr.jaxpr
     top = [eqn.primitive.name for eqn in jaxpr.eqns]
     return {"guard_error": error, "steps": steps, "top_level": top, "primitives": sorted(primitives(jaxpr))}
@@ -203,12 +306,18 @@ def real_results() -> dict:
     placed = sharding.shard_params(model, params, mesh)
     sharded = infodec.generate(model, placed, prompts, infodec.Greedy(), jax.random.key(0), mesh=mesh, **kwargs)
     layer = placed["layers"]["block"]
-    return {"devices": len(jax.devices()), "single": single.tokens.tolist(), "sharded": sharded.tokens.tolist(),
-            "max_logp_diff": float(np.max(np.abs(single.logp_model - sharded.logp_model))),
-            "specs": {"q_proj": spec(layer["self_attn"]["q_proj"]["kernel"]),
-                      "gate_proj": spec(layer["mlp"]["gate_proj"]["kernel"]),
-                      "embed_tokens": spec(placed["embed_tokens"]["embedding"])},
-            "seconds": time.perf_counter() - start}
+    return {
+        "devices": len(jax.devices()),
+        "single": single.tokens.tolist(),
+        "sharded": sharded.tokens.tolist(),
+        "max_logp_diff": float(np.max(np.abs(single.logp_model - sharded.logp_model))),
+        "specs": {
+            "q_proj": spec(layer["self_attn"]["q_proj"]["kernel"]),
+            "gate_proj": spec(layer["mlp"]["gate_proj"]["kernel"]),
+            "embed_tokens": spec(placed["embed_tokens"]["embedding"]),
+        },
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def host_results(index: int, port: int) -> dict:
@@ -218,8 +327,13 @@ def host_results(index: int, port: int) -> dict:
     model, params = tiny_llama(seed=3, scale=1.5, **SHARDABLE)
     mesh = sharding.make_mesh(model=2)
     mine = sharding.host_slice(PROMPTS)
-    return {"process": process, "count": count, "global_devices": len(jax.devices()),
-            "mesh": dict(mesh.shape), "tokens": decode(model, params, infodec.Greedy(), mesh, prompts=mine)["tokens"]}
+    return {
+        "process": process,
+        "count": count,
+        "global_devices": len(jax.devices()),
+        "mesh": dict(mesh.shape),
+        "tokens": decode(model, params, infodec.Greedy(), mesh, prompts=mine)["tokens"],
+    }
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import json
 import shutil
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,18 +12,22 @@ import pytest
 import torch
 
 import infodec
+from infodec import cache
 from infodec.models import checkpoints, registry
 from infodec.models.base import CheckpointMismatchError
 from tests.hf_tiny import save_tiny_llama
 
-PROSE = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-         "movable metal type with an oil-based ink and a screw press adapted from those used to make wine. "
-         "Within a few decades, print shops had spread to most of the major cities of Europe, and the price "
-         "of books fell sharply. Scholars could now compare identical copies of a text, which changed the way "
-         "knowledge was checked, shared and argued about.")
+PROSE = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type with an oil-based ink and a screw press adapted from those used to make wine. "
+    "Within a few decades, print shops had spread to most of the major cities of Europe, and the price "
+    "of books fell sharply. Scholars could now compare identical copies of a text, which changed the way "
+    "knowledge was checked, shared and argued about."
+)
 
 
 # --- resolution and errors (no network) ---------------------------------------------------------------
+
 
 def test_resolve_classifies_every_source(tmp_path):
     save_tiny_llama(tmp_path / "hf")
@@ -71,8 +76,9 @@ def test_truncated_safetensors_is_one_clear_error(tmp_path):
         infodec.load(tmp_path)
 
 
+@pytest.mark.download
 def test_truncated_gguf_is_one_clear_error(tmp_path, smollm2_gguf, monkeypatch):
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
     broken = tmp_path / "broken.gguf"
     with open(smollm2_gguf, "rb") as source:
         broken.write_bytes(source.read(3_000_000))
@@ -101,6 +107,7 @@ def test_unsupported_architecture_and_missing_files(tmp_path):
 
 # --- the real default model -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def smollm2():
     return infodec.load("smollm2-135m")
@@ -110,8 +117,9 @@ def smollm2():
 def hf_smollm2(smollm2_gguf):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
-                                                dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
+    ).eval()
 
 
 def _full_logits(model, params, ids):
@@ -120,6 +128,7 @@ def _full_logits(model, params, ids):
     return np.asarray(logits[0])
 
 
+@pytest.mark.download
 def test_paris_is_the_top_next_token(smollm2):
     model, params, tokenizer = smollm2
     ids = tokenizer.encode("The capital of France is")
@@ -128,6 +137,7 @@ def test_paris_is_the_top_next_token(smollm2):
     assert float(jnp.max(probs)) > 0.5
 
 
+@pytest.mark.download
 def test_smollm2_logits_and_perplexity_match_hf_gguf_loader(smollm2, hf_smollm2):
     model, params, tokenizer = smollm2
     ids = tokenizer.encode(PROSE)
@@ -145,20 +155,31 @@ def test_smollm2_logits_and_perplexity_match_hf_gguf_loader(smollm2, hf_smollm2)
     assert 5 < ppl < 100  # ordinary prose under a real LM, not a broken one
 
 
+@pytest.mark.download
 def test_smollm2_greedy_64_tokens_match_hf(smollm2, hf_smollm2):
     model, params, tokenizer = smollm2
     prompt = "The history of the printing press begins"
-    out = infodec.generate(model, params, [prompt], infodec.Greedy(), jax.random.key(0), max_new_tokens=64,
-                           tokenizer=tokenizer, stop_tokens=())
+    out = infodec.generate(
+        model,
+        params,
+        [prompt],
+        infodec.Greedy(),
+        jax.random.key(0),
+        max_new_tokens=64,
+        tokenizer=tokenizer,
+        stop_tokens=(),
+    )
     ids = torch.tensor([tokenizer.encode(prompt)])
     with torch.no_grad():
-        hf = hf_smollm2.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False,
-                                 pad_token_id=tokenizer.eos_ids[0])
-    assert out.tokens[0].tolist() == hf[0, ids.shape[1]:].tolist()
+        hf = hf_smollm2.generate(
+            ids, max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=tokenizer.eos_ids[0]
+        )
+    assert out.tokens[0].tolist() == hf[0, ids.shape[1] :].tolist()
 
 
+@pytest.mark.download
 def test_second_load_is_served_from_the_cache(smollm2):
-    converted = registry.cache_dir() / "converted" / "smollm2-135m"
+    converted = cache.cache_dir() / "converted" / "smollm2-135m"
     assert (converted / "model.safetensors").exists() and (converted / "tokenizer.json").exists()
     start = time.perf_counter()
     model, params, tokenizer = infodec.load("smollm2-135m")
@@ -166,8 +187,9 @@ def test_second_load_is_served_from_the_cache(smollm2):
     assert model == smollm2[0] and hash(model) == hash(smollm2[0])
 
 
+@pytest.mark.download
 def test_cache_location_follows_the_environment(tmp_path, monkeypatch, smollm2_gguf):
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
     copy = tmp_path / "my-model.gguf"
     shutil.copy(smollm2_gguf, copy)
     model, _, tokenizer = infodec.load(copy)
@@ -175,6 +197,7 @@ def test_cache_location_follows_the_environment(tmp_path, monkeypatch, smollm2_g
     assert len(list((tmp_path / "converted").glob("my-model-*"))) == 1
 
 
+@pytest.mark.download
 def test_gemma3_270m_matches_hf_gguf_loader(gemma3_gguf):
     from transformers import AutoModelForCausalLM
 
@@ -182,19 +205,21 @@ def test_gemma3_270m_matches_hf_gguf_loader(gemma3_gguf):
     ids = tokenizer.encode(PROSE)
     assert ids[0] == tokenizer.bos_id == 2
     ours = _full_logits(model, params, ids)
-    hf = AutoModelForCausalLM.from_pretrained(gemma3_gguf.parent, gguf_file=gemma3_gguf.name,
-                                              dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        gemma3_gguf.parent, gguf_file=gemma3_gguf.name, dtype=torch.float32
+    ).eval()
     with torch.no_grad():
         theirs = hf(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(ours - theirs).max() < 1e-3
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
 
 
+@pytest.mark.download
 def test_minilm_registry_model_encodes(minilm_dir):
     encoder, params, tokenizer = infodec.load("minilm-l6")
     ids = tokenizer.encode("A man is playing a guitar.")
     embedding = encoder.encode(params, np.asarray([ids]), np.ones((1, len(ids)), int))
-    assert embedding.shape == (1, 384)
+    chex.assert_shape(embedding, (1, 384))
     assert abs(float(jnp.linalg.norm(embedding)) - 1.0) < 1e-5
 
 

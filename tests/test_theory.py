@@ -1,7 +1,7 @@
 """``infodec.theory``: the exact soft-Bellman DP against closed forms, brute force and samples.
 
 Trees are either model-free (random Gaussian logits at every prefix) or the exact prefix tree of a
-tiny random Llama (vocabulary 6) with a prompt and an evidence span. Checks (spec.md §1):
+tiny random Llama (vocabulary 6) with a prompt and an evidence span. Checks (``docs/math.md`` §1):
 
 * Horizon 1 (myopic = sequence level): the DP policy is ``ValuePolicy(β, γ, λ, g)`` and every named
   decoder with its parameters (Temperature, CFG, KL-guided temperature, dynamic guidance, greedy).
@@ -22,8 +22,8 @@ import pytest
 import infodec
 from infodec import theory
 from infodec.models import llama
-from infodec.policies.value import (PMI, ClassifierFreeGuidance, DynamicValuePolicy, FunctionScore,
-                                    KLGuidedTemperature, SigmoidSchedule, ValuePolicy)
+from infodec.policies.value import ClassifierFreeGuidance, DynamicValuePolicy, KLGuidedTemperature, SigmoidSchedule
+from infodec.policies.value_policy import PMI, FunctionScore, ValuePolicy
 
 PROMPT, EVIDENCE = [1, 2, 3], [4, 5]
 TOL = 1e-6  # probabilities from float32 policies vs the float64 DP
@@ -32,9 +32,18 @@ TOL = 1e-6  # probabilities from float32 policies vs the float64 DP
 @pytest.fixture(scope="module")
 def tiny():
     """A 2-layer Llama over 6 tokens; embeddings and head scaled so distributions are far from flat."""
-    cfg = llama.LlamaConfig(vocab_size=6, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
-                            num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5, rope_theta=1e4,
-                            max_position_embeddings=64)
+    cfg = llama.LlamaConfig(
+        vocab_size=6,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        rms_norm_eps=1e-5,
+        rope_theta=1e4,
+        max_position_embeddings=64,
+    )
     model = llama.build(cfg)
     tokens = jnp.zeros((1, 4), jnp.int32)
     params = dict(jax.jit(model.module(cfg).init)(jax.random.key(0), tokens, jnp.arange(4)[None], None)["params"])
@@ -59,6 +68,7 @@ def close(a, b, atol=TOL):
 
 # --- trees and indexing -----------------------------------------------------------------------------
 
+
 def test_sequences_index_and_accumulate():
     seqs = theory.sequences(3, 4)
     assert seqs.shape == (81, 4)
@@ -68,7 +78,7 @@ def test_sequences_index_and_accumulate():
     tables = [np.random.default_rng(t).standard_normal((3,) * (t + 1)) for t in range(3)]
     total = theory.accumulate(tables)
     for y in itertools.product(range(3), repeat=3):
-        assert total[y] == pytest.approx(sum(tables[t][y[:t + 1]] for t in range(3)), abs=1e-12)
+        assert total[y] == pytest.approx(sum(tables[t][y[: t + 1]] for t in range(3)), abs=1e-12)
     with pytest.raises(ValueError, match="outside|lie in"):
         theory.sequence_index([[0, 3]], 3)
 
@@ -85,6 +95,7 @@ def test_random_prefix_tree():
         theory.random_prefix_tree(0, 8, 6)
 
 
+@pytest.mark.slow
 def test_prefix_log_probs_are_full_sequence_logits_with_evidence_prepended(tiny, model_tree):
     """Stream 0 = evidence + prompt, stream 1 = prompt alone, each prefix appended, positions 0, 1, ..."""
     model, params = tiny
@@ -95,8 +106,9 @@ def test_prefix_log_probs_are_full_sequence_logits_with_evidence_prepended(tiny,
         for stream, base in enumerate([EVIDENCE + PROMPT, PROMPT]):
             context = base + list(prefix)  # one unpadded sequence at a time
             logits = apply(params, jnp.asarray([context]))
-            np.testing.assert_allclose(tree.logits[len(prefix)][prefix + (stream,)], np.asarray(logits[0, -1]),
-                                       atol=5e-5)
+            np.testing.assert_allclose(
+                tree.logits[len(prefix)][prefix + (stream,)], np.asarray(logits[0, -1]), atol=5e-5
+            )
     alone = theory.prefix_log_probs(model, params, PROMPT, 3)  # one stream: the prompt alone
     assert alone.num_streams == 1 and alone.context == tuple(PROMPT)
     for t in range(3):
@@ -112,6 +124,7 @@ def test_prefix_log_probs_are_full_sequence_logits_with_evidence_prepended(tiny,
 
 
 # --- horizon 1: the DP is the one-step closed form --------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=["random", "model"])
 def root_tree(request, tiny):
@@ -130,8 +143,12 @@ def test_horizon_one_value_policy_is_the_dp(root_tree):
         close(sol.log_policy[0], np.asarray(log_pi[0], np.float64))
         close(sol.log_seq_probs, np.asarray(log_pi[0], np.float64))
         # V(root) is the one-step maximum, and the objective of the closed form.
-        assert sol.value == pytest.approx(theory.sequence_objective(
-            tree, ValuePolicy(beta, gamma, lam, PMI()), beta=beta, gamma=gamma, lam=lam, score="pmi"), abs=1e-5)
+        assert sol.value == pytest.approx(
+            theory.sequence_objective(
+                tree, ValuePolicy(beta, gamma, lam, PMI()), beta=beta, gamma=gamma, lam=lam, score="pmi"
+            ),
+            abs=1e-5,
+        )
     # A user score: the same array through ValuePolicy's FunctionScore and through solve's score tables.
     g = np.random.default_rng(0).standard_normal(tree.vocab)
     score = FunctionScore(lambda log_probs, step: jnp.asarray(g, jnp.float32)[None])
@@ -140,6 +157,7 @@ def test_horizon_one_value_policy_is_the_dp(root_tree):
     close(theory.solve(tree, beta=1.0, gamma=0.3, lam=0.8, score=score).log_policy[0], np.asarray(log_pi[0]))
 
 
+@pytest.mark.slow
 def test_horizon_one_named_decoders_are_the_dp(root_tree):
     tree = root_tree
     logits = tree.flat_logits(0)
@@ -150,10 +168,14 @@ def test_horizon_one_named_decoders_are_the_dp(root_tree):
     for t in [0.4, 1.0, 1.7]:  # Temperature(T) ≡ β = 1, γ = T − 1
         close(policy_law(infodec.Temperature(t)), theory.solve(tree, beta=1.0, gamma=t - 1).log_seq_probs)
     for w in [0.0, 0.5, 1.0, 1.5, 3.0]:  # ClassifierFreeGuidance(w) ≡ β = 1, γ = 0, λ = w − 1, g = PMI
-        close(policy_law(ClassifierFreeGuidance(w)),
-              theory.solve(tree, beta=1.0, gamma=0.0, lam=w - 1, score="pmi").log_seq_probs)
-    close(policy_law(ClassifierFreeGuidance(2.0, temperature=0.8)),
-          theory.solve(tree, beta=1.0, gamma=-0.2, lam=1.0, score="pmi").log_seq_probs)
+        close(
+            policy_law(ClassifierFreeGuidance(w)),
+            theory.solve(tree, beta=1.0, gamma=0.0, lam=w - 1, score="pmi").log_seq_probs,
+        )
+    close(
+        policy_law(ClassifierFreeGuidance(2.0, temperature=0.8)),
+        theory.solve(tree, beta=1.0, gamma=-0.2, lam=1.0, score="pmi").log_seq_probs,
+    )
     # KL-guided temperature (untruncated) ≡ β = 1, γ = T(s) − 1 with T from the streams' KL at the root.
     for exact in [True, False]:
         policy = KLGuidedTemperature(t0=1.2, half_life=0.5, exact=exact)
@@ -163,8 +185,11 @@ def test_horizon_one_named_decoders_are_the_dp(root_tree):
     schedule = SigmoidSchedule(low=0.5, high=3.0, midpoint=0.3, width=0.2)
     p, q = np.exp(tree.log_probs[0][0]), tree.log_probs[0][1]
     lam = float(schedule(jnp.asarray(np.sum(p * (tree.log_probs[0][0] - q)))))
-    close(policy_law(DynamicValuePolicy(schedule, target="guidance")),
-          theory.solve(tree, beta=1.0, gamma=0.0, lam=lam, score="pmi").log_seq_probs, atol=2e-6)
+    close(
+        policy_law(DynamicValuePolicy(schedule, target="guidance")),
+        theory.solve(tree, beta=1.0, gamma=0.0, lam=lam, score="pmi").log_seq_probs,
+        atol=2e-6,
+    )
     # Greedy ≡ the hard limit.
     close(policy_law(infodec.Greedy()), theory.solve(tree, hard=True).log_seq_probs)
 
@@ -196,8 +221,11 @@ def test_dp_is_the_gibbs_optimum(beta, gamma, lam, with_terminal):
     # V at inner states is the optimum of the subproblem: Q = r + V(s ⊕ a) and softmax consistency.
     for t in range(3):
         np.testing.assert_allclose(sol.q[t], lam * tree.pmi(t) + sol.values[t + 1], atol=1e-12)
-        np.testing.assert_allclose(sol.log_policy[t], (beta * tree.log_model(t) + sol.q[t]
-                                                       - sol.values[t][..., None]) / (beta + gamma), atol=1e-9)
+        np.testing.assert_allclose(
+            sol.log_policy[t],
+            (beta * tree.log_model(t) + sol.q[t] - sol.values[t][..., None]) / (beta + gamma),
+            atol=1e-9,
+        )
     rng = np.random.default_rng(5)
     for _ in range(20):  # random policies never do better
         tables = [theory.tree.log_softmax(2 * rng.standard_normal((4,) * (t + 1))) for t in range(3)]
@@ -236,6 +264,7 @@ def decoders():
 
 
 @pytest.mark.parametrize("source", ["random", "model"])
+@pytest.mark.slow
 def test_dp_beats_every_myopic_decoder(source, model_tree):
     """J(π*) = V(root) ≥ J(every decoder), strictly above the matching closed form given a terminal reward."""
     tree = model_tree if source == "model" else theory.random_prefix_tree(4, 6, 3, num_streams=2)
@@ -260,8 +289,9 @@ def test_last_step_is_the_closed_form():
     sol = theory.solve(tree, beta=beta, gamma=gamma, lam=lam, score="pmi")
     log_pi, _ = ValuePolicy(beta, gamma, lam, PMI())(jnp.asarray(tree.flat_logits(2)))
     close(sol.log_policy[2], np.asarray(log_pi, np.float64).reshape(sol.log_policy[2].shape))
-    assert not np.allclose(sol.log_policy[1], theory.myopic(tree, beta=beta, gamma=gamma, lam=lam,
-                                                             score="pmi").log_policy[1], atol=1e-3)
+    assert not np.allclose(
+        sol.log_policy[1], theory.myopic(tree, beta=beta, gamma=gamma, lam=lam, score="pmi").log_policy[1], atol=1e-3
+    )
     # Rewards at the final step only (R = 0): the last step agrees, earlier ones do not (the final
     # reward's log-normaliser depends on the prefix), so myopic decoding is strictly worse.
     last_only = [np.zeros(1), np.zeros(1), tree.pmi(2)]
@@ -307,8 +337,9 @@ def test_exact_cases_where_myopic_is_optimal():
     for t in range(3):
         np.testing.assert_allclose(sol.log_policy[t], tree.log_probs[t][..., 1, :], atol=1e-12)
         np.testing.assert_allclose(sol.values[t], 0.0, atol=1e-12)
-    assert theory.sequence_objective(tree, ClassifierFreeGuidance(0.0), beta=1.0, lam=-1.0,
-                                     score="pmi") == pytest.approx(0.0, abs=1e-5)
+    assert theory.sequence_objective(
+        tree, ClassifierFreeGuidance(0.0), beta=1.0, lam=-1.0, score="pmi"
+    ) == pytest.approx(0.0, abs=1e-5)
     # Reward = change of model: r = τ log Q − β log P_G ⇒ π* = Q at every state, V ≡ 0.
     beta, gamma = 1.3, 0.4
     other = theory.random_prefix_tree(22, 4, 3)
@@ -332,13 +363,16 @@ def test_exact_cases_where_myopic_is_optimal():
 
 # --- the hard limit ---------------------------------------------------------------------------------
 
+
 def test_hard_limit_is_the_brute_force_map():
     tree = theory.random_prefix_tree(31, 4, 3, num_streams=2)
     R = terminal(tree, seed=9)
     beta, lam = 1.0, 0.6
     # U(y) = β log P_G(y) + Σ λ PMI + R(y), by explicit loops.
-    utility = {y: sum(beta * tree.log_model(t)[y[:t]][y[t]] + lam * tree.pmi(t)[y[:t]][y[t]] for t in range(3))
-               + R[y] for y in itertools.product(range(4), repeat=3)}
+    utility = {
+        y: sum(beta * tree.log_model(t)[y[:t]][y[t]] + lam * tree.pmi(t)[y[:t]][y[t]] for t in range(3)) + R[y]
+        for y in itertools.product(range(4), repeat=3)
+    }
     map_seq = max(utility, key=utility.get)
     hard = theory.solve(tree, beta=beta, lam=lam, score="pmi", terminal_reward=R, hard=True)
     assert tuple(hard.mode) == map_seq
@@ -358,8 +392,9 @@ def test_hard_limit_is_the_brute_force_map():
     for gamma in [-1.0, -1.5]:
         sol = theory.solve(tree, beta=beta, gamma=gamma, lam=lam, score="pmi", terminal_reward=R)
         assert sol.hard and tuple(sol.mode) == map_seq
-        assert theory.sequence_objective(tree, sol, beta=beta, gamma=gamma, lam=lam, score="pmi",
-                                         terminal_reward=R) == pytest.approx(hard.value, abs=1e-10)
+        assert theory.sequence_objective(
+            tree, sol, beta=beta, gamma=gamma, lam=lam, score="pmi", terminal_reward=R
+        ) == pytest.approx(hard.value, abs=1e-10)
     # Greedy (the myopic hard decoder) is a lower bound; on the model-free tree it is not the MAP.
     greedy = theory.myopic(tree, beta=beta, lam=lam, score="pmi", hard=True)
     assert utility[tuple(greedy.mode)] <= hard.value
@@ -374,6 +409,7 @@ def test_hard_limit_is_the_brute_force_map():
 
 
 # --- exact sequence laws of policies ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("source", ["random", "model"])
 def test_temperature_law_is_the_product_of_per_step_distributions(source, model_tree):
@@ -394,7 +430,7 @@ def test_policy_distribution_of_stateful_and_truncating_policies(model_tree):
     tree = model_tree
     log_q = theory.policy_distribution(tree, infodec.chain(infodec.Temperature(0.8), infodec.TopK(2)))
     q = np.exp(log_q)
-    assert q.sum() == pytest.approx(1.0, abs=1e-9) and np.sum(q > 0) <= 2 ** 3
+    assert q.sum() == pytest.approx(1.0, abs=1e-9) and np.sum(q > 0) <= 2**3
     # RepetitionPenalty reads the context (evidence + prompt + prefix) from step_info: check two states.
     tables = theory.policy_tables(tree, infodec.RepetitionPenalty(3.0))
     for prefix in [(), (0,), (0, 5)]:
@@ -406,6 +442,7 @@ def test_policy_distribution_of_stateful_and_truncating_policies(model_tree):
 
 
 # --- chi-square -------------------------------------------------------------------------------------
+
 
 def test_chi_square_accepts_the_law_and_rejects_another():
     tree = theory.random_prefix_tree(51, 4, 3, num_streams=2)
@@ -427,13 +464,24 @@ def test_chi_square_accepts_the_law_and_rejects_another():
     assert theory.chi_square(np.tile(theory.solve(tree, hard=True).mode, (50, 1)), greedy).p_value == 1.0
 
 
+@pytest.mark.slow
 def test_generate_with_evidence_follows_the_exact_law(tiny, model_tree):
     """``generate``'s two-stream samples (CFG, evidence prepended) fit ``policy_distribution``; the
     sequence-level optimum of the same objective is a different law, and the test tells them apart."""
     model, params = tiny
     policy = ClassifierFreeGuidance(1.5)
-    out = infodec.generate(model, params, [PROMPT], policy, jax.random.key(0), max_new_tokens=3,
-                           evidence=[EVIDENCE], num_samples=3000, chunk=4, stop_tokens=None)
+    out = infodec.generate(
+        model,
+        params,
+        [PROMPT],
+        policy,
+        jax.random.key(0),
+        max_new_tokens=3,
+        evidence=[EVIDENCE],
+        num_samples=3000,
+        chunk=4,
+        stop_tokens=None,
+    )
     samples = np.asarray(out.tokens)[:, :3]
     result = theory.chi_square(samples, theory.policy_distribution(model_tree, policy))
     print(f"\ngenerate CFG(1.5) vs exact law: {result}")
@@ -443,6 +491,7 @@ def test_generate_with_evidence_follows_the_exact_law(tiny, model_tree):
 
 
 # --- errors -----------------------------------------------------------------------------------------
+
 
 def test_clear_errors():
     one = theory.random_prefix_tree(0, 3, 2)

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 import infodec
-from infodec.policies.value import (PMI, ClassifierFreeGuidance, DynamicValuePolicy, FunctionScore,
-                                    HalfLifeSchedule, KLGuidedTemperature, SigmoidSchedule, ValuePolicy)
+from infodec.policies.value import (
+    ClassifierFreeGuidance,
+    DynamicValuePolicy,
+    HalfLifeSchedule,
+    KLGuidedTemperature,
+    SigmoidSchedule,
+)
+from infodec.policies.value_policy import PMI, FunctionScore, ValuePolicy
 from tests.test_engine import chi_square
 from tests.tiny_models import VOCAB, Reference, sequence_index, tiny_llama
 
@@ -22,15 +28,21 @@ def probs(policy, logits):
     return np.exp(np.asarray(policy(jnp.asarray(logits))[0], np.float64))
 
 
-# --- spec.md test vectors -----------------------------------------------------------------------------
+# --- docs/math.md test vectors -------------------------------------------------------------------------------
+
 
 def test_spec_vectors():
-    np.testing.assert_allclose(probs(infodec.Temperature(0.5), P_TEMPERATURE)[0],
-                               [0.907407, 0.074074, 0.018519], atol=1e-6)
-    np.testing.assert_allclose(probs(ClassifierFreeGuidance(1.5), CFG_STREAMS)[0],
-                               [0.707975, 0.250307, 0.041718], atol=1e-6)
-    expected = {0.5: (0.620182, [0.850310, 0.112799, 0.036891]), 1.0: (0.787517, [0.776233, 0.158171, 0.065596]),
-                2.0: (0.887421, [0.737823, 0.179831, 0.082346])}
+    np.testing.assert_allclose(
+        probs(infodec.Temperature(0.5), P_TEMPERATURE)[0], [0.907407, 0.074074, 0.018519], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        probs(ClassifierFreeGuidance(1.5), CFG_STREAMS)[0], [0.707975, 0.250307, 0.041718], atol=1e-6
+    )
+    expected = {
+        0.5: (0.620182, [0.850310, 0.112799, 0.036891]),
+        1.0: (0.787517, [0.776233, 0.158171, 0.065596]),
+        2.0: (0.887421, [0.737823, 0.179831, 0.082346]),
+    }
     for half_life, (temperature, pi) in expected.items():
         log_pi, diagnostics = KLGuidedTemperature(1.0, half_life)(jnp.asarray(KL_STREAMS))
         np.testing.assert_allclose(diagnostics["kl_streams"], [0.344618], atol=1e-6)
@@ -39,6 +51,7 @@ def test_spec_vectors():
 
 
 # --- named decoders are cases of ValuePolicy -------------------------------------------------------------
+
 
 def _random_streams(seed=0, rows=4, vocab=50):
     return jax.random.normal(jax.random.key(seed), (rows, 2, vocab)) * 3
@@ -49,8 +62,9 @@ def test_temperature_is_value_policy(temperature):
     logits = _random_streams()[:, :1]
     policy = infodec.Temperature(temperature)
     np.testing.assert_allclose(probs(policy, logits), probs(policy.as_value_policy(), logits), atol=1e-6)
-    np.testing.assert_allclose(probs(policy, logits),
-                               probs(ValuePolicy(beta=1.0, gamma=temperature - 1.0), logits), atol=1e-6)
+    np.testing.assert_allclose(
+        probs(policy, logits), probs(ValuePolicy(beta=1.0, gamma=temperature - 1.0), logits), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 3.0])
@@ -60,7 +74,7 @@ def test_cfg_is_value_policy_with_pmi(scale):
     general = ValuePolicy(beta=1.0, gamma=0.0, lam=scale - 1.0, score=PMI())
     np.testing.assert_allclose(probs(cfg, logits), probs(general, logits), atol=1e-6)
     log_c, log_u = jax.nn.log_softmax(logits[:, 0]), jax.nn.log_softmax(logits[:, 1])
-    direct = jax.nn.softmax(log_u + scale * (log_c - log_u))  # the spec.md convention, written out
+    direct = jax.nn.softmax(log_u + scale * (log_c - log_u))  # the convention of docs/math.md §1, written out
     np.testing.assert_allclose(probs(cfg, logits), direct, atol=1e-6)
     if scale == 1.0:
         np.testing.assert_allclose(probs(cfg, logits), jax.nn.softmax(logits[:, 0]), atol=1e-6)
@@ -72,15 +86,18 @@ def test_kl_guided_and_dynamic_policies_are_value_policies():
     logits = _random_streams(2)
     for half_life in (0.5, 2.0):
         kl_guided = KLGuidedTemperature(0.9, half_life)
-        np.testing.assert_allclose(probs(kl_guided, logits), probs(kl_guided.as_value_policy(logits), logits),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            probs(kl_guided, logits), probs(kl_guided.as_value_policy(logits), logits), atol=1e-5
+        )
         dynamic = DynamicValuePolicy(HalfLifeSchedule(0.9, half_life))
-        np.testing.assert_allclose(probs(dynamic, logits), probs(KLGuidedTemperature(0.9, half_life, exact=False),
-                                                                 logits), atol=1e-5)
+        np.testing.assert_allclose(
+            probs(dynamic, logits), probs(KLGuidedTemperature(0.9, half_life, exact=False), logits), atol=1e-5
+        )
     guided = DynamicValuePolicy(SigmoidSchedule(0.0, 2.0, 0.5, 0.2), target="guidance")
     lam = SigmoidSchedule(0.0, 2.0, 0.5, 0.2)(guided(logits)[1]["kl_streams"])
-    np.testing.assert_allclose(probs(guided, logits),
-                               probs(ValuePolicy(beta=1.0, gamma=0.0, lam=lam, score=PMI()), logits), atol=1e-5)
+    np.testing.assert_allclose(
+        probs(guided, logits), probs(ValuePolicy(beta=1.0, gamma=0.0, lam=lam, score=PMI()), logits), atol=1e-5
+    )
 
 
 def test_value_policy_maximises_the_one_step_objective():
@@ -116,6 +133,7 @@ def test_function_score_and_per_row_parameters():
 
 # --- KL-guided invariants ---------------------------------------------------------------------------------
 
+
 def test_identical_streams_give_zero_kl_and_t0():
     logits = _random_streams(5)
     same = jnp.stack([logits[:, 0], logits[:, 0]], axis=1)
@@ -146,6 +164,7 @@ def test_exact_and_textbook_kl_differ_only_through_clipping():
 
 def test_kl_guided_truncation_and_greedy():
     logits = _random_streams(8)
+
     def kept(policy):  # tokens not masked (their probability may still underflow at low T)
         return (np.asarray(policy(logits)[0]) > -1e29).sum(-1)
 
@@ -189,18 +208,28 @@ def test_engine_needs_evidence_for_two_stream_policies(tiny):
     with pytest.raises(ValueError, match="pass evidence=... to generate"):
         infodec.generate(model, params, [PROMPT], ClassifierFreeGuidance(2.0), jax.random.key(0), max_new_tokens=2)
     with pytest.raises(ValueError, match="one-stream policy"):
-        infodec.generate(model, params, [PROMPT], infodec.Greedy(), jax.random.key(0), max_new_tokens=2,
-                         evidence=[EVIDENCE])
+        infodec.generate(
+            model, params, [PROMPT], infodec.Greedy(), jax.random.key(0), max_new_tokens=2, evidence=[EVIDENCE]
+        )
     with pytest.raises(ValueError, match="evidence entries for 2 prompts"):
-        infodec.generate(model, params, [PROMPT, PROMPT], ClassifierFreeGuidance(2.0), jax.random.key(0),
-                         max_new_tokens=2, evidence=[EVIDENCE])
+        infodec.generate(
+            model,
+            params,
+            [PROMPT, PROMPT],
+            ClassifierFreeGuidance(2.0),
+            jax.random.key(0),
+            max_new_tokens=2,
+            evidence=[EVIDENCE],
+        )
 
 
+@pytest.mark.slow
 def test_cfg_scale_one_and_half_life_zero_equal_one_stream_sampling(tiny):
     model, params, _ = tiny
     key = jax.random.key(7)
-    one_stream = infodec.generate(model, params, [EVIDENCE + PROMPT] * 8, infodec.Temperature(0.9), key,
-                                  max_new_tokens=6)
+    one_stream = infodec.generate(
+        model, params, [EVIDENCE + PROMPT] * 8, infodec.Temperature(0.9), key, max_new_tokens=6
+    )
     for policy in (ClassifierFreeGuidance(1.0, temperature=0.9), KLGuidedTemperature(0.9, 0.0)):
         two = infodec.generate(model, params, [PROMPT] * 8, policy, key, max_new_tokens=6, evidence=[EVIDENCE] * 8)
         np.testing.assert_array_equal(two.tokens, one_stream.tokens)
@@ -216,10 +245,18 @@ def test_generate_runs_value_policies_directly(tiny):
     reference = infodec.generate(model, params, [PROMPT] * 4, infodec.Temperature(1.5), key, max_new_tokens=5)
     direct = infodec.generate(model, params, [PROMPT] * 4, ValuePolicy(beta=2.0, gamma=1.0), key, max_new_tokens=5)
     np.testing.assert_array_equal(direct.tokens, reference.tokens)
-    cfg = infodec.generate(model, params, [PROMPT] * 4, ClassifierFreeGuidance(2.0).as_value_policy(), key,
-                           max_new_tokens=5, evidence=[EVIDENCE] * 4)
-    named = infodec.generate(model, params, [PROMPT] * 4, ClassifierFreeGuidance(2.0), key, max_new_tokens=5,
-                             evidence=[EVIDENCE] * 4)
+    cfg = infodec.generate(
+        model,
+        params,
+        [PROMPT] * 4,
+        ClassifierFreeGuidance(2.0).as_value_policy(),
+        key,
+        max_new_tokens=5,
+        evidence=[EVIDENCE] * 4,
+    )
+    named = infodec.generate(
+        model, params, [PROMPT] * 4, ClassifierFreeGuidance(2.0), key, max_new_tokens=5, evidence=[EVIDENCE] * 4
+    )
     np.testing.assert_array_equal(cfg.tokens, named.tokens)
 
 
@@ -241,17 +278,32 @@ def _exact_two_stream(ref, policy, horizon):
     return seqs, np.exp(log_pi.sum(1)), log_pi, pmi
 
 
-@pytest.mark.parametrize("policy", [ClassifierFreeGuidance(2.5), KLGuidedTemperature(1.0, 0.5),
-                                    KLGuidedTemperature(1.0, 1.0, top_k=3),
-                                    DynamicValuePolicy(SigmoidSchedule(0.0, 2.0, 0.3, 0.2), target="guidance")],
-                         ids=["cfg", "kl-guided", "kl-guided-top3", "dynamic-guidance"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        ClassifierFreeGuidance(2.5),
+        KLGuidedTemperature(1.0, 0.5),
+        KLGuidedTemperature(1.0, 1.0, top_k=3),
+        DynamicValuePolicy(SigmoidSchedule(0.0, 2.0, 0.3, 0.2), target="guidance"),
+    ],
+    ids=["cfg", "kl-guided", "kl-guided-top3", "dynamic-guidance"],
+)
+@pytest.mark.slow
 def test_two_stream_samples_follow_the_exact_distribution(tiny, policy):
     model, params, ref = tiny
     draws = 2000
-    out = infodec.generate(model, params, [PROMPT], policy, jax.random.key(11), max_new_tokens=HORIZON,
-                           evidence=[EVIDENCE], num_samples=draws)
+    out = infodec.generate(
+        model,
+        params,
+        [PROMPT],
+        policy,
+        jax.random.key(11),
+        max_new_tokens=HORIZON,
+        evidence=[EVIDENCE],
+        num_samples=draws,
+    )
     seqs, exact, log_pi, pmi = _exact_two_stream(ref, policy, HORIZON)
-    observed = np.bincount(sequence_index(out.tokens), minlength=VOCAB ** HORIZON)
+    observed = np.bincount(sequence_index(out.tokens), minlength=VOCAB**HORIZON)
     assert observed[exact == 0].sum() == 0
     p_value = chi_square(out.tokens, exact)
     print(f"\nchi-square {type(policy).__name__}: p = {p_value:.4g}")

@@ -1,4 +1,4 @@
-"""DAEMON Algorithm 1: fitting the coefficients µ by weighted importance sampling (spec.md §3).
+"""DAEMON Algorithm 1: fitting the coefficients µ by weighted importance sampling (``docs/math.md`` §3).
 
 ``q_µ(x|c) ∝ p_θ(x|c) · exp(−µᵀ f(x, c))`` with one global µ. Given ``N`` samples per prefix from a
 proposal ``r`` with features ``f_{j,i}`` and log ratios ``ρ_{j,i} = log p_θ − log r``, the sample dual
@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,8 @@ import numpy as np
 import optax
 
 from infodec.daemon import metrics as metrics_lib
-from infodec.decoding.engine import encode_prompts
+from infodec.decoding.engine import StopTokens, encode_prompts, generate
+from infodec.policies.standard import Temperature
 
 Array = jax.Array
 
@@ -119,7 +121,7 @@ def moments(mu: Array, features: Array, log_ratios: Array | None = None, normali
 
 def _run(optimizer, nu0, g, rho, target, normalization, steps, tol, l2):
     """Minimises the dual in a ``while_loop`` (stops at ``steps`` or once ‖∇‖ < tol)."""
-    loss = lambda nu: dual_loss(nu, g, rho, target, normalization, l2)  # noqa: E731
+    loss = lambda nu: dual_loss(nu, g, rho, target, normalization, l2)
     value_and_grad = jax.value_and_grad(loss)
     history = jnp.full((steps + 1,), jnp.nan, jnp.float32)
 
@@ -151,10 +153,21 @@ def _default_optimizer(learning_rate):
     return optax.with_extra_args_support(optax.lbfgs(learning_rate=learning_rate))
 
 
-def fit_coefficients(features, log_ratios, target, *, normalization: str = "prefix", standardize: bool = True,
-                     steps: int = 200, learning_rate: float | None = None,
-                     optimizer: optax.GradientTransformation | None = None, tol: float = 1e-6,
-                     mu_init=None, polish: bool = True, l2: float = 0.0) -> tuple[np.ndarray, FitReport]:
+def fit_coefficients(
+    features,
+    log_ratios,
+    target,
+    *,
+    normalization: str = "prefix",
+    standardize: bool = True,
+    steps: int = 200,
+    learning_rate: float | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    tol: float = 1e-6,
+    mu_init=None,
+    polish: bool = True,
+    l2: float = 0.0,
+) -> tuple[np.ndarray, FitReport]:
     """Algorithm 1 on arrays: ``µ = argmin L̂(µ)`` (module docstring), no model needed.
 
     Args:
@@ -210,8 +223,16 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
     nu0 = jnp.zeros(k, jnp.float32) if mu_init is None else jnp.asarray(np.asarray(mu_init) * std, jnp.float32)
     optimizer = _default_optimizer(learning_rate) if optimizer is None else optax.with_extra_args_support(optimizer)
     nu, taken, history, grad_norm = _run_jit(
-        optimizer, nu0, g, rho_j, big_f, normalization, int(steps), jnp.float32(max(tol, 1e-4) if polish else tol),
-        jnp.float32(l2))
+        optimizer,
+        nu0,
+        g,
+        rho_j,
+        big_f,
+        normalization,
+        int(steps),
+        jnp.float32(max(tol, 1e-4) if polish else tol),
+        jnp.float32(l2),
+    )
     nu = np.asarray(nu, np.float64)
     if polish:
         nu = _newton_polish(nu, (f - mean) / std, rho, (target - mean) / std, normalization, l2)
@@ -219,19 +240,29 @@ def fit_coefficients(features, log_ratios, target, *, normalization: str = "pref
 
     # Diagnostics in float64 on the host.
     lw = rho - np.einsum("jnk,k->jn", f, mu)
-    per_prefix = _softmax(lw, axis=1)
-    weights = per_prefix if normalization == "prefix" else _softmax(lw.reshape(-1)).reshape(lw.shape)
-    fitted = (np.einsum("jn,jnk->k", weights, f) / (num_prefixes if normalization == "prefix" else 1))
-    joint = _softmax(lw.reshape(-1))
+    per_prefix = softmax(lw, axis=1)
+    weights = per_prefix if normalization == "prefix" else softmax(lw.reshape(-1)).reshape(lw.shape)
+    fitted = np.einsum("jn,jnk->k", weights, f) / (num_prefixes if normalization == "prefix" else 1)
+    joint = softmax(lw.reshape(-1))
     residual = target - fitted
     report = FitReport(
-        mu=mu, mu_standardized=nu, feature_mean=mean, feature_std=std, fitted_moments=fitted, target=target,
-        residual=residual, residual_norm=float(np.linalg.norm(residual)),
+        mu=mu,
+        mu_standardized=nu,
+        feature_mean=mean,
+        feature_std=std,
+        fitted_moments=fitted,
+        target=target,
+        residual=residual,
+        residual_norm=float(np.linalg.norm(residual)),
         residual_norm_standardized=float(np.linalg.norm(residual / std)),
-        ess=1.0 / np.sum(per_prefix ** 2, axis=1), ess_global=float(1.0 / np.sum(joint ** 2)), weights=weights,
-        loss_history=np.asarray(history[:int(taken) + 1], np.float64), steps=int(taken),
+        ess=1.0 / np.sum(per_prefix**2, axis=1),
+        ess_global=float(1.0 / np.sum(joint**2)),
+        weights=weights,
+        loss_history=np.asarray(history[: int(taken) + 1], np.float64),
+        steps=int(taken),
         converged=float(np.linalg.norm(residual / std + l2 * nu)) < tol,
-        normalization=normalization)
+        normalization=normalization,
+    )
     return mu, report
 
 
@@ -264,8 +295,9 @@ class RidgeSelection:
     folds: int
 
 
-def cross_validate_l2(features, log_ratios, target, l2_values: Sequence[float], *, folds: int = 4,
-                      seed: int = 0, **fit_kwargs) -> RidgeSelection:
+def cross_validate_l2(
+    features, log_ratios, target, l2_values: Sequence[float], *, folds: int = 4, seed: int = 0, **fit_kwargs
+) -> RidgeSelection:
     """Chooses ``fit_coefficients``' ridge by ``folds``-fold cross-validation over prefixes.
 
     A fit matches the target on its own samples exactly; with few samples per prefix (low ESS) the
@@ -299,14 +331,15 @@ def cross_validate_l2(features, log_ratios, target, l2_values: Sequence[float], 
         train, test = fold_of != fold, fold_of == fold
         for v, l2 in enumerate(values):
             mu, _ = fit_coefficients(f[train], rho[train], target, l2=float(l2), **fit_kwargs)
-            w = _softmax(rho[test] - np.einsum("jnk,k->jn", f[test], mu), axis=1)
+            w = softmax(rho[test] - np.einsum("jnk,k->jn", f[test], mu), axis=1)
             held_out[v, test] = np.einsum("jn,jnk->jk", w, f[test])
             # squared per fold, then averaged: averaging the folds' moments first would cancel the noise
             # each training fit matched (a fold's train and test sample means sum to the total's)
             score[v] += np.sum(((target - held_out[v, test].mean(0)) / std) ** 2) / folds
     best = len(values) - 1 - int(np.argmin(score[::-1]))  # ties go to the larger ridge
-    return RidgeSelection(l2=float(values[best]), l2_values=values, held_out_moments=held_out.mean(1), score=score,
-                          folds=folds)
+    return RidgeSelection(
+        l2=float(values[best]), l2_values=values, held_out_moments=held_out.mean(1), score=score, folds=folds
+    )
 
 
 def _dual64(nu, g, rho, big_f, normalization, l2=0.0):
@@ -333,8 +366,7 @@ def _dual64(nu, g, rho, big_f, normalization, l2=0.0):
     k = g.shape[-1]
     flat = centred.reshape(-1, k)
     hessian = (flat * w.reshape(-1, 1)).T @ flat
-    return (loss + nu @ big_f + 0.5 * l2 * nu @ nu, big_f - mean + l2 * nu,
-            hessian + l2 * np.eye(len(nu)))
+    return (loss + nu @ big_f + 0.5 * l2 * nu @ nu, big_f - mean + l2 * nu, hessian + l2 * np.eye(len(nu)))
 
 
 def _newton_polish(nu, g, rho, big_f, normalization, l2=0.0, iters: int = 30):
@@ -358,13 +390,15 @@ def _newton_polish(nu, g, rho, big_f, normalization, l2=0.0, iters: int = 30):
     return nu
 
 
-def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Normalised weights ``exp(x) / Σ exp(x)`` along ``axis``, in float64 numpy (log weights in, weights out)."""
     x = x - np.max(x, axis=axis, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=axis, keepdims=True)
 
 
 # --- with a model ----------------------------------------------------------------------------------
+
 
 def pad_rows(rows: Sequence[Sequence[int]], width: int | None = None, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(tokens [B, W], lengths [B])`` from id lists, right-padded with ``fill`` (truncated to ``width``)."""
@@ -374,12 +408,19 @@ def pad_rows(rows: Sequence[Sequence[int]], width: int | None = None, fill: int 
     w = max(1, max((len(r) for r in rows), default=0)) if width is None else width
     tokens = np.full((len(rows), w), fill, np.int32)
     for b, r in enumerate(rows):
-        tokens[b, :len(r)] = r
+        tokens[b, : len(r)] = r
     return tokens, np.array([len(r) for r in rows], np.int32)
 
 
-def human_features(prefixes, continuations, metric_names: Sequence[str], *, max_new_tokens: int | None = None,
-                   tokenizer=None, **metric_deps) -> np.ndarray:
+def human_features(
+    prefixes,
+    continuations,
+    metric_names: Sequence[str],
+    *,
+    max_new_tokens: int | None = None,
+    tokenizer=None,
+    **metric_deps,
+) -> np.ndarray:
     """``[J, K]`` metrics of human continuations (truncated to ``max_new_tokens`` when given)."""
     prefix_ids = encode_prompts(prefixes, tokenizer, add_bos=True)
     cont_ids = encode_prompts(continuations, tokenizer, add_bos=False, allow_empty=True)
@@ -393,38 +434,78 @@ def human_features(prefixes, continuations, metric_names: Sequence[str], *, max_
     return np.asarray(metrics_lib.compute(metric_names, tokens, lengths, prefix, **deps), np.float64)
 
 
-def draw_candidates(model, params, prompts, metric_names, *, num_samples: int, max_new_tokens: int, key,
-                    proposal_temperature: float = 1.0, tokenizer=None, stop_tokens=..., functions=None,
-                    mesh=None, **metric_deps):
+def draw_candidates(
+    model,
+    params,
+    prompts,
+    metric_names,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    key,
+    proposal_temperature: float = 1.0,
+    tokenizer=None,
+    stop_tokens: StopTokens = ...,
+    functions=None,
+    mesh=None,
+    **metric_deps,
+):
     """Draws ``num_samples`` continuations per prompt from ``Temperature(τ)`` (one shared prefill) and
     returns ``(output, features [P, M, K], log_ratios [P, M])``; ``ρ = Σ_t (log p_θ − log r)`` over the
     generated tokens, exactly 0 when ``τ = 1``. ``mesh``: as for ``infodec.generate`` (the ``P * M``
     candidate rows on the data axis, parameters on the model axis; same candidates as one device)."""
-    import infodec  # late: infodec imports this package
-
     if proposal_temperature <= 0:
         raise ValueError(f"proposal_temperature must be > 0, got {proposal_temperature}")
     prompt_ids = encode_prompts(prompts, tokenizer, add_bos=True)
-    out = infodec.generate(model, params, prompt_ids, infodec.Temperature(float(proposal_temperature)), key,
-                           max_new_tokens=max_new_tokens, num_samples=num_samples, tokenizer=tokenizer,
-                           stop_tokens=stop_tokens, mesh=mesh)
+    out = generate(
+        model,
+        params,
+        prompt_ids,
+        Temperature(float(proposal_temperature)),
+        key,
+        max_new_tokens=max_new_tokens,
+        num_samples=num_samples,
+        tokenizer=tokenizer,
+        stop_tokens=stop_tokens,
+        mesh=mesh,
+    )
     deps = dict(metric_deps)
     if tokenizer is not None:
         deps.setdefault("tokenizer", tokenizer)
     functions = functions or metrics_lib.metric_functions(metric_names, **deps)
     feats = np.asarray(metrics_lib.compute_with(functions, out.tokens, out.lengths, out.prompt_tokens), np.float64)
     logp_model, logp_policy = out.sequence_logp()
-    rho = np.zeros_like(logp_model, np.float64) if proposal_temperature == 1.0 else (
-        logp_model.astype(np.float64) - logp_policy.astype(np.float64))
+    rho = (
+        np.zeros_like(logp_model, np.float64)
+        if proposal_temperature == 1.0
+        else (logp_model.astype(np.float64) - logp_policy.astype(np.float64))
+    )
     num_prompts = len(prompt_ids)
     return out, feats.reshape(num_prompts, num_samples, -1), rho.reshape(num_prompts, num_samples)
 
 
-def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str], *, num_samples: int,
-        max_new_tokens: int, key, proposal_temperature: float = 1.0, tokenizer=None, stop_tokens=...,
-        normalization: str = "prefix", standardize: bool = True, steps: int = 200,
-        learning_rate: float | None = None, optimizer=None, mesh=None, **metric_deps) -> tuple[np.ndarray, FitReport]:
-    """Algorithm 1 end to end (spec.md §3).
+def fit(
+    model,
+    params,
+    prefixes,
+    human_continuations,
+    metric_names: Sequence[str],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    key,
+    proposal_temperature: float = 1.0,
+    tokenizer=None,
+    stop_tokens: StopTokens = ...,
+    normalization: str = "prefix",
+    standardize: bool = True,
+    steps: int = 200,
+    learning_rate: float | None = None,
+    optimizer=None,
+    mesh=None,
+    **metric_deps,
+) -> tuple[np.ndarray, FitReport]:
+    """Algorithm 1 end to end (``docs/math.md`` §3).
 
     1. ``F = mean_j f(x_j^human, c_j)`` (human continuations truncated to ``max_new_tokens`` tokens, so
        they are measured on the same budget as the samples);
@@ -438,18 +519,39 @@ def fit(model, params, prefixes, human_continuations, metric_names: Sequence[str
     (see ``metrics.get_metric``). ``mesh``: where the samples are drawn (``draw_candidates``). Returns
     ``(mu, report)`` with the features in the report.
     """
-    names, deps, functions, prefix_ids, human_ids = encode_study_inputs(prefixes, human_continuations, metric_names,
-                                                                         tokenizer, metric_deps)
-    human = human_features(prefix_ids, human_ids, names,
-                           max_new_tokens=max_new_tokens, **{**deps, **_resolved(names, functions)})
-    _, feats, rho = draw_candidates(model, params, prefix_ids, names, num_samples=num_samples,
-                                    max_new_tokens=max_new_tokens, key=key,
-                                    proposal_temperature=proposal_temperature, tokenizer=tokenizer,
-                                    stop_tokens=stop_tokens, functions=functions, mesh=mesh)
-    mu, report = fit_coefficients(feats, rho, human.mean(0), normalization=normalization, standardize=standardize,
-                                  steps=steps, learning_rate=learning_rate, optimizer=optimizer)
-    return mu, dataclasses.replace(report, metric_names=names, human_features=human, sample_features=feats,
-                                   log_ratios=rho)
+    names, deps, functions, prefix_ids, human_ids = encode_study_inputs(
+        prefixes, human_continuations, metric_names, tokenizer, metric_deps
+    )
+    human = human_features(
+        prefix_ids, human_ids, names, max_new_tokens=max_new_tokens, **{**deps, **_resolved(names, functions)}
+    )
+    _, feats, rho = draw_candidates(
+        model,
+        params,
+        prefix_ids,
+        names,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        key=key,
+        proposal_temperature=proposal_temperature,
+        tokenizer=tokenizer,
+        stop_tokens=stop_tokens,
+        functions=functions,
+        mesh=mesh,
+    )
+    mu, report = fit_coefficients(
+        feats,
+        rho,
+        human.mean(0),
+        normalization=normalization,
+        standardize=standardize,
+        steps=steps,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+    )
+    return mu, dataclasses.replace(
+        report, metric_names=names, human_features=human, sample_features=feats, log_ratios=rho
+    )
 
 
 def encode_study_inputs(prefixes, human_continuations, metric_names, tokenizer, metric_deps):

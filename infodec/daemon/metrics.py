@@ -1,4 +1,4 @@
-"""DAEMON's per-sequence metrics ``f(x, c)`` (spec.md §3, the metric table), on model token ids.
+"""DAEMON's per-sequence metrics ``f(x, c)`` (``docs/math.md`` §3, the metric table), on model token ids.
 
 Every metric has the signature ``f(tokens[B, L], lengths[B], prefix[B, P] | None) -> Float[B]``:
 
@@ -9,11 +9,11 @@ Every metric has the signature ``f(tokens[B, L], lengths[B], prefix[B, P] | None
 Token-level metrics (``sr{n}``, ``tr{l}``, ``div``) are jitted and exact (no hashing): distinct
 n-grams are counted on device by a lexicographic multi-key ``lax.sort`` of the n-gram columns, so two
 n-grams are the same only if all their tokens are. ``coh`` and ``info`` are built by the factories
-:func:`coherence` and :func:`information`, since they need a model.
+:func:`coherence` and :func:`model_nll`, since they need a model.
 
 The registry maps names to metrics: ``get_metric("sr4")``, ``get_metric("tr32")``, ``"div"``,
 ``"coh"``, ``"info"`` (``n``/``l`` parsed from the name; ``sr``/``tr`` alone mean the defaults 4 and 32);
-:func:`compute` stacks several into ``[B, K]``. Conventions (the project's, spec.md §3):
+:func:`compute` stacks several into ``[B, K]``. Conventions (the project's, ``docs/math.md`` §3):
 
 * ``sr{n} = 1 − |unique n-grams| / |n-grams|`` over the ``max(len − n + 1, 0)`` n-grams of the
   continuation; 0 when there is none.
@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from infodec.decoding.engine import prompt_bucket
+from infodec.decoding.scoring import check_continuations, continuation_log_probs, prefix_lists
 
 Array = jax.Array
 Metric = Callable[..., Array]
@@ -43,19 +45,8 @@ DEFAULT_SR = 4
 DEFAULT_TR = 32
 
 
-def _check(tokens, lengths) -> tuple[Array, Array]:
-    tokens = jnp.asarray(tokens)
-    lengths = jnp.asarray(lengths)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
-    if lengths.shape != tokens.shape[:1]:
-        raise ValueError(f"lengths {lengths.shape} must be [batch] = {tokens.shape[:1]}")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
-    return tokens.astype(jnp.int32), jnp.clip(lengths.astype(jnp.int32), 0, tokens.shape[1])
-
-
 # --- repetition and diversity (jit) ---------------------------------------------------------------
+
 
 @functools.partial(jax.jit, static_argnames="n")
 def _unique_ngrams(tokens: Array, lengths: Array, n: int) -> tuple[Array, Array]:
@@ -65,7 +56,7 @@ def _unique_ngrams(tokens: Array, lengths: Array, n: int) -> tuple[Array, Array]
     total = jnp.maximum(lengths - n + 1, 0)
     if slots <= 0:
         return jnp.zeros((batch,), jnp.int32), total
-    columns = [tokens[:, k:k + slots] for k in range(n)]  # n-gram s is (columns[0][s], ..., columns[n-1][s])
+    columns = [tokens[:, k : k + slots] for k in range(n)]  # n-gram s is (columns[0][s], ..., columns[n-1][s])
     invalid = (jnp.arange(slots)[None, :] >= total[:, None]).astype(jnp.int32)
     # Lexicographic sort on (invalid, t_0, ..., t_{n-1}): real n-grams first, equal n-grams adjacent.
     ordered = jax.lax.sort((invalid, *columns), dimension=1, num_keys=n + 1)
@@ -81,7 +72,7 @@ def sequence_repetition(tokens, lengths, prefix=None, *, n: int = DEFAULT_SR) ->
     """``sr{n}``: ``1 − |unique n-grams| / |n-grams|`` per row ``[B]`` (0 for rows without an n-gram)."""
     if n < 1:
         raise ValueError(f"n-gram order must be >= 1, got {n}")
-    tokens, lengths = _check(tokens, lengths)
+    tokens, lengths = check_continuations(tokens, lengths)
     unique, total = _unique_ngrams(tokens, lengths, n)
     return jnp.where(total > 0, 1.0 - unique / jnp.maximum(total, 1), 0.0).astype(jnp.float32)
 
@@ -105,13 +96,13 @@ def token_repetition(tokens, lengths, prefix=None, *, window: int = DEFAULT_TR) 
     tokens ``[B]`` (0 for an empty row)."""
     if window < 1:
         raise ValueError(f"tr window must be >= 1, got {window}")
-    tokens, lengths = _check(tokens, lengths)
+    tokens, lengths = check_continuations(tokens, lengths)
     return _token_repetition(tokens, lengths, window)
 
 
 def diversity(tokens, lengths, prefix=None) -> Array:
     """``div = Π_{n=2..4} (1 − sr_n)`` per row ``[B]``."""
-    tokens, lengths = _check(tokens, lengths)
+    tokens, lengths = check_continuations(tokens, lengths)
     out = jnp.ones(tokens.shape[:1], jnp.float32)
     for n in (2, 3, 4):
         unique, total = _unique_ngrams(tokens, lengths, n)
@@ -126,7 +117,7 @@ def sr(n: int = DEFAULT_SR) -> Metric:
     return functools.partial(sequence_repetition, n=n)
 
 
-def tr(l: int = DEFAULT_TR) -> Metric:  # noqa: E741 (the spec's name)
+def tr(l: int = DEFAULT_TR) -> Metric:
     """The ``tr{l}`` metric function (``l >= 1``)."""
     if l < 1:
         raise ValueError(f"tr{{l}} needs a look-back window l >= 1, got {l}")
@@ -144,7 +135,7 @@ def pooled_diversity(tokens, lengths, orders: Sequence[int] = (2, 3, 4)) -> dict
     lengths = np.clip(np.asarray(lengths), 0, tokens.shape[1])
     result, product = {}, 1.0
     for n in orders:
-        grams = [tokens[b, s:s + n] for b in range(len(tokens)) for s in range(int(lengths[b]) - n + 1)]
+        grams = [tokens[b, s : s + n] for b in range(len(tokens)) for s in range(int(lengths[b]) - n + 1)]
         if grams:
             unique = len(np.unique(np.stack(grams), axis=0))
             rep = 1.0 - unique / len(grams)
@@ -157,15 +148,6 @@ def pooled_diversity(tokens, lengths, orders: Sequence[int] = (2, 3, 4)) -> dict
 
 
 # --- model-based metrics ---------------------------------------------------------------------------
-
-def _prefix_lists(prefix, batch: int) -> list[list[int]]:
-    if prefix is None:
-        raise ValueError("this metric compares the continuation with its prefix: pass prefix=[B, P] "
-                         "(prompt ids, right-padded with -1)")
-    prefix = np.asarray(prefix)
-    if prefix.ndim != 2 or prefix.shape[0] != batch:
-        raise ValueError(f"prefix must be [batch={batch}, P], got shape {prefix.shape}")
-    return [[int(t) for t in row if t >= 0] for row in prefix]
 
 
 def coherence(encoder, params, encoder_tokenizer, lm_tokenizer, *, max_length: int | None = None) -> Metric:
@@ -185,82 +167,28 @@ def coherence(encoder, params, encoder_tokenizer, lm_tokenizer, *, max_length: i
 
     def encode(texts: list[str]) -> np.ndarray:
         ids = [list(x) for x in encoder_tokenizer.encode_batch(texts)]
-        ids = [x if len(x) <= limit else x[:limit - 1] + x[-1:] for x in ids]
+        ids = [x if len(x) <= limit else x[: limit - 1] + x[-1:] for x in ids]
         width = min(prompt_bucket(max(len(x) for x in ids)), limit)
         tokens = np.zeros((len(ids), width), np.int32)
         mask = np.zeros((len(ids), width), np.int32)
         for row, x in enumerate(ids):
-            tokens[row, :len(x)] = x
-            mask[row, :len(x)] = 1
+            tokens[row, : len(x)] = x
+            mask[row, : len(x)] = 1
         return np.asarray(embed(params, jnp.asarray(tokens), jnp.asarray(mask)))
 
     def coh(tokens, lengths, prefix=None) -> Array:
-        tokens, lengths = _check(tokens, lengths)
+        tokens, lengths = check_continuations(tokens, lengths)
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-        prefixes = _prefix_lists(prefix, len(tokens))
+        prefixes = prefix_lists(prefix, len(tokens))
         prefix_text = [lm_tokenizer.decode(p) for p in prefixes]
-        continuation_text = [lm_tokenizer.decode(tokens[b, :lengths[b]]) for b in range(len(tokens))]
+        continuation_text = [lm_tokenizer.decode(tokens[b, : lengths[b]]) for b in range(len(tokens))]
         a, b = encode(prefix_text), encode(continuation_text)
         return jnp.asarray(np.sum(a * b, axis=-1), jnp.float32)
 
     return coh
 
 
-def pack_prefix_continuation(model, prefixes: list[list[int]], tokens: np.ndarray,
-                             lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Packs each row's prefix + continuation for one cache-free ``apply``: ``(ids [B, S], positions
-    [B, S] (-1 after the text), starts [B])`` with ``S`` the power-of-two bucket of the longest row and
-    ``starts[b]`` the column of row b's first continuation token. Under the causal mask the right
-    padding changes nothing."""
-    batch = len(tokens)
-    longest = max(len(p) + int(n) for p, n in zip(prefixes, lengths))
-    if longest > model.max_length:
-        raise ValueError(f"prefix + continuation of {longest} tokens exceeds the evaluator's context of "
-                         f"{model.max_length}")
-    span = min(prompt_bucket(longest), model.max_length)
-    full = np.zeros((batch, span), np.int32)
-    positions = np.full((batch, span), -1, np.int32)
-    starts = np.zeros(batch, np.int64)
-    for b, p in enumerate(prefixes):
-        n = int(lengths[b])
-        full[b, :len(p)] = p
-        full[b, len(p):len(p) + n] = tokens[b, :n]
-        positions[b, :len(p) + n] = np.arange(len(p) + n)
-        starts[b] = len(p)
-    return full, positions, starts
-
-
-def continuation_log_probs(model, params, tokens, lengths, prefix, *, apply=None) -> tuple[np.ndarray, np.ndarray]:
-    """``(logp [B, L], mask [B, L])``: log p(x_t | c, x_<t) of each continuation token under ``model``,
-    from one cache-free full-sequence ``apply`` over prefix + continuation (right-padded to a
-    power-of-two bucket; under the causal mask the padding changes nothing). Every prefix must be
-    non-empty (its last token predicts the first continuation token)."""
-    tokens, lengths = _check(tokens, lengths)
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    prefixes = _prefix_lists(prefix, len(tokens))
-    if any(len(p) == 0 for p in prefixes):
-        raise ValueError("info needs a non-empty prefix for every row (its last token predicts the first "
-                         "continuation token); prepend BOS to empty prompts")
-    full, positions, starts = pack_prefix_continuation(model, prefixes, tokens, lengths)
-    span, width = full.shape[1], tokens.shape[1]
-    next_logp = np.asarray((apply or _next_token_log_probs)(model, params, jnp.asarray(full), jnp.asarray(positions)))
-    # next_logp[b, s] = log p(full[b, s + 1] | full[b, :s + 1]); continuation token t sits at column
-    # start + t, so it is next_logp[b, start + t - 1].
-    index = np.minimum(starts[:, None] - 1 + np.arange(width)[None, :], span - 2)
-    mask = np.arange(width)[None, :] < lengths[:, None]
-    logp = np.take_along_axis(next_logp, index, axis=1)
-    return np.where(mask, logp, 0.0), mask
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _next_token_log_probs(model, params, tokens, positions):
-    """``[B, T - 1]`` log-probability of each token given the ones before it (one cache-free apply)."""
-    logits, _ = model.apply(params, tokens, positions)
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[:, :, 0]
-
-
-def information(model, params) -> Metric:
+def model_nll(model, params) -> Metric:
     """Builds ``info``: mean token negative log-likelihood of the continuation given the prefix under an
     evaluator LM (``model``, ``params``), from one full-sequence apply; 0 for an empty continuation."""
 
@@ -274,14 +202,18 @@ def information(model, params) -> Metric:
 
 # --- registry --------------------------------------------------------------------------------------
 
-def _coh_factory(*, coh=None, encoder=None, encoder_params=None, encoder_tokenizer=None, lm_tokenizer=None,
-                 tokenizer=None, **_):
+
+def _coh_factory(
+    *, coh=None, encoder=None, encoder_params=None, encoder_tokenizer=None, lm_tokenizer=None, tokenizer=None, **_
+):
     if coh is not None:
         return coh
     lm_tokenizer = lm_tokenizer or tokenizer
     if None in (encoder, encoder_params, encoder_tokenizer, lm_tokenizer):
-        raise ValueError("metric 'coh' needs coh=coherence(...) or encoder=, encoder_params=, "
-                         "encoder_tokenizer= and lm_tokenizer= (or tokenizer=)")
+        raise ValueError(
+            "metric 'coh' needs coh=coherence(...) or encoder=, encoder_params=, "
+            "encoder_tokenizer= and lm_tokenizer= (or tokenizer=)"
+        )
     return coherence(encoder, encoder_params, encoder_tokenizer, lm_tokenizer)
 
 
@@ -289,9 +221,8 @@ def _info_factory(*, info=None, evaluator=None, evaluator_params=None, **_):
     if info is not None:
         return info
     if evaluator is None or evaluator_params is None:
-        raise ValueError("metric 'info' needs info=information(model, params) or evaluator= and "
-                         "evaluator_params=")
-    return information(evaluator, evaluator_params)
+        raise ValueError("metric 'info' needs info=model_nll(model, params) or evaluator= and evaluator_params=")
+    return model_nll(evaluator, evaluator_params)
 
 
 # name pattern -> factory(argument or None, **deps) -> metric
@@ -310,7 +241,11 @@ def register(name: str, metric: Metric | Callable[..., Metric], *, factory: bool
     a ``factory(arg, **deps) -> metric`` (``arg`` is the integer suffix of the requested name or None)."""
     if not _NAME.match(name) or any(c.isdigit() for c in name):
         raise ValueError(f"metric names are lowercase letters/underscores, got {name!r}")
-    METRICS[name] = metric if factory else (lambda arg=None, **_: metric)
+    if factory:
+        METRICS[name] = cast(Callable[..., Metric], metric)
+    else:
+        fixed = cast(Metric, metric)
+        METRICS[name] = lambda arg=None, **_: fixed
 
 
 def get_metric(name: str, **deps: Any) -> Metric:
@@ -328,8 +263,9 @@ def get_metric(name: str, **deps: Any) -> Metric:
         return METRICS[base](int(digits) if digits else None, **deps)
     if name in METRICS:
         return METRICS[name](None, **deps)
-    raise ValueError(f"unknown metric {name!r}; known: sr{{n}}, tr{{l}}, " + ", ".join(
-        k for k in METRICS if k not in ("sr", "tr")))
+    raise ValueError(
+        f"unknown metric {name!r}; known: sr{{n}}, tr{{l}}, " + ", ".join(k for k in METRICS if k not in ("sr", "tr"))
+    )
 
 
 def compute(names: Sequence[str], tokens, lengths, prefix=None, **deps: Any) -> Array:
@@ -352,7 +288,19 @@ def compute_with(functions: Sequence[Metric], tokens, lengths, prefix=None) -> A
     return jnp.stack([jnp.asarray(f(tokens, lengths, prefix), jnp.float32) for f in functions], axis=1)
 
 
-__all__ = ["METRICS", "register", "get_metric", "compute", "metric_functions", "compute_with", "sr", "tr",
-           "sequence_repetition", "token_repetition", "diversity", "pooled_diversity", "coherence",
-           "information", "continuation_log_probs"]
-
+__all__ = [
+    "METRICS",
+    "register",
+    "get_metric",
+    "compute",
+    "metric_functions",
+    "compute_with",
+    "sr",
+    "tr",
+    "sequence_repetition",
+    "token_repetition",
+    "diversity",
+    "pooled_diversity",
+    "coherence",
+    "model_nll",
+]

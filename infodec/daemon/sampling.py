@@ -1,4 +1,4 @@
-"""DAEMON Algorithm 2: conditional sampling-importance-resampling (spec.md §3).
+"""DAEMON Algorithm 2: conditional sampling-importance-resampling (``docs/math.md`` §3).
 
 For each prompt: ``M`` candidates from the proposal ``r`` (``Temperature(τ)``; the ``M`` rows share the
 prompt's prefilled KV cache via ``generate(..., num_samples=M)``), log weights
@@ -10,13 +10,15 @@ proposal sampling; as ``M → ∞`` the output follows ``q_µ`` with a point-wis
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from infodec.daemon import fitting as fit_lib
+from infodec.decoding.engine import StopTokens
 
 Array = jax.Array
 
@@ -106,9 +108,24 @@ class DaemonOutput:
     text: list[str] | None = None
 
 
-def sample(model, params, prompts, mu, metric_names: Sequence[str], *, num_candidates: int, max_new_tokens: int,
-           key, proposal_temperature: float = 1.0, correct_proposal: bool = True, standardization=None,
-           tokenizer=None, stop_tokens=..., mesh=None, **metric_deps) -> DaemonOutput:
+def sample(
+    model,
+    params,
+    prompts,
+    mu,
+    metric_names: Sequence[str],
+    *,
+    num_candidates: int,
+    max_new_tokens: int,
+    key,
+    proposal_temperature: float = 1.0,
+    correct_proposal: bool = True,
+    standardization=None,
+    tokenizer=None,
+    stop_tokens: StopTokens = ...,
+    mesh=None,
+    **metric_deps,
+) -> DaemonOutput:
     """Algorithm 2: one DAEMON sample per prompt by SIR over ``num_candidates`` proposal candidates.
 
     Args:
@@ -128,14 +145,33 @@ def sample(model, params, prompts, mu, metric_names: Sequence[str], *, num_candi
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     gen_key, pick_key = jax.random.split(key)
-    out, feats, rho = fit_lib.draw_candidates(model, params, prompts, metric_names, num_samples=num_candidates,
-                                              max_new_tokens=max_new_tokens, key=gen_key,
-                                              proposal_temperature=proposal_temperature, tokenizer=tokenizer,
-                                              stop_tokens=stop_tokens, mesh=mesh, **metric_deps)
+    out, feats, rho = fit_lib.draw_candidates(
+        model,
+        params,
+        prompts,
+        metric_names,
+        num_samples=num_candidates,
+        max_new_tokens=max_new_tokens,
+        key=gen_key,
+        proposal_temperature=proposal_temperature,
+        tokenizer=tokenizer,
+        stop_tokens=stop_tokens,
+        mesh=mesh,
+        **metric_deps,
+    )
     lw = log_weights(mu, feats, rho if correct_proposal else None, standardization=standardization)
     index, ess = resample(pick_key, lw)
     index, ess = np.asarray(index), np.asarray(ess)
     rows = np.arange(len(index)) * num_candidates + index
     text = None if out.text is None else [out.text[r] for r in rows]
-    return DaemonOutput(tokens=out.tokens[rows], lengths=out.lengths[rows], index=index, log_weights=lw, ess=ess,
-                        features=feats, log_ratios=rho, candidates=out, text=text)
+    return DaemonOutput(
+        tokens=out.tokens[rows],
+        lengths=out.lengths[rows],
+        index=index,
+        log_weights=lw,
+        ess=ess,
+        features=feats,
+        log_ratios=rho,
+        candidates=out,
+        text=text,
+    )

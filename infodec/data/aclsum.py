@@ -1,8 +1,8 @@
 """ACLSum: 250 ACL papers, each with a one-sentence human summary of three aspects (challenge,
-approach, outcome) and sentence-level support labels — the summarisation task of [P2] (data.md).
+approach, outcome) and sentence-level support labels — the summarisation task of [P2] (``docs/guides/data.md``).
 
 Source: the PyPI wheel ``aclsum`` 0.1.2, fetched once into infodec's cache with ``pip download
---no-deps`` (``registry.download_wheel``) and read as a zip (the package, which needs ``sienna``, is
+--no-deps`` (``infodec.cache.download_wheel``) and read as a zip (the package, which needs ``sienna``, is
 never installed). Members ``aclsum/dataset/{train,val,test}.jsonl`` (100 / 50 / 100 papers), one paper
 per line::
 
@@ -28,10 +28,11 @@ import functools
 import json
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from infodec.data.corpora import detokenize
+from infodec.cache import download_wheel
+from infodec.data.parsers import detokenize
 
 PACKAGE = "aclsum"
 VERSION = "0.1.2"
@@ -88,8 +89,7 @@ def load_aclsum(split: str = "test", wheel: str | Path | None = None) -> list[Ac
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if wheel is None:
-        from infodec.models import registry
-        wheel = registry.download_wheel(PACKAGE, VERSION)
+        wheel = download_wheel(PACKAGE, VERSION)
     return list(_load(str(Path(wheel).resolve()), split))
 
 
@@ -123,12 +123,24 @@ def parse_paper(record: dict) -> list[AclsumExample]:
         flags = {s: tuple(int(v) for v in record["highlights"][aspect].get(s, ())) for s in SECTIONS}
         for s in SECTIONS:
             if len(flags[s]) != len(sentences[s]):
-                raise ValueError(f"aclsum {record['id']}: {len(flags[s])} {aspect} labels for "
-                                 f"{len(sentences[s])} {s} sentences")
-        examples.append(AclsumExample(record["id"], record["title"].strip(), aspect,
-                                      record["summary"][aspect].strip(), sentences, flags))
+                raise ValueError(
+                    f"aclsum {record['id']}: {len(flags[s])} {aspect} labels for {len(sentences[s])} {s} sentences"
+                )
+        examples.append(
+            AclsumExample(
+                record["id"], record["title"].strip(), aspect, record["summary"][aspect].strip(), sentences, flags
+            )
+        )
     return examples
 
 
-__all__ = ["AclsumExample", "load_aclsum", "parse_paper", "detokenize_sentence", "ASPECTS", "SECTIONS",
-           "SPLITS", "QUERY"]
+__all__ = [
+    "AclsumExample",
+    "load_aclsum",
+    "parse_paper",
+    "detokenize_sentence",
+    "ASPECTS",
+    "SECTIONS",
+    "SPLITS",
+    "QUERY",
+]

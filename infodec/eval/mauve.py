@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.daemon import metrics
+from infodec.batching import map_in_chunks
+from infodec.decoding.scoring import pack_prefix_continuation
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -39,20 +40,23 @@ def features(model, params, tokens, lengths, prefix=None, *, batch_size: int = 1
     """
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     if tokens.ndim != 2 or lengths.shape != (len(tokens),) or (lengths < 1).any():
-        raise ValueError(f"tokens must be [B, L] with lengths [B] of at least 1, got {tokens.shape} and "
-                         f"lengths {lengths.tolist()}")
-    prefixes = [[] for _ in tokens] if prefix is None else [
-        [int(t) for t in np.asarray(row) if t >= 0] for row in np.asarray(prefix)]
-    out = []
-    for start in range(0, len(tokens), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(tokens)))
-        rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
-        ids, positions, starts = metrics.pack_prefix_continuation(model, [prefixes[r] for r in rows],
-                                                                  tokens[rows], lengths[rows])
+        raise ValueError(
+            f"tokens must be [B, L] with lengths [B] of at least 1, got {tokens.shape} and lengths {lengths.tolist()}"
+        )
+    prefixes = (
+        [[] for _ in tokens]
+        if prefix is None
+        else [[int(t) for t in np.asarray(row) if t >= 0] for row in np.asarray(prefix)]
+    )
+
+    def chunk(rows: np.ndarray, _) -> np.ndarray:
+        ids, positions, starts = pack_prefix_continuation(
+            model, [prefixes[r] for r in rows], tokens[rows], lengths[rows]
+        )
         last = (starts + lengths[rows] - 1).astype(np.int32)
-        hidden = _hidden_at(model, params, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(last))
-        out.append(np.asarray(hidden)[:min(batch_size, len(tokens) - start)])
-    return np.concatenate(out).astype(np.float32)
+        return _hidden_at(model, params, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(last))
+
+    return map_in_chunks(chunk, len(tokens), batch_size).astype(np.float32)
 
 
 def mauve_score(p_features, q_features, *, seeds=(1, 2, 3, 4, 5), num_buckets="auto") -> dict[str, float]:
@@ -67,8 +71,10 @@ def mauve_score(p_features, q_features, *, seeds=(1, 2, 3, 4, 5), num_buckets="a
         raise ValueError(f"features must be [N, D] with the same D, got {p.shape} and {q.shape}")
     if min(len(p), len(q)) < 2:
         raise ValueError(f"MAUVE needs at least 2 texts per side, got {len(p)} and {len(q)}")
-    scores = [mauve.compute_mauve(p_features=p, q_features=q, num_buckets=num_buckets, seed=s,
-                                  verbose=False).mauve for s in seeds]
+    scores = [
+        mauve.compute_mauve(p_features=p, q_features=q, num_buckets=num_buckets, seed=s, verbose=False).mauve
+        for s in seeds
+    ]
     return {"mauve": float(np.mean(scores)), "spread": float(np.std(scores)), "n_p": len(p), "n_q": len(q)}
 
 

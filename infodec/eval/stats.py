@@ -30,12 +30,13 @@ def clustered_mean_se(values, clusters) -> dict[str, float]:
     _, label = np.unique(groups, return_inverse=True)
     count = int(label.max()) + 1
     sums = np.bincount(label, weights=v - v.mean(), minlength=count)
-    se = float(np.sqrt(count / (count - 1) * np.sum(sums ** 2)) / len(v)) if count > 1 else float("nan")
+    se = float(np.sqrt(count / (count - 1) * np.sum(sums**2)) / len(v)) if count > 1 else float("nan")
     return {"mean": float(v.mean()), "se": se, "n": int(len(v)), "clusters": count}
 
 
-def bootstrap_ci(values, statistic=np.mean, *, level: float = 0.95, resamples: int = 1000,
-                 seed: int = 0) -> dict[str, float]:
+def bootstrap_ci(
+    values, statistic=np.mean, *, level: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """Percentile bootstrap CI of ``statistic`` over ``values[N, ...]`` (resampling the first axis).
 
     For corpus-level statistics (self-BLEU, pooled distinct-n) whose standard error has no closed form.
@@ -49,8 +50,12 @@ def bootstrap_ci(values, statistic=np.mean, *, level: float = 0.95, resamples: i
     rng = np.random.default_rng(seed)
     draws = np.array([statistic(v[rng.integers(0, len(v), len(v))]) for _ in range(resamples)])
     tail = (1.0 - level) / 2.0
-    return {"value": float(statistic(v)), "low": float(np.quantile(draws, tail)),
-            "high": float(np.quantile(draws, 1.0 - tail)), "n": int(len(v))}
+    return {
+        "value": float(statistic(v)),
+        "low": float(np.quantile(draws, tail)),
+        "high": float(np.quantile(draws, 1.0 - tail)),
+        "n": int(len(v)),
+    }
 
 
 __all__ = ["mean_se", "clustered_mean_se", "bootstrap_ci"]

@@ -10,7 +10,7 @@ on sentence embeddings (MiniLM, ``attribution.text_embedder``), fitted with opta
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +18,9 @@ import numpy as np
 import optax
 
 
-def fit_logistic(x, y, classes: int, *, steps: int = 500, l2: float = 1e-3,
-                 learning_rate: float = 0.05) -> dict[str, jax.Array]:
+def fit_logistic(
+    x, y, classes: int, *, steps: int = 500, l2: float = 1e-3, learning_rate: float = 0.05
+) -> dict[str, jax.Array]:
     """Weights ``{"w": [D, C], "b": [C]}`` of a softmax regression of labels ``y[N]`` on ``x[N, D]``:
     full-batch Adam on the mean cross-entropy plus ``l2 · ‖w‖²``."""
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
@@ -34,6 +35,7 @@ def fit_logistic(x, y, classes: int, *, steps: int = 500, l2: float = 1e-3,
         def loss(w):
             logits = x @ w["w"] + w["b"]
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + l2 * jnp.sum(w["w"] ** 2)
+
         updates, state = opt.update(jax.grad(loss)(weights), state)
         return optax.apply_updates(weights, updates), state
 
@@ -57,17 +59,27 @@ class TopicJudge:
     weights: dict
 
     @classmethod
-    def fit(cls, embed: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str], labels: Sequence[int],
-            topics: Sequence[str], *, steps: int = 500, l2: float = 1e-3) -> "TopicJudge":
+    def fit(
+        cls,
+        embed: Callable[[Sequence[str]], np.ndarray],
+        texts: Sequence[str],
+        labels: Sequence[int],
+        topics: Sequence[str],
+        *,
+        steps: int = 500,
+        l2: float = 1e-3,
+    ) -> TopicJudge:
         """Fits the regression on ``embed(texts)`` and integer ``labels`` (indices into ``topics``)."""
-        labels = np.asarray(labels)
-        if len(texts) != len(labels) or not len(texts):
-            raise ValueError(f"need one label per text and at least one text, got {len(texts)} texts and "
-                             f"{len(labels)} labels")
-        if labels.min() < 0 or labels.max() >= len(topics):
-            raise ValueError(f"labels must index the {len(topics)} topics, got range "
-                             f"[{labels.min()}, {labels.max()}]")
-        weights = fit_logistic(embed(texts), labels, len(topics), steps=steps, l2=l2)
+        label_ids = np.asarray(labels)
+        if len(texts) != len(label_ids) or not len(texts):
+            raise ValueError(
+                f"need one label per text and at least one text, got {len(texts)} texts and {len(label_ids)} labels"
+            )
+        if label_ids.min() < 0 or label_ids.max() >= len(topics):
+            raise ValueError(
+                f"labels must index the {len(topics)} topics, got range [{label_ids.min()}, {label_ids.max()}]"
+            )
+        weights = fit_logistic(embed(texts), label_ids, len(topics), steps=steps, l2=l2)
         return cls(tuple(topics), embed, weights)
 
     def predict_embeddings(self, embeddings) -> np.ndarray:

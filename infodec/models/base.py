@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,8 +59,15 @@ class CausalLM:
         c = self.config
         return KVCache.zeros(c.num_layers, batch, c.num_kv_heads, max_len, c.head_dim, dtype)
 
-    def apply(self, params: Params, tokens: Array, positions: Array, cache: KVCache | None = None,
-              *, return_hidden: bool = False):
+    def apply(
+        self,
+        params: Params,
+        tokens: Array,
+        positions: Array,
+        cache: KVCache | None = None,
+        *,
+        return_hidden: bool = False,
+    ):
         """Runs the model on ``tokens[B, T]`` at ``positions[B, T]`` (``-1`` = padding).
 
         With a cache, the new keys/values go into slots ``[cache.index, cache.index + T)`` and the new
@@ -67,8 +76,10 @@ class CausalLM:
         (after the final norm) as a third element when ``return_hidden``.
         """
         self._check_inputs(tokens, positions, cache)
-        logits, hidden, cache = self.module(self.config).apply(
-            {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), cache)
+        outputs = self.module(self.config).apply(
+            {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), cache
+        )
+        logits, hidden, cache = cast(tuple[Array, Array, KVCache | None], outputs)
         return (logits, cache, hidden) if return_hidden else (logits, cache)
 
     def _check_inputs(self, tokens, positions, cache) -> None:
@@ -81,14 +92,17 @@ class CausalLM:
         length = np.shape(tokens)[1]
         if cache is None:
             if length > self.max_length:
-                raise ValueError(f"input of {length} tokens is longer than the model's context of "
-                                 f"{self.max_length} tokens")
+                raise ValueError(
+                    f"input of {length} tokens is longer than the model's context of {self.max_length} tokens"
+                )
             return
         if cache.k.shape[1] != np.shape(tokens)[0]:
             raise ValueError(f"cache batch {cache.k.shape[1]} != tokens batch {np.shape(tokens)[0]}")
         if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + length > cache.max_len:
-            raise ValueError(f"writing {length} tokens at slot {int(cache.index)} overflows the cache of "
-                             f"{cache.max_len} slots; allocate a longer cache (at most {self.max_length})")
+            raise ValueError(
+                f"writing {length} tokens at slot {int(cache.index)} overflows the cache of "
+                f"{cache.max_len} slots; allocate a longer cache (at most {self.max_length})"
+            )
 
 
 def checked(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -99,7 +113,8 @@ def checked(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
     if tuple(value.shape) != tuple(shape):
         raise CheckpointMismatchError(
             f"tensor {name!r} has shape {tuple(value.shape)} but the config implies {tuple(shape)}: "
-            "config.json and the weights disagree")
+            "config.json and the weights disagree"
+        )
     return value
 
 
@@ -125,19 +140,24 @@ class HFWeights:
         """One clear error when the checkpoint holds layers (``{prefix}{i}.``) beyond ``num_layers``:
         ``checked`` only notices missing tensors, not surplus ones."""
         pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
-        extra = sorted({int(m.group(1)) for name in self.tensors
-                        if (m := pattern.match(name)) and int(m.group(1)) >= num_layers})
+        extra = sorted(
+            {int(m.group(1)) for name in self.tensors if (m := pattern.match(name)) and int(m.group(1)) >= num_layers}
+        )
         if extra:
             raise CheckpointMismatchError(
                 f"checkpoint has weights for layer(s) {extra[:5]}{'...' if len(extra) > 5 else ''} but the "
-                f"config has {num_layers} layers (num_hidden_layers): config.json and the weights disagree")
+                f"config has {num_layers} layers (num_hidden_layers): config.json and the weights disagree"
+            )
 
     def decoder(self, config: Any, layers: list[dict]) -> dict:
         """The full tree of a Llama-style decoder: embedding, layers, final norm, optional LM head."""
         self.check_layers("layers.", config.num_layers)
         shape = (config.vocab_size, config.hidden_size)
-        params = {"embed_tokens": {"embedding": self.get("embed_tokens.weight", shape)},
-                  "norm": self.norm("norm", config.hidden_size), **layer_params(layers, config.scan_layers)}
+        params = {
+            "embed_tokens": {"embedding": self.get("embed_tokens.weight", shape)},
+            "norm": self.norm("norm", config.hidden_size),
+            **layer_params(layers, config.scan_layers),
+        }
         if not config.tie_word_embeddings:
             params["lm_head"] = {"kernel": self.get("lm_head.weight", shape).T}
         return params

@@ -13,7 +13,8 @@ should be right-padded (as sentence-transformers pads them).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -47,15 +48,16 @@ class BertConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden size {self.hidden_size} is not a multiple of {self.num_heads} heads")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"unsupported BERT hidden_act {self.hidden_act!r}; "
-                             f"supported: {', '.join(sorted(ACTIVATIONS))}")
+            raise ValueError(
+                f"unsupported BERT hidden_act {self.hidden_act!r}; supported: {', '.join(sorted(ACTIVATIONS))}"
+            )
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> "BertConfig":
+    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> BertConfig:
         """Reads an HF BERT ``config.json`` dict."""
         kind = hf.get("position_embedding_type", "absolute")
         if kind != "absolute":
@@ -80,13 +82,20 @@ class BertConfig:
     def to_hf(self) -> dict[str, Any]:
         """The HF ``config.json`` for this architecture (HF transformers can load the same directory)."""
         return {
-            "architectures": ["BertModel"], "model_type": "bert",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads, "max_position_embeddings": self.max_position_embeddings,
-            "type_vocab_size": self.type_vocab_size, "layer_norm_eps": self.layer_norm_eps,
-            "hidden_act": self.hidden_act, "pad_token_id": self.pad_token_id,
-            "position_embedding_type": "absolute", "torch_dtype": "float32",
+            "architectures": ["BertModel"],
+            "model_type": "bert",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "hidden_act": self.hidden_act,
+            "pad_token_id": self.pad_token_id,
+            "position_embedding_type": "absolute",
+            "torch_dtype": "float32",
         }
 
 
@@ -110,7 +119,7 @@ class BertLayer(nn.Module):
         q = heads("query")
         k = heads("key").transpose(0, 2, 1, 3)  # [B, H, T, D], head-major as dot_product_attention wants
         v = heads("value").transpose(0, 2, 1, 3)
-        attended = dot_product_attention(q, k, v, mask, scale=c.head_dim ** -0.5)
+        attended = dot_product_attention(q, k, v, mask, scale=c.head_dim**-0.5)
         x = _layer_norm(c, "attention_norm")(x + nn.Dense(c.hidden_size, name="attention_output")(attended))
         h = ACTIVATIONS[c.hidden_act](nn.Dense(c.intermediate_size, name="intermediate")(x))
         x = _layer_norm(c, "output_norm")(x + nn.Dense(c.hidden_size, name="output")(h))
@@ -124,10 +133,13 @@ class Bert(nn.Module):
     def __call__(self, tokens, mask, token_types):
         c = self.config
         length = tokens.shape[1]
-        x = (nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(tokens)
-             + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings")(
-                 jnp.arange(length)[None, :])
-             + nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings")(token_types))
+        x = (
+            nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(tokens)
+            + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings")(
+                jnp.arange(length)[None, :]
+            )
+            + nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings")(token_types)
+        )
         x = _layer_norm(c, "embeddings_norm")(x)
         # Keys are masked, queries are not (padded rows compute values nobody reads), as in HF.
         attention = jnp.broadcast_to(mask[:, None, :], (tokens.shape[0], length, length))
@@ -153,7 +165,8 @@ class SentenceEncoder:
         self._check_inputs(tokens, mask, token_types)
         tokens = jnp.asarray(tokens, jnp.int32)
         token_types = jnp.zeros_like(tokens) if token_types is None else jnp.asarray(token_types, jnp.int32)
-        return Bert(self.config).apply({"params": params}, tokens, jnp.asarray(mask) != 0, token_types)
+        hidden = Bert(self.config).apply({"params": params}, tokens, jnp.asarray(mask) != 0, token_types)
+        return cast(Array, hidden)
 
     def encode(self, params: Params, tokens: Array, mask: Array, token_types: Array | None = None) -> Array:
         """Sentence embeddings ``[B, D]``: masked mean pooling of ``apply``, then L2 normalisation.
@@ -174,12 +187,13 @@ class SentenceEncoder:
         if np.shape(mask) != np.shape(tokens):
             raise ValueError(f"mask {np.shape(mask)} must have the shape of tokens {np.shape(tokens)}")
         if token_types is not None and np.shape(token_types) != np.shape(tokens):
-            raise ValueError(f"token_types {np.shape(token_types)} must have the shape of tokens "
-                             f"{np.shape(tokens)}")
+            raise ValueError(f"token_types {np.shape(token_types)} must have the shape of tokens {np.shape(tokens)}")
         length = np.shape(tokens)[1]
         if length > self.max_length:
-            raise ValueError(f"input of {length} tokens is longer than the encoder's maximum of "
-                             f"{self.max_length} positions; truncate it")
+            raise ValueError(
+                f"input of {length} tokens is longer than the encoder's maximum of "
+                f"{self.max_length} positions; truncate it"
+            )
 
 
 def convert_hf_weights(config: BertConfig, tensors: Mapping[str, np.ndarray]) -> dict:
@@ -194,35 +208,40 @@ def convert_hf_weights(config: BertConfig, tensors: Mapping[str, np.ndarray]) ->
     t = weights.tensors
 
     def dense(name: str, out_dim: int, in_dim: int) -> dict:
-        return {"kernel": checked(t, f"{name}.weight", (out_dim, in_dim)).T,
-                "bias": checked(t, f"{name}.bias", (out_dim,))}
+        return {
+            "kernel": checked(t, f"{name}.weight", (out_dim, in_dim)).T,
+            "bias": checked(t, f"{name}.bias", (out_dim,)),
+        }
 
     def norm(name: str) -> dict:
         # Very old checkpoints call LayerNorm's parameters gamma/beta.
-        scale, bias = (("weight", "bias") if f"{name}.weight" in t or f"{name}.gamma" not in t
-                       else ("gamma", "beta"))
+        scale, bias = ("weight", "bias") if f"{name}.weight" in t or f"{name}.gamma" not in t else ("gamma", "beta")
         return {"scale": checked(t, f"{name}.{scale}", (d,)), "bias": checked(t, f"{name}.{bias}", (d,))}
 
     layers = []
     for i in range(c.num_layers):
         p = f"encoder.layer.{i}"
-        layers.append({
-            "query": dense(f"{p}.attention.self.query", d, d),
-            "key": dense(f"{p}.attention.self.key", d, d),
-            "value": dense(f"{p}.attention.self.value", d, d),
-            "attention_output": dense(f"{p}.attention.output.dense", d, d),
-            "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
-            "intermediate": dense(f"{p}.intermediate.dense", c.intermediate_size, d),
-            "output": dense(f"{p}.output.dense", d, c.intermediate_size),
-            "output_norm": norm(f"{p}.output.LayerNorm"),
-        })
+        layers.append(
+            {
+                "query": dense(f"{p}.attention.self.query", d, d),
+                "key": dense(f"{p}.attention.self.key", d, d),
+                "value": dense(f"{p}.attention.self.value", d, d),
+                "attention_output": dense(f"{p}.attention.output.dense", d, d),
+                "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
+                "intermediate": dense(f"{p}.intermediate.dense", c.intermediate_size, d),
+                "output": dense(f"{p}.output.dense", d, c.intermediate_size),
+                "output_norm": norm(f"{p}.output.LayerNorm"),
+            }
+        )
     weights.check_layers("encoder.layer.", c.num_layers)
     return {
         "word_embeddings": {"embedding": checked(t, "embeddings.word_embeddings.weight", (c.vocab_size, d))},
-        "position_embeddings": {"embedding": checked(t, "embeddings.position_embeddings.weight",
-                                                     (c.max_position_embeddings, d))},
-        "token_type_embeddings": {"embedding": checked(t, "embeddings.token_type_embeddings.weight",
-                                                       (c.type_vocab_size, d))},
+        "position_embeddings": {
+            "embedding": checked(t, "embeddings.position_embeddings.weight", (c.max_position_embeddings, d))
+        },
+        "token_type_embeddings": {
+            "embedding": checked(t, "embeddings.token_type_embeddings.weight", (c.type_vocab_size, d))
+        },
         "embeddings_norm": norm("embeddings.LayerNorm"),
         **layer_params(layers, c.scan_layers),
     }

@@ -21,20 +21,21 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
+from infodec.cache import cache_dir
 from infodec.models import bert, gemma3, gpt2, llama, registry
 from infodec.models.base import to_device
 from infodec.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = {model_type: module for module in (llama, gemma3, gpt2, bert)
-                 for model_type in module.HF_MODEL_TYPES}
+ARCHITECTURES = {model_type: module for module in (llama, gemma3, gpt2, bert) for model_type in module.HF_MODEL_TYPES}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
@@ -44,8 +45,12 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read (corrupt, truncated or in an unsupported format)."""
 
 
-def load(name_or_path: str | os.PathLike = registry.DEFAULT_MODEL, *, dtype: Any = jnp.float32,
-         scan_layers: bool | None = None):
+def load(
+    name_or_path: str | os.PathLike = registry.DEFAULT_MODEL,
+    *,
+    dtype: Any = jnp.float32,
+    scan_layers: bool | None = None,
+):
     """Loads a model as ``(model, params, tokenizer)``.
 
     Args:
@@ -102,14 +107,17 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
         return "directory", str(path)
     if path.is_file():
         if path.suffix != ".gguf":
-            raise CheckpointError(f"{path}: unsupported file type {path.suffix!r}; pass a .gguf file or an "
-                                  "HF directory (config.json + *.safetensors)")
+            raise CheckpointError(
+                f"{path}: unsupported file type {path.suffix!r}; pass a .gguf file or an "
+                "HF directory (config.json + *.safetensors)"
+            )
         return "gguf", str(path)
     if _HUB_ID.match(text) and not text.endswith(".gguf"):
         return "hub", text
     raise registry.ModelNotFoundError(
         f"unknown model {text!r}: not a registry name, an existing path, or a hub id 'owner/name'. "
-        f"Known registry names: {registry.known_names()}")
+        f"Known registry names: {registry.known_names()}"
+    )
 
 
 def _download_from_hub(repo_id: str) -> Path:
@@ -129,8 +137,9 @@ def load_hf_directory(directory: Path, *, dtype: Any = jnp.float32, scan_layers:
     hf_config = _read_json(directory / "config.json")
     model_type = hf_config.get("model_type")
     if model_type not in ARCHITECTURES:
-        raise CheckpointError(f"{directory}: model_type {model_type!r} is not supported; supported: "
-                              f"{', '.join(sorted(ARCHITECTURES))}")
+        raise CheckpointError(
+            f"{directory}: model_type {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
     architecture = ARCHITECTURES[model_type]
     config = architecture.Config.from_hf(hf_config, scan_layers=scan_layers)
     params = architecture.convert_hf_weights(config, read_safetensors(directory))
@@ -146,21 +155,33 @@ def read_safetensors(directory: Path) -> dict[str, np.ndarray]:
     """
     files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise CheckpointError(f"{directory}: no *.safetensors weights (PyTorch .bin checkpoints are not "
-                              "read; convert them with transformers' save_pretrained(safe_serialization=True))")
+        raise CheckpointError(
+            f"{directory}: no *.safetensors weights (PyTorch .bin checkpoints are not "
+            "read; convert them with transformers' save_pretrained(safe_serialization=True))"
+        )
     tensors = {}
     for file in files:
         try:
             tensors.update(_mmap_safetensors(file))
         except (ValueError, KeyError, OSError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"could not read {file}: {error}. The file is corrupt or truncated; "
-                                  "delete it and fetch it again") from error
+            raise CheckpointError(
+                f"could not read {file}: {error}. The file is corrupt or truncated; delete it and fetch it again"
+            ) from error
     return tensors
 
 
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
-                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-                       "BOOL": np.bool_}
+_SAFETENSORS_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def _mmap_safetensors(file: Path) -> dict[str, np.ndarray]:
@@ -178,8 +199,10 @@ def _mmap_safetensors(file: Path) -> dict[str, np.ndarray]:
             continue
         begin, end = info["data_offsets"]
         if data is None or end > data.size:
-            raise ValueError(f"tensor {name!r} ends at byte {end} but the data section holds "
-                             f"{0 if data is None else data.size} bytes")
+            raise ValueError(
+                f"tensor {name!r} ends at byte {end} but the data section holds "
+                f"{0 if data is None else data.size} bytes"
+            )
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             raise ValueError(f"tensor {name!r} has unsupported dtype {info['dtype']}")
         value = data[begin:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
@@ -200,8 +223,9 @@ def _read_json(path: Path) -> dict:
 
 # --- GGUF ---------------------------------------------------------------------------------------
 
+
 def _converted_gguf(gguf_path: Path, key: str) -> Path:
-    target = registry.cache_dir() / "converted" / key
+    target = cache_dir() / "converted" / key
     if (target / "config.json").exists():
         return target
     start = time.perf_counter()
@@ -226,26 +250,34 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     try:
         reader = gguf.GGUFReader(str(gguf_path))
     except Exception as error:
-        raise CheckpointError(f"could not read GGUF file {gguf_path}: {error}. The file is corrupt or "
-                              "truncated; delete it and fetch it again") from error
+        raise CheckpointError(
+            f"could not read GGUF file {gguf_path}: {error}. The file is corrupt or "
+            "truncated; delete it and fetch it again"
+        ) from error
     arch = _field(reader, "general.architecture")
     if arch not in _GGUF_ARCHITECTURES:
-        raise CheckpointError(f"{gguf_path}: GGUF architecture {arch!r} is not supported; supported: "
-                              f"{', '.join(sorted(_GGUF_ARCHITECTURES))}")
+        raise CheckpointError(
+            f"{gguf_path}: GGUF architecture {arch!r} is not supported; supported: "
+            f"{', '.join(sorted(_GGUF_ARCHITECTURES))}"
+        )
     config_fn, rename_fn = _GGUF_ARCHITECTURES[arch]
     tokenizer = Tokenizer.from_gguf(reader)
     hf_config = config_fn(reader, arch)
-    hf_config.update(vocab_size=hf_config.get("vocab_size") or tokenizer.vocab_size,
-                     bos_token_id=tokenizer.bos_id, eos_token_id=list(tokenizer.eos_ids),
-                     pad_token_id=tokenizer.pad_id)
+    hf_config.update(
+        vocab_size=hf_config.get("vocab_size") or tokenizer.vocab_size,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=list(tokenizer.eos_ids),
+        pad_token_id=tokenizer.pad_id,
+    )
     hf_config["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
     tensors = {}
     for tensor in reader.tensors:
         try:
             value = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
         except Exception as error:
-            raise CheckpointError(f"{gguf_path}: cannot dequantise {tensor.name} "
-                                  f"({tensor.tensor_type.name}): {error}") from error
+            raise CheckpointError(
+                f"{gguf_path}: cannot dequantise {tensor.name} ({tensor.tensor_type.name}): {error}"
+            ) from error
         value = value.reshape([int(n) for n in reversed(tensor.shape)])  # GGUF lists dims innermost first
         name, value = rename_fn(tensor.name, value, hf_config)
         tensors[name] = np.ascontiguousarray(value)
@@ -260,17 +292,22 @@ def _field(reader, key: str, default: Any = None) -> Any:
 
 
 def _llama_config(reader, arch: str) -> dict:
-    f = lambda key, default=None: _field(reader, f"{arch}.{key}", default)  # noqa: E731
+    f = lambda key, default=None: _field(reader, f"{arch}.{key}", default)
     heads = f("attention.head_count")
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": f("vocab_size"), "hidden_size": f("embedding_length"),
-        "intermediate_size": f("feed_forward_length"), "num_hidden_layers": f("block_count"),
-        "num_attention_heads": heads, "num_key_value_heads": f("attention.head_count_kv", heads),
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": f("vocab_size"),
+        "hidden_size": f("embedding_length"),
+        "intermediate_size": f("feed_forward_length"),
+        "num_hidden_layers": f("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": f("attention.head_count_kv", heads),
         "head_dim": f("rope.dimension_count") or f("embedding_length") // heads,
         "rms_norm_eps": f("attention.layer_norm_rms_epsilon", 1e-5),
         "rope_theta": f("rope.freq_base", 10000.0),
-        "max_position_embeddings": f("context_length", 2048), "hidden_act": "silu",
+        "max_position_embeddings": f("context_length", 2048),
+        "hidden_act": "silu",
         "torch_dtype": "float32",
     }
     if f("rope.scaling.type") == "linear":
@@ -279,38 +316,55 @@ def _llama_config(reader, arch: str) -> dict:
 
 
 def _gemma3_config(reader, arch: str) -> dict:
-    f = lambda key, default=None: _field(reader, f"{arch}.{key}", default)  # noqa: E731
+    f = lambda key, default=None: _field(reader, f"{arch}.{key}", default)
     layers = f("block_count")
     head_dim = f("attention.key_length")
     # llama.cpp hard-codes Gemma 3's layout: every 6th layer global, local RoPE base 1e4.
     layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]
     return {
-        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-        "vocab_size": f("vocab_size"), "hidden_size": f("embedding_length"),
-        "intermediate_size": f("feed_forward_length"), "num_hidden_layers": layers,
-        "num_attention_heads": f("attention.head_count"), "num_key_value_heads": f("attention.head_count_kv"),
-        "head_dim": head_dim, "query_pre_attn_scalar": head_dim,
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "vocab_size": f("vocab_size"),
+        "hidden_size": f("embedding_length"),
+        "intermediate_size": f("feed_forward_length"),
+        "num_hidden_layers": layers,
+        "num_attention_heads": f("attention.head_count"),
+        "num_key_value_heads": f("attention.head_count_kv"),
+        "head_dim": head_dim,
+        "query_pre_attn_scalar": head_dim,
         "rms_norm_eps": f("attention.layer_norm_rms_epsilon", 1e-6),
-        "sliding_window": f("attention.sliding_window"), "layer_types": layer_types,
+        "sliding_window": f("attention.sliding_window"),
+        "layer_types": layer_types,
         "rope_parameters": {
             "full_attention": {"rope_type": "default", "rope_theta": f("rope.freq_base", 1e6)},
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
         },
-        "max_position_embeddings": f("context_length", 32768), "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": f("context_length", 32768),
+        "hidden_activation": "gelu_pytorch_tanh",
         "torch_dtype": "float32",
     }
 
 
 _COMMON_NAMES = {
-    "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
 }
 _LLAMA_NAMES = {**_COMMON_NAMES, "ffn_norm": "post_attention_layernorm"}
 _GEMMA3_NAMES = {
-    **_COMMON_NAMES, "ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm", "attn_q_norm": "self_attn.q_norm",
+    **_COMMON_NAMES,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
 }
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -43,8 +44,7 @@ def _rope_items(params: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
         return None
-    return tuple(sorted((key, tuple(value) if isinstance(value, list) else value)
-                        for key, value in params.items()))
+    return tuple(sorted((key, tuple(value) if isinstance(value, list) else value) for key, value in params.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Gemma3Config:
         return np.array([kind == "full_attention" for kind in self.layer_types], dtype=bool)
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> "Gemma3Config":
+    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> Gemma3Config:
         """Reads an HF ``config.json`` dict, in transformers 5's or the older format.
 
         transformers 5: ``layer_types`` and ``rope_parameters = {"full_attention": {...},
@@ -96,15 +96,16 @@ class Gemma3Config:
         ``rope_theta`` + ``rope_scaling`` (global) and ``rope_local_base_freq`` (local).
         """
         if hf.get("use_bidirectional_attention"):
-            raise ValueError("Gemma 3 with use_bidirectional_attention (an encoder, e.g. EmbeddingGemma) "
-                             "is not a causal LM and is not supported")
+            raise ValueError(
+                "Gemma 3 with use_bidirectional_attention (an encoder, e.g. EmbeddingGemma) "
+                "is not a causal LM and is not supported"
+            )
         heads = hf["num_attention_heads"]
         layers = hf["num_hidden_layers"]
         layer_types = hf.get("layer_types")
         if layer_types is None:
             pattern = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
-            layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
-                           for i in range(layers)]
+            layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
 
         rope = hf.get("rope_parameters") or {}
         if set(rope) & set(LAYER_TYPES):  # transformers 5: one entry per layer type
@@ -117,8 +118,10 @@ class Gemma3Config:
         global_theta = global_rope.get("rope_theta", hf.get("rope_theta", DEFAULT_GLOBAL_THETA))
         local_theta = local_rope.get("rope_theta", hf.get("rope_local_base_freq", DEFAULT_LOCAL_THETA))
         if hf.get("attn_logit_softcapping") is not None:
-            log.warning("ignoring attn_logit_softcapping=%s: HF's Gemma3ForCausalLM does not apply it",
-                        hf["attn_logit_softcapping"])
+            log.warning(
+                "ignoring attn_logit_softcapping=%s: HF's Gemma3ForCausalLM does not apply it",
+                hf["attn_logit_softcapping"],
+            )
         return cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -150,20 +153,31 @@ class Gemma3Config:
         ``rope_scaling``, ``sliding_window_pattern`` when the layers follow one) older versions read.
         """
         global_rope = {"rope_type": "default", **dict(self.rope_scaling or ()), "rope_theta": self.rope_theta}
-        local_rope = {"rope_type": "default", **dict(self.rope_local_scaling or ()),
-                      "rope_theta": self.rope_local_theta}
+        local_rope = {
+            "rope_type": "default",
+            **dict(self.rope_local_scaling or ()),
+            "rope_theta": self.rope_local_theta,
+        }
         config = {
-            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim, "rms_norm_eps": self.rms_norm_eps,
-            "query_pre_attn_scalar": self.query_pre_attn_scalar, "sliding_window": self.sliding_window,
+            "architectures": ["Gemma3ForCausalLM"],
+            "model_type": "gemma3_text",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "sliding_window": self.sliding_window,
             "layer_types": list(self.layer_types),
             "rope_parameters": {"full_attention": global_rope, "sliding_attention": local_rope},
-            "rope_theta": self.rope_theta, "rope_local_base_freq": self.rope_local_theta,
+            "rope_theta": self.rope_theta,
+            "rope_local_base_freq": self.rope_local_theta,
             "max_position_embeddings": self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": self.attention_bias,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
             "hidden_activation": self.hidden_act,
             "final_logit_softcapping": self.final_logit_softcapping,
             "attn_logit_softcapping": self.attn_logit_softcapping,
@@ -172,8 +186,9 @@ class Gemma3Config:
         if self.rope_scaling:
             config["rope_scaling"] = dict(self.rope_scaling)
         for pattern in range(1, self.num_layers + 1):
-            if self.layer_types == tuple("full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
-                                         for i in range(self.num_layers)):
+            if self.layer_types == tuple(
+                "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(self.num_layers)
+            ):
                 config["sliding_window_pattern"] = pattern
                 break
         return config
@@ -194,15 +209,23 @@ class Gemma3Block(nn.Module):
     config: Gemma3Config
 
     @nn.compact
-    def __call__(self, x, kv, layer, *, is_global, positions, k_positions, index, local_inv_freq,
-                 global_inv_freq):
+    def __call__(self, x, kv, layer, *, is_global, positions, k_positions, index, local_inv_freq, global_inv_freq):
         c = self.config
-        norm = lambda name: RMSNorm(c.rms_norm_eps, offset=1.0, name=name)  # noqa: E731
+        norm = lambda name: RMSNorm(c.rms_norm_eps, offset=1.0, name=name)
         inv_freq, window = _layer_rope_and_window(c, is_global, local_inv_freq, global_inv_freq)
-        attn = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size,
-                         scale=c.query_pre_attn_scalar ** -0.5, qkv_bias=c.attention_bias,
-                         out_bias=c.attention_bias, qk_norm_eps=c.rms_norm_eps, norm_offset=1.0,
-                         softcap=c.attn_logit_softcapping, name="self_attn")
+        attn = Attention(
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.hidden_size,
+            scale=c.query_pre_attn_scalar**-0.5,
+            qkv_bias=c.attention_bias,
+            out_bias=c.attention_bias,
+            qk_norm_eps=c.rms_norm_eps,
+            norm_offset=1.0,
+            softcap=c.attn_logit_softcapping,
+            name="self_attn",
+        )
         h, kv = attn(norm("input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq, window)
         x = x + norm("post_attention_layernorm")(h)
         mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, name="mlp")
@@ -226,9 +249,19 @@ class Gemma3(nn.Module):
             kv, k_positions = (cache.k, cache.v), cache.positions
         local_inv_freq = rope_inv_freq(c.head_dim, c.rope_local_theta, dict(c.rope_local_scaling or ()) or None)
         global_inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
-        x, kv = run_layers(Gemma3Block, c, c.scan_layers, x, kv, layer_args={"is_global": c.is_global},
-                           positions=positions, k_positions=k_positions, index=index,
-                           local_inv_freq=local_inv_freq, global_inv_freq=global_inv_freq)
+        x, kv = run_layers(
+            Gemma3Block,
+            c,
+            c.scan_layers,
+            x,
+            kv,
+            layer_args={"is_global": c.is_global},
+            positions=positions,
+            k_positions=k_positions,
+            index=index,
+            local_inv_freq=local_inv_freq,
+            global_inv_freq=global_inv_freq,
+        )
         x = RMSNorm(c.rms_norm_eps, offset=1.0, name="norm")(x)
         if c.tie_word_embeddings:
             logits = embed.attend(x)
@@ -251,24 +284,30 @@ def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, np.ndarray]) 
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}"
-        norms = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                 "post_feedforward_layernorm")
-        layers.append({
-            **{name: w.norm(f"{p}.{name}", c.hidden_size) for name in norms},
-            "self_attn": {
-                "q_proj": w.dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, bias),
-                "k_proj": w.dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, bias),
-                "v_proj": w.dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, bias),
-                "o_proj": w.dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, bias),
-                "q_norm": w.norm(f"{p}.self_attn.q_norm", c.head_dim),
-                "k_norm": w.norm(f"{p}.self_attn.k_norm", c.head_dim),
-            },
-            "mlp": {
-                "gate_proj": w.dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size),
-                "up_proj": w.dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size),
-                "down_proj": w.dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size),
-            },
-        })
+        norms = (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        )
+        layers.append(
+            {
+                **{name: w.norm(f"{p}.{name}", c.hidden_size) for name in norms},
+                "self_attn": {
+                    "q_proj": w.dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, bias),
+                    "k_proj": w.dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, bias),
+                    "v_proj": w.dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, bias),
+                    "o_proj": w.dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, bias),
+                    "q_norm": w.norm(f"{p}.self_attn.q_norm", c.head_dim),
+                    "k_norm": w.norm(f"{p}.self_attn.k_norm", c.head_dim),
+                },
+                "mlp": {
+                    "gate_proj": w.dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size),
+                    "up_proj": w.dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size),
+                    "down_proj": w.dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size),
+                },
+            }
+        )
     return w.decoder(c, layers)
 
 

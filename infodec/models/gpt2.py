@@ -10,7 +10,8 @@ index, since padded tokens are masked out of attention anyway.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,8 +43,10 @@ class GPT2Config:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden size {self.hidden_size} is not a multiple of {self.num_heads} heads")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unsupported GPT-2 activation_function {self.activation!r}; "
-                             f"supported: {', '.join(sorted(ACTIVATIONS))}")
+            raise ValueError(
+                f"unsupported GPT-2 activation_function {self.activation!r}; "
+                f"supported: {', '.join(sorted(ACTIVATIONS))}"
+            )
 
     @property
     def num_kv_heads(self) -> int:
@@ -55,13 +58,14 @@ class GPT2Config:
 
     def attention_scales(self) -> np.ndarray:
         """Per-layer score multipliers: ``1/sqrt(head_dim)`` (if scaled), times ``1/(layer+1)`` if set."""
-        base = self.head_dim ** -0.5 if self.scale_attn_weights else 1.0
-        divisors = np.arange(1, self.num_layers + 1) if self.scale_attn_by_inverse_layer_idx else np.ones(
-            self.num_layers)
+        base = self.head_dim**-0.5 if self.scale_attn_weights else 1.0
+        divisors = (
+            np.arange(1, self.num_layers + 1) if self.scale_attn_by_inverse_layer_idx else np.ones(self.num_layers)
+        )
         return (base / divisors).astype(np.float32)
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> "GPT2Config":
+    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> GPT2Config:
         """Reads an HF GPT-2 ``config.json`` dict (``n_embd``/``n_head``/... or their aliases)."""
         if hf.get("add_cross_attention"):
             raise ValueError("GPT-2 with cross-attention (an encoder-decoder) is not supported")
@@ -85,13 +89,20 @@ class GPT2Config:
     def to_hf(self) -> dict[str, Any]:
         """The HF ``config.json`` for this architecture (HF transformers can load the same directory)."""
         return {
-            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-            "vocab_size": self.vocab_size, "n_embd": self.hidden_size, "n_inner": self.intermediate_size,
-            "n_layer": self.num_layers, "n_head": self.num_heads, "n_positions": self.max_position_embeddings,
-            "layer_norm_epsilon": self.layer_norm_eps, "activation_function": self.activation,
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_embd": self.hidden_size,
+            "n_inner": self.intermediate_size,
+            "n_layer": self.num_layers,
+            "n_head": self.num_heads,
+            "n_positions": self.max_position_embeddings,
+            "layer_norm_epsilon": self.layer_norm_eps,
+            "activation_function": self.activation,
             "scale_attn_weights": self.scale_attn_weights,
             "scale_attn_by_inverse_layer_idx": self.scale_attn_by_inverse_layer_idx,
-            "tie_word_embeddings": self.tie_word_embeddings, "torch_dtype": "float32",
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": "float32",
         }
 
 
@@ -116,8 +127,17 @@ class GPT2Block(nn.Module):
     @nn.compact
     def __call__(self, x, kv, layer, *, scale, positions, k_positions, index):
         c = self.config
-        attn = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, scale=scale,
-                         qkv_bias=True, out_bias=True, use_rope=False, name="attn")
+        attn = Attention(
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.hidden_size,
+            scale=scale,
+            qkv_bias=True,
+            out_bias=True,
+            use_rope=False,
+            name="attn",
+        )
         h, kv = attn(_layer_norm(c, "ln_1")(x), positions, k_positions, kv, layer, index)
         x = x + h
         return x + GPT2MLP(c, name="mlp")(_layer_norm(c, "ln_2")(x)), kv
@@ -137,8 +157,17 @@ class GPT2(nn.Module):
             index = cache.index
             cache = cache.write_positions(positions)
             kv, k_positions = (cache.k, cache.v), cache.positions
-        x, kv = run_layers(GPT2Block, c, c.scan_layers, x, kv, layer_args={"scale": c.attention_scales()},
-                           positions=positions, k_positions=k_positions, index=index)
+        x, kv = run_layers(
+            GPT2Block,
+            c,
+            c.scan_layers,
+            x,
+            kv,
+            layer_args={"scale": c.attention_scales()},
+            positions=positions,
+            k_positions=k_positions,
+            index=index,
+        )
         x = _layer_norm(c, "ln_f")(x)
         if c.tie_word_embeddings:
             logits = wte.attend(x)
@@ -161,8 +190,10 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
     t = weights.tensors
 
     def conv1d(name: str, in_dim: int, out_dim: int) -> dict:
-        return {"kernel": checked(t, f"{name}.weight", (in_dim, out_dim)),
-                "bias": checked(t, f"{name}.bias", (out_dim,))}
+        return {
+            "kernel": checked(t, f"{name}.weight", (in_dim, out_dim)),
+            "bias": checked(t, f"{name}.bias", (out_dim,)),
+        }
 
     def norm(name: str) -> dict:
         return {"scale": checked(t, f"{name}.weight", (d,)), "bias": checked(t, f"{name}.bias", (d,))}
@@ -173,19 +204,23 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
         qkv = conv1d(f"{p}.attn.c_attn", d, 3 * d)
         kernels = jnp.split(qkv["kernel"], 3, axis=1)
         biases = jnp.split(qkv["bias"], 3)
-        layers.append({
-            "ln_1": norm(f"{p}.ln_1"),
-            "ln_2": norm(f"{p}.ln_2"),
-            "attn": {
-                **{name: {"kernel": kernel, "bias": bias}
-                   for name, kernel, bias in zip(("q_proj", "k_proj", "v_proj"), kernels, biases)},
-                "o_proj": conv1d(f"{p}.attn.c_proj", d, d),
-            },
-            "mlp": {
-                "c_fc": conv1d(f"{p}.mlp.c_fc", d, c.intermediate_size),
-                "c_proj": conv1d(f"{p}.mlp.c_proj", c.intermediate_size, d),
-            },
-        })
+        layers.append(
+            {
+                "ln_1": norm(f"{p}.ln_1"),
+                "ln_2": norm(f"{p}.ln_2"),
+                "attn": {
+                    **{
+                        name: {"kernel": kernel, "bias": bias}
+                        for name, kernel, bias in zip(("q_proj", "k_proj", "v_proj"), kernels, biases)
+                    },
+                    "o_proj": conv1d(f"{p}.attn.c_proj", d, d),
+                },
+                "mlp": {
+                    "c_fc": conv1d(f"{p}.mlp.c_fc", d, c.intermediate_size),
+                    "c_proj": conv1d(f"{p}.mlp.c_proj", c.intermediate_size, d),
+                },
+            }
+        )
     weights.check_layers("h.", c.num_layers)
     params = {
         "wte": {"embedding": checked(t, "wte.weight", (c.vocab_size, d))},

@@ -13,8 +13,10 @@ Conventions used by every model in ``infodec.models``:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -44,28 +46,30 @@ class KVCache:
     index: Array
 
     @classmethod
-    def zeros(cls, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int,
-              dtype: Any = jnp.float32) -> "KVCache":
+    def zeros(
+        cls, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int, dtype: Any = jnp.float32
+    ) -> KVCache:
         shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   positions=jnp.full((batch, max_len), -1, jnp.int32),
-                   index=jnp.zeros((), jnp.int32))
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            positions=jnp.full((batch, max_len), -1, jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
 
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    def write_positions(self, positions: Array) -> "KVCache":
+    def write_positions(self, positions: Array) -> KVCache:
         """Records ``positions[B, T]`` in slots ``[index, index + T)`` and advances ``index``."""
-        updated = jax.lax.dynamic_update_slice(self.positions, positions.astype(jnp.int32),
-                                               (0, self.index))
-        return self.replace(positions=updated, index=self.index + positions.shape[1])
+        updated = jax.lax.dynamic_update_slice(self.positions, positions.astype(jnp.int32), (0, self.index))
+        return dataclasses.replace(self, positions=updated, index=self.index + positions.shape[1])
 
 
 def write_layer(cache_kv: Array, layer: int | Array, index: Array, new: Array) -> Array:
     """Writes ``new[B, KVH, T, D]`` into layer ``layer`` of ``cache_kv[L, B, KVH, S, D]`` at slot ``index``."""
-    return jax.lax.dynamic_update_slice(cache_kv, new[None].astype(cache_kv.dtype),
-                                        (layer, 0, 0, index, 0))
+    return jax.lax.dynamic_update_slice(cache_kv, new[None].astype(cache_kv.dtype), (layer, 0, 0, index, 0))
 
 
 def attention_mask(q_positions: Array, k_positions: Array, window: int | Array | None = None) -> Array:
@@ -78,8 +82,9 @@ def attention_mask(q_positions: Array, k_positions: Array, window: int | Array |
     return mask
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, *, scale: float,
-                          softcap: float | None = None) -> Array:
+def dot_product_attention(
+    q: Array, k: Array, v: Array, mask: Array, *, scale: float, softcap: float | None = None
+) -> Array:
     """Grouped-query attention.
 
     Args:
@@ -107,7 +112,8 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, *, scale: f
 def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> Array:
     """Inverse frequencies of rotary embeddings, with HF's ``default``, ``linear`` and ``llama3`` types."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    scaling = scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return inv_freq
     if kind == "linear":
@@ -119,8 +125,9 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None
         wavelen = 2 * math.pi / inv_freq
         smooth = (old_len / wavelen - low) / (high - low)
         smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-        return jnp.where(wavelen > old_len / low, inv_freq / factor,
-                         jnp.where(wavelen < old_len / high, inv_freq, smoothed))
+        return jnp.where(
+            wavelen > old_len / low, inv_freq / factor, jnp.where(wavelen < old_len / high, inv_freq, smoothed)
+        )
     raise ValueError(f"unsupported rope scaling type {kind!r}; supported: default, linear, llama3")
 
 
@@ -143,8 +150,9 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = self.param("scale", nn.initializers.zeros if self.offset else nn.initializers.ones,
-                           (x.shape[-1],), self.dtype)
+        scale = self.param(
+            "scale", nn.initializers.zeros if self.offset else nn.initializers.ones, (x.shape[-1],), self.dtype
+        )
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (normed * (self.offset + scale.astype(jnp.float32))).astype(x.dtype)
@@ -177,13 +185,21 @@ class Attention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, k_positions: Array, kv, layer, index,
-                 inv_freq: Array | None = None, window: int | Array | None = None):
+    def __call__(
+        self,
+        x: Array,
+        positions: Array,
+        k_positions: Array,
+        kv,
+        layer,
+        index,
+        inv_freq: Array | None = None,
+        window: int | Array | None = None,
+    ):
         batch, length, _ = x.shape
 
         def project(features: int, name: str) -> Array:
-            return nn.Dense(features, use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.dtype,
-                            name=name)(x)
+            return nn.Dense(features, use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.dtype, name=name)(x)
 
         q = project(self.num_heads * self.head_dim, "q_proj").reshape(batch, length, self.num_heads, -1)
         k = project(self.num_kv_heads * self.head_dim, "k_proj").reshape(batch, length, self.num_kv_heads, -1)
@@ -192,6 +208,7 @@ class Attention(nn.Module):
             q = RMSNorm(self.qk_norm_eps, self.norm_offset, self.dtype, name="q_norm")(q)
             k = RMSNorm(self.qk_norm_eps, self.norm_offset, self.dtype, name="k_norm")(k)
         if self.use_rope:
+            assert inv_freq is not None, "use_rope needs inv_freq"
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
         k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
@@ -204,8 +221,9 @@ class Attention(nn.Module):
             kv = (k_all, v_all)
         mask = attention_mask(positions, k_positions, window)
         out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
-        out = nn.Dense(self.out_features, use_bias=self.out_bias, dtype=self.dtype, param_dtype=self.dtype,
-                       name="o_proj")(out)
+        out = nn.Dense(
+            self.out_features, use_bias=self.out_bias, dtype=self.dtype, param_dtype=self.dtype, name="o_proj"
+        )(out)
         return out, kv
 
 
@@ -220,8 +238,7 @@ class GatedMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        dense = lambda n, name: nn.Dense(n, use_bias=self.use_bias, dtype=self.dtype,  # noqa: E731
-                                         param_dtype=self.dtype, name=name)
+        dense = lambda n, name: nn.Dense(n, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.dtype, name=name)
         gate = ACTIVATIONS[self.activation](dense(self.hidden, "gate_proj")(x))
         return dense(self.out_features, "down_proj")(gate * dense(self.hidden, "up_proj")(x))
 
@@ -234,8 +251,7 @@ ACTIVATIONS = {
 }
 
 
-def run_layers(block: type[nn.Module], config: Any, scan: bool, x: Array, kv, *, layer_args: dict,
-               **shared):
+def run_layers(block: type[nn.Module], config: Any, scan: bool, x: Array, kv, *, layer_args: dict, **shared):
     """Runs ``config.num_layers`` instances of ``block`` (unrolled, or as one ``nn.scan``).
 
     ``block(config, name=...)(x, kv, layer, **layer_args[i], **shared) -> (x, kv)``. ``layer_args``
@@ -260,8 +276,10 @@ def run_layers(block: type[nn.Module], config: Any, scan: bool, x: Array, kv, *,
             x, kv = block(config, name="block")(x, kv, layer, **dict(zip(keys, values)), **shared)
             return (x, kv), None
 
-    scanned = nn.scan(Step, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(0, nn.broadcast), length=num_layers)
+    in_axes: Any = (0, nn.broadcast)  # one entry per argument after the carry (flax annotates it as int)
+    scanned = nn.scan(
+        Step, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes, length=num_layers
+    )
     xs = (jnp.arange(num_layers), *(jnp.asarray(layer_args[key]) for key in keys))
     (x, kv), _ = scanned(name="layers")((x, kv), xs, shared)
     return x, kv

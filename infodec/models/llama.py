@@ -7,7 +7,8 @@ HF's rotate-half layout (GGUF checkpoints have their Q/K permutation undone at l
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ class LlamaConfig:
     model_type: str = "llama"
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> "LlamaConfig":
+    def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> LlamaConfig:
         """Reads an HF ``config.json`` dict (old ``rope_theta``/``rope_scaling`` or new ``rope_parameters``)."""
         heads = hf["num_attention_heads"]
         rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
@@ -73,15 +74,24 @@ class LlamaConfig:
         """The HF ``config.json`` for this architecture (HF transformers can load the same directory)."""
         rope = {"rope_type": "default", **dict(self.rope_scaling or ()), "rope_theta": self.rope_theta}
         return {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim, "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta, "rope_parameters": rope,
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": rope,
             "max_position_embeddings": self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": self.qkv_bias,
-            "mlp_bias": self.mlp_bias, "hidden_act": self.hidden_act, "torch_dtype": "float32",
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.qkv_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": self.hidden_act,
+            "torch_dtype": "float32",
         }
 
 
@@ -91,10 +101,19 @@ class LlamaBlock(nn.Module):
     @nn.compact
     def __call__(self, x, kv, layer, *, positions, k_positions, index, inv_freq):
         c = self.config
-        attn = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, scale=c.head_dim ** -0.5,
-                         qkv_bias=c.qkv_bias, out_bias=c.out_bias, name="self_attn")
-        h, kv = attn(RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), positions, k_positions, kv,
-                     layer, index, inv_freq)
+        attn = Attention(
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.hidden_size,
+            scale=c.head_dim**-0.5,
+            qkv_bias=c.qkv_bias,
+            out_bias=c.out_bias,
+            name="self_attn",
+        )
+        h, kv = attn(
+            RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq
+        )
         x = x + h
         mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, c.mlp_bias, name="mlp")
         return x + mlp(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)), kv
@@ -114,8 +133,18 @@ class Llama(nn.Module):
             cache = cache.write_positions(positions)
             kv, k_positions = (cache.k, cache.v), cache.positions
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
-        x, kv = run_layers(LlamaBlock, c, c.scan_layers, x, kv, layer_args={}, positions=positions,
-                           k_positions=k_positions, index=index, inv_freq=inv_freq)
+        x, kv = run_layers(
+            LlamaBlock,
+            c,
+            c.scan_layers,
+            x,
+            kv,
+            layer_args={},
+            positions=positions,
+            k_positions=k_positions,
+            index=index,
+            inv_freq=inv_freq,
+        )
         x = RMSNorm(c.rms_norm_eps, name="norm")(x)
         if c.tie_word_embeddings:
             logits = embed.attend(x)
@@ -134,21 +163,23 @@ def convert_hf_weights(config: LlamaConfig, tensors: Mapping[str, np.ndarray]) -
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}"
-        layers.append({
-            "input_layernorm": w.norm(f"{p}.input_layernorm", c.hidden_size),
-            "post_attention_layernorm": w.norm(f"{p}.post_attention_layernorm", c.hidden_size),
-            "self_attn": {
-                "q_proj": w.dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, c.qkv_bias),
-                "k_proj": w.dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, c.qkv_bias),
-                "v_proj": w.dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, c.qkv_bias),
-                "o_proj": w.dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, c.out_bias),
-            },
-            "mlp": {
-                "gate_proj": w.dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
-                "up_proj": w.dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
-                "down_proj": w.dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size, c.mlp_bias),
-            },
-        })
+        layers.append(
+            {
+                "input_layernorm": w.norm(f"{p}.input_layernorm", c.hidden_size),
+                "post_attention_layernorm": w.norm(f"{p}.post_attention_layernorm", c.hidden_size),
+                "self_attn": {
+                    "q_proj": w.dense(f"{p}.self_attn.q_proj", q_dim, c.hidden_size, c.qkv_bias),
+                    "k_proj": w.dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, c.qkv_bias),
+                    "v_proj": w.dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, c.qkv_bias),
+                    "o_proj": w.dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, c.out_bias),
+                },
+                "mlp": {
+                    "gate_proj": w.dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
+                    "up_proj": w.dense(f"{p}.mlp.up_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
+                    "down_proj": w.dense(f"{p}.mlp.down_proj", c.hidden_size, c.intermediate_size, c.mlp_bias),
+                },
+            }
+        )
     return w.decoder(c, layers)
 
 

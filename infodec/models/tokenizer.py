@@ -35,10 +35,18 @@ _USER_DEFINED = 4
 
 # Control tokens that end a turn or a document even when the vocabulary names another token EOS.
 # llama.cpp stops generation on these too (its "end of generation" set).
-_END_OF_GENERATION = frozenset({
-    "<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
-    "<end_of_turn>", "<EOT>",
-})
+_END_OF_GENERATION = frozenset(
+    {
+        "<|endoftext|>",
+        "<|end_of_text|>",
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "<EOT>",
+    }
+)
 
 # The Llama-3 pre-tokenizer split (transformers' integrations/gguf/gguf_tokenizer_mapping.py).
 _LLAMA3_SPLIT = (
@@ -52,18 +60,23 @@ def _byte_level_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     if pre in ("gpt2", "default"):
         return pre_tokenizers.ByteLevel(add_prefix_space=False)
     if pre == "smollm":
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ])
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False),
+            ]
+        )
     if pre in ("llama-bpe", "llama3"):
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     raise ValueError(
         f"unsupported tokenizer.ggml.pre {pre!r} for a byte-level (gpt2) GGUF vocabulary; "
-        "supported: 'default', 'gpt2', 'smollm', 'llama-bpe', 'llama3'")
+        "supported: 'default', 'gpt2', 'smollm', 'llama-bpe', 'llama3'"
+    )
 
 
 def _sentencepiece_merges(tokens: Sequence[str], ranks: Sequence[float]) -> list[tuple[str, str]]:
@@ -99,8 +112,15 @@ class Tokenizer:
         post-processor inserts tokens itself (BERT's ``[CLS] ... [SEP]``), that post-processor.
     """
 
-    def __init__(self, backend: BackendTokenizer, *, bos_id: int | None, eos_ids: Iterable[int],
-                 pad_id: int | None, add_bos: bool) -> None:
+    def __init__(
+        self,
+        backend: BackendTokenizer,
+        *,
+        bos_id: int | None,
+        eos_ids: Iterable[int],
+        pad_id: int | None,
+        add_bos: bool,
+    ) -> None:
         backend.no_padding()
         backend.no_truncation()
         self.backend = backend
@@ -145,13 +165,14 @@ class Tokenizer:
         backend = BackendTokenizer.from_file(str(file))
         ours = _read_json(file.parent / INFODEC_CONFIG)
         if ours is not None:
-            return cls(backend, bos_id=ours["bos_id"], eos_ids=ours["eos_ids"],
-                       pad_id=ours["pad_id"], add_bos=ours["add_bos"])
+            return cls(
+                backend, bos_id=ours["bos_id"], eos_ids=ours["eos_ids"], pad_id=ours["pad_id"], add_bos=ours["add_bos"]
+            )
 
-        token_configs = [_read_json(file.parent / name) or {}
-                         for name in ("tokenizer_config.json", "special_tokens_map.json")]
-        model_configs = [_read_json(file.parent / name) or {}
-                         for name in ("config.json", "generation_config.json")]
+        token_configs = [
+            _read_json(file.parent / name) or {} for name in ("tokenizer_config.json", "special_tokens_map.json")
+        ]
+        model_configs = [_read_json(file.parent / name) or {} for name in ("config.json", "generation_config.json")]
 
         def ids_of(name: str) -> list[int]:
             """Ids the configs give for ``name`` ("bos", ...): token strings first, then ids."""
@@ -173,8 +194,13 @@ class Tokenizer:
         eos_ids = ids_of("eos")
         if eos_ids:  # a vocabulary with an EOS also stops on its other end-of-generation tokens
             eos_ids += _end_of_generation_ids(backend)
-        return cls(backend, bos_id=next(iter(ids_of("bos")), None), eos_ids=eos_ids,
-                   pad_id=next(iter(ids_of("pad")), None), add_bos=bool(add_bos))
+        return cls(
+            backend,
+            bos_id=next(iter(ids_of("bos")), None),
+            eos_ids=eos_ids,
+            pad_id=next(iter(ids_of("pad")), None),
+            add_bos=bool(add_bos),
+        )
 
     @classmethod
     def from_gguf(cls, reader: gguf.GGUFReader) -> Tokenizer:
@@ -194,6 +220,7 @@ class Tokenizer:
         also stops on (``<end_of_turn>``, ``<|endoftext|>``, ...). ``add_bos`` follows
         ``add_bos_token``, defaulting to llama.cpp's choice (False for gpt2, True for llama).
         """
+
         def field(key: str, default: Any = None) -> Any:
             found = reader.fields.get(f"tokenizer.ggml.{key}")
             return default if found is None else found.contents()
@@ -202,9 +229,12 @@ class Tokenizer:
         tokens: list[str] = field("tokens")
         types: list[int] = field("token_type") or [_NORMAL] * len(tokens)
         if kind == "gpt2":
-            backend = BackendTokenizer(models.BPE(
-                {token: i for i, token in enumerate(tokens)},
-                [tuple(merge.split(" ", 1)) for merge in field("merges")]))
+            backend = BackendTokenizer(
+                models.BPE(
+                    {token: i for i, token in enumerate(tokens)},
+                    [tuple(merge.split(" ", 1)) for merge in field("merges")],
+                )
+            )
             backend.pre_tokenizer = _byte_level_pre_tokenizer(field("pre", "default"))
             backend.decoder = decoders.ByteLevel()
             add_bos = field("add_bos_token", False)
@@ -215,10 +245,15 @@ class Tokenizer:
             spelled = ["▁" * len(t) if t and not t.strip(" ") else t for t in tokens]
             ranks = range(len(tokens)) if gemma else [-score for score in field("scores")]
             unk_id = field("unknown_token_id")
-            backend = BackendTokenizer(models.BPE(
-                {token: i for i, token in enumerate(spelled)}, _sentencepiece_merges(spelled, ranks),
-                unk_token=None if unk_id is None else spelled[unk_id], fuse_unk=True,
-                byte_fallback=True))
+            backend = BackendTokenizer(
+                models.BPE(
+                    {token: i for i, token in enumerate(spelled)},
+                    _sentencepiece_merges(spelled, ranks),
+                    unk_token=None if unk_id is None else spelled[unk_id],
+                    fuse_unk=True,
+                    byte_fallback=True,
+                )
+            )
             spaces = normalizers.Replace(" ", "▁")
             decode_steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
             if field("add_space_prefix", True) and not gemma:
@@ -234,25 +269,36 @@ class Tokenizer:
             types = [t if token == s else _NORMAL for token, s, t in zip(tokens, spelled, types)]
             add_bos = field("add_bos_token", True)
         else:
-            raise ValueError(f"unsupported GGUF tokenizer.ggml.model {kind!r}; supported: "
-                             "'gpt2' (byte-level BPE), 'llama' (SentencePiece BPE)")
+            raise ValueError(
+                f"unsupported GGUF tokenizer.ggml.model {kind!r}; supported: "
+                "'gpt2' (byte-level BPE), 'llama' (SentencePiece BPE)"
+            )
 
-        backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                                    for token, t in zip(tokens, types) if t == _CONTROL])
-        backend.add_tokens([AddedToken(token, special=False, normalized=False)
-                            for token, t in zip(tokens, types) if t == _USER_DEFINED])
+        backend.add_special_tokens(
+            [AddedToken(token, special=True, normalized=False) for token, t in zip(tokens, types) if t == _CONTROL]
+        )
+        backend.add_tokens(
+            [
+                AddedToken(token, special=False, normalized=False)
+                for token, t in zip(tokens, types)
+                if t == _USER_DEFINED
+            ]
+        )
         eos_id = field("eos_token_id")
-        return cls(backend, bos_id=field("bos_token_id"),
-                   eos_ids=([] if eos_id is None else [eos_id]) + _end_of_generation_ids(backend),
-                   pad_id=field("padding_token_id"), add_bos=bool(add_bos))
+        return cls(
+            backend,
+            bos_id=field("bos_token_id"),
+            eos_ids=([] if eos_id is None else [eos_id]) + _end_of_generation_ids(backend),
+            pad_id=field("padding_token_id"),
+            add_bos=bool(add_bos),
+        )
 
     def save(self, directory: str | Path) -> None:
         """Writes ``tokenizer.json`` and ``infodec_tokenizer.json``; ``from_file`` reads both back."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / "tokenizer.json"))
-        config = {"bos_id": self.bos_id, "eos_ids": list(self.eos_ids), "pad_id": self.pad_id,
-                  "add_bos": self.add_bos}
+        config = {"bos_id": self.bos_id, "eos_ids": list(self.eos_ids), "pad_id": self.pad_id, "add_bos": self.add_bos}
         (directory / INFODEC_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
     # ---------------------------------------------------------------------------------- encoding
@@ -272,36 +318,36 @@ class Tokenizer:
             raise ValueError("encode_batch expects a list of str")
         add = self.add_bos if add_bos is None else add_bos
         encodings = self.backend.encode_batch(texts, add_special_tokens=add)
-        prefix = [self.bos_id] if add and self._prepend_bos else []
+        prefix = [self.bos_id] if add and self._prepend_bos and self.bos_id is not None else []
         return [prefix + encoding.ids for encoding in encodings]
 
     def decode(self, ids: Sequence[int] | np.ndarray, *, skip_special_tokens: bool = True) -> str:
         """Text of a 1-D sequence of ids (list, numpy or jax array); drops control tokens by default."""
         return self.backend.decode(self._id_list(ids), skip_special_tokens=skip_special_tokens)
 
-    def decode_batch(self, batch: Iterable[Sequence[int]] | np.ndarray, *,
-                     skip_special_tokens: bool = True) -> list[str]:
+    def decode_batch(
+        self, batch: Iterable[Sequence[int]] | np.ndarray, *, skip_special_tokens: bool = True
+    ) -> list[str]:
         """``decode`` of each row of ``batch`` (a list of id sequences or a 2-D array)."""
-        return self.backend.decode_batch([self._id_list(row) for row in batch],
-                                         skip_special_tokens=skip_special_tokens)
+        return self.backend.decode_batch([self._id_list(row) for row in batch], skip_special_tokens=skip_special_tokens)
 
     def _id_list(self, ids: Sequence[int] | np.ndarray) -> list[int]:
         array = np.asarray(ids)
         if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
-            raise ValueError(f"expected a 1-D sequence of int ids, got shape {array.shape} "
-                             f"of {array.dtype}")
+            raise ValueError(f"expected a 1-D sequence of int ids, got shape {array.shape} of {array.dtype}")
         if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got "
-                             f"{array.min()}..{array.max()}")
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got {array.min()}..{array.max()}")
         return array.tolist()
 
 
 def _end_of_generation_ids(backend: BackendTokenizer) -> list[int]:
     """Ids of the special tokens named in ``_END_OF_GENERATION``."""
-    return [i for i, token in sorted(backend.get_added_tokens_decoder().items())
-            if token.special and token.content in _END_OF_GENERATION]
+    return [
+        i
+        for i, token in sorted(backend.get_added_tokens_decoder().items())
+        if token.special and token.content in _END_OF_GENERATION
+    ]
 
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
-

@@ -1,13 +1,53 @@
 """Decoding policies: ``policy(logits[B, S, V], step=None) -> (log_pi[B, V], diagnostics)``."""
 
-from infodec.policies.base import Policy, StepInfo, Transform, information
-from infodec.policies.standard import (Chain, Epsilon, Eta, Greedy, MinP, RepetitionPenalty, Temperature,
-                                       TopK, TopP, Typical, chain)
+from infodec.policies.base import Policy, StepInfo, Transform, information_diagnostics
 from infodec.policies.guidance import ClassifierGuidance, TopicDiscriminator
-from infodec.policies.value import (PMI, ClassifierFreeGuidance, DynamicValuePolicy, FunctionScore,
-                                    HalfLifeSchedule, KLGuidedTemperature, SigmoidSchedule, ValuePolicy)
+from infodec.policies.standard import (
+    Chain,
+    Epsilon,
+    Eta,
+    Greedy,
+    MinP,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+    Typical,
+    chain,
+)
+from infodec.policies.value import (
+    ClassifierFreeGuidance,
+    DynamicValuePolicy,
+    HalfLifeSchedule,
+    KLGuidedTemperature,
+    SigmoidSchedule,
+)
+from infodec.policies.value_policy import PMI, FunctionScore, ValuePolicy
 
-__all__ = ["Policy", "StepInfo", "Transform", "information", "Chain", "Epsilon", "Eta", "Greedy", "MinP",
-           "RepetitionPenalty", "Temperature", "TopK", "TopP", "Typical", "chain", "PMI", "FunctionScore",
-           "ValuePolicy", "ClassifierFreeGuidance", "KLGuidedTemperature", "DynamicValuePolicy",
-           "HalfLifeSchedule", "SigmoidSchedule", "ClassifierGuidance", "TopicDiscriminator"]
+__all__ = [
+    "Policy",
+    "StepInfo",
+    "Transform",
+    "information_diagnostics",
+    "Chain",
+    "Epsilon",
+    "Eta",
+    "Greedy",
+    "MinP",
+    "RepetitionPenalty",
+    "Temperature",
+    "TopK",
+    "TopP",
+    "Typical",
+    "chain",
+    "PMI",
+    "FunctionScore",
+    "ValuePolicy",
+    "ClassifierFreeGuidance",
+    "KLGuidedTemperature",
+    "DynamicValuePolicy",
+    "HalfLifeSchedule",
+    "SigmoidSchedule",
+    "ClassifierGuidance",
+    "TopicDiscriminator",
+]

@@ -21,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from infodec.models.layers import MASK_VALUE
 
@@ -61,7 +62,7 @@ class Policy:
     def __call__(self, logits: Array, step: StepInfo | None = None) -> tuple[Array, Diagnostics]:
         logits = as_streams(logits, self.num_streams, type(self).__name__)
         log_pi, extra = self.log_probs(logits, step)
-        return log_pi, {**information(log_pi, jax.nn.log_softmax(logits[:, 0])), **extra}
+        return log_pi, {**information_diagnostics(log_pi, jax.nn.log_softmax(logits[:, 0])), **extra}
 
     def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
         """``logits[B, S, V]`` float32 -> ``(log_pi[B, V], extra diagnostics)``."""
@@ -87,12 +88,14 @@ def as_streams(logits: Array, num_streams: int, name: str) -> Array:
     if logits.ndim != 3:
         raise ValueError(f"{name}: logits must be [batch, vocab] or [batch, streams, vocab], got {logits.shape}")
     if logits.shape[1] < num_streams:
-        raise ValueError(f"{name} needs {num_streams} streams (with and without evidence) but got "
-                         f"{logits.shape[1]}; pass evidence=... to generate()")
+        raise ValueError(
+            f"{name} needs {num_streams} streams (with and without evidence) but got "
+            f"{logits.shape[1]}; pass evidence=... to generate()"
+        )
     return logits.astype(jnp.float32)
 
 
-def information(log_pi: Array, log_p: Array) -> Diagnostics:
+def information_diagnostics(log_pi: Array, log_p: Array) -> Diagnostics:
     """Entropy ``H(π)`` and ``KL(π ‖ P_G)`` per row (nats), from log-probabilities ``[B, V]``."""
     pi = jnp.exp(log_pi)
     entropy = jnp.maximum(-jnp.sum(pi * log_pi, axis=-1), 0.0)
@@ -122,10 +125,11 @@ def first_argmax_mask(values: Array) -> Array:
     return vocab == jnp.min(jnp.where(is_max, vocab, values.shape[-1]), axis=-1, keepdims=True)
 
 
-def check_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
-                high_open: bool = False, allowed: str) -> None:
+def check_range(
+    name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False, allowed: str
+) -> None:
     """Raises a clear ValueError if a concrete parameter is outside its range (tracers pass)."""
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         return
     try:
         array = np.asarray(value, np.float64)

@@ -1,9 +1,10 @@
 """Classifier guidance [P1 §3.1] with a FUDGE-style step-level topic discriminator.
 
-Row 3.1 of spec.md: ``β = 1, γ = 0, g(s, a) = log P_D(c | s, a)``, so ``π ∝ P_G · P_D^λ``. The
-discriminator ``P_D(c | s, a)`` predicts the attribute ``c`` (a topic) of the *final* text from the
-state ``s`` and a candidate next token ``a``; trained on prefixes of labelled text, it stands in for the
-future value ``V(s ⊕ a)`` of the sequence-level problem (spec.md §1, "Myopic decoders ...").
+The classifier-guidance row of the decoder table in ``docs/math.md`` §1:
+``β = 1, γ = 0, g(s, a) = log P_D(c | s, a)``, so ``π ∝ P_G · P_D^λ``. The discriminator ``P_D(c | s, a)``
+predicts the attribute ``c`` (a topic) of the *final* text from the state ``s`` and a candidate next token
+``a``; trained on prefixes of labelled text, it stands in for the future value ``V(s ⊕ a)`` of the
+sequence-level problem (``docs/math.md`` §1, "Myopic decoders ...").
 
 As in FUDGE, only the ``top_k`` most likely next tokens under ``P_G`` are scored (one batched call of the
 discriminator per step) and the rest are masked: the policy's support is the top-k set, and on it
@@ -19,16 +20,17 @@ embedding ``e_a`` of each candidate token (``[B, K, D]``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from infodec.policies.base import MASK_VALUE, Diagnostics, Policy, StepInfo, check_range
-from infodec.policies.value import FunctionScore, ValuePolicy
+from infodec.policies.value_policy import FunctionScore, ValuePolicy
 
 Array = jax.Array
 
@@ -64,10 +66,11 @@ def init_discriminator(key: Array, hidden_size: int, num_topics: int, hidden_dim
     return module.init(key, jnp.zeros((1, hidden_size)), jnp.zeros((1, 1, hidden_size)))["params"]
 
 
-def discriminator_logits(params: Any, hidden: Array, embeddings: Array, num_topics: int,
-                         hidden_dim: int = 256) -> Array:
+def discriminator_logits(
+    params: Any, hidden: Array, embeddings: Array, num_topics: int, hidden_dim: int = 256
+) -> Array:
     """``[B, K, C]`` topic logits of ``TopicDiscriminator`` (a plain function of the parameters)."""
-    return TopicDiscriminator(num_topics, hidden_dim).apply({"params": params}, hidden, embeddings)
+    return cast(Array, TopicDiscriminator(num_topics, hidden_dim).apply({"params": params}, hidden, embeddings))
 
 
 def input_embeddings(model, params) -> Array:
@@ -118,10 +121,11 @@ class ClassifierGuidance(Policy):
         if not isinstance(self.top_k, (int, np.integer)) or isinstance(self.top_k, bool) or self.top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
         if not isinstance(self.num_topics, (int, np.integer)) or self.num_topics < 1:
-            raise ValueError(f"num_topics must be an integer >= 1 (the discriminator's classes), "
-                             f"got {self.num_topics!r}")
+            raise ValueError(
+                f"num_topics must be an integer >= 1 (the discriminator's classes), got {self.num_topics!r}"
+            )
         target = self.target
-        if isinstance(target, jax.core.Tracer):
+        if isinstance(target, Tracer):
             return
         try:
             target = np.asarray(target)
@@ -129,24 +133,37 @@ class ClassifierGuidance(Policy):
             return
         if target.dtype == object or not np.issubdtype(target.dtype, np.number):
             return
-        if target.ndim > 1 or np.any(target < 0) or np.any(target >= self.num_topics) or \
-                np.any(target != np.round(target)):
-            raise ValueError(f"target must be a topic index in [0, {self.num_topics}) (an int or one per row), "
-                             f"got {self.target!r}")
+        if (
+            target.ndim > 1
+            or np.any(target < 0)
+            or np.any(target >= self.num_topics)
+            or np.any(target != np.round(target))
+        ):
+            raise ValueError(
+                f"target must be a topic index in [0, {self.num_topics}) (an int or one per row), got {self.target!r}"
+            )
 
     @classmethod
-    def from_model(cls, model, params, discriminator_params, *, num_topics: int, hidden_dim: int = 256,
-                   **kwargs) -> "ClassifierGuidance":
+    def from_model(
+        cls, model, params, discriminator_params, *, num_topics: int, hidden_dim: int = 256, **kwargs
+    ) -> ClassifierGuidance:
         """Builds the policy with the LM's input embeddings taken from ``params``."""
-        return cls(discriminator_params, input_embeddings(model, params), num_topics=num_topics,
-                   hidden_dim=hidden_dim, **kwargs)
+        return cls(
+            discriminator_params,
+            input_embeddings(model, params),
+            num_topics=num_topics,
+            hidden_dim=hidden_dim,
+            **kwargs,
+        )
 
     # --- the pieces ---------------------------------------------------------------------------------
 
     def _hidden(self, step: StepInfo | None) -> Array:
         if step is None or step.hidden is None:
-            raise ValueError("ClassifierGuidance needs the LM's hidden state (StepInfo.hidden): use it through "
-                             "infodec.generate, or pass StepInfo(context, index, hidden=[B, D])")
+            raise ValueError(
+                "ClassifierGuidance needs the LM's hidden state (StepInfo.hidden): use it through "
+                "infodec.generate, or pass StepInfo(context, index, hidden=[B, D])"
+            )
         return step.hidden
 
     def candidates(self, log_p: Array) -> tuple[Array, Array]:
@@ -157,8 +174,7 @@ class ClassifierGuidance(Policy):
     def target_log_probs(self, hidden: Array, tokens: Array) -> tuple[Array, Array]:
         """``(log P_D(target | s, a)[B, K], log P_D(· | s, a)[B, K, C])`` for candidate ``tokens[B, K]``."""
         embeddings = jnp.take(jnp.asarray(self.embeddings, jnp.float32), tokens, axis=0)
-        logits = discriminator_logits(self.discriminator_params, hidden, embeddings, self.num_topics,
-                                      self.hidden_dim)
+        logits = discriminator_logits(self.discriminator_params, hidden, embeddings, self.num_topics, self.hidden_dim)
         log_pd = jax.nn.log_softmax(logits, axis=-1)
         target = jnp.broadcast_to(jnp.asarray(self.target).astype(jnp.int32), (tokens.shape[0],))
         return jnp.take_along_axis(log_pd, target[:, None, None], axis=-1)[..., 0], log_pd
@@ -199,11 +215,12 @@ class ClassifierGuidance(Policy):
         p_k = jax.nn.softmax(top_log_p, axis=-1)
         pd_target = jnp.exp(g)
         topic_entropy = -jnp.sum(jnp.exp(log_pd) * log_pd, axis=-1)  # [B, K]
-        return log_pi, {"p_target": jnp.sum(pi_k * pd_target, axis=-1),
-                        "p_target_model": jnp.sum(p_k * pd_target, axis=-1),
-                        "topic_entropy": jnp.sum(pi_k * topic_entropy, axis=-1),
-                        "guidance": jnp.broadcast_to(lam, utility.shape)[:, 0]}
+        return log_pi, {
+            "p_target": jnp.sum(pi_k * pd_target, axis=-1),
+            "p_target_model": jnp.sum(p_k * pd_target, axis=-1),
+            "topic_entropy": jnp.sum(pi_k * topic_entropy, axis=-1),
+            "guidance": jnp.broadcast_to(lam, utility.shape)[:, 0],
+        }
 
 
-__all__ = ["TopicDiscriminator", "init_discriminator", "discriminator_logits", "input_embeddings",
-           "ClassifierGuidance"]
+__all__ = ["TopicDiscriminator", "init_discriminator", "discriminator_logits", "input_embeddings", "ClassifierGuidance"]

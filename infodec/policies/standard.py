@@ -12,8 +12,18 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from infodec.policies.base import (MASK_VALUE, MIN_TEMPERATURE, Policy, StepInfo, Transform, check_range,
-                                   first_argmax_mask, greedy_logits, per_row)
+from infodec.policies.base import (
+    MASK_VALUE,
+    MIN_TEMPERATURE,
+    Policy,
+    StepInfo,
+    Transform,
+    check_range,
+    first_argmax_mask,
+    greedy_logits,
+    per_row,
+)
+from infodec.policies.value_policy import ValuePolicy
 
 Array = jax.Array
 
@@ -40,8 +50,6 @@ class Temperature(Transform):
 
     def as_value_policy(self):
         """The same policy as a value function: ``ValuePolicy(β=1, γ=T−1)`` (for T > 0)."""
-        from infodec.policies.value import ValuePolicy  # value.py builds on this module
-
         return ValuePolicy(beta=1.0, gamma=jnp.asarray(self.temperature) - 1.0)
 
     def transform(self, logits: Array, step: StepInfo | None) -> Array:
@@ -182,8 +190,11 @@ class RepetitionPenalty(Transform):
             raise ValueError("RepetitionPenalty needs the decode context: call it with step=StepInfo(...)")
         vocab = logits.shape[-1]
         context = jnp.where(step.context < 0, vocab, step.context)  # empty slots go to a dropped column
-        seen = jnp.zeros((logits.shape[0], vocab + 1), bool).at[jnp.arange(logits.shape[0])[:, None],
-                                                                 context].set(True)[:, :vocab]
+        seen = (
+            jnp.zeros((logits.shape[0], vocab + 1), bool)
+            .at[jnp.arange(logits.shape[0])[:, None], context]
+            .set(True)[:, :vocab]
+        )
         penalty = per_row(self.penalty)
         penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
         return jnp.where(seen, penalised, logits)
@@ -205,8 +216,9 @@ def chain(*transforms: Transform) -> Chain:
     """Composes one-stream transforms, applied in the order given."""
     for transform in transforms:
         if not isinstance(transform, Transform):
-            raise TypeError(f"chain() takes one-stream transforms (Temperature, TopK, TopP, ...), got "
-                            f"{type(transform).__name__}")
+            raise TypeError(
+                f"chain() takes one-stream transforms (Temperature, TopK, TopP, ...), got {type(transform).__name__}"
+            )
     return Chain(tuple(transforms))
 
 
@@ -216,6 +228,7 @@ def check_min_tokens(min_tokens_to_keep: int) -> None:
 
 
 # --- sort-free thresholds ---------------------------------------------------------------------------
+
 
 def _order_key(x: Array) -> Array:
     """Maps float32 to uint32 preserving order, so thresholds can be bisected exactly over the bits."""
@@ -259,8 +272,11 @@ def _crossing_value(values: Array, weights: Array, target: Array) -> Array:
     settled = crossing < count
     position = jnp.clip(crossing, 1, count) - 1  # p <= 0 counts nothing: the top token then
     from_candidates = jnp.take_along_axis(top_values, position[:, None], axis=-1)[:, 0]
-    return jax.lax.cond(jnp.all(settled), lambda: from_candidates,
-                        lambda: jnp.where(settled, from_candidates, _bisect_threshold(values, weights, target)))
+    return jax.lax.cond(
+        jnp.all(settled),
+        lambda: from_candidates,
+        lambda: jnp.where(settled, from_candidates, _bisect_threshold(values, weights, target)),
+    )
 
 
 def kth_largest(logits: Array, k: Array) -> Array:
@@ -302,5 +318,17 @@ def _keep_at_least(logits: Array, keep: Array, min_tokens: int, order: Array | N
     return jnp.where(keep, logits, MASK_VALUE)
 
 
-__all__ = ["Greedy", "Temperature", "TopK", "TopP", "MinP", "Typical", "Epsilon", "Eta",
-           "RepetitionPenalty", "Chain", "chain", "Policy"]
+__all__ = [
+    "Greedy",
+    "Temperature",
+    "TopK",
+    "TopP",
+    "MinP",
+    "Typical",
+    "Epsilon",
+    "Eta",
+    "RepetitionPenalty",
+    "Chain",
+    "chain",
+    "Policy",
+]

@@ -1,12 +1,12 @@
 """Value-function policies [P1]: every decoder as the optimum of an information-theoretic objective.
 
-One-step lemma (spec.md §1): for ``β > 0``, ``β + γ > 0`` and a score ``g(s, a)``::
+One-step lemma (``docs/math.md`` §1): for ``β > 0``, ``β + γ > 0`` and a score ``g(s, a)``::
 
     J_s(π) = λ·E_π[g] − β·KL(π ‖ P_G) + γ·H(π)
     argmax_π J_s = softmax((β·log P_G + λ·g) / (β + γ))
 
-``ValuePolicy`` implements that closed form with a pluggable score, and the named decoders are cases
-of it (each has ``as_value_policy()``, and the tests check the two agree):
+``ValuePolicy`` (``policies.value_policy``) implements that closed form with a pluggable score, and the
+named decoders are cases of it (each has ``as_value_policy()``, and the tests check the two agree):
 
 | decoder | β | γ | λ | g |
 |---|---|---|---|---|
@@ -21,104 +21,35 @@ Two-stream policies read ``logits[:, 0]`` (prompt with evidence, the anchor P_G)
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from infodec.policies.base import MASK_VALUE, MIN_TEMPERATURE, Diagnostics, Policy, StepInfo, check_range, \
-    greedy_logits, per_row
+from infodec.policies.base import (
+    MASK_VALUE,
+    MIN_TEMPERATURE,
+    Diagnostics,
+    Policy,
+    StepInfo,
+    check_range,
+    greedy_logits,
+    per_row,
+)
 from infodec.policies.standard import TopK, TopP
+from infodec.policies.value_policy import PMI, FunctionScore, ValuePolicy, stream_diagnostics
 
 Array = jax.Array
 
 
-# --- scores g(s, a) ---------------------------------------------------------------------------------
-
-@flax.struct.dataclass
-class PMI:
-    """``g(s, a) = log P(a | s, c) − log P(a | s)``: pointwise mutual information of the next token and
-    the evidence ``c``, from the two streams."""
-
-    num_streams = 2
-
-    def __call__(self, log_probs: Array, step: StepInfo | None) -> Array:
-        return log_probs[:, 0] - log_probs[:, 1]
-
-
-@flax.struct.dataclass
-class FunctionScore:
-    """A user score ``fn(log_probs[B, S, V], step) -> g[B, V]`` (``fn`` must be hashable: a function)."""
-
-    fn: Callable = flax.struct.field(pytree_node=False)
-    num_streams: int = flax.struct.field(pytree_node=False, default=1)
-
-    def __call__(self, log_probs: Array, step: StepInfo | None) -> Array:
-        return self.fn(log_probs, step)
-
-
-# --- the general policy -----------------------------------------------------------------------------
-
-@flax.struct.dataclass
-class ValuePolicy(Policy):
-    """``π = softmax((β·log P_G + λ·g) / (β + γ))``, the optimum of ``λ·E_π[g] − β·KL(π‖P_G) + γ·H(π)``.
-
-    Attributes:
-      beta: weight of sensibleness (KL to the model); > 0.
-      gamma: weight of diversity (entropy); ``beta + gamma > 0``.
-      lam: weight of the score (attribution when ``g`` is PMI or a discriminator).
-      score: ``g``, called as ``score(log_probs[B, S, V], step) -> [B, V]``; None for ``g = 0``.
-    Scalars or per-row ``[B]`` arrays; all traced.
-    """
-
-    beta: float | Array = 1.0
-    gamma: float | Array = 0.0
-    lam: float | Array = 0.0
-    score: Any = None
-
-    def __post_init__(self):
-        check_range("beta", self.beta, 0.0, float("inf"), low_open=True, allowed="> 0")
-        if isinstance(self.beta, jax.core.Tracer) or isinstance(self.gamma, jax.core.Tracer):
-            return
-        try:
-            total = np.asarray(self.beta, np.float64) + np.asarray(self.gamma, np.float64)
-        except (TypeError, ValueError):  # pytree internals rebuild policies with placeholder leaves
-            return
-        check_range("beta + gamma", total, 0.0, float("inf"), low_open=True,
-                    allowed="> 0 (the policy's effective temperature (β+γ)/β must be positive)")
-
-    @property
-    def num_streams(self) -> int:
-        return 1 if self.score is None else self.score.num_streams
-
-    def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        beta, gamma, lam = per_row(self.beta), per_row(self.gamma), per_row(self.lam)
-        utility = beta * log_probs[:, 0]
-        if self.score is not None:
-            utility = utility + lam * self.score(log_probs, step)
-        rows = logits.shape[0]
-        extra = {"temperature": jnp.broadcast_to((beta + gamma) / beta, (rows, 1))[:, 0],
-                 "guidance": jnp.broadcast_to(lam / beta, (rows, 1))[:, 0]}
-        return jax.nn.log_softmax(utility / (beta + gamma)), {**extra, **stream_diagnostics(log_probs)}
-
-
-def stream_diagnostics(log_probs: Array) -> Diagnostics:
-    """``kl_streams = KL(P(·|s,c) ‖ P(·|s))`` per row for two-stream input, nothing for one stream."""
-    if log_probs.shape[1] < 2:
-        return {}
-    p = jnp.exp(log_probs[:, 0])
-    return {"kl_streams": jnp.maximum(jnp.sum(p * (log_probs[:, 0] - log_probs[:, 1]), axis=-1), 0.0)}
-
-
 # --- named decoders ---------------------------------------------------------------------------------
+
 
 @flax.struct.dataclass
 class ClassifierFreeGuidance(Policy):
-    """``logits = ℓ_u + w·(ℓ_c − ℓ_u)`` on log-softmaxed streams (spec.md convention): ``w = 1`` is plain
-    conditional sampling, ``w = 0`` unconditional, ``w > 1`` sharpens toward the evidence. Equals
+    """``logits = ℓ_u + w·(ℓ_c − ℓ_u)`` on log-softmaxed streams (the convention of ``docs/math.md`` §1):
+    ``w = 1`` is plain conditional sampling, ``w = 0`` unconditional, ``w > 1`` sharpens toward the evidence. Equals
     ``ValuePolicy(β=1, γ=0, λ=w−1, PMI())``; ``temperature`` divides the result (γ = T − 1)."""
 
     scale: float | Array = 1.5
@@ -130,8 +61,9 @@ class ClassifierFreeGuidance(Policy):
         check_range("temperature", self.temperature, 0.0, float("inf"), low_open=True, allowed="> 0")
 
     def as_value_policy(self) -> ValuePolicy:
-        return ValuePolicy(beta=1.0, gamma=jnp.asarray(self.temperature) - 1.0,
-                           lam=jnp.asarray(self.scale) - 1.0, score=PMI())
+        return ValuePolicy(
+            beta=1.0, gamma=jnp.asarray(self.temperature) - 1.0, lam=jnp.asarray(self.scale) - 1.0, score=PMI()
+        )
 
     def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
         return self.as_value_policy().log_probs(logits, step)
@@ -139,7 +71,7 @@ class ClassifierFreeGuidance(Policy):
 
 @flax.struct.dataclass
 class KLGuidedTemperature(Policy):
-    """KL-divergence guided temperature [P2], the official rule (spec.md §2)::
+    """KL-divergence guided temperature [P2], the official rule (``docs/math.md`` §2)::
 
         KL = max(0, Σ p (log p − log p'))     p, p' = clip(softmax(ℓ), 1e-7, 1), unrenormalised
         T  = t0 · 2^(−KL / half_life)         (half_life = 0: T = t0)
@@ -193,13 +125,15 @@ class KLGuidedTemperature(Policy):
         k = jnp.broadcast_to(jnp.asarray(self.top_k, jnp.int32), kl.shape)
         p = jnp.broadcast_to(jnp.asarray(self.top_p, jnp.float32), kl.shape)
         # Truncations that are off for every row are skipped at run time, not computed and discarded.
-        scaled = jax.lax.cond(jnp.all(k <= 0), lambda x: x,
-                              lambda x: TopK(jnp.where(k > 0, k, x.shape[-1])).transform(x, step), scaled)
+        scaled = jax.lax.cond(
+            jnp.all(k <= 0), lambda x: x, lambda x: TopK(jnp.where(k > 0, k, x.shape[-1])).transform(x, step), scaled
+        )
         scaled = jax.lax.cond(jnp.all(p >= 1), lambda x: x, lambda x: TopP(p).transform(x, step), scaled)
         return jax.nn.log_softmax(scaled), {"kl_streams": kl, "temperature": t}
 
 
 # --- the open question: λ or T as a function of the streams' KL ------------------------------------
+
 
 @flax.struct.dataclass
 class HalfLifeSchedule:
@@ -257,5 +191,14 @@ class DynamicValuePolicy(Policy):
         return log_pi, {**diagnostics, **stream_diagnostics(jax.nn.log_softmax(logits, axis=-1))}
 
 
-__all__ = ["PMI", "FunctionScore", "ValuePolicy", "ClassifierFreeGuidance", "KLGuidedTemperature",
-           "HalfLifeSchedule", "SigmoidSchedule", "DynamicValuePolicy", "MASK_VALUE"]
+__all__ = [
+    "PMI",
+    "FunctionScore",
+    "ValuePolicy",
+    "ClassifierFreeGuidance",
+    "KLGuidedTemperature",
+    "HalfLifeSchedule",
+    "SigmoidSchedule",
+    "DynamicValuePolicy",
+    "MASK_VALUE",
+]

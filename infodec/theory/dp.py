@@ -1,11 +1,11 @@
-"""Exact soft-Bellman dynamic programming over every sequence of a tiny model (spec.md §1).
+"""Exact soft-Bellman dynamic programming over every sequence of a tiny model (``docs/math.md`` §1).
 
 Setting. A state is a prefix ``s = y_<t`` of the continuation (the prompt and evidence are fixed);
 an action is the next token ``a``. ``P_G(a|s)`` is the anchor (stream 0 of a ``PrefixTree``, the
 model with the evidence). A per-step reward ``r(s, a) = λ·g(s, a)`` (``g`` = the PMI between the
 streams, or any score) and a terminal reward ``R(y)`` on the ``H``-token sequence are given.
 
-**One step (the lemma of spec.md §1).** For ``β > 0``, ``τ = β + γ > 0``::
+**One step (the lemma of ``docs/math.md`` §1).** For ``β > 0``, ``τ = β + γ > 0``::
 
     J_s(π) = λ·E_π[g] − β·KL(π ‖ P_G) + γ·H(π)
     argmax_π J_s = softmax((β log P_G(·|s) + λ g(s,·)) / τ),   max_π J_s = τ·logsumexp((β log P_G + λ g)/τ)
@@ -66,26 +66,28 @@ per-state values ``(V,)*t``, sequence tables ``(V,)*H``; ``.reshape(-1)`` orders
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from infodec.policies.base import StepInfo
+from infodec.policies.value_policy import PMI
 from infodec.theory.tree import PrefixTree, accumulate, log_softmax, logsumexp, sequences
 
-
 # --- rewards ----------------------------------------------------------------------------------------
+
 
 def step_info(tree: PrefixTree, t: int) -> StepInfo:
     """The ``StepInfo`` a policy sees at depth ``t`` for every prefix (``[V**t]`` rows): the stream-0
     context (``tree.context`` then the prefix, ``-1`` after) and the step index ``t``."""
     prefixes = sequences(tree.vocab, t)
     width = len(tree.context) + tree.horizon
-    context = np.full((tree.vocab ** t, width), -1, np.int32)
-    context[:, :len(tree.context)] = tree.context
-    context[:, len(tree.context):len(tree.context) + t] = prefixes
+    context = np.full((tree.vocab**t, width), -1, np.int32)
+    context[:, : len(tree.context)] = tree.context
+    context[:, len(tree.context) : len(tree.context) + t] = prefixes
     return StepInfo(jnp.asarray(context), jnp.int32(t))
 
 
@@ -94,10 +96,6 @@ def _is_pmi(score: Any) -> bool:
         if score.lower() != "pmi":
             raise ValueError(f"the only named score is 'pmi', got {score!r}")
         return True
-    try:
-        from infodec.policies.value import PMI
-    except ImportError:  # pragma: no cover
-        return False
     return isinstance(score, PMI)
 
 
@@ -117,7 +115,7 @@ def score_tables(tree: PrefixTree, score: Any) -> list[np.ndarray] | None:
     if callable(score):
         out = []
         for t in range(H):
-            log_probs = jnp.asarray(tree.log_probs[t].reshape(V ** t, tree.num_streams, V), jnp.float32)
+            log_probs = jnp.asarray(tree.log_probs[t].reshape(V**t, tree.num_streams, V), jnp.float32)
             g = np.asarray(score(log_probs, step_info(tree, t)), np.float64)
             out.append(g.reshape((V,) * (t + 1)))
         return out
@@ -132,8 +130,9 @@ def score_tables(tree: PrefixTree, score: Any) -> list[np.ndarray] | None:
             except ValueError:
                 raise ValueError(f"score[{t}] of shape {table.shape} does not broadcast to (V,)*{t + 1}") from None
         return out
-    raise TypeError("score must be None, 'pmi', a score object or a sequence of per-depth arrays, got "
-                    f"{type(score).__name__}")
+    raise TypeError(
+        f"score must be None, 'pmi', a score object or a sequence of per-depth arrays, got {type(score).__name__}"
+    )
 
 
 def reward_tables(tree: PrefixTree, lam: float = 0.0, score: Any = None) -> list[np.ndarray]:
@@ -169,6 +168,7 @@ def _weights(beta: float, gamma: float, hard: bool) -> tuple[float, float, bool]
 
 
 # --- solutions --------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Solution:
@@ -209,8 +209,16 @@ class Solution:
         return self.log_policy[len(prefix)][tuple(int(a) for a in prefix)]
 
 
-def _backward(tree: PrefixTree, beta: float, gamma: float, lam: float, score: Any, terminal_reward: Any,
-              hard: bool, lookahead: bool) -> Solution:
+def _backward(
+    tree: PrefixTree,
+    beta: float,
+    gamma: float,
+    lam: float,
+    score: Any,
+    terminal_reward: Any,
+    hard: bool,
+    lookahead: bool,
+) -> Solution:
     beta, tau, hard = _weights(beta, gamma, hard)
     H, V = tree.horizon, tree.vocab
     rewards = reward_tables(tree, lam, score)
@@ -229,13 +237,28 @@ def _backward(tree: PrefixTree, beta: float, gamma: float, lam: float, score: An
             scaled = utility / tau
             values[t] = tau * logsumexp(scaled)
             log_policy[t] = log_softmax(scaled)
-    return Solution(values=tuple(values), q=tuple(q), log_policy=tuple(log_policy),
-                    log_seq_probs=accumulate(log_policy), beta=beta, gamma=float(gamma), hard=hard)
+    return Solution(
+        values=tuple(values),
+        q=tuple(q),
+        log_policy=tuple(log_policy),
+        log_seq_probs=accumulate(log_policy),
+        beta=beta,
+        gamma=float(gamma),
+        hard=hard,
+    )
 
 
-def solve(tree: PrefixTree, *, beta: float = 1.0, gamma: float = 0.0, lam: float = 0.0, score: Any = None,
-          terminal_reward: Any = None, hard: bool = False) -> Solution:
-    """Solves the soft Bellman recursion exactly (module docstring; spec.md §1, sequence level).
+def solve(
+    tree: PrefixTree,
+    *,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    lam: float = 0.0,
+    score: Any = None,
+    terminal_reward: Any = None,
+    hard: bool = False,
+) -> Solution:
+    """Solves the soft Bellman recursion exactly (module docstring; ``docs/math.md`` §1, sequence level).
 
     Args:
       tree: the exact next-token logits at every prefix (``prefix_log_probs``, ``random_prefix_tree``).
@@ -253,9 +276,10 @@ def solve(tree: PrefixTree, *, beta: float = 1.0, gamma: float = 0.0, lam: float
     return _backward(tree, beta, gamma, lam, score, terminal_reward, hard, lookahead=True)
 
 
-def myopic(tree: PrefixTree, *, beta: float = 1.0, gamma: float = 0.0, lam: float = 0.0, score: Any = None,
-           hard: bool = False) -> Solution:
-    """The per-step closed form (spec.md §1 lemma) at every state: ``π(a|s) = softmax((β log P_G +
+def myopic(
+    tree: PrefixTree, *, beta: float = 1.0, gamma: float = 0.0, lam: float = 0.0, score: Any = None, hard: bool = False
+) -> Solution:
+    """The per-step closed form (``docs/math.md`` §1 lemma) at every state: ``π(a|s) = softmax((β log P_G +
     λ g)/τ)``, i.e. what ``ValuePolicy(β, γ, λ, g)`` samples (``hard``: greedy on ``β log P_G + λ g``).
     The future value and any terminal reward are ignored; ``values`` are the one-step maxima."""
     return _backward(tree, beta, gamma, lam, score, None, hard, lookahead=False)
@@ -263,15 +287,28 @@ def myopic(tree: PrefixTree, *, beta: float = 1.0, gamma: float = 0.0, lam: floa
 
 # --- sequence level, by enumeration -----------------------------------------------------------------
 
-def sequence_utility(tree: PrefixTree, *, beta: float = 1.0, lam: float = 0.0, score: Any = None,
-                     terminal_reward: Any = None) -> np.ndarray:
+
+def sequence_utility(
+    tree: PrefixTree, *, beta: float = 1.0, lam: float = 0.0, score: Any = None, terminal_reward: Any = None
+) -> np.ndarray:
     """``(V,)*H``: ``U(y) = β log P_G(y) + Σ_t λ g(s_t, y_t) + R(y)`` for every sequence."""
-    return (float(beta) * tree.sequence_log_model() + accumulate(reward_tables(tree, lam, score))
-            + terminal_table(tree, terminal_reward))
+    return (
+        float(beta) * tree.sequence_log_model()
+        + accumulate(reward_tables(tree, lam, score))
+        + terminal_table(tree, terminal_reward)
+    )
 
 
-def sequence_optimum(tree: PrefixTree, *, beta: float = 1.0, gamma: float = 0.0, lam: float = 0.0,
-                     score: Any = None, terminal_reward: Any = None, hard: bool = False) -> tuple[np.ndarray, float]:
+def sequence_optimum(
+    tree: PrefixTree,
+    *,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    lam: float = 0.0,
+    score: Any = None,
+    terminal_reward: Any = None,
+    hard: bool = False,
+) -> tuple[np.ndarray, float]:
     """The sequence-level optimum by direct enumeration (no recursion): ``(log q*, max J)`` with
     ``q*(y) = softmax_y(U(y)/τ)`` and ``max J = τ·logsumexp_y(U(y)/τ)``; hard: the point mass on
     ``argmax_y U`` (lowest index on ties) and ``max_y U``. ``solve`` must agree with it."""
@@ -286,6 +323,7 @@ def sequence_optimum(tree: PrefixTree, *, beta: float = 1.0, gamma: float = 0.0,
 
 
 # --- any infodec policy, exactly --------------------------------------------------------------------
+
 
 @jax.jit
 def _apply_policy(policy, logits, context, index):
@@ -306,7 +344,7 @@ def policy_tables(tree: PrefixTree, policy) -> tuple[np.ndarray, ...]:
     rows = tree.vocab ** (tree.horizon - 1)
     tables = []
     for t in range(tree.horizon):
-        count = tree.vocab ** t
+        count = tree.vocab**t
         logits = np.zeros((rows, tree.num_streams, tree.vocab), np.float32)
         logits[:count] = tree.flat_logits(t)
         info = step_info(tree, t)
@@ -353,8 +391,9 @@ def _log_seq(tree: PrefixTree, dist: Any) -> np.ndarray:
     return log_q - np.log(total)
 
 
-def sequence_terms(tree: PrefixTree, dist: Any, *, lam: float = 0.0, score: Any = None,
-                   terminal_reward: Any = None) -> dict[str, float]:
+def sequence_terms(
+    tree: PrefixTree, dist: Any, *, lam: float = 0.0, score: Any = None, terminal_reward: Any = None
+) -> dict[str, float]:
     """The terms of ``J`` for a sequence law ``q``, exactly by enumeration over the ``V**H`` sequences.
 
     ``dist``: log-probabilities ``(V,)*H`` or ``[V**H]``, per-state log-policy tables, a ``Solution``
@@ -373,17 +412,38 @@ def sequence_terms(tree: PrefixTree, dist: Any, *, lam: float = 0.0, score: Any 
     }
 
 
-def sequence_objective(tree: PrefixTree, dist: Any, *, beta: float = 1.0, gamma: float = 0.0, lam: float = 0.0,
-                       score: Any = None, terminal_reward: Any = None) -> float:
+def sequence_objective(
+    tree: PrefixTree,
+    dist: Any,
+    *,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    lam: float = 0.0,
+    score: Any = None,
+    terminal_reward: Any = None,
+) -> float:
     """``J(q) = E_q[Σ_t λ·g(s_t, y_t) + R(y)] − β·KL(q ‖ P_G) + γ·H(q)`` at sequence level, exactly.
 
-    ``dist`` as in ``sequence_terms``. ``max_q J = solve(...).value`` (spec.md §1); with ``γ = −β`` it
+    ``dist`` as in ``sequence_terms``. ``max_q J = solve(...).value`` (``docs/math.md`` §1); with ``γ = −β`` it
     is ``E_q[U]``, maximised by the MAP point mass (``solve(..., hard=True).value``).
     """
     terms = sequence_terms(tree, dist, lam=lam, score=score, terminal_reward=terminal_reward)
     return terms["reward"] - float(beta) * terms["kl"] + float(gamma) * terms["entropy"]
 
 
-__all__ = ["Solution", "solve", "myopic", "sequence_optimum", "sequence_utility", "policy_tables",
-           "policy_distribution", "sequence_log_probs", "sequence_terms", "sequence_objective", "score_tables",
-           "reward_tables", "terminal_table", "step_info"]
+__all__ = [
+    "Solution",
+    "solve",
+    "myopic",
+    "sequence_optimum",
+    "sequence_utility",
+    "policy_tables",
+    "policy_distribution",
+    "sequence_log_probs",
+    "sequence_terms",
+    "sequence_objective",
+    "score_tables",
+    "reward_tables",
+    "terminal_table",
+    "step_info",
+]

@@ -24,7 +24,7 @@ def _vocab_of(log_probs: np.ndarray, horizon: int) -> int:
         return log_probs.shape[0]
     vocab = int(round(log_probs.size ** (1.0 / max(horizon, 1))))
     for v in (vocab - 1, vocab, vocab + 1):
-        if v >= 1 and v ** horizon == log_probs.size:
+        if v >= 1 and v**horizon == log_probs.size:
             return v
     raise ValueError(f"{log_probs.size} probabilities are not V**{horizon} for any vocabulary V")
 

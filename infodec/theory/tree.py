@@ -14,7 +14,8 @@ horizon ≤ 4 is the intended range; at most ``MAX_SEQUENCES`` are allowed).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +112,7 @@ class PrefixTree:
 
     @property
     def num_sequences(self) -> int:
-        return self.vocab ** self.horizon
+        return self.vocab**self.horizon
 
     def log_model(self, t: int) -> np.ndarray:
         """``(V,)*t + (V,)`` float64: ``log P_G(a | y_<t)``, the anchor (stream 0, with evidence)."""
@@ -120,13 +121,15 @@ class PrefixTree:
     def pmi(self, t: int) -> np.ndarray:
         """``(V,)*t + (V,)`` float64: ``PMI(a; c | y_<t) = log P(a | y_<t, c) − log P(a | y_<t)`` (two streams)."""
         if self.num_streams < 2:
-            raise ValueError("the PMI needs two streams (with and without evidence): build the tree with "
-                             "evidence_tokens=... or num_streams=2")
+            raise ValueError(
+                "the PMI needs two streams (with and without evidence): build the tree with "
+                "evidence_tokens=... or num_streams=2"
+            )
         return self.log_probs[t][..., 0, :] - self.log_probs[t][..., 1, :]
 
     def flat_logits(self, t: int) -> np.ndarray:
         """``[V**t, S, V]`` float32: the depth-``t`` logits, prefixes in lexicographic order."""
-        return self.logits[t].reshape(self.vocab ** t, self.num_streams, self.vocab)
+        return self.logits[t].reshape(self.vocab**t, self.num_streams, self.vocab)
 
     def sequence_log_model(self) -> np.ndarray:
         """``(V,)*H`` float64: ``log P_G(y) = Σ_t log P_G(y_t | y_<t)`` for every sequence."""
@@ -184,9 +187,11 @@ def prefix_log_probs(model, params, prompt_tokens, horizon: int, evidence_tokens
     vocab = int(model.vocab_size)
     if not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
-    if vocab ** horizon > MAX_SEQUENCES:
-        raise ValueError(f"{vocab}**{horizon} sequences is too many to enumerate (max {MAX_SEQUENCES}); "
-                         "infodec.theory is for tiny vocabularies")
+    if vocab**horizon > MAX_SEQUENCES:
+        raise ValueError(
+            f"{vocab}**{horizon} sequences is too many to enumerate (max {MAX_SEQUENCES}); "
+            "infodec.theory is for tiny vocabularies"
+        )
     prompt = _check_tokens("prompt_tokens", prompt_tokens, vocab, allow_empty=False)
     streams = [prompt]
     if evidence_tokens is not None:
@@ -205,21 +210,22 @@ def prefix_log_probs(model, params, prompt_tokens, horizon: int, evidence_tokens
                 last.append(len(base) + t - 1)
     tokens = np.zeros((len(rows), width), np.int32)
     for i, row in enumerate(rows):
-        tokens[i, :len(row)] = row
+        tokens[i, : len(row)] = row
     positions = np.broadcast_to(np.arange(width, dtype=np.int32), tokens.shape)
     logits = np.asarray(_apply(model, params, jnp.asarray(tokens), jnp.asarray(positions)), np.float32)
     logits = logits[np.arange(len(rows)), np.asarray(last)]  # [rows, V]
 
     out, start = [], 0
     for t in range(horizon):
-        count = vocab ** t * len(streams)
-        out.append(logits[start:start + count].reshape((vocab,) * t + (len(streams), vocab)))
+        count = vocab**t * len(streams)
+        out.append(logits[start : start + count].reshape((vocab,) * t + (len(streams), vocab)))
         start += count
     return PrefixTree(tuple(out), context=tuple(streams[0]))
 
 
-def random_prefix_tree(key_or_seed: Any, vocab: int, horizon: int, num_streams: int = 1,
-                       sharpness: float = 2.0) -> PrefixTree:
+def random_prefix_tree(
+    key_or_seed: Any, vocab: int, horizon: int, num_streams: int = 1, sharpness: float = 2.0
+) -> PrefixTree:
     """A model-free tree: independent Gaussian logits ``sharpness · N(0, 1)`` at every prefix and stream.
 
     ``key_or_seed`` is an int (numpy ``default_rng``) or a JAX PRNG key. Larger ``sharpness`` gives
@@ -229,9 +235,9 @@ def random_prefix_tree(key_or_seed: Any, vocab: int, horizon: int, num_streams: 
         raise ValueError(f"need vocab >= 2 and horizon >= 1, got vocab={vocab}, horizon={horizon}")
     if num_streams not in (1, 2):
         raise ValueError(f"num_streams must be 1 or 2, got {num_streams}")
-    if vocab ** horizon > MAX_SEQUENCES:
+    if vocab**horizon > MAX_SEQUENCES:
         raise ValueError(f"{vocab}**{horizon} sequences is too many to enumerate (max {MAX_SEQUENCES})")
-    total = sum(vocab ** t for t in range(horizon))
+    total = sum(vocab**t for t in range(horizon))
     shape = (total, num_streams, vocab)
     if isinstance(key_or_seed, (int, np.integer)):
         z = np.random.default_rng(int(key_or_seed)).standard_normal(shape)
@@ -240,10 +246,19 @@ def random_prefix_tree(key_or_seed: Any, vocab: int, horizon: int, num_streams: 
     z = (sharpness * z).astype(np.float32)
     out, start = [], 0
     for t in range(horizon):
-        out.append(z[start:start + vocab ** t].reshape((vocab,) * t + (num_streams, vocab)))
-        start += vocab ** t
+        out.append(z[start : start + vocab**t].reshape((vocab,) * t + (num_streams, vocab)))
+        start += vocab**t
     return PrefixTree(tuple(out))
 
 
-__all__ = ["MAX_SEQUENCES", "PrefixTree", "prefix_log_probs", "random_prefix_tree", "sequences", "sequence_index",
-           "accumulate", "log_softmax", "logsumexp"]
+__all__ = [
+    "MAX_SEQUENCES",
+    "PrefixTree",
+    "prefix_log_probs",
+    "random_prefix_tree",
+    "sequences",
+    "sequence_index",
+    "accumulate",
+    "log_softmax",
+    "logsumexp",
+]

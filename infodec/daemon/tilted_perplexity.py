@@ -1,4 +1,4 @@
-"""Perplexity of human text under p_θ and under ``q_µ`` (spec.md §3).
+"""Perplexity of human text under p_θ and under ``q_µ`` (``docs/math.md`` §3).
 
     log q_µ(x_h|c) = log p_θ(x_h|c) − µᵀ f(x_h, c) − log Ẑ(c, µ),
     log Ẑ(c, µ)   = logsumexp_i(ρ_i − µᵀ f(x_i, c)) − log N,     x_i ~ r(·|c)   (ρ = 0 for r = p_θ)
@@ -12,7 +12,7 @@ optimistic: report ``N`` and the spread over seeds (:func:`spread`, :func:`perpl
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.special import logsumexp
@@ -20,16 +20,18 @@ from scipy.special import logsumexp
 from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import sampling as sampling_lib
+from infodec.decoding.engine import StopTokens
+from infodec.decoding.scoring import continuation_log_probs
 
 
 @dataclasses.dataclass(frozen=True)
 class PerplexityReport:
     """Attributes:
-      num_samples: ``N`` samples per prefix behind ``Ẑ``.
-      num_tokens: total human tokens ``Σ_j T_j`` (or ``J`` for per-sequence normalisation).
-      log_z: ``[J]`` ``log Ẑ(c_j, µ)``; log_q ``[J]`` ``log q_µ(x_j|c_j)``; log_p ``[J]`` ``log p_θ(x_j|c_j)``.
-      nll_p, nll_q: mean negative log-likelihood per token under p_θ and q.
-      ppl_p, ppl_q: ``exp`` of those.
+    num_samples: ``N`` samples per prefix behind ``Ẑ``.
+    num_tokens: total human tokens ``Σ_j T_j`` (or ``J`` for per-sequence normalisation).
+    log_z: ``[J]`` ``log Ẑ(c_j, µ)``; log_q ``[J]`` ``log q_µ(x_j|c_j)``; log_p ``[J]`` ``log p_θ(x_j|c_j)``.
+    nll_p, nll_q: mean negative log-likelihood per token under p_θ and q.
+    ppl_p, ppl_q: ``exp`` of those.
     """
 
     num_samples: int
@@ -43,8 +45,16 @@ class PerplexityReport:
     ppl_q: float
 
 
-def perplexity_under_q(human_logp_model, human_features, sample_features, mu, *, num_tokens=None,
-                       sample_log_ratios=None, standardization=None) -> PerplexityReport:
+def perplexity_under_q(
+    human_logp_model,
+    human_features,
+    sample_features,
+    mu,
+    *,
+    num_tokens=None,
+    sample_log_ratios=None,
+    standardization=None,
+) -> PerplexityReport:
     """Human-text perplexity under p_θ and under ``q_µ`` with the ``Ẑ`` estimator (module docstring).
 
     Args:
@@ -70,8 +80,17 @@ def perplexity_under_q(human_logp_model, human_features, sample_features, mu, *,
     total = float(len(log_p)) if num_tokens is None else float(np.sum(num_tokens))
     nll_p = float(-log_p.sum() / total)
     nll_q = float(-log_q.sum() / total)
-    return PerplexityReport(num_samples=num, num_tokens=total, log_z=log_z, log_q=log_q, log_p=log_p,
-                            nll_p=nll_p, nll_q=nll_q, ppl_p=float(np.exp(nll_p)), ppl_q=float(np.exp(nll_q)))
+    return PerplexityReport(
+        num_samples=num,
+        num_tokens=total,
+        log_z=log_z,
+        log_q=log_q,
+        log_p=log_p,
+        nll_p=nll_p,
+        nll_q=nll_q,
+        ppl_p=float(np.exp(nll_p)),
+        ppl_q=float(np.exp(nll_q)),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,34 +106,79 @@ class Spread:
 
 def spread(values) -> Spread:
     v = np.asarray(values, np.float64).reshape(-1)
-    return Spread(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, min=float(v.min()),
-                  max=float(v.max()), values=v)
+    return Spread(
+        mean=float(v.mean()),
+        std=float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        min=float(v.min()),
+        max=float(v.max()),
+        values=v,
+    )
 
 
-def perplexity_over_seeds(human_logp_model, human_features, sample_features_per_seed, mu, *, num_tokens=None,
-                          sample_log_ratios_per_seed=None, standardization=None) -> tuple[Spread, list[PerplexityReport]]:
+def perplexity_over_seeds(
+    human_logp_model,
+    human_features,
+    sample_features_per_seed,
+    mu,
+    *,
+    num_tokens=None,
+    sample_log_ratios_per_seed=None,
+    standardization=None,
+) -> tuple[Spread, list[PerplexityReport]]:
     """``ppl_q`` spread over ``S`` independent sample sets ``[S, J, N, K]`` (one per seed)."""
     reports = []
     for s, feats in enumerate(sample_features_per_seed):
         ratios = None if sample_log_ratios_per_seed is None else sample_log_ratios_per_seed[s]
-        reports.append(perplexity_under_q(human_logp_model, human_features, feats, mu, num_tokens=num_tokens,
-                                          sample_log_ratios=ratios, standardization=standardization))
+        reports.append(
+            perplexity_under_q(
+                human_logp_model,
+                human_features,
+                feats,
+                mu,
+                num_tokens=num_tokens,
+                sample_log_ratios=ratios,
+                standardization=standardization,
+            )
+        )
     return spread([r.ppl_q for r in reports]), reports
 
 
-def perplexity(model, params, prefixes, human_continuations, mu, metric_names: Sequence[str], *, num_samples: int,
-               max_new_tokens: int, key, tokenizer=None, stop_tokens=..., standardization=None,
-               **metric_deps) -> PerplexityReport:
+def perplexity(
+    model,
+    params,
+    prefixes,
+    human_continuations,
+    mu,
+    metric_names: Sequence[str],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    key,
+    tokenizer=None,
+    stop_tokens: StopTokens = ...,
+    standardization=None,
+    **metric_deps,
+) -> PerplexityReport:
     """Human-text perplexity under p_θ and ``q_µ`` with a model: ``log p_θ`` of the human continuations
     (truncated to ``max_new_tokens``) from one full-sequence apply, their metrics, and ``N = num_samples``
     samples per prefix from p_θ (``Temperature(1)``, one shared prefill) for ``Ẑ``. Token-level."""
-    names, _, functions, prefix_ids, cont_ids = fit_lib.encode_study_inputs(prefixes, human_continuations,
-                                                                            metric_names, tokenizer, metric_deps)
+    names, _, functions, prefix_ids, cont_ids = fit_lib.encode_study_inputs(
+        prefixes, human_continuations, metric_names, tokenizer, metric_deps
+    )
     tokens, lengths = fit_lib.pad_rows(cont_ids, max_new_tokens)
     prefix, _ = fit_lib.pad_rows(prefix_ids, fill=-1)
-    logp, mask = metrics_lib.continuation_log_probs(model, params, tokens, lengths, prefix)
+    logp, mask = continuation_log_probs(model, params, tokens, lengths, prefix)
     human = np.asarray(metrics_lib.compute_with(functions, tokens, lengths, prefix), np.float64)
-    _, feats, _ = fit_lib.draw_candidates(model, params, prefix_ids, names, num_samples=num_samples,
-                                          max_new_tokens=max_new_tokens, key=key, tokenizer=tokenizer,
-                                          stop_tokens=stop_tokens, functions=functions)
+    _, feats, _ = fit_lib.draw_candidates(
+        model,
+        params,
+        prefix_ids,
+        names,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        key=key,
+        tokenizer=tokenizer,
+        stop_tokens=stop_tokens,
+        functions=functions,
+    )
     return perplexity_under_q(logp.sum(1), human, feats, mu, num_tokens=mask.sum(1), standardization=standardization)

@@ -1,0 +1,84 @@
+"""The records infodec's human-text corpora are made of, and their JSON-lines cache files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """One human-written document.
+
+    Attributes:
+      id: unique within its corpus ("wiki-12", "news-007", "brown-ca01").
+      text: cleaned text; paragraphs separated by a blank line.
+      title: the article title (wiki), the source publication (brown), or None.
+      genre: the Brown genre ("news", "fiction", ...) or None.
+    """
+
+    id: str
+    text: str
+    title: str | None = None
+    genre: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A prompt and its human continuation, cut from one document's token ids.
+
+    Attributes:
+      doc_id: the document's id.
+      index: the window's position within its document (0, 1, ...).
+      start: offset of the prompt's first token within the document's token ids.
+      prompt, continuation: token ids (tuples of int).
+      prompt_text, continuation_text: their decoded text. A window boundary may split a multi-byte
+        character, which then decodes as U+FFFD; the ids are the ground truth.
+    """
+
+    doc_id: str
+    index: int
+    start: int
+    prompt: tuple[int, ...]
+    continuation: tuple[int, ...]
+    prompt_text: str
+    continuation_text: str
+
+
+def write_jsonl(documents: Iterable[Document], path: Path) -> None:
+    """Writes documents as JSON lines, atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for doc in documents:
+                out.write(json.dumps(dataclasses.asdict(doc), ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: Path) -> list[Document]:
+    with open(path, encoding="utf-8") as lines:
+        return [Document(**json.loads(line)) for line in lines if line.strip()]
+
+
+def check_unique(documents: Sequence[Document]) -> None:
+    """Raises ValueError naming the first id that occurs twice."""
+    seen = set()
+    for doc in documents:
+        if doc.id in seen:
+            raise ValueError(f"duplicate document id {doc.id!r}")
+        seen.add(doc.id)
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every run of characters unsafe in a file name replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)

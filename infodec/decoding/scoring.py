@@ -1,0 +1,143 @@
+"""Teacher-forced scoring: the log-probability a model gives to continuations it did not write.
+
+DAEMON's ``info`` metric and its perplexity under q, the sensibleness and attribution measures, and MAUVE's
+features all read a model over ``prefix + continuation`` in one cache-free full-sequence ``apply``. The
+rows are packed here once (:func:`pack_prefix_continuation`): prefix then continuation, right-padded to a
+power-of-two bucket so a new length rarely recompiles; under the causal mask the padding changes nothing.
+
+Prefixes come either as ``[B, P]`` arrays right-padded with ``-1`` (``GenerateOutput.prompt_tokens``'
+layout) or as lists of token lists.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infodec.batching import fixed_batches
+from infodec.decoding.engine import prompt_bucket
+
+
+def prefix_lists(prefix, batch: int) -> list[list[int]]:
+    """``prefix [batch, P]`` (right-padded with -1) as ``batch`` token lists without the padding."""
+    if prefix is None:
+        raise ValueError(
+            "this metric compares the continuation with its prefix: pass prefix=[B, P] "
+            "(prompt ids, right-padded with -1)"
+        )
+    prefix = np.asarray(prefix)
+    if prefix.ndim != 2 or prefix.shape[0] != batch:
+        raise ValueError(f"prefix must be [batch={batch}, P], got shape {prefix.shape}")
+    return [[int(t) for t in row if t >= 0] for row in prefix]
+
+
+def pack_prefix_continuation(
+    model, prefixes: list[list[int]], tokens: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Packs each row's prefix + continuation for one cache-free ``apply``: ``(ids [B, S], positions
+    [B, S] (-1 after the text), starts [B])`` with ``S`` the power-of-two bucket of the longest row and
+    ``starts[b]`` the column of row b's first continuation token. Under the causal mask the right
+    padding changes nothing."""
+    batch = len(tokens)
+    longest = max(len(p) + int(n) for p, n in zip(prefixes, lengths))
+    if longest > model.max_length:
+        raise ValueError(
+            f"prefix + continuation of {longest} tokens exceeds the evaluator's context of {model.max_length}"
+        )
+    span = min(prompt_bucket(longest), model.max_length)
+    full = np.zeros((batch, span), np.int32)
+    positions = np.full((batch, span), -1, np.int32)
+    starts = np.zeros(batch, np.int64)
+    for b, p in enumerate(prefixes):
+        n = int(lengths[b])
+        full[b, : len(p)] = p
+        full[b, len(p) : len(p) + n] = tokens[b, :n]
+        positions[b, : len(p) + n] = np.arange(len(p) + n)
+        starts[b] = len(p)
+    return full, positions, starts
+
+
+def continuation_log_probs(model, params, tokens, lengths, prefix, *, apply=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(logp [B, L], mask [B, L])``: log p(x_t | c, x_<t) of each continuation token under ``model``,
+    from one cache-free full-sequence ``apply`` over prefix + continuation (right-padded to a
+    power-of-two bucket; under the causal mask the padding changes nothing). Every prefix must be
+    non-empty (its last token predicts the first continuation token).
+
+    Args:
+      tokens: ``[B, L]`` integer continuation ids, right-padded; ``lengths``: ``[B]`` valid lengths.
+      prefix: ``[B, P]`` prompt ids right-padded with -1.
+      apply: optional replacement for the jitted next-token scorer (tests pass an unjitted one).
+    """
+    tokens, lengths = check_continuations(tokens, lengths)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    prefixes = prefix_lists(prefix, len(tokens))
+    if any(len(p) == 0 for p in prefixes):
+        raise ValueError(
+            "info needs a non-empty prefix for every row (its last token predicts the first "
+            "continuation token); prepend BOS to empty prompts"
+        )
+    full, positions, starts = pack_prefix_continuation(model, prefixes, tokens, lengths)
+    span, width = full.shape[1], tokens.shape[1]
+    next_logp = np.asarray((apply or _next_token_log_probs)(model, params, jnp.asarray(full), jnp.asarray(positions)))
+    # next_logp[b, s] = log p(full[b, s + 1] | full[b, :s + 1]); continuation token t sits at column
+    # start + t, so it is next_logp[b, start + t - 1].
+    index = np.minimum(starts[:, None] - 1 + np.arange(width)[None, :], span - 2)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    logp = np.take_along_axis(next_logp, index, axis=1)
+    return np.where(mask, logp, 0.0), mask
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _next_token_log_probs(model, params, tokens, positions):
+    """``[B, T - 1]`` log-probability of each token given the ones before it (one cache-free apply)."""
+    logits, _ = model.apply(params, tokens, positions)
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[:, :, 0]
+
+
+def scored_log_probs(
+    model, params, tokens, lengths, prefixes: Sequence[Sequence[int]], *, batch_size: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(logp [N, L], mask [N, L])``: log-probability of each output token given its prefix under
+    ``model`` (float64; 0 where masked), by :func:`continuation_log_probs` in fixed-size row batches (the
+    last padded by repeating its last row, so each width compiles once and the ``[rows, S, V]`` logits
+    stay small).
+
+    Args:
+      tokens, lengths: the outputs ``[N, L]`` (right-padded) and their lengths ``[N]``.
+      prefixes: N non-empty token lists the outputs are conditioned on.
+      batch_size: rows per forward pass (bounds the ``[batch, S, V]`` logits in memory).
+    """
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1] or len(prefixes) != len(tokens):
+        raise ValueError(
+            f"tokens [N, L], lengths [N] and N prefixes expected, got {tokens.shape}, "
+            f"{lengths.shape} and {len(prefixes)} prefixes"
+        )
+    width = max(1, max((len(p) for p in prefixes), default=1))
+    padded = np.full((len(prefixes), width), -1, np.int64)
+    for row, p in enumerate(prefixes):
+        padded[row, : len(p)] = p
+    logp = np.zeros(tokens.shape, np.float64)
+    mask = np.zeros(tokens.shape, bool)
+    for rows, kept in fixed_batches(len(tokens), min(batch_size, len(tokens))):
+        part, part_mask = continuation_log_probs(model, params, tokens[rows], lengths[rows], padded[rows])
+        logp[rows[:kept]], mask[rows[:kept]] = part[:kept], part_mask[:kept]
+    return logp, mask
+
+
+def check_continuations(tokens, lengths) -> tuple[jax.Array, jax.Array]:
+    """``(tokens int32 [B, L], lengths int32 [B] clipped to [0, L])``; ValueError naming a bad shape or dtype."""
+    tokens = jnp.asarray(tokens)
+    lengths = jnp.asarray(lengths)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
+    if lengths.shape != tokens.shape[:1]:
+        raise ValueError(f"lengths {lengths.shape} must be [batch] = {tokens.shape[:1]}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
+    return tokens.astype(jnp.int32), jnp.clip(lengths.astype(jnp.int32), 0, tokens.shape[1])
