@@ -22,6 +22,7 @@ Writes ``bench/results/daemon.json`` and ``bench/results/daemon.md``.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -56,18 +57,36 @@ def arms(model, params, prompt: np.ndarray, m: int, new_tokens: int) -> dict:
     copies = np.repeat(prompt[None, :], m, axis=0)
 
     def plain(seed):
-        out = infodec.generate(model, params, copies, policy, jax.random.key(seed), max_new_tokens=new_tokens,
-                               stop_tokens=())
+        out = infodec.generate(
+            model, params, copies, policy, jax.random.key(seed), max_new_tokens=new_tokens, stop_tokens=()
+        )
         assert out.lengths.min() == new_tokens
 
     def shared(seed):
-        out = infodec.generate(model, params, [prompt], policy, jax.random.key(seed), max_new_tokens=new_tokens,
-                               stop_tokens=(), num_samples=m)
+        out = infodec.generate(
+            model,
+            params,
+            [prompt],
+            policy,
+            jax.random.key(seed),
+            max_new_tokens=new_tokens,
+            stop_tokens=(),
+            num_samples=m,
+        )
         assert out.tokens.shape[0] == m and out.lengths.min() == new_tokens
 
     def sir(seed):
-        out = daemon.sample(model, params, [prompt], MU, METRICS, num_candidates=m, max_new_tokens=new_tokens,
-                            key=jax.random.key(seed), stop_tokens=())
+        out = daemon.sample(
+            model,
+            params,
+            [prompt],
+            MU,
+            METRICS,
+            num_candidates=m,
+            max_new_tokens=new_tokens,
+            key=jax.random.key(seed),
+            stop_tokens=(),
+        )
         assert out.tokens.shape == (1, new_tokens) and out.features.shape == (1, m, len(METRICS))
 
     return {"plain": plain, "shared": shared, "daemon": sir}
@@ -78,8 +97,16 @@ def post_decode_seconds(model, params, prompt, m: int, new_tokens: int) -> float
     resampling and the host gathers (timed directly, on candidates generated once)."""
     from infodec.daemon import metrics, sampling
 
-    out = infodec.generate(model, params, [prompt], infodec.Temperature(1.0), jax.random.key(0),
-                           max_new_tokens=new_tokens, stop_tokens=(), num_samples=m)
+    out = infodec.generate(
+        model,
+        params,
+        [prompt],
+        infodec.Temperature(1.0),
+        jax.random.key(0),
+        max_new_tokens=new_tokens,
+        stop_tokens=(),
+        num_samples=m,
+    )
     functions = metrics.metric_functions(METRICS)
 
     def post():
@@ -95,58 +122,79 @@ def post_decode_seconds(model, params, prompt, m: int, new_tokens: int) -> float
 
 def measure(model, params, prompt, m: int, new_tokens: int) -> dict:
     fns = arms(model, params, prompt, m, new_tokens)
-    first = {name: _timed(lambda: fn(0)) for name, fn in fns.items()}  # warm-up (compiles)
+    first = {name: _timed(functools.partial(fn, 0)) for name, fn in fns.items()}  # warm-up (compiles)
     times = {name: [] for name in fns}
     compiles_before = infodec.compile_count()
     for repeat in range(_REPEATS.value):  # take turns so machine noise hits every arm alike
         for name, fn in fns.items():
-            times[name].append(_timed(lambda: fn(repeat + 1)))
+            times[name].append(_timed(functools.partial(fn, repeat + 1)))
     compiles = infodec.compile_count() - compiles_before
     med = {name: statistics.median(t) for name, t in times.items()}
     best = {name: min(t) for name, t in times.items()}
     post = post_decode_seconds(model, params, prompt, m, new_tokens)
     return {
-        "candidates": m, "new_tokens": new_tokens, "prompt_tokens": len(prompt),
-        "median_s": med, "times_s": times, "first_call_s": first,
+        "candidates": m,
+        "new_tokens": new_tokens,
+        "prompt_tokens": len(prompt),
+        "median_s": med,
+        "times_s": times,
+        "first_call_s": first,
         "ratio_daemon_vs_plain": med["daemon"] / med["plain"],
         "ratio_shared_vs_plain": med["shared"] / med["plain"],
         "ratio_daemon_vs_plain_min": best["daemon"] / best["plain"],
         "metric_resample_overhead_s": med["daemon"] - med["shared"],
-        "post_decode_s": post, "post_decode_fraction_of_plain": post / med["plain"],
+        "post_decode_s": post,
+        "post_decode_fraction_of_plain": post / med["plain"],
         "plain_tokens_per_s": m * new_tokens / med["plain"],
         "compilations_timed": compiles,
-        "criterion_ratio_max": 1.15, "passes": med["daemon"] / med["plain"] <= 1.15,
+        "criterion_ratio_max": 1.15,
+        "passes": med["daemon"] / med["plain"] <= 1.15,
     }
 
 
 def main(argv):
     del argv
     model, params, tokenizer = infodec.load(_MODEL.value)
-    prompt = np.asarray(tokenizer.encode(TEXT)[:_PROMPT_TOKENS.value], np.int32)
+    assert tokenizer is not None, f"{_MODEL.value} ships no tokenizer"
+    prompt = np.asarray(tokenizer.encode(TEXT)[: _PROMPT_TOKENS.value], np.int32)
     rows = []
     for new_tokens in map(int, _NEW_TOKENS.value):
         row = measure(model, params, prompt, _CANDIDATES.value, new_tokens)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        print(f"M={row['candidates']} tokens={new_tokens}: daemon/plain = {row['ratio_daemon_vs_plain']:.3f}x "
-              f"(shared-prefill decode alone {row['ratio_shared_vs_plain']:.3f}x; metrics+resample "
-              f"{row['metric_resample_overhead_s'] * 1e3:.0f} ms by difference, "
-              f"{row['post_decode_s'] * 1e3:.1f} ms timed "
-              f"directly; ratio of minima {row['ratio_daemon_vs_plain_min']:.3f}x)", flush=True)
+        print(
+            f"M={row['candidates']} tokens={new_tokens}: daemon/plain = {row['ratio_daemon_vs_plain']:.3f}x "
+            f"(shared-prefill decode alone {row['ratio_shared_vs_plain']:.3f}x; metrics+resample "
+            f"{row['metric_resample_overhead_s'] * 1e3:.0f} ms by difference, "
+            f"{row['post_decode_s'] * 1e3:.1f} ms timed "
+            f"directly; ratio of minima {row['ratio_daemon_vs_plain_min']:.3f}x)",
+            flush=True,
+        )
     write(rows)
 
 
 def write(rows: list[dict]) -> None:
-    meta = {"model": _MODEL.value, "repeats": _REPEATS.value, "metrics": list(METRICS), "mu": MU.tolist(),
-            "policy": "Temperature(1.0)", "stop_tokens": []}
-    header = ("| M | new tokens | plain s | shared-prefill s | DAEMON s | DAEMON / plain (medians) | "
-              "DAEMON / plain (minima) | metrics+resample ms (direct) | plain tok/s | compilations (timed) |\n"
-              "|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"| {r['candidates']} | {r['new_tokens']} | {r['median_s']['plain']:.2f} | "
-             f"{r['median_s']['shared']:.2f} | {r['median_s']['daemon']:.2f} | "
-             f"{r['ratio_daemon_vs_plain']:.3f}x | {r['ratio_daemon_vs_plain_min']:.3f}x | "
-             f"{r['post_decode_s'] * 1e3:.1f} | "
-             f"{r['plain_tokens_per_s']:.0f} | {r['compilations_timed']} |" for r in rows]
+    meta = {
+        "model": _MODEL.value,
+        "repeats": _REPEATS.value,
+        "metrics": list(METRICS),
+        "mu": MU.tolist(),
+        "policy": "Temperature(1.0)",
+        "stop_tokens": [],
+    }
+    header = (
+        "| M | new tokens | plain s | shared-prefill s | DAEMON s | DAEMON / plain (medians) | "
+        "DAEMON / plain (minima) | metrics+resample ms (direct) | plain tok/s | compilations (timed) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['candidates']} | {r['new_tokens']} | {r['median_s']['plain']:.2f} | "
+        f"{r['median_s']['shared']:.2f} | {r['median_s']['daemon']:.2f} | "
+        f"{r['ratio_daemon_vs_plain']:.3f}x | {r['ratio_daemon_vs_plain_min']:.3f}x | "
+        f"{r['post_decode_s'] * 1e3:.1f} | "
+        f"{r['plain_tokens_per_s']:.0f} | {r['compilations_timed']} |"
+        for r in rows
+    ]
     write_results(_OUT.value, "daemon", meta, rows, header + "\n".join(lines) + "\n")
 
 

@@ -13,8 +13,7 @@ _NOT_SETTINGS = ("out", "overwrite", "mesh")
 
 def settings(module_name: str) -> dict:
     """The values of the flags ``module_name`` defines, less ``--out``, ``--overwrite`` and ``--mesh``."""
-    return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module_name)
-            if f.name not in _NOT_SETTINGS}
+    return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module_name) if f.name not in _NOT_SETTINGS}
 
 
 def results_folder(module_name: str, out: str, overwrite: bool, growable=(), **extra) -> ResultsFolder:

@@ -12,7 +12,7 @@ Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
   against human text, perplexity of the continuations under the model, and the human text's
   perplexity under the model and under DAEMON. A rerun may add baselines, studies or M values to a
   results folder; the finished points stay.
-* ``sr4``: µ fitted on SR-4 alone (``infodec.daemon.studies.single_metric_study``).
+* ``sr4``: µ fitted on SR-4 alone (``infodec.studies.daemon.single_metric_study``).
 * ``m_sweep``: DAEMON's standardised gap to human and ESS against M (``--m_values``), and time.
 * ``fit``: only Algorithm 1 (µ, its report and, with ``--l2_values``, the cross-validation), which
   every study but ``sr4`` runs first anyway.
@@ -21,8 +21,10 @@ Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
 
 The SR-4 study and the sweeps run on the first corpus only. Results go to ``--out`` (default ``results/daemon``):
 ``flags.json``, ``points.jsonl`` (one line per finished point; a rerun resumes), ``main.csv``,
-``sweeps.csv``, ``main_gaps.png``, ``m_sweep.png``, ``temperature.png``. Logic lives in
-``infodec.daemon.comparison`` (importable from notebooks).
+``sweeps.csv``, ``main_gaps.png``, ``m_sweep.png``, ``temperature.png`` and ``report.md``
+(``python -m experiments.report --study=daemon FOLDER`` regenerates the last five from the first two).
+The settings are ``infodec.studies.daemon.DaemonConfig`` (the flags' defaults are its defaults), the logic
+is ``infodec.studies.daemon`` (importable from notebooks).
 """
 
 import importlib.util
@@ -33,45 +35,90 @@ from absl import app, flags
 
 import infodec
 from experiments import common
-from infodec.daemon import comparison
+from infodec.studies.daemon import BASELINES, DaemonConfig, report, run_studies
 
-_MODEL = flags.DEFINE_string("model", "smollm2-135m", "Registry name, HF directory or .gguf of the LM.")
-_CORPORA = flags.DEFINE_list("corpora", ["wiki", "news"], "Corpora (infodec.data.corpora names).")
-_STUDIES = flags.DEFINE_list("studies", ["main", "sr4", "m_sweep", "temperature"], "Which studies to run.")
-_METRICS = flags.DEFINE_list("metrics", list(comparison.METRICS), "Metrics µ is fitted on and reported.")
-_BASELINES = flags.DEFINE_list("baselines", list(comparison.BASELINES), "Baseline decoders of the main table.")
-_FIT_PREFIXES = flags.DEFINE_integer("num_fit_prefixes", 24, "J: fit-split prefixes.")
-_FIT_SAMPLES = flags.DEFINE_integer("num_fit_samples", 16, "N: proposal samples per fit prefix.")
-_EVAL_PROMPTS = flags.DEFINE_integer("num_eval_prompts", 24, "Eval-split prompts (one continuation each).")
-_CANDIDATES = flags.DEFINE_integer("num_candidates", 20, "M: DAEMON candidates per prompt.")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Continuation length (paper: 256).")
-_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Prompt length in tokens.")
-_L2 = flags.DEFINE_float("l2", 1e-3, "Ridge on the standardised µ of the full-metric fit (keeps µ finite when a "
-                         "human mean lies outside the samples' hull; 0 = exact moment matching).")
-_L2_VALUES = flags.DEFINE_list("l2_values", [], "If given, the ridge is chosen among these by cross-validation over "
-                               "the fit prefixes (infodec.daemon.cross_validate_l2) instead of --l2.")
-_L2_FOLDS = flags.DEFINE_integer("l2_folds", 4, "Folds of the --l2_values cross-validation.")
-_MAX_HUMAN_WINDOWS = flags.DEFINE_integer("max_human_windows", 0, "At most this many windows (a random subset) for "
-                                          "the fit target and the eval split's human means (0 = every window).")
-_SR4_DRAWS = flags.DEFINE_integer("sr4_draws", 1, "SR-4 study: plain and DAEMON continuations per eval prompt "
-                                  "(averaged per prompt; lowers the decoders' Monte Carlo error).")
-_MAX_PER_DOCUMENT = flags.DEFINE_integer("max_per_document", 0, "Windows per document that prompts are drawn from "
-                                        "(0 = every window; 1 = each document's first window only).")
-_FIT_TARGET = flags.DEFINE_enum("fit_target", "split", ["split", "prefixes"], "The human moments µ is fitted to: "
-                                "the mean over every fit-split window, or over the J fit prefixes only.")
-_M_VALUES = flags.DEFINE_list("m_values", ["5", "10", "20", "40", "80"], "M sweep values.")
-_TAUS = flags.DEFINE_string("proposal_temperatures", "0.8,0.9,1.0", "Proposal temperature sweep.")
-_SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", 4, "Eval prompts per sweep point.")
-_ROWS_PER_CALL = flags.DEFINE_integer("rows_per_call", 100, "Decode rows per call (bounds cache memory).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of window choice and every PRNG key.")
-_SMOKE = flags.DEFINE_boolean("smoke", False, "Tiny settings that finish in about a minute (for the flags not "
-                               "given on the command line).")
+_D = DaemonConfig()  # the flags' defaults
+
+_MODEL = flags.DEFINE_string("model", _D.model, "Registry name, HF directory or .gguf of the LM.")
+_CORPORA = flags.DEFINE_list("corpora", list(_D.corpora), "Corpora (infodec.data.corpora names).")
+_STUDIES = flags.DEFINE_list("studies", list(_D.studies), "Which studies to run.")
+_METRICS = flags.DEFINE_list("metrics", list(_D.metrics), "Metrics µ is fitted on and reported.")
+_BASELINES = flags.DEFINE_list(
+    "baselines", list(_D.baselines), "Baseline decoders of the main table: " + ", ".join(BASELINES) + "."
+)
+_FIT_PREFIXES = flags.DEFINE_integer("num_fit_prefixes", _D.num_fit_prefixes, "J: fit-split prefixes.")
+_FIT_SAMPLES = flags.DEFINE_integer("num_fit_samples", _D.num_fit_samples, "N: proposal samples per fit prefix.")
+_EVAL_PROMPTS = flags.DEFINE_integer(
+    "num_eval_prompts", _D.num_eval_prompts, "Eval-split prompts (one continuation each)."
+)
+_CANDIDATES = flags.DEFINE_integer("num_candidates", _D.num_candidates, "M: DAEMON candidates per prompt.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", _D.max_new_tokens, "Continuation length (paper: 256).")
+_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", _D.prompt_tokens, "Prompt length in tokens.")
+_L2 = flags.DEFINE_float(
+    "l2",
+    _D.l2,
+    "Ridge on the standardised µ of the full-metric fit (keeps µ finite when a "
+    "human mean lies outside the samples' hull; 0 = exact moment matching).",
+)
+_L2_VALUES = flags.DEFINE_list(
+    "l2_values",
+    [repr(v) for v in _D.l2_values],
+    "If given, the ridge is chosen among "
+    "these by cross-validation over the fit prefixes (infodec.daemon.cross_validate_l2) "
+    "instead of --l2.",
+)
+_L2_FOLDS = flags.DEFINE_integer("l2_folds", _D.l2_folds, "Folds of the --l2_values cross-validation.")
+_MAX_HUMAN_WINDOWS = flags.DEFINE_integer(
+    "max_human_windows",
+    _D.max_human_windows,
+    "At most this many windows (a "
+    "random subset) for the fit target and the eval split's human means "
+    "(0 = every window).",
+)
+_SR4_DRAWS = flags.DEFINE_integer(
+    "sr4_draws",
+    _D.sr4_draws,
+    "SR-4 study: plain and DAEMON continuations per eval "
+    "prompt (averaged per prompt; lowers the decoders' Monte Carlo error).",
+)
+_MAX_PER_DOCUMENT = flags.DEFINE_integer(
+    "max_per_document",
+    _D.max_per_document,
+    "Windows per document that prompts are drawn from (0 = every window; 1 = each document's first window only).",
+)
+_FIT_TARGET = flags.DEFINE_enum(
+    "fit_target",
+    _D.fit_target,
+    ["split", "prefixes"],
+    "The human moments µ is fitted to: the mean over every fit-split window, or over the J fit prefixes only.",
+)
+_M_VALUES = flags.DEFINE_list("m_values", [str(m) for m in _D.m_values], "M sweep values.")
+_TAUS = flags.DEFINE_string(
+    "proposal_temperatures", ",".join(repr(t) for t in _D.proposal_temperatures), "Proposal temperature sweep."
+)
+_SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", _D.sweep_prompts, "Eval prompts per sweep point.")
+_ROWS_PER_CALL = flags.DEFINE_integer("rows_per_call", _D.rows_per_call, "Decode rows per call (bounds cache memory).")
+_SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of window choice and every PRNG key.")
+_SMOKE = flags.DEFINE_boolean(
+    "smoke", False, "Tiny settings that finish in about a minute (for the flags not given on the command line)."
+)
 _OUT = flags.DEFINE_string("out", "results/daemon", "Results folder.")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Discard finished points in --out and start afresh.")
 
-SMOKE = dict(corpora=["wiki"], studies=["main", "m_sweep"], metrics=["sr4", "div"], baselines=["greedy"],
-             num_fit_prefixes=4, num_fit_samples=4, num_eval_prompts=4, num_candidates=4, max_new_tokens=16,
-             m_values=["4"], sweep_prompts=4, rows_per_call=16)
+SMOKE = dict(
+    corpora=["wiki"],
+    studies=["main", "m_sweep"],
+    metrics=["sr4", "div"],
+    baselines=["greedy"],
+    num_fit_prefixes=4,
+    num_fit_samples=4,
+    num_eval_prompts=4,
+    num_candidates=4,
+    max_new_tokens=16,
+    m_values=["4"],
+    sweep_prompts=4,
+    rows_per_call=16,
+)
 
 
 def _settings() -> dict:
@@ -86,23 +133,26 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     s = _settings()
     try:
-        comparison.validate_settings(s)
+        config = DaemonConfig.from_flags(s)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    if "main" in s["studies"]:
+    if "main" in config.studies:
         # fail now, not after the first decoder's decode
-        common.require(importlib.util.find_spec("mauve") is not None,
-                       'the main table reports MAUVE, which needs: pip install -e ".[eval]"')
-    folder = common.results_folder(__name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"),
-                                   **s)
+        common.require(
+            importlib.util.find_spec("mauve") is not None,
+            'the main table reports MAUVE, which needs: pip install -e ".[eval]"',
+        )
+    folder = common.results_folder(
+        __name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"), **s
+    )
     infodec.enable_compilation_cache()
     start = time.perf_counter()
-    model, params, tokenizer = infodec.load(s["model"])
-    log = lambda text: print(text, flush=True)  # noqa: E731
-    records = comparison.run_studies(folder, model, params, tokenizer, s, log=log)
-    comparison.write_tables_and_plots(folder, records, s)
-    log(comparison.summary(records, s))
-    log(f"done in {time.perf_counter() - start:.0f} s; results in {folder.path}")
+    model, params, tokenizer = infodec.load(config.model)
+    log = lambda text: print(text, flush=True)
+    records = run_studies(folder, model, params, tokenizer, config, log=log)
+    path = report.write_report(folder.path)
+    log(report.summary(records, config))
+    log(f"done in {time.perf_counter() - start:.0f} s; results in {folder.path} (summary: {path})")
 
 
 if __name__ == "__main__":

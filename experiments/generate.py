@@ -10,6 +10,7 @@ process decodes its ``sharding.host_slice`` of the prompts on a mesh of its own 
 """
 
 import time
+from typing import cast
 
 import jax
 from absl import app, flags
@@ -19,8 +20,9 @@ from infodec import sharding
 from infodec.policies import named
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "Registry name, HF directory, .gguf file or hub id.")
-_PROMPT = flags.DEFINE_multi_string("prompt", ["The history of the printing press begins"],
-                                    "Prompt text (repeat the flag for a batch).")
+_PROMPT = flags.DEFINE_multi_string(
+    "prompt", ["The history of the printing press begins"], "Prompt text (repeat the flag for a batch)."
+)
 _POLICY = flags.DEFINE_enum("policy", "top_p", named.NAMES, "Decoding policy.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Temperature (0 = greedy), applied before truncation.")
 _TOP_K = flags.DEFINE_integer("top_k", 50, "k for --policy=top_k.")
@@ -33,14 +35,20 @@ _REPETITION_PENALTY = flags.DEFINE_float("repetition_penalty", 1.0, "CTRL repeti
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 3, "Continuations per prompt.", lower_bound=1)
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 48, "Tokens to generate.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
-_DISTRIBUTED = flags.DEFINE_boolean("distributed", False, "Join a multi-process job (jax.distributed) and decode "
-                                    "this process's share of the prompts.")
-_COORDINATOR = flags.DEFINE_string("coordinator", "", "With --distributed: 'host:port' of process 0 (empty = "
-                                   "auto-detect, e.g. TPU pods, SLURM).")
+_DISTRIBUTED = flags.DEFINE_boolean(
+    "distributed", False, "Join a multi-process job (jax.distributed) and decode this process's share of the prompts."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", "", "With --distributed: 'host:port' of process 0 (empty = auto-detect, e.g. TPU pods, SLURM)."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's id.")
-_MESH = flags.DEFINE_string("mesh", "", "Device mesh 'data:N,model:M' (an axis left out: data takes the remaining "
-                            "devices, model 1); empty = one device. See infodec.sharding.")
+_MESH = flags.DEFINE_string(
+    "mesh",
+    "",
+    "Device mesh 'data:N,model:M' (an axis left out: data takes the remaining "
+    "devices, model 1); empty = one device. See infodec.sharding.",
+)
 
 
 def main(argv):
@@ -48,35 +56,56 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     prompts, first, index = _PROMPT.value, 0, 0
     if _DISTRIBUTED.value:  # before anything touches a device
-        index, count = sharding.initialize_distributed(_COORDINATOR.value or None, _NUM_PROCESSES.value,
-                                                       _PROCESS_ID.value)
+        index, count = sharding.initialize_distributed(
+            _COORDINATOR.value or None, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
         mine = sharding.host_slice(list(range(len(prompts))), index, count)
         prompts, first = [prompts[i] for i in mine], (mine[0] if mine else 0)
         print(f"process {index} of {count}: prompts {mine}")
         if not prompts:
             return
     key = jax.random.fold_in(jax.random.key(_SEED.value), index) if index else jax.random.key(_SEED.value)
-    policy = named.build(_POLICY.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-                         min_p=_MIN_P.value, typical_p=_TYPICAL_P.value, epsilon=_EPSILON.value, eta=_ETA.value,
-                         repetition_penalty=_REPETITION_PENALTY.value)
+    policy = named.build(
+        _POLICY.value,
+        temperature=_TEMPERATURE.value,
+        top_k=_TOP_K.value,
+        top_p=_TOP_P.value,
+        min_p=_MIN_P.value,
+        typical_p=_TYPICAL_P.value,
+        epsilon=_EPSILON.value,
+        eta=_ETA.value,
+        repetition_penalty=_REPETITION_PENALTY.value,
+    )
     mesh_spec = sharding.parse_mesh(_MESH.value)
     infodec.enable_compilation_cache()
     model, params, tokenizer = infodec.load(_MODEL.value)
     mesh = None
     if mesh_spec is not None:
-        mesh = sharding.make_mesh(**mesh_spec)
+        # parse_mesh's dict is typed int | None throughout, but it always sets model (default 1)
+        mesh = sharding.make_mesh(data=mesh_spec["data"], model=cast(int, mesh_spec["model"]))
         params = sharding.shard_params(model, params, mesh)
         print(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.default_backend()} devices")
     start = time.perf_counter()
-    out = infodec.generate(model, params, prompts, policy, key,
-                           max_new_tokens=_MAX_NEW_TOKENS.value, tokenizer=tokenizer,
-                           num_samples=_NUM_SAMPLES.value, mesh=mesh)
+    out = infodec.generate(
+        model,
+        params,
+        prompts,
+        policy,
+        key,
+        max_new_tokens=_MAX_NEW_TOKENS.value,
+        tokenizer=tokenizer,
+        num_samples=_NUM_SAMPLES.value,
+        mesh=mesh,
+    )
     seconds = time.perf_counter() - start
+    assert out.text is not None  # string prompts: generate had the tokenizer, so it decoded the text
     for row, text in enumerate(out.text):
         prompt = prompts[row // _NUM_SAMPLES.value]
-        entropy = out.diagnostics["entropy"][row, :out.lengths[row]].mean()
-        print(f"--- prompt {first + row // _NUM_SAMPLES.value}, sample {row % _NUM_SAMPLES.value} "
-              f"({out.lengths[row]} tokens, mean entropy {entropy:.2f} nats)\n{prompt}{text}\n")
+        entropy = out.diagnostics["entropy"][row, : out.lengths[row]].mean()
+        print(
+            f"--- prompt {first + row // _NUM_SAMPLES.value}, sample {row % _NUM_SAMPLES.value} "
+            f"({out.lengths[row]} tokens, mean entropy {entropy:.2f} nats)\n{prompt}{text}\n"
+        )
     print(f"{int(out.lengths.sum())} tokens in {seconds:.1f} s (first call includes compilation)")
 
 

@@ -9,9 +9,9 @@ Each point (``<family>/<setting>``, e.g. ``temperature/T=0.7``) is appended to
 ``<out>/points.jsonl`` as it finishes, so an interrupted sweep resumes where it stopped (rerun the same
 command; ``--overwrite`` starts afresh). Writes ``tradeoff.csv``, ``frontier_{pmi,content_precision,
 similarity}.png`` (attribution against distinct-2, one curve per family), ``sensibleness.png`` and
-``sensibleness_kl.png`` (evaluator NLL and KL to the model against distinct-2) and ``verdict.txt``,
-and prints the verdict: does KL-guided temperature dominate static temperature at the same t0
-(``infodec.studies.tradeoff``)?
+``sensibleness_kl.png`` (evaluator NLL and KL to the model against distinct-2), ``verdict.txt`` and
+``report.md``, and prints the verdict: does KL-guided temperature dominate static temperature at the
+same t0 (``infodec.studies.tradeoff``)?
 
 The ``classifier`` family needs a discriminator trained for --model (``python -m
 experiments.train_discriminator``, about 2 minutes); without one it is skipped with a message.
@@ -20,6 +20,7 @@ experiments.train_discriminator``, about 2 minutes); without one it is skipped w
 from __future__ import annotations
 
 import time
+from typing import Any, cast
 
 from absl import app, flags
 
@@ -29,8 +30,9 @@ from infodec import sharding
 from infodec.studies import tradeoff
 
 _TASK = flags.DEFINE_string("task", "wiki-leads", f"One of {', '.join(tradeoff.TASKS)}.")
-_FAMILIES = flags.DEFINE_list("families", ["temperature", "top_p", "cfg", "kl_guided"],
-                              f"Decoder families, from {', '.join(tradeoff.FAMILIES)}.")
+_FAMILIES = flags.DEFINE_list(
+    "families", ["temperature", "top_p", "cfg", "kl_guided"], f"Decoder families, from {', '.join(tradeoff.FAMILIES)}."
+)
 _TEMPERATURES = flags.DEFINE_string("temperatures", "0.5,0.7,1,1.3", "Static temperatures (greedy is added).")
 _TOP_KS = flags.DEFINE_string("top_ks", "10,50", "top-k values (T = 1).")
 _TOP_PS = flags.DEFINE_string("top_ps", "0.5,0.8,0.95", "top-p values (T = 1).")
@@ -49,17 +51,22 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the input sample and of every d
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "The decoding LM.")
 _EVALUATOR = flags.DEFINE_string("evaluator", "", "The LM scoring PMI and perplexity (default: --model).")
 _DISC = flags.DEFINE_string("discriminator", "results/discriminator", "Classifier-guidance head folder.")
-_MESH = flags.DEFINE_string("mesh", "", "Device mesh 'data:N,model:M' for decoding (infodec.sharding.parse_mesh; "
-                            "empty = one device).")
+_MESH = flags.DEFINE_string(
+    "mesh", "", "Device mesh 'data:N,model:M' for decoding (infodec.sharding.parse_mesh; empty = one device)."
+)
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny settings (2 inputs x 2 samples x 8 tokens, 2 points per family).")
 _OUT = flags.DEFINE_string("out", "", "Results folder (default results/tradeoff/<task>, or .../<task>-smoke).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard earlier points in --out.")
 
 
-def _ints(name: str, text: str) -> list[int]:
+def _floats(name: str, text: str) -> tuple[float, ...]:
+    return tuple(parse_floats(name, text))
+
+
+def _ints(name: str, text: str) -> tuple[int, ...]:
     values = parse_floats(name, text)
     require(all(v.is_integer() for v in values), f"--{name} must be integers, got {text!r}")
-    return [int(v) for v in values]
+    return tuple(int(v) for v in values)
 
 
 def config_from_flags() -> tradeoff.TradeoffConfig:
@@ -68,21 +75,30 @@ def config_from_flags() -> tradeoff.TradeoffConfig:
     require(_TASK.value in tradeoff.TASKS, f"--task must be one of {', '.join(tradeoff.TASKS)}, got {_TASK.value!r}")
     unknown = [f for f in _FAMILIES.value if f not in tradeoff.FAMILIES]
     require(not unknown, f"--families: unknown {unknown}; known: {', '.join(tradeoff.FAMILIES)}")
-    common = dict(task=_TASK.value, model=_MODEL.value, evaluator=_EVALUATOR.value, seed=_SEED.value,
-                  discriminator=_DISC.value)
+    common: dict[str, Any] = dict(
+        task=_TASK.value, model=_MODEL.value, evaluator=_EVALUATOR.value, seed=_SEED.value, discriminator=_DISC.value
+    )
     try:
         if _SMOKE.value:
             return tradeoff.smoke_config(**common)
         return tradeoff.TradeoffConfig(
-            families=tuple(_FAMILIES.value), temperatures=parse_floats("temperatures", _TEMPERATURES.value),
-            top_ks=_ints("top_ks", _TOP_KS.value), top_ps=parse_floats("top_ps", _TOP_PS.value),
-            cfg_scales=parse_floats("cfg_scales", _CFG_SCALES.value),
-            classifier_scales=parse_floats("classifier_scales", _CLASSIFIER_SCALES.value),
-            classifier_top_k=_CLASSIFIER_TOP_K.value, kl_t0s=parse_floats("kl_t0s", _KL_T0S.value),
-            half_lives=parse_floats("half_lives", _HALF_LIVES.value),
-            dynamic_scales=parse_floats("dynamic_scales", _DYNAMIC_SCALES.value), num_inputs=_NUM_INPUTS.value,
-            num_samples=_NUM_SAMPLES.value, max_new_tokens=_MAX_NEW_TOKENS.value,
-            max_evidence_tokens=_MAX_EVIDENCE.value, inputs_per_call=_INPUTS_PER_CALL.value, **common)
+            families=tuple(_FAMILIES.value),
+            temperatures=_floats("temperatures", _TEMPERATURES.value),
+            top_ks=_ints("top_ks", _TOP_KS.value),
+            top_ps=_floats("top_ps", _TOP_PS.value),
+            cfg_scales=_floats("cfg_scales", _CFG_SCALES.value),
+            classifier_scales=_floats("classifier_scales", _CLASSIFIER_SCALES.value),
+            classifier_top_k=_CLASSIFIER_TOP_K.value,
+            kl_t0s=_floats("kl_t0s", _KL_T0S.value),
+            half_lives=_floats("half_lives", _HALF_LIVES.value),
+            dynamic_scales=_floats("dynamic_scales", _DYNAMIC_SCALES.value),
+            num_inputs=_NUM_INPUTS.value,
+            num_samples=_NUM_SAMPLES.value,
+            max_new_tokens=_MAX_NEW_TOKENS.value,
+            max_evidence_tokens=_MAX_EVIDENCE.value,
+            inputs_per_call=_INPUTS_PER_CALL.value,
+            **common,
+        )
     except ValueError as e:
         raise app.UsageError(str(e)) from None
 
@@ -98,11 +114,18 @@ def main(argv):
     out = _OUT.value or f"results/tradeoff/{config.task}" + ("-smoke" if _SMOKE.value else "")
     folder = results_folder(__name__, out, _OVERWRITE.value, config=config.to_dict())
     infodec.enable_compilation_cache()
-    mesh = sharding.make_mesh(**mesh_spec) if mesh_spec is not None else None
+    # parse_mesh's dict is typed int | None throughout, but it always sets model (default 1)
+    mesh = (
+        sharding.make_mesh(data=mesh_spec["data"], model=cast(int, mesh_spec["model"]))
+        if mesh_spec is not None
+        else None
+    )
     start = time.perf_counter()
     result = tradeoff.run(config, folder=folder, mesh=mesh, log=lambda s: print(s, flush=True))
-    print(f"\n{len(result.records)} points in {folder.path} ({time.perf_counter() - start:.0f} s): "
-          f"{result.csv.name}, " + ", ".join(p.name for p in result.plots))
+    print(
+        f"\n{len(result.records)} points in {folder.path} ({time.perf_counter() - start:.0f} s): "
+        f"{result.csv.name}, " + ", ".join(p.name for p in result.plots) + f", {result.markdown.name}"
+    )
     for line in result.verdict:
         print(line)
 

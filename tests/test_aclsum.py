@@ -17,6 +17,7 @@ def splits():
     return {name: load_aclsum(name) for name in ("train", "val", "test")}
 
 
+@pytest.mark.download
 def test_counts_and_fields(splits):
     assert {k: len(v) for k, v in splits.items()} == {"train": 300, "val": 150, "test": 300}
     papers = {ex.paper_id for v in splits.values() for ex in v}
@@ -31,16 +32,20 @@ def test_counts_and_fields(splits):
     assert [ex.aspect for ex in first] == list(ASPECTS) and len({ex.paper_id for ex in first}) == 1
 
 
+@pytest.mark.download
 def test_no_ptb_artefacts(splits):
     for examples in splits.values():
         for ex in examples[::3]:  # each paper once
             for sentences in ex.sentences.values():
                 for sentence in sentences:
                     assert not ARTEFACTS.search(sentence), sentence
-    assert detokenize_sentence("We do n't know ( see Table 1 ): it 's -- as `` said '' , fine .") == \
-        "We don't know (see Table 1): it's -- as \"said,\" fine."  # corpora.detokenize's quote convention
+    assert (
+        detokenize_sentence("We do n't know ( see Table 1 ): it 's -- as `` said '' , fine .")
+        == "We don't know (see Table 1): it's -- as \"said,\" fine."
+    )  # corpora.detokenize's quote convention
 
 
+@pytest.mark.download
 def test_evidence_sections_and_highlights(splits):
     ex = splits["test"][0]
     assert ex.evidence() == " ".join(ex.sentences["abstract"])

@@ -24,14 +24,14 @@ from tests import tiny_models
 
 
 def ref_sr(x, n):
-    grams = [tuple(x[i:i + n]) for i in range(len(x) - n + 1)]
+    grams = [tuple(x[i : i + n]) for i in range(len(x) - n + 1)]
     return 0.0 if not grams else 1.0 - len(set(grams)) / len(grams)
 
 
-def ref_tr(x, l):  # noqa: E741
+def ref_tr(x, l):
     if not len(x):
         return 0.0
-    return sum(x[i] in x[max(0, i - l):i] for i in range(len(x))) / len(x)
+    return sum(x[i] in x[max(0, i - l) : i] for i in range(len(x))) / len(x)
 
 
 def ref_div(x):
@@ -48,7 +48,7 @@ def padded():
     lengths[:6] = [0, 1, 2, 3, 4, width]
     garbage = rng.integers(0, 4, (batch, width))
     tokens = np.where(np.arange(width)[None] < lengths[:, None], tokens, garbage).astype(np.int32)
-    rows = [list(tokens[b, :lengths[b]]) for b in range(batch)]
+    rows = [list(tokens[b, : lengths[b]]) for b in range(batch)]
     return tokens, lengths, rows
 
 
@@ -60,7 +60,7 @@ def test_sr_matches_reference(padded, n):
 
 
 @pytest.mark.parametrize("l", [1, 3, 32, 100])
-def test_tr_matches_reference(padded, l):  # noqa: E741
+def test_tr_matches_reference(padded, l):
     tokens, lengths, rows = padded
     got = np.asarray(daemon.get_metric(f"tr{l}")(tokens, lengths, None))
     np.testing.assert_allclose(got, [ref_tr(r, l) for r in rows], atol=1e-6)
@@ -68,12 +68,15 @@ def test_tr_matches_reference(padded, l):  # noqa: E741
 
 def test_div_defaults_jit_and_compute(padded):
     tokens, lengths, rows = padded
-    np.testing.assert_allclose(np.asarray(daemon.get_metric("div")(tokens, lengths)), [ref_div(r) for r in rows],
-                               atol=1e-6)
-    np.testing.assert_allclose(np.asarray(daemon.get_metric("sr")(tokens, lengths)), [ref_sr(r, 4) for r in rows],
-                               atol=1e-6)
-    np.testing.assert_allclose(np.asarray(daemon.get_metric("tr")(tokens, lengths)), [ref_tr(r, 32) for r in rows],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(daemon.get_metric("div")(tokens, lengths)), [ref_div(r) for r in rows], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(daemon.get_metric("sr")(tokens, lengths)), [ref_sr(r, 4) for r in rows], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(daemon.get_metric("tr")(tokens, lengths)), [ref_tr(r, 32) for r in rows], atol=1e-6
+    )
     jitted = jax.jit(lambda t, n: M.compute(["sr4", "tr32", "div"], t, n))
     out = np.asarray(jitted(jnp.asarray(tokens), jnp.asarray(lengths)))
     assert out.shape == (len(rows), 3)
@@ -83,7 +86,7 @@ def test_div_defaults_jit_and_compute(padded):
     pooled = daemon.pooled_diversity(tokens, lengths)
     product = 1.0
     for n in (2, 3, 4):
-        grams = [tuple(r[i:i + n]) for r in rows for i in range(len(r) - n + 1)]
+        grams = [tuple(r[i : i + n]) for r in rows for i in range(len(r) - n + 1)]
         rep = 1.0 - len(set(grams)) / len(grams)
         assert pooled[f"rep-{n}"] == pytest.approx(rep)
         product *= 1.0 - rep
@@ -108,10 +111,13 @@ class _CharTokenizer:
         return [[1] + [3 + ord(c) - ord("a") for c in t] + [2] for t in texts]
 
 
+@pytest.mark.slow
 def test_coherence_matches_unbatched_embeddings():
     from infodec.models import bert
-    cfg = bert.BertConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
-                          max_position_embeddings=64)
+
+    cfg = bert.BertConfig(
+        vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, max_position_embeddings=64
+    )
     encoder = bert.build(cfg)
     t0 = jnp.zeros((1, 4), jnp.int32)
     params = jax.jit(bert.Bert(cfg).init)(jax.random.key(0), t0, t0 > -1, t0)["params"]
@@ -130,10 +136,10 @@ def test_coherence_matches_unbatched_embeddings():
     def embed(ids):  # one row, at another padded width (40) than the metric's bucket (16)
         ids = tok.encode_batch([tok.decode(ids)])[0]
         x = np.zeros((1, 40), np.int32)
-        x[0, :len(ids)] = ids
+        x[0, : len(ids)] = ids
         return np.asarray(embed_rows(params, jnp.asarray(x), jnp.asarray(x != 0)))[0]
 
-    want = [embed(prefix[b][prefix[b] >= 0]) @ embed(tokens[b, :lengths[b]]) for b in range(5)]
+    want = [embed(prefix[b][prefix[b] >= 0]) @ embed(tokens[b, : lengths[b]]) for b in range(5)]
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.all(np.abs(got) <= 1 + 1e-5)
 
@@ -143,10 +149,19 @@ def tiny():
     return tiny_models.tiny_llama(seed=3)
 
 
+@pytest.mark.slow
 def test_information_equals_engine_log_probs(tiny):
     model, params = tiny
-    out = infodec.generate(model, params, [[1, 2, 3], [4], [5, 0]], infodec.Temperature(1.0), jax.random.key(2),
-                           max_new_tokens=7, num_samples=2, stop_tokens=[0])
+    out = infodec.generate(
+        model,
+        params,
+        [[1, 2, 3], [4], [5, 0]],
+        infodec.Temperature(1.0),
+        jax.random.key(2),
+        max_new_tokens=7,
+        num_samples=2,
+        stop_tokens=[0],
+    )
     info = daemon.get_metric("info", evaluator=model, evaluator_params=params)
     got = np.asarray(info(out.tokens, out.lengths, out.prompt_tokens))
     mask = out.mask()
@@ -191,7 +206,7 @@ def test_spec_two_outcome_case():
     assert report.fitted_moments[0] == pytest.approx(0.8, abs=1e-6)
     assert report.converged and report.residual_norm < 1e-6
     assert report.mu_standardized[0] == pytest.approx(-np.log(4) * 0.5, abs=1e-5)  # std of f is 0.5
-    assert report.ess[0] == pytest.approx(1 / (0.8 ** 2 + 0.2 ** 2), rel=1e-5)
+    assert report.ess[0] == pytest.approx(1 / (0.8**2 + 0.2**2), rel=1e-5)
     assert np.all(np.diff(report.loss_history) <= 1e-7)  # L-BFGS with line search descends
 
 
@@ -235,8 +250,9 @@ def test_fit_monte_carlo_recovers_exact_mu(toy):
     assert np.all(report_t.ess < n)
 
     sub_f, sub_rho = feats[:, :4000], rho[:, :4000]
-    mu_adam, _ = daemon.fit_coefficients(sub_f, sub_rho, target, optimizer=optax.adam(0.05), steps=1500, tol=1e-5,
-                                         polish=False)
+    mu_adam, _ = daemon.fit_coefficients(
+        sub_f, sub_rho, target, optimizer=optax.adam(0.05), steps=1500, tol=1e-5, polish=False
+    )
     np.testing.assert_allclose(mu_adam, daemon.fit_coefficients(sub_f, sub_rho, target)[0], atol=1e-3)
 
 
@@ -267,8 +283,13 @@ def test_perplexity_identity_at_optimum(toy):
     kl = np.sum(q * (np.log(q) - np.log(p))) / 3
     # Human "corpus": every (prefix, outcome) weighted by p_d, as a weighted mean of per-example log q.
     rho = np.log(p) + np.log(6)
-    report = daemon.perplexity_under_q(np.log(p).reshape(-1), f.reshape(-1, 2),
-                                       np.repeat(f, 6, axis=0), mu, sample_log_ratios=np.repeat(rho, 6, axis=0))
+    report = daemon.perplexity_under_q(
+        np.log(p).reshape(-1),
+        f.reshape(-1, 2),
+        np.repeat(f, 6, axis=0),
+        mu,
+        sample_log_ratios=np.repeat(rho, 6, axis=0),
+    )
     h_q = -np.sum(p_d.reshape(-1) * report.log_q) / 3
     np.testing.assert_allclose(report.log_q.reshape(3, 6), np.log(q), atol=1e-10)
     assert h_q == pytest.approx(h_p - kl, abs=1e-9)
@@ -290,11 +311,12 @@ def exact_sir_law(p, w, m):
     for a in range(m + 1):
         for b in range(m + 1 - a):
             counts = np.array([a, b, m - a - b])
-            prob = factorial(m) / (factorial(a) * factorial(b) * factorial(m - a - b)) * np.prod(p ** counts)
+            prob = factorial(m) / (factorial(a) * factorial(b) * factorial(m - a - b)) * np.prod(p**counts)
             out += prob * counts * w / np.sum(counts * w)
     return out
 
 
+@pytest.mark.slow
 def test_sir_converges_to_q_like_one_over_m():
     w = np.exp(-MU3 * F3)
     q = P3 * w / np.sum(P3 * w)
@@ -345,32 +367,58 @@ def test_resample_extreme_and_degenerate_weights():
 # --- with a model ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sample_m1_is_plain_sampling_and_candidates_consistent(tiny):
     model, params = tiny
     prompts = [[1, 2], [3, 4, 5]]
     key = jax.random.key(9)
-    out = daemon.sample(model, params, prompts, [2.0], ["sr2"], num_candidates=1, max_new_tokens=6, key=key,
-                        proposal_temperature=1.3, stop_tokens=[0])
-    plain = infodec.generate(model, params, prompts, infodec.Temperature(1.3), jax.random.split(key)[0],
-                             max_new_tokens=6, stop_tokens=[0])
+    out = daemon.sample(
+        model,
+        params,
+        prompts,
+        [2.0],
+        ["sr2"],
+        num_candidates=1,
+        max_new_tokens=6,
+        key=key,
+        proposal_temperature=1.3,
+        stop_tokens=[0],
+    )
+    plain = infodec.generate(
+        model, params, prompts, infodec.Temperature(1.3), jax.random.split(key)[0], max_new_tokens=6, stop_tokens=[0]
+    )
     np.testing.assert_array_equal(out.tokens, plain.tokens)
     np.testing.assert_array_equal(out.lengths, plain.lengths)
-    out = daemon.sample(model, params, prompts, [2.0], ["sr2"], num_candidates=8, max_new_tokens=6, key=key,
-                        proposal_temperature=1.3)
+    out = daemon.sample(
+        model, params, prompts, [2.0], ["sr2"], num_candidates=8, max_new_tokens=6, key=key, proposal_temperature=1.3
+    )
     assert out.log_weights.shape == (2, 8) and out.features.shape == (2, 8, 1)
     rows = np.arange(2) * 8 + out.index
     np.testing.assert_array_equal(out.tokens, out.candidates.tokens[rows])
     logp_model, logp_policy = out.candidates.sequence_logp()
-    np.testing.assert_allclose(out.log_weights.reshape(-1), (logp_model - logp_policy) - 2.0 * out.features.reshape(-1),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        out.log_weights.reshape(-1), (logp_model - logp_policy) - 2.0 * out.features.reshape(-1), atol=1e-5
+    )
     assert np.all((out.ess >= 1 - 1e-5) & (out.ess <= 8 + 1e-4))
     # µ on the standardised scale (std 4 -> raw µ = 0.5), proposal correction off: lw = −0.5 f exactly.
-    raw = daemon.sample(model, params, prompts, [2.0], ["sr2"], num_candidates=8, max_new_tokens=6, key=key,
-                        proposal_temperature=1.3, correct_proposal=False, standardization=(0.0, 4.0))
+    raw = daemon.sample(
+        model,
+        params,
+        prompts,
+        [2.0],
+        ["sr2"],
+        num_candidates=8,
+        max_new_tokens=6,
+        key=key,
+        proposal_temperature=1.3,
+        correct_proposal=False,
+        standardization=(0.0, 4.0),
+    )
     np.testing.assert_allclose(raw.log_weights, -0.5 * raw.features[..., 0])
     np.testing.assert_array_equal(raw.candidates.tokens, out.candidates.tokens)
 
 
+@pytest.mark.slow
 def test_sample_follows_exact_sir_law_on_tiny_model(tiny):
     """Horizon 2 over 6 tokens, f = sr1 ∈ {0, ½}: the exact SIR law is computable (Binomial count of
     repeats among M candidates), and the engine's SIR samples follow it (chi-square)."""
@@ -381,14 +429,31 @@ def test_sample_follows_exact_sir_law_on_tiny_model(tiny):
     repeat = seqs[:, 0] == seqs[:, 1]
     pi = prob[repeat].sum()
     w_rep, w_not = np.exp(-mu * 0.5), 1.0
-    p_choose_rep = sum(factorial(m) / (factorial(k) * factorial(m - k)) * pi ** k * (1 - pi) ** (m - k)
-                       * k * w_rep / (k * w_rep + (m - k) * w_not) for k in range(1, m + 1))
+    p_choose_rep = sum(
+        factorial(m)
+        / (factorial(k) * factorial(m - k))
+        * pi**k
+        * (1 - pi) ** (m - k)
+        * k
+        * w_rep
+        / (k * w_rep + (m - k) * w_not)
+        for k in range(1, m + 1)
+    )
     law = np.where(repeat, prob / pi * p_choose_rep, prob / (1 - pi) * (1 - p_choose_rep))
     q = prob * np.where(repeat, w_rep, w_not)
     q /= q.sum()
     trials = 3000
-    out = daemon.sample(model, params, [prompt] * trials, [mu], ["sr1"], num_candidates=m, max_new_tokens=horizon,
-                        key=jax.random.key(4), stop_tokens=None)
+    out = daemon.sample(
+        model,
+        params,
+        [prompt] * trials,
+        [mu],
+        ["sr1"],
+        num_candidates=m,
+        max_new_tokens=horizon,
+        key=jax.random.key(4),
+        stop_tokens=None,
+    )
     counts = np.bincount(tiny_models.sequence_index(out.tokens), minlength=len(seqs))
     result = stats.chi_square(out.tokens, np.log(law))
     assert result.p_value > 1e-3, result
@@ -399,22 +464,44 @@ def test_sample_follows_exact_sir_law_on_tiny_model(tiny):
     assert rep_freq > pi + 4 * np.sqrt(pi * (1 - pi) / trials)
 
 
+@pytest.mark.slow
 def test_fit_and_perplexity_with_model(tiny):
     model, params = tiny
     prefixes = [[1, 2], [3], [4, 4, 1], [5, 2]]
-    human = infodec.generate(model, params, prefixes, infodec.Temperature(0.7), jax.random.key(1),
-                             max_new_tokens=8, stop_tokens=None)
-    human_rows = [human.tokens[j, :human.lengths[j]] for j in range(4)]
+    human = infodec.generate(
+        model, params, prefixes, infodec.Temperature(0.7), jax.random.key(1), max_new_tokens=8, stop_tokens=None
+    )
+    human_rows = [human.tokens[j, : human.lengths[j]] for j in range(4)]
     names = ["sr2", "tr2"]
-    mu, report = daemon.fit(model, params, prefixes, human_rows, names, num_samples=64, max_new_tokens=8,
-                            key=jax.random.key(2), proposal_temperature=1.2, stop_tokens=None)
+    mu, report = daemon.fit(
+        model,
+        params,
+        prefixes,
+        human_rows,
+        names,
+        num_samples=64,
+        max_new_tokens=8,
+        key=jax.random.key(2),
+        proposal_temperature=1.2,
+        stop_tokens=None,
+    )
     assert mu.shape == (2,) and report.metric_names == tuple(names)
     assert report.sample_features.shape == (4, 64, 2) and report.human_features.shape == (4, 2)
     np.testing.assert_allclose(report.target, report.human_features.mean(0))
     assert report.converged and report.residual_norm < 1e-3
     assert np.any(report.log_ratios != 0)
-    ppl = daemon.perplexity(model, params, prefixes, human_rows, mu, names, num_samples=64, max_new_tokens=8,
-                            key=jax.random.key(3), stop_tokens=None)
+    ppl = daemon.perplexity(
+        model,
+        params,
+        prefixes,
+        human_rows,
+        mu,
+        names,
+        num_samples=64,
+        max_new_tokens=8,
+        key=jax.random.key(3),
+        stop_tokens=None,
+    )
     mask = human.mask()
     want_nll = -np.where(mask, human.logp_model, 0).sum() / mask.sum()
     assert ppl.nll_p == pytest.approx(want_nll, abs=1e-4)
@@ -423,10 +510,11 @@ def test_fit_and_perplexity_with_model(tiny):
     assert np.isfinite(ppl.ppl_q) and ppl.ppl_q < ppl.ppl_p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("draws, fit_target", [(1, "split"), (2, "prefixes")])
 def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws, fit_target):
-    from infodec.daemon import studies
     from infodec.data.corpora import Window
+    from infodec.studies.daemon import study as studies
 
     model, params = tiny
     pools = {}
@@ -434,17 +522,37 @@ def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws, 
     def fake_split_windows(corpus, tokenizer, split, prompt_tokens, continuation_tokens, max_per_document):
         rng = np.random.default_rng(0 if split == "fit" else 1)
         ids = rng.integers(1, 6, size=(12, prompt_tokens + continuation_tokens))
-        pools[split] = [Window(doc_id=f"{split}-{i // 3}", index=i % 3, start=0,  # 4 documents of 3 windows
-                               prompt=tuple(map(int, row[:prompt_tokens])),
-                               continuation=tuple(map(int, row[prompt_tokens:])), prompt_text="", continuation_text="")
-                        for i, row in enumerate(ids)]
+        pools[split] = [
+            Window(
+                doc_id=f"{split}-{i // 3}",
+                index=i % 3,
+                start=0,  # 4 documents of 3 windows
+                prompt=tuple(map(int, row[:prompt_tokens])),
+                continuation=tuple(map(int, row[prompt_tokens:])),
+                prompt_text="",
+                continuation_text="",
+            )
+            for i, row in enumerate(ids)
+        ]
         return pools[split]
 
     monkeypatch.setattr(studies, "split_windows", fake_split_windows)
-    result = studies.single_metric_study(model, params, None, metric="sr2", num_fit_prefixes=5, num_fit_samples=4,
-                                         num_eval_prompts=5, num_candidates=4, max_new_tokens=8, prompt_tokens=3,
-                                         rows_per_call=8, draws_per_prompt=draws, fit_target=fit_target,
-                                         log=lambda s: None)
+    result = studies.single_metric_study(
+        model,
+        params,
+        None,
+        metric="sr2",
+        num_fit_prefixes=5,
+        num_fit_samples=4,
+        num_eval_prompts=5,
+        num_candidates=4,
+        max_new_tokens=8,
+        prompt_tokens=3,
+        rows_per_call=8,
+        draws_per_prompt=draws,
+        fit_target=fit_target,
+        log=lambda s: None,
+    )
     assert result["plain"]["n"] == result["daemon"]["n"] == result["human_prompts"]["n"] == 5  # prompts, not draws
     assert result["human"]["n"] == result["human_fit_split"]["n"] == 12 and result["human"]["clusters"] == 4
     assert result["human_fit_prefixes"]["n"] == 5
@@ -465,8 +573,13 @@ def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws, 
     assert result["perplexity"]["daemon"]["nll_per_row"]["n"] == 5 * draws
     for name in ("plain", "daemon", "human"):
         assert np.isfinite(result["perplexity"][name]["ppl"])
-    assert set(result["criterion"]) >= {"metric_within_human_se", "metric_within_combined_se", "perplexity_within_10pct",
-                                        "expected_metric_within_human_se", "expected_perplexity_within_10pct"}
+    assert set(result["criterion"]) >= {
+        "metric_within_human_se",
+        "metric_within_combined_se",
+        "perplexity_within_10pct",
+        "expected_metric_within_human_se",
+        "expected_perplexity_within_10pct",
+    }
     expected = result["expected_over_resampling"]
     assert expected["plain"]["n"] == expected["daemon"]["n"] == 5
     assert 0 <= expected["daemon"]["mean"] <= 1 and np.isfinite(expected["ppl_ratio_daemon_vs_plain"])
@@ -475,23 +588,34 @@ def test_single_metric_study_end_to_end_on_tiny_model(tiny, monkeypatch, draws, 
     with pytest.raises(ValueError, match="fit_target must be one of split, prefixes"):
         studies.single_metric_study(model, params, None, fit_target="eval")
     with pytest.raises(ValueError, match="has 12 windows, asked for 20"):
-        studies.single_metric_study(model, params, None, metric="sr2", num_fit_prefixes=20, max_new_tokens=8,
-                                    prompt_tokens=3, log=lambda s: None)
+        studies.single_metric_study(
+            model,
+            params,
+            None,
+            metric="sr2",
+            num_fit_prefixes=20,
+            max_new_tokens=8,
+            prompt_tokens=3,
+            log=lambda s: None,
+        )
 
 
 def test_expected_over_resampling_is_the_mean_of_the_sir_draw():
     from types import SimpleNamespace
 
-    from infodec.daemon import studies
+    from infodec.studies.daemon import study as studies
 
     rng = np.random.default_rng(4)
     prompts, m, length = 3, 5, 6
     log_w = rng.normal(size=(prompts + 1, m)) * 3  # one padded prompt row beyond `keep`
     features = rng.uniform(size=(prompts + 1, m, 2))
     logp = -rng.uniform(0.1, 4.0, size=((prompts + 1) * m, length))
-    out = SimpleNamespace(log_weights=log_w, features=features,
-                          candidates=SimpleNamespace(logp_model=logp, lengths=np.full((prompts + 1) * m, length)))
-    got = studies._expected_over_resampling(out, prompts)
+    out = SimpleNamespace(
+        log_weights=log_w,
+        features=features,
+        candidates=SimpleNamespace(logp_model=logp, lengths=np.full((prompts + 1) * m, length)),
+    )
+    got = studies.expected_over_resampling(out, prompts)
     # Monte Carlo over the resampling step itself (daemon.resample) converges to the closed form
     draws = 20000
     index, _ = daemon.resample(jax.random.key(0), np.repeat(log_w[:prompts], draws, axis=0))
@@ -503,8 +627,9 @@ def test_expected_over_resampling_is_the_mean_of_the_sir_draw():
     weights = np.exp(log_w[:prompts]) / np.exp(log_w[:prompts]).sum(1, keepdims=True)
     np.testing.assert_allclose(got["nll_daemon"], (weights * nll).sum(1))
     # equal weights (µ = 0): DAEMON's expectation is plain sampling's
-    flat = studies._expected_over_resampling(SimpleNamespace(**{**vars(out), "log_weights": np.zeros_like(log_w)}),
-                                             prompts)
+    flat = studies.expected_over_resampling(
+        SimpleNamespace(**{**vars(out), "log_weights": np.zeros_like(log_w)}), prompts
+    )
     np.testing.assert_allclose(flat["daemon"], flat["plain"])
 
 
@@ -552,11 +677,16 @@ def test_cross_validated_held_out_moments_use_the_proposal_correction():
     np.testing.assert_allclose(choice.held_out_moments[0], np.einsum("jn,jnk->k", w, features) / 8, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"l2_values": [], "folds": 2}, "l2_values must be"), ({"l2_values": [-1.0], "folds": 2}, "l2_values must be"),
-    ({"l2_values": [0.0], "folds": 1}, "folds must be between 2"), ({"l2_values": [0.0], "folds": 9}, "folds must be"),
-    ({"l2_values": [0.0], "folds": 2, "normalization": "global"}, "needs normalization='prefix'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"l2_values": [], "folds": 2}, "l2_values must be"),
+        ({"l2_values": [-1.0], "folds": 2}, "l2_values must be"),
+        ({"l2_values": [0.0], "folds": 1}, "folds must be between 2"),
+        ({"l2_values": [0.0], "folds": 9}, "folds must be"),
+        ({"l2_values": [0.0], "folds": 2, "normalization": "global"}, "needs normalization='prefix'"),
+    ],
+)
 def test_cross_validate_l2_rejects_bad_input(kwargs, message):
     features = np.random.default_rng(0).uniform(size=(8, 4, 2))
     with pytest.raises(ValueError, match=message):

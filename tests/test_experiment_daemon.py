@@ -7,64 +7,115 @@ import sys
 
 import pytest
 
-from infodec.daemon import comparison
+from infodec.studies.daemon import DaemonConfig, study
 
 
 def _settings(**changes):
-    s = {"model": "smollm2-135m", "corpora": ["wiki"], "studies": ["main"], "metrics": ["sr4", "div"],
-         "baselines": ["greedy"], "num_fit_prefixes": 4, "num_fit_samples": 4, "num_eval_prompts": 4,
-         "num_candidates": 4, "max_new_tokens": 16, "prompt_tokens": 32, "l2": 1e-3, "m_values": ["4"],
-         "proposal_temperatures": "1.0", "sweep_prompts": 4, "rows_per_call": 16, "seed": 0, "sr4_draws": 1,
-         "max_per_document": 0, "fit_target": "split", "l2_values": [], "l2_folds": 4, "max_human_windows": 0}
+    s = {
+        "model": "smollm2-135m",
+        "corpora": ["wiki"],
+        "studies": ["main"],
+        "metrics": ["sr4", "div"],
+        "baselines": ["greedy"],
+        "num_fit_prefixes": 4,
+        "num_fit_samples": 4,
+        "num_eval_prompts": 4,
+        "num_candidates": 4,
+        "max_new_tokens": 16,
+        "prompt_tokens": 32,
+        "l2": 1e-3,
+        "m_values": ["4"],
+        "proposal_temperatures": "1.0",
+        "sweep_prompts": 4,
+        "rows_per_call": 16,
+        "seed": 0,
+        "sr4_draws": 1,
+        "max_per_document": 0,
+        "fit_target": "split",
+        "l2_values": [],
+        "l2_folds": 4,
+        "max_human_windows": 0,
+    }
     return {**s, **changes}
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"studies": ["main", "tables"]}, "unknown \\['tables'\\]"),
-    ({"baselines": ["greedy", "nucleus"]}, "unknown \\['nucleus'\\]"),
-    ({"metrics": ["sr4", "bleu"]}, "--metrics"),
-    ({"corpora": ["wikipedia"]}, "unknown corpus 'wikipedia'"),
-    ({"num_candidates": 0}, "--num_candidates must be >= 1"),
-    ({"sweep_prompts": 8}, "--sweep_prompts must be <= --num_eval_prompts"),
-    ({"m_values": ["2.5"]}, "positive integers"),
-    ({"proposal_temperatures": "0.9,-1"}, "must be > 0"),
-    ({"proposal_temperatures": "warm"}, "comma-separated numbers"),
-    ({"l2": -1.0}, "--l2 must be >= 0"),
-    ({"sr4_draws": 0}, "--sr4_draws must be >= 1"),
-    ({"max_per_document": -1}, "--max_per_document must be >= 0"),
-    ({"fit_target": "eval"}, "--fit_target must be one of split, prefixes"),
-    ({"l2_values": ["0", "-1"]}, "--l2_values must be >= 0"),
-    ({"l2_values": ["ridge"]}, "--l2_values must be comma-separated numbers"),
-    ({"l2_values": ["0", "1"], "l2_folds": 5}, "--l2_folds must be between 2 and --num_fit_prefixes \\(4\\)"),
-    ({"max_human_windows": -1}, "--max_human_windows must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"studies": ["main", "tables"]}, "unknown \\['tables'\\]"),
+        ({"baselines": ["greedy", "nucleus"]}, "unknown \\['nucleus'\\]"),
+        ({"metrics": ["sr4", "bleu"]}, "--metrics"),
+        ({"corpora": ["wikipedia"]}, "unknown corpus 'wikipedia'"),
+        ({"num_candidates": 0}, "--num_candidates must be >= 1"),
+        ({"sweep_prompts": 8}, "--sweep_prompts must be <= --num_eval_prompts"),
+        ({"m_values": ["2.5"]}, "positive integers"),
+        ({"proposal_temperatures": "0.9,-1"}, "must be > 0"),
+        ({"proposal_temperatures": "warm"}, "comma-separated numbers"),
+        ({"l2": -1.0}, "--l2 must be >= 0"),
+        ({"sr4_draws": 0}, "--sr4_draws must be >= 1"),
+        ({"max_per_document": -1}, "--max_per_document must be >= 0"),
+        ({"fit_target": "eval"}, "--fit_target must be one of split, prefixes"),
+        ({"l2_values": ["0", "-1"]}, "--l2_values must be >= 0"),
+        ({"l2_values": ["ridge"]}, "--l2_values must be comma-separated numbers"),
+        ({"l2_values": ["0", "1"], "l2_folds": 5}, "--l2_folds must be between 2 and --num_fit_prefixes \\(4\\)"),
+        ({"max_human_windows": -1}, "--max_human_windows must be >= 0"),
+    ],
+)
 def test_bad_settings_are_named(changes, message):
-    comparison.validate_settings(_settings())  # the baseline settings are valid
+    DaemonConfig(**_settings())  # the baseline settings are valid
     with pytest.raises(ValueError, match=message):
-        comparison.validate_settings(_settings(**changes))
+        DaemonConfig(**_settings(**changes))
 
 
+@pytest.mark.subprocess
 def test_the_launcher_turns_a_bad_flag_into_a_usage_error(tmp_path):
     """(Launchers are run as subprocesses: importing two in one process would define their flags twice.)"""
-    bad = subprocess.run([sys.executable, "-m", "experiments.daemon", "--num_candidates=0", f"--out={tmp_path}"],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "experiments.daemon", "--num_candidates=0", f"--out={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "--num_candidates must be >= 1, got 0" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "points.jsonl").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.download
+@pytest.mark.subprocess
 def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     # a flag given with --smoke overrides the smoke value (M = 3 in the sweep instead of 4)
-    command = [sys.executable, "-m", "experiments.daemon", "--smoke", "--m_values=3", "--l2_values=0,0.01,10",
-               "--l2_folds=2", "--max_human_windows=50", f"--out={tmp_path}"]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.daemon",
+        "--smoke",
+        "--m_values=3",
+        "--l2_values=0,0.01,10",
+        "--l2_folds=2",
+        "--max_human_windows=50",
+        f"--out={tmp_path}",
+    ]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     points = [json.loads(line) for line in (tmp_path / "points.jsonl").read_text().splitlines()]
-    assert [p["key"] for p in points] == ["wiki/fit/tau=1", "wiki/main/human", "wiki/main/greedy",
-                                         "wiki/main/daemon", "wiki/m_sweep/M=3"]
+    assert [p["key"] for p in points] == [
+        "wiki/fit/tau=1",
+        "wiki/main/human",
+        "wiki/main/greedy",
+        "wiki/main/daemon",
+        "wiki/m_sweep/M=3",
+    ]
     with (tmp_path / "main.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["decoder"] for r in rows] == ["human", "human_split", "greedy", "daemon", "daemon_expected",
-                                            "sampling_expected"]
+    assert [r["decoder"] for r in rows] == [
+        "human",
+        "human_split",
+        "greedy",
+        "daemon",
+        "daemon_expected",
+        "sampling_expected",
+    ]
     daemon = rows[3]
     assert 1.0 <= float(daemon["ess"]) <= 4.0 + 1e-6 and float(daemon["human_ppl_daemon"]) > 1.0
     assert rows[1]["n"] == "50"  # --max_human_windows caps the eval split's human windows
@@ -78,16 +129,32 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 5  # nothing recomputed
 
 
-@pytest.mark.parametrize("kwargs, message", [({"max_human_windows": 0}, "max_human_windows must be >= 1 or None"),
-                                             ({"fit_target": "eval"}, "fit_target must be one of")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_human_windows": 0}, "max_human_windows must be >= 1 or None"),
+        ({"fit_target": "eval"}, "fit_target must be one of"),
+    ],
+)
 def test_prepare_names_bad_arguments_before_loading_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        comparison.prepare(None, None, None, **kwargs)
+        study.prepare(None, None, None, **kwargs)
 
 
+@pytest.mark.slow
+@pytest.mark.download
+@pytest.mark.subprocess
 def test_the_fit_study_runs_algorithm_1_alone(tmp_path):
-    command = [sys.executable, "-m", "experiments.daemon", "--smoke", "--studies=fit", "--l2_values=0,1",
-               "--l2_folds=2", f"--out={tmp_path}"]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.daemon",
+        "--smoke",
+        "--studies=fit",
+        "--l2_values=0,1",
+        "--l2_folds=2",
+        f"--out={tmp_path}",
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     points = [json.loads(line) for line in (tmp_path / "points.jsonl").read_text().splitlines()]

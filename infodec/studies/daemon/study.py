@@ -1,0 +1,1023 @@
+"""DAEMON against the standard decoders on human text: the computation of [P3]'s studies.
+
+One pipeline serves every study. A :class:`Pipeline` holds the LM and the metric functions and runs the
+four things the studies do with prompts — draw Algorithm 1's proposal samples (:meth:`Pipeline.fit_samples`),
+decode with a baseline (:meth:`Pipeline.decode`), run Algorithm 2 (:meth:`Pipeline.daemon`) and score
+continuations (:meth:`Pipeline.metrics`, :meth:`Pipeline.perplexity`) — each in fixed-size chunks of
+``rows_per_call`` rows (``infodec.batching.map_in_chunks``: the last chunk padded, so every call of a
+decoder has one shape and compiles once).
+
+* :class:`DaemonStudy` (built by :func:`prepare`) adds one corpus's fit prefixes and eval prompts with their
+  human continuations; :func:`run_studies` runs the launcher's studies on it as resumable points (main
+  table, M sweep, proposal-temperature sweep, Algorithm 1 alone).
+* :func:`single_metric_study` fits µ for one metric (the SR-4 study) and compares human, plain sampling
+  and DAEMON with several draws per prompt, through the same pipeline.
+
+Conventions (docs/math.md §3 for the method): prompts are ``prompt_tokens`` ids cut from documents
+(``corpora.load_windows``; at most ``max_per_document`` windows per document, every window by default)
+and picked at random from one split's windows; fit and eval splits hold disjoint documents; human
+continuations are the next ``max_new_tokens`` ids. EOS is suppressed in every decode (``stop_tokens=()``),
+so human and decoded continuations all have exactly ``max_new_tokens`` tokens and the metrics compare
+like with like. Windows of one document are not independent, so the human means over a split carry
+standard errors clustered by document (``eval.stats.clustered_mean_se``). The human value µ is fitted to
+(``fit_target="split"``) is the metric's mean over every window of the fit split, not only the ``J``
+fit prefixes: the target is a corpus statistic, and a few dozen windows estimate it poorly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from infodec.batching import map_in_chunks
+from infodec.daemon import cross_validate_l2, fit_coefficients, perplexity_over_seeds, perplexity_under_q
+from infodec.daemon import fitting as fit_lib
+from infodec.daemon import metrics as metrics_lib
+from infodec.daemon import sampling as sampling_lib
+from infodec.data import corpora
+from infodec.decoding import beam_search, contrastive_search, generate
+from infodec.decoding.scoring import prefix_lists, scored_log_probs
+from infodec.eval import mauve as mauve_lib
+from infodec.eval.stats import clustered_mean_se, mean_se
+from infodec.models.checkpoints import load
+from infodec.policies import named
+from infodec.results import ResultsFolder
+from infodec.studies.daemon.config import BASELINES, METRICS, DaemonConfig, check_fit_target
+
+Log = Callable[[str], None]
+Prompts = Sequence[Sequence[int]]
+
+
+# --- windows: prompts and human continuations ------------------------------------------------------
+
+
+def split_windows(
+    corpus: str, tokenizer, split: str, prompt_tokens: int, continuation_tokens: int, max_per_document: int | None
+) -> list[corpora.Window]:
+    """Every window of one split of ``corpus`` (``corpora.load_windows``)."""
+    return corpora.load_windows(
+        corpus,
+        tokenizer,
+        split=split,
+        prompt_tokens=prompt_tokens,
+        continuation_tokens=continuation_tokens,
+        max_per_document=max_per_document,
+    )
+
+
+def pick_windows(pool: Sequence[corpora.Window], count: int, seed: int, where: str) -> list[corpora.Window]:
+    """``count`` windows of ``pool`` chosen without replacement (in pool order); ``where`` names the
+    pool in the error."""
+    if len(pool) < count:
+        raise ValueError(f"{where} has {len(pool)} windows, asked for {count}")
+    picked = np.random.default_rng(seed).choice(len(pool), size=count, replace=False)
+    return [pool[i] for i in sorted(picked)]
+
+
+def prompt_windows(
+    corpus: str,
+    tokenizer,
+    *,
+    num_fit_prefixes: int,
+    num_eval_prompts: int,
+    prompt_tokens: int,
+    max_new_tokens: int,
+    max_per_document: int | None,
+    seed: int,
+) -> tuple[dict[str, list[corpora.Window]], list[corpora.Window], list[corpora.Window]]:
+    """``(pools, fit_windows, eval_windows)``: every window of the ``"fit"`` and ``"eval"`` splits, and the
+    fit prefixes (``num_fit_prefixes`` picked with ``seed``) and eval prompts (``seed + 1``) among them."""
+    where = f"{corpus} at {prompt_tokens}+{max_new_tokens} tokens (max_per_document={max_per_document})"
+    pools = {
+        split: split_windows(corpus, tokenizer, split, prompt_tokens, max_new_tokens, max_per_document)
+        for split in ("fit", "eval")
+    }
+    fit_windows = pick_windows(pools["fit"], num_fit_prefixes, seed, f"the fit split of {where}")
+    eval_windows = pick_windows(pools["eval"], num_eval_prompts, seed + 1, f"the eval split of {where}")
+    return pools, fit_windows, eval_windows
+
+
+def window_features(
+    functions: Sequence[metrics_lib.Metric], pool: Sequence[corpora.Window], max_new_tokens: int, batch_size: int = 64
+) -> np.ndarray:
+    """``[len(pool), K]`` float64 metrics (``metrics.metric_functions``) of the windows' human continuations,
+    cut to ``max_new_tokens``, in fixed batches of ``batch_size`` windows."""
+    if not pool:
+        raise ValueError("window_features needs at least one window, got none")
+
+    def batch(rows: np.ndarray, _: int) -> np.ndarray:
+        tokens, lengths = fit_lib.pad_rows([list(pool[r].continuation) for r in rows], max_new_tokens)
+        prefix = fit_lib.pad_rows([list(pool[r].prompt) for r in rows], fill=-1)[0]
+        return np.asarray(metrics_lib.compute_with(functions, tokens, lengths, prefix), np.float64)
+
+    return map_in_chunks(batch, len(pool), batch_size)
+
+
+# --- the pipeline: Algorithm 1's samples, the baselines, Algorithm 2, scoring -----------------------
+
+
+def expected_over_resampling(out: sampling_lib.DaemonOutput, keep: int) -> dict[str, np.ndarray]:
+    """Per prompt, the expectation over the resampling step given the ``M`` candidates of the first
+    ``keep`` prompts of ``sampling.sample``'s output ``out``.
+
+    ``daemon [keep, K]`` = ``Σ_m w_m f(x_m)`` (the chosen text's expected metrics, ``w`` the SIR weights),
+    ``plain [keep, K]`` = ``mean_m f(x_m)`` (the candidates are plain samples), and likewise the mean token
+    NLL from the candidates' ``logp_model``: ``nll_daemon`` / ``nll_plain`` ``[keep]``. The same quantities
+    as a drawn text's, without the resampling step's noise.
+    """
+    weights = fit_lib.softmax(np.asarray(out.log_weights[:keep], np.float64), axis=1)
+    metrics = np.asarray(out.features[:keep], np.float64)
+    m = weights.shape[1]
+    logp = np.asarray(out.candidates.logp_model[: keep * m], np.float64)
+    count = np.asarray(out.candidates.lengths[: keep * m])
+    nll = (-logp.sum(1) / np.maximum(count, 1)).reshape(keep, m)
+    return {
+        "daemon": np.einsum("pm,pmk->pk", weights, metrics),
+        "plain": metrics.mean(1),
+        "nll_daemon": (weights * nll).sum(1),
+        "nll_plain": nll.mean(1),
+    }
+
+
+def perplexity_summary(logp: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Token-level perplexity over all rows of ``logp [B, L]`` (``mask [B, L]``: real tokens) and the
+    per-row mean NLL's mean ± SE."""
+    count = mask.sum(1)
+    per_row = -np.where(mask, logp, 0.0).sum(1) / np.maximum(count, 1)
+    return {"ppl": float(np.exp(-np.where(mask, logp, 0.0).sum() / mask.sum())), "nll_per_row": mean_se(per_row)}
+
+
+_DAEMON_FIELDS = ("tokens", "lengths", "ess", "index", "features", "log_ratios")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """The LM and the metrics every decode of a study shares.
+
+    Attributes:
+      model, params: the LM (``infodec.load``).
+      metric_names: the ``K`` metric names µ is fitted on; ``functions``: one resolved metric each
+        (``metrics.metric_functions``; ``coh`` / ``info`` need their models).
+      max_new_tokens: continuation length of every decode (EOS suppressed).
+      rows_per_call: decoded rows per call (``chunk * N`` or ``chunk * M`` stays at or below it; bounds the
+        KV-cache memory).
+      log: progress messages.
+    """
+
+    model: Any
+    params: Any
+    metric_names: tuple[str, ...]
+    functions: tuple[metrics_lib.Metric, ...]
+    max_new_tokens: int
+    rows_per_call: int
+    log: Log = print
+
+    def fit_samples(
+        self, prompts: Prompts, num_samples: int, key: jax.Array, *, proposal_temperature: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(features [J, N, K], log_ratios [J, N])`` of ``num_samples`` samples per prompt from
+        ``Temperature(proposal_temperature)`` (``fitting.draw_candidates``; ``ρ = 0`` at ``τ = 1``)."""
+        start = time.perf_counter()
+
+        def chunk(rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+            _, feats, rho = fit_lib.draw_candidates(
+                self.model,
+                self.params,
+                [prompts[r] for r in rows],
+                self.metric_names,
+                num_samples=num_samples,
+                max_new_tokens=self.max_new_tokens,
+                key=jax.random.fold_in(key, i),
+                proposal_temperature=proposal_temperature,
+                stop_tokens=(),
+                functions=list(self.functions),
+            )
+            self._progress("fit samples", i, len(rows), len(prompts), "prefixes", start)
+            return feats, rho
+
+        return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples))
+
+    def decode(self, prompts: Prompts, name: str, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens [P, L], lengths [P])`` of baseline ``name`` (a :data:`~config.BASELINES` key): its named
+        policy sampled with ``generate`` (key folded per chunk), or its search (a quarter of the rows per
+        call: beams and contrastive candidates multiply them)."""
+        if name not in BASELINES:
+            raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(BASELINES)}")
+        baseline = BASELINES[name]
+        searches = {"beam": beam_search, "contrastive": contrastive_search}
+        common: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, stop_tokens=())
+
+        def chunk(rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+            batch = [prompts[r] for r in rows]
+            if baseline.search is not None:
+                out = searches[baseline.search](self.model, self.params, batch, **baseline.settings, **common)
+            else:
+                if baseline.policy is None:
+                    raise ValueError(f"baseline {name!r} names neither a policy nor a search")
+                policy = named.build(baseline.policy, **baseline.settings)
+                out = generate(self.model, self.params, batch, policy, jax.random.fold_in(key, i), **common)
+            return np.asarray(out.tokens), np.asarray(out.lengths)
+
+        per_call = self.rows_per_call // (4 if baseline.search is not None else 1)
+        return map_in_chunks(chunk, len(prompts), max(1, min(per_call, len(prompts))))
+
+    def daemon(
+        self,
+        prompts: Prompts,
+        mu: np.ndarray,
+        num_candidates: int,
+        key: jax.Array,
+        *,
+        proposal_temperature: float = 1.0,
+    ) -> dict[str, np.ndarray]:
+        """Algorithm 2 (``sampling.sample``, ``M = num_candidates``) on every prompt: ``tokens [P, L]``,
+        ``lengths [P]``, ``ess [P]``, ``index [P]``, the candidates' ``features [P, M, K]`` / ``log_ratios
+        [P, M]``, and :func:`expected_over_resampling`'s values as ``expected_daemon`` / ``expected_plain``
+        ``[P, K]`` and ``expected_nll_daemon`` / ``expected_nll_plain`` ``[P]``."""
+        deps: dict[str, Any] = {n: f for n, f in zip(self.metric_names, self.functions) if n in ("coh", "info")}
+        start = time.perf_counter()
+
+        def chunk(rows: np.ndarray, i: int) -> dict[str, np.ndarray]:
+            out = sampling_lib.sample(
+                self.model,
+                self.params,
+                [prompts[r] for r in rows],
+                mu,
+                self.metric_names,
+                num_candidates=num_candidates,
+                max_new_tokens=self.max_new_tokens,
+                key=jax.random.fold_in(key, i),
+                proposal_temperature=proposal_temperature,
+                stop_tokens=(),
+                **deps,
+            )
+            self._progress(f"DAEMON (M={num_candidates})", i, len(rows), len(prompts), "prompts", start)
+            expected = expected_over_resampling(out, len(rows))
+            return {
+                **{k: np.asarray(getattr(out, k)) for k in _DAEMON_FIELDS},
+                **{f"expected_{k}": v for k, v in expected.items()},
+            }
+
+        return map_in_chunks(chunk, len(prompts), max(1, min(self.rows_per_call // num_candidates, len(prompts))))
+
+    def metrics(self, tokens: np.ndarray, lengths: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+        """``[B, K]`` float32 metrics of continuations ``tokens [B, L]`` after ``prefix [B, W]`` (-1 padded)."""
+        return np.asarray(metrics_lib.compute_with(self.functions, tokens, lengths, prefix))
+
+    def scored(self, tokens: np.ndarray, lengths: np.ndarray, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logp [B, L], mask [B, L])`` of continuations under the model, ``prefix [B, W]`` padded with -1
+        (teacher-forced, in fixed batches of 16 rows)."""
+        prefixes = prefix_lists(prefix, len(prefix))
+        return scored_log_probs(self.model, self.params, tokens, lengths, prefixes, batch_size=16)
+
+    def perplexity(self, tokens: np.ndarray, lengths: np.ndarray, prefix: np.ndarray) -> dict[str, Any]:
+        """:func:`perplexity_summary` of continuations under the model."""
+        return perplexity_summary(*self.scored(tokens, lengths, prefix))
+
+    def _progress(self, what: str, chunk: int, size: int, total: int, unit: str, start: float) -> None:
+        done = min((chunk + 1) * size, total)
+        self.log(f"  {what}: {done}/{total} {unit} ({time.perf_counter() - start:.0f} s)")
+
+
+# --- one corpus: the main study's shared inputs -----------------------------------------------------
+
+
+@dataclasses.dataclass
+class DaemonStudy:
+    """One corpus, one LM, one metric set: the shared inputs of every point. Build with :func:`prepare`.
+
+    Attributes:
+      pipeline: the LM and metrics (``K = len(pipeline.metric_names)``).
+      tokenizer: the LM's tokenizer; corpus: the corpus name.
+      fit_prompts: the fit split's ``J`` prefixes (token lists).
+      fit_target_windows: the fit-split windows whose human continuations define Algorithm 1's target
+        (every window, a random subset, or the ``J`` prefixes' own).
+      human_split_windows: the eval-split windows the decoders are compared with.
+      eval_prompts: the eval split's ``P`` prompts (token lists).
+      human_tokens: ``[P, L]`` their human continuations; human_lengths: ``[P]``.
+      prefix: ``[P, W]`` the eval prompts right-padded with -1.
+      human_features: ``[P, K]`` float64 metrics of the human continuations.
+    """
+
+    pipeline: Pipeline
+    tokenizer: Any
+    corpus: str
+    fit_prompts: list[list[int]]
+    fit_target_windows: list[corpora.Window]
+    human_split_windows: list[corpora.Window]
+    eval_prompts: list[list[int]]
+    human_tokens: np.ndarray
+    human_lengths: np.ndarray
+    prefix: np.ndarray
+    human_features: np.ndarray
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return self.pipeline.metric_names
+
+    @property
+    def log(self) -> Log:
+        return self.pipeline.log
+
+    # --- decoding ---------------------------------------------------------------------------------
+    def decode(self, name: str, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens [P, L], lengths [P])`` of baseline ``name`` on the eval prompts."""
+        return self.pipeline.decode(self.eval_prompts, name, key)
+
+    def fit_samples(
+        self, num_samples: int, key: jax.Array, *, proposal_temperature: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(features [J, N, K], log_ratios [J, N])`` of ``num_samples`` proposal samples per fit prefix."""
+        return self.pipeline.fit_samples(self.fit_prompts, num_samples, key, proposal_temperature=proposal_temperature)
+
+    def fit(
+        self,
+        num_samples: int,
+        key: jax.Array,
+        *,
+        proposal_temperature: float = 1.0,
+        l2: float = 0.0,
+        l2_values: Sequence[float] = (),
+        folds: int = 4,
+    ) -> tuple[np.ndarray, fit_lib.FitReport, fit_lib.RidgeSelection | None]:
+        """Algorithm 1 on the fit split: ``num_samples`` proposal samples per prefix, drawn once; returns
+        ``(mu [K], report, selection)``. ``l2`` is ``fit_coefficients``' ridge; given ``l2_values``, the ridge
+        is chosen among them by ``folds``-fold cross-validation over the prefixes (``cross_validate_l2``,
+        returned as ``selection``; None otherwise)."""
+        feats, rho = self.fit_samples(num_samples, key, proposal_temperature=proposal_temperature)
+        selection = None
+        if len(l2_values):
+            selection = cross_validate_l2(feats, rho, self.fit_target, l2_values, folds=folds)
+            l2 = selection.l2
+            self.log(
+                f"  ridge by {folds}-fold cross-validation: l2 = {l2:g} (scores "
+                + ", ".join(f"{v:g}: {c:.3g}" for v, c in zip(selection.l2_values, selection.score))
+                + ")"
+            )
+        mu, report = fit_coefficients(feats, rho, self.fit_target, l2=l2)
+        return mu, report, selection
+
+    @functools.cached_property
+    def fit_target(self) -> np.ndarray:
+        """``[K]`` human mean of every metric over ``fit_target_windows``."""
+        start = time.perf_counter()
+        target = window_features(self.pipeline.functions, self.fit_target_windows, self.pipeline.max_new_tokens)
+        self.log(f"  fit target: {len(self.fit_target_windows)} human windows ({time.perf_counter() - start:.0f} s)")
+        return target.mean(0)
+
+    @functools.cached_property
+    def human_split(self) -> dict[str, dict]:
+        """Per metric, the human mean ± SE (clustered by document) over ``human_split_windows``."""
+        start = time.perf_counter()
+        feats = window_features(self.pipeline.functions, self.human_split_windows, self.pipeline.max_new_tokens)
+        documents = [w.doc_id for w in self.human_split_windows]
+        self.log(f"  human, eval split: {len(documents)} windows ({time.perf_counter() - start:.0f} s)")
+        return {n: clustered_mean_se(feats[:, k], documents) for k, n in enumerate(self.metric_names)}
+
+    def daemon(
+        self,
+        mu: np.ndarray,
+        num_candidates: int,
+        key: jax.Array,
+        *,
+        proposal_temperature: float = 1.0,
+        prompts: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`Pipeline.daemon` on the first ``prompts`` eval prompts (all by default)."""
+        count = len(self.eval_prompts) if prompts is None else prompts
+        return self.pipeline.daemon(
+            self.eval_prompts[:count], mu, num_candidates, key, proposal_temperature=proposal_temperature
+        )
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def features(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """``[R, K]`` float64 metrics of continuations of the first ``R = len(tokens)`` eval prompts."""
+        rows = len(tokens)
+        return self.pipeline.metrics(tokens, lengths, self.prefix[:rows]).astype(np.float64)
+
+    def evaluate(self, tokens: np.ndarray, lengths: np.ndarray, *, mauve: bool = True) -> dict[str, Any]:
+        """Every metric (mean ± SE over prompts), pooled diversity, MAUVE against the human continuations
+        of the same prompts, and the continuations' perplexity under the model."""
+        rows = len(tokens)
+        feats = self.features(tokens, lengths)
+        result = {
+            "metrics": {n: mean_se(feats[:, k]) for k, n in enumerate(self.metric_names)},
+            "pooled_diversity": metrics_lib.pooled_diversity(tokens, lengths),
+            "perplexity": self.pipeline.perplexity(tokens, lengths, self.prefix[:rows]),
+        }
+        if mauve:
+            ours = mauve_lib.features(self.pipeline.model, self.pipeline.params, tokens, lengths, self.prefix[:rows])
+            result["mauve"] = mauve_lib.mauve_score(self.mauve_human_features[:rows], ours)
+        return result
+
+    @functools.cached_property
+    def mauve_human_features(self) -> np.ndarray:
+        """MAUVE's features of the human continuations of every eval prompt."""
+        return mauve_lib.features(
+            self.pipeline.model, self.pipeline.params, self.human_tokens, self.human_lengths, self.prefix
+        )
+
+    def perplexity_under_q(
+        self,
+        mu: np.ndarray,
+        candidate_features: np.ndarray,
+        candidate_log_ratios: np.ndarray | None = None,
+        *,
+        splits: int = 5,
+    ) -> dict[str, Any]:
+        """Human-text perplexity under p_θ and under ``q_µ``; ``Ẑ`` from ``candidate_features [P', M, K]``
+        (proposal samples for the first ``P'`` eval prompts, e.g. DAEMON's candidates).
+
+        ``ppl_q`` uses all ``M`` samples per prompt; the spread comes from ``splits`` disjoint groups of
+        ``M // splits`` candidates, i.e. independent estimates with fewer samples each (``log Ẑ`` is biased
+        low for small N, so the groups' perplexities sit below the full estimate)."""
+        rows = len(candidate_features)
+        logp, mask = self.pipeline.scored(self.human_tokens[:rows], self.human_lengths[:rows], self.prefix[:rows])
+        common = dict(num_tokens=mask.sum(1))
+        report = perplexity_under_q(
+            logp.sum(1),
+            self.human_features[:rows],
+            candidate_features,
+            mu,
+            sample_log_ratios=candidate_log_ratios,
+            **common,
+        )
+        result = {
+            "ppl_model": report.ppl_p,
+            "ppl_q": report.ppl_q,
+            "num_samples": report.num_samples,
+            "num_texts": rows,
+            "num_tokens": report.num_tokens,
+        }
+        size = candidate_features.shape[1] // splits
+        if splits > 1 and size >= 1:
+            groups = [candidate_features[:, g * size : (g + 1) * size] for g in range(splits)]
+            ratios = (
+                None
+                if candidate_log_ratios is None
+                else [candidate_log_ratios[:, g * size : (g + 1) * size] for g in range(splits)]
+            )
+            spread, _ = perplexity_over_seeds(
+                logp.sum(1), self.human_features[:rows], groups, mu, sample_log_ratios_per_seed=ratios, **common
+            )
+            result["ppl_q_split"] = {
+                "num_samples": size,
+                "splits": splits,
+                "mean": spread.mean,
+                "std": spread.std,
+                "min": spread.min,
+                "max": spread.max,
+            }
+        return result
+
+    def gap_to_human(self, features: np.ndarray) -> dict[str, float]:
+        """Per metric, ``(mean(features) − mean(human)) / std(human)`` on the same prompts, and the mean
+        absolute standardised gap over metrics (one number for sweeps)."""
+        human = self.human_features[: len(features)]
+        scale = np.where(human.std(0, ddof=1) > 0, human.std(0, ddof=1), 1.0)
+        gaps = (features.mean(0) - human.mean(0)) / scale
+        return {**{n: float(g) for n, g in zip(self.metric_names, gaps)}, "mean_abs": float(np.abs(gaps).mean())}
+
+
+def metric_functions(model, params, tokenizer, names: Sequence[str], encoder=None) -> list[metrics_lib.Metric]:
+    """The metric functions of ``names``: ``coh`` with ``encoder`` (``(encoder, params, tokenizer)``, default
+    ``infodec.load("minilm-l6")``), ``info`` as the NLL under the LM itself."""
+    deps: dict[str, Any] = {}
+    if "coh" in names:
+        enc, enc_params, enc_tokenizer = encoder or load("minilm-l6")
+        deps["coh"] = metrics_lib.coherence(enc, enc_params, enc_tokenizer, tokenizer)
+    if "info" in names:
+        deps["info"] = metrics_lib.model_nll(model, params)
+    return metrics_lib.metric_functions(names, **deps)
+
+
+def prepare(
+    model,
+    params,
+    tokenizer,
+    *,
+    corpus: str = "wiki",
+    metric_names: Sequence[str] = METRICS,
+    num_fit_prefixes: int = 32,
+    num_eval_prompts: int = 32,
+    prompt_tokens: int = 32,
+    max_new_tokens: int = 128,
+    max_per_document: int | None = None,
+    fit_target: str = "split",
+    max_human_windows: int | None = None,
+    rows_per_call: int = 100,
+    seed: int = 0,
+    encoder=None,
+    log: Log = print,
+) -> DaemonStudy:
+    """Loads the corpus windows and builds the metric functions of a :class:`DaemonStudy`.
+
+    Prompts are windows picked at random from each split (at most ``max_per_document`` per document,
+    all by default). ``fit_target``: ``"split"`` fits µ to the human mean over every fit-split window,
+    ``"prefixes"`` to that of the ``J`` fit prefixes. The decoders are compared with the human mean over
+    the eval-split windows. ``max_human_windows``: at most this many windows (a random subset) for either
+    split's human mean (``coh`` and ``info`` of thousands of windows take minutes on a CPU); None = all.
+    ``encoder``: as for :func:`metric_functions`.
+    """
+    if max_human_windows is not None and max_human_windows < 1:
+        raise ValueError(f"max_human_windows must be >= 1 or None (every window), got {max_human_windows}")
+    check_fit_target(fit_target)
+    names = tuple(metric_names)
+    functions = tuple(metric_functions(model, params, tokenizer, names, encoder))
+    pools, fit_windows, eval_windows = prompt_windows(
+        corpus,
+        tokenizer,
+        num_fit_prefixes=num_fit_prefixes,
+        num_eval_prompts=num_eval_prompts,
+        prompt_tokens=prompt_tokens,
+        max_new_tokens=max_new_tokens,
+        max_per_document=max_per_document,
+        seed=seed,
+    )
+
+    def capped(pool: list[corpora.Window], seed_offset: int) -> list[corpora.Window]:
+        if max_human_windows is None or len(pool) <= max_human_windows:
+            return pool
+        where = f"{corpus} at {prompt_tokens}+{max_new_tokens} tokens (max_per_document={max_per_document})"
+        return pick_windows(pool, max_human_windows, seed + seed_offset, where)
+
+    eval_prompts = [list(w.prompt) for w in eval_windows]
+    human_tokens, human_lengths = fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens)
+    prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
+    pipeline = Pipeline(model, params, names, functions, max_new_tokens, rows_per_call, log)
+    return DaemonStudy(
+        pipeline=pipeline,
+        tokenizer=tokenizer,
+        corpus=corpus,
+        fit_prompts=[list(w.prompt) for w in fit_windows],
+        fit_target_windows=capped(pools["fit"], 2) if fit_target == "split" else fit_windows,
+        human_split_windows=capped(pools["eval"], 3),
+        eval_prompts=eval_prompts,
+        human_tokens=human_tokens,
+        human_lengths=human_lengths,
+        prefix=prefix,
+        human_features=pipeline.metrics(human_tokens, human_lengths, prefix).astype(np.float64),
+    )
+
+
+def fit_summary(report: fit_lib.FitReport) -> dict[str, Any]:
+    """The JSON-able part of a ``FitReport``."""
+    return {
+        "mu": report.mu.tolist(),
+        "mu_standardized": report.mu_standardized.tolist(),
+        "feature_mean": report.feature_mean.tolist(),
+        "feature_std": report.feature_std.tolist(),
+        "target": report.target.tolist(),
+        "fitted_moments": report.fitted_moments.tolist(),
+        "residual_norm_standardized": report.residual_norm_standardized,
+        "converged": report.converged,
+        "steps": report.steps,
+        "ess": mean_se(report.ess),
+        "ess_min": float(report.ess.min()),
+    }
+
+
+# --- the SR-4 study: µ for one metric, several draws per prompt ------------------------------------
+
+
+def single_metric_study(
+    model,
+    params,
+    tokenizer,
+    *,
+    metric: str = "sr4",
+    corpus: str = "wiki",
+    num_fit_prefixes: int = 32,
+    num_fit_samples: int = 16,
+    num_eval_prompts: int = 32,
+    num_candidates: int = 25,
+    max_new_tokens: int = 128,
+    prompt_tokens: int = 32,
+    max_per_document: int | None = None,
+    fit_target: str = "split",
+    rows_per_call: int = 100,
+    draws_per_prompt: int = 1,
+    seed: int = 0,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Fits µ for ``metric`` alone and compares human / plain sampling / DAEMON on the eval split.
+
+    Args:
+      model, params, tokenizer: the LM (``infodec.load``).
+      metric: one jit-able metric name (``sr4``, ``tr32``, ``div``, ...).
+      corpus: ``corpora.load_windows`` name; fit prefixes come from the "fit" split, eval prompts from
+        the "eval" split (disjoint documents).
+      num_fit_prefixes, num_fit_samples: ``J`` and ``N`` of Algorithm 1 (samples from p_θ).
+      num_eval_prompts, num_candidates: eval prompts and DAEMON's ``M``.
+      max_new_tokens: continuation length (human continuations are cut to the same length).
+      max_per_document: windows kept per document (``None``: all; 1: each document's first window).
+      fit_target: the human moment µ is fitted to: ``"split"``, the mean over every fit-split window, or
+        ``"prefixes"``, the mean over the ``J`` fit prefixes' own human continuations.
+      rows_per_call: decode rows per call (:class:`Pipeline`).
+      draws_per_prompt: independent plain and DAEMON continuations per eval prompt; a prompt's metric
+        is the mean over its draws, which lowers the decoders' Monte Carlo error.
+      seed: window choice and every PRNG key derive from it.
+
+    Returns a JSON-able dict: ``human`` (every eval-split window), ``human_prompts`` (the eval prompts'
+    own continuations), ``plain``, ``daemon`` (metric mean ± SE over eval prompts, clustered by
+    document), ``human_fit_split`` / ``human_fit_prefixes``, ``fit`` (µ on both scales, target, fitted
+    moment, residual, ESS, steps, converged), ``daemon_ess`` (per-row SIR ESS mean ± SE),
+    ``expected_over_resampling`` (plain's and DAEMON's metric and NLL as expectations over the SIR draw
+    given the candidates), ``daemon_chosen_index``, ``perplexity`` (of plain, DAEMON and human
+    continuations under the model: token-level ``ppl`` and per-row mean NLL ± SE;
+    ``ratio_daemon_vs_plain``), ``criterion`` (DAEMON − human in units of the human SE and of the
+    difference's SE, and whether DAEMON's perplexity is within 10% of plain sampling's), ``timing_s``.
+    """
+    if draws_per_prompt < 1:
+        raise ValueError(f"draws_per_prompt must be >= 1, got {draws_per_prompt}")
+    check_fit_target(fit_target)
+    timing = {}
+    key_fit, key_plain, key_daemon = jax.random.split(jax.random.key(seed), 3)
+
+    # --- Algorithm 1 on the fit split -------------------------------------------------------------
+    start = time.perf_counter()
+    pools, fit_windows, eval_windows = prompt_windows(
+        corpus,
+        tokenizer,
+        num_fit_prefixes=num_fit_prefixes,
+        num_eval_prompts=num_eval_prompts,
+        prompt_tokens=prompt_tokens,
+        max_new_tokens=max_new_tokens,
+        max_per_document=max_per_document,
+        seed=seed,
+    )
+    pipeline = Pipeline(
+        model, params, (metric,), tuple(metrics_lib.metric_functions((metric,))), max_new_tokens, rows_per_call, log
+    )
+    human_pool = {
+        split: clustered_mean_se(
+            window_features(pipeline.functions, pool, max_new_tokens)[:, 0], [w.doc_id for w in pool]
+        )
+        for split, pool in pools.items()
+    }
+    human_fit = window_features(pipeline.functions, fit_windows, max_new_tokens)
+    target = human_pool["fit"]["mean"] if fit_target == "split" else human_fit[:, 0].mean()
+    feats, rho = pipeline.fit_samples([list(w.prompt) for w in fit_windows], num_fit_samples, key_fit)
+    mu, report = fit_coefficients(feats, rho, np.array([target]))
+    timing["fit"] = time.perf_counter() - start
+    log(
+        f"fitted mu={mu} (standardised {report.mu_standardized}), target {report.target}, "
+        f"fitted {report.fitted_moments}, converged={report.converged}"
+    )
+
+    # --- eval split: human, plain sampling, DAEMON; rows are prompt-major: row = prompt * D + draw ---
+    documents = [w.doc_id for w in eval_windows]
+    eval_prompts = [list(w.prompt) for w in eval_windows]
+    rows = [p for p in eval_prompts for _ in range(draws_per_prompt)]
+    start = time.perf_counter()
+    plain_tokens, plain_lengths = pipeline.decode(rows, "sampling", key_plain)
+    timing["plain"] = time.perf_counter() - start
+    log(f"plain samples done ({timing['plain']:.0f} s)")
+    start = time.perf_counter()
+    sir = pipeline.daemon(rows, mu, num_candidates, key_daemon)
+    timing["daemon"] = time.perf_counter() - start
+
+    def per_prompt(values: np.ndarray) -> np.ndarray:  # the one metric (or the NLL): mean over a prompt's draws
+        return values.reshape(len(eval_prompts), draws_per_prompt, -1).mean(1)[:, 0]
+
+    expected = {k: per_prompt(sir[f"expected_{k}"]) for k in ("daemon", "plain", "nll_daemon", "nll_plain")}
+    prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
+    row_prefix = np.repeat(prefix, draws_per_prompt, axis=0)
+    plain_metric = per_prompt(pipeline.metrics(plain_tokens, plain_lengths, row_prefix))
+    daemon_metric = per_prompt(pipeline.metrics(sir["tokens"], sir["lengths"], row_prefix))
+
+    # --- perplexity of the continuations under the model (one cache-free forward pass) --------------
+    start = time.perf_counter()
+    human_tokens, human_lengths = fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens)
+    ppl = {
+        "plain": pipeline.perplexity(plain_tokens, plain_lengths, row_prefix),
+        "daemon": pipeline.perplexity(sir["tokens"], sir["lengths"], row_prefix),
+        "human": pipeline.perplexity(human_tokens, human_lengths, prefix),
+    }
+    ppl["ratio_daemon_vs_plain"] = ppl["daemon"]["ppl"] / ppl["plain"]["ppl"]
+    timing["perplexity"] = time.perf_counter() - start
+
+    human = human_pool["eval"]
+    plain, daemon = clustered_mean_se(plain_metric, documents), clustered_mean_se(daemon_metric, documents)
+    expected_plain, expected_daemon = (clustered_mean_se(expected[k], documents) for k in ("plain", "daemon"))
+    expected_ratio = float(np.exp(expected["nll_daemon"].mean() - expected["nll_plain"].mean()))
+    return {
+        "metric": metric,
+        "corpus": corpus,
+        "sizes": {
+            "num_fit_prefixes": num_fit_prefixes,
+            "num_fit_samples": num_fit_samples,
+            "num_eval_prompts": num_eval_prompts,
+            "num_candidates": num_candidates,
+            "max_new_tokens": max_new_tokens,
+            "prompt_tokens": prompt_tokens,
+            "max_per_document": max_per_document,
+            "fit_target": fit_target,
+            "draws_per_prompt": draws_per_prompt,
+            "seed": seed,
+        },
+        "human": human,
+        "human_prompts": clustered_mean_se(
+            window_features(pipeline.functions, eval_windows, max_new_tokens)[:, 0], documents
+        ),
+        "plain": plain,
+        "daemon": daemon,
+        "human_fit_split": human_pool["fit"],
+        "human_fit_prefixes": mean_se(human_fit[:, 0]),
+        "fit": {
+            "mu": report.mu.tolist(),
+            "mu_standardized": report.mu_standardized.tolist(),
+            "feature_mean": report.feature_mean.tolist(),
+            "feature_std": report.feature_std.tolist(),
+            "target": report.target.tolist(),
+            "fitted_moments": report.fitted_moments.tolist(),
+            "residual_norm": report.residual_norm,
+            "converged": report.converged,
+            "steps": report.steps,
+            "ess": mean_se(report.ess),
+            "ess_min": float(report.ess.min()),
+            "ess_global": report.ess_global,
+        },
+        "daemon_ess": {**mean_se(sir["ess"]), "min": float(sir["ess"].min())},
+        "expected_over_resampling": {
+            "plain": expected_plain,
+            "daemon": expected_daemon,
+            "nll_per_row": {k: clustered_mean_se(expected[f"nll_{k}"], documents) for k in ("plain", "daemon")},
+            "ppl_ratio_daemon_vs_plain": expected_ratio,
+        },
+        "daemon_chosen_index": sir["index"].tolist(),
+        "perplexity": ppl,
+        "criterion": _criterion(
+            human, plain, daemon, expected_plain, expected_daemon, expected_ratio, ppl["ratio_daemon_vs_plain"]
+        ),
+        "timing_s": timing,
+    }
+
+
+def _criterion(
+    human: dict,
+    plain: dict,
+    daemon: dict,
+    expected_plain: dict,
+    expected_daemon: dict,
+    expected_ratio: float,
+    ppl_ratio: float,
+) -> dict[str, Any]:
+    """The SR-4 study's checks: the decoders' distance to human in units of the human SE and of the
+    difference's SE, and the perplexity ratio DAEMON / plain within 10%. ``expected_*``: the same checks
+    on the expectations over the resampling step (M times fewer draws' noise)."""
+
+    def ratio(a: float, b: float) -> float:
+        return float(np.divide(a, b)) if b else float("inf") if a else float("nan")
+
+    combined_se = float(np.hypot(human["se"], daemon["se"]))
+    return {
+        "expected_metric_within_human_se": bool(abs(expected_daemon["mean"] - human["mean"]) <= human["se"]),
+        "expected_daemon_minus_human_in_human_se": ratio(expected_daemon["mean"] - human["mean"], human["se"]),
+        "expected_plain_minus_human_in_human_se": ratio(expected_plain["mean"] - human["mean"], human["se"]),
+        "expected_perplexity_within_10pct": bool(abs(expected_ratio - 1.0) <= 0.10),
+        "metric_within_human_se": bool(abs(daemon["mean"] - human["mean"]) <= human["se"]),
+        "metric_within_combined_se": bool(abs(daemon["mean"] - human["mean"]) <= combined_se),
+        "daemon_minus_human_in_human_se": ratio(daemon["mean"] - human["mean"], human["se"]),
+        "daemon_minus_human_in_combined_se": ratio(daemon["mean"] - human["mean"], combined_se),
+        "plain_minus_human_in_human_se": ratio(plain["mean"] - human["mean"], human["se"]),
+        "plain_minus_human_in_combined_se": ratio(
+            plain["mean"] - human["mean"], float(np.hypot(human["se"], plain["se"]))
+        ),
+        "perplexity_within_10pct": bool(abs(ppl_ratio - 1.0) <= 0.10),
+    }
+
+
+# --- the launcher's studies, as resumable points (experiments.daemon and the notebook) --------------
+# Each builder returns ``[(key, compute)]`` for ``ResultsFolder.run``; a point's PRNG key is folded from
+# the corpus key with a fixed per-point offset, so adding points to a folder changes no finished one.
+Points = list[tuple[str, Callable[[], dict]]]
+
+
+def _fit_point(study: DaemonStudy, config: DaemonConfig, tau: float, key: jax.Array) -> Points:
+    def compute() -> dict:
+        _, report, selection = study.fit(
+            config.num_fit_samples,
+            key,
+            proposal_temperature=tau,
+            l2=config.l2,
+            l2_values=config.l2_values,
+            folds=config.l2_folds,
+        )
+        record = {"corpus": study.corpus, "study": "fit", "proposal_temperature": tau, **fit_summary(report)}
+        if selection is not None:
+            record["l2_cross_validation"] = {
+                "l2": selection.l2,
+                "l2_values": selection.l2_values.tolist(),
+                "score": selection.score.tolist(),
+                "held_out_moments": selection.held_out_moments.tolist(),
+                "folds": selection.folds,
+            }
+        return record
+
+    return [(f"{study.corpus}/fit/tau={tau:g}", compute)]
+
+
+def _main_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey: jax.Array) -> Points:
+    """Human, every baseline of ``config.baselines`` (keys follow :data:`BASELINES`' order) and DAEMON."""
+    corpus = study.corpus
+    points: Points = [
+        (
+            f"{corpus}/main/human",
+            lambda: {
+                "corpus": corpus,
+                "study": "main",
+                "decoder": "human",
+                **study.evaluate(study.human_tokens, study.human_lengths, mauve=False),
+                "human_split": {"windows": len(study.human_split_windows), "metrics": study.human_split},
+            },
+        )
+    ]
+
+    def baseline(name: str, key: jax.Array) -> dict:
+        start = time.perf_counter()
+        tokens, lengths = study.decode(name, key)
+        decode_s = time.perf_counter() - start
+        return {
+            "corpus": corpus,
+            "study": "main",
+            "decoder": name,
+            "decode_s": decode_s,
+            **study.evaluate(tokens, lengths),
+        }
+
+    for name in config.baselines:
+        key = jax.random.fold_in(ckey, 100 + list(BASELINES).index(name))
+        points.append((f"{corpus}/main/{name}", functools.partial(baseline, name, key)))
+
+    def daemon_main() -> dict:
+        start = time.perf_counter()
+        out = study.daemon(mu, config.num_candidates, jax.random.fold_in(ckey, 200))
+        decode_s = time.perf_counter() - start
+        nll = {who: out[f"expected_nll_{who}"] for who in ("daemon", "plain")}
+        return {
+            "corpus": corpus,
+            "study": "main",
+            "decoder": "daemon",
+            "decode_s": decode_s,
+            "num_candidates": config.num_candidates,
+            "ess": mean_se(out["ess"]),
+            **study.evaluate(out["tokens"], out["lengths"]),
+            "expected_over_resampling": {
+                **{
+                    who: {n: mean_se(out[f"expected_{who}"][:, k]) for k, n in enumerate(study.metric_names)}
+                    for who in ("daemon", "plain")
+                },
+                "nll_per_row": {who: mean_se(v) for who, v in nll.items()},
+                "ppl_ratio_daemon_vs_plain": float(np.exp(nll["daemon"].mean() - nll["plain"].mean())),
+            },
+            "human_perplexity": study.perplexity_under_q(mu, out["features"]),
+        }
+
+    return points + [(f"{corpus}/main/daemon", daemon_main)]
+
+
+def _sr4_point(study: DaemonStudy, config: DaemonConfig) -> Points:
+    pipeline = study.pipeline
+    return [
+        (
+            f"{study.corpus}/sr4",
+            lambda: {
+                "corpus": study.corpus,
+                "study": "sr4",
+                **single_metric_study(
+                    pipeline.model,
+                    pipeline.params,
+                    study.tokenizer,
+                    metric="sr4",
+                    corpus=study.corpus,
+                    num_fit_prefixes=config.num_fit_prefixes,
+                    num_fit_samples=config.num_fit_samples,
+                    num_eval_prompts=config.num_eval_prompts,
+                    num_candidates=config.num_candidates,
+                    max_new_tokens=config.max_new_tokens,
+                    prompt_tokens=config.prompt_tokens,
+                    max_per_document=config.max_per_document or None,
+                    fit_target=config.fit_target,
+                    rows_per_call=config.rows_per_call,
+                    draws_per_prompt=config.sr4_draws,
+                    seed=config.seed,
+                    log=study.log,
+                ),
+            },
+        )
+    ]
+
+
+def _m_sweep_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey: jax.Array) -> Points:
+    def sweep_m(m: int) -> dict:
+        start = time.perf_counter()
+        out = study.daemon(mu, m, jax.random.fold_in(ckey, 300 + m), prompts=config.sweep_prompts)
+        seconds = time.perf_counter() - start
+        chosen = study.features(out["tokens"], out["lengths"])
+        return {
+            "corpus": study.corpus,
+            "study": "m_sweep",
+            "num_candidates": m,
+            "decode_s": seconds,
+            "ess": mean_se(out["ess"]),
+            "gap": study.gap_to_human(chosen),
+        }
+
+    return [(f"{study.corpus}/m_sweep/M={m}", functools.partial(sweep_m, m)) for m in config.m_values]
+
+
+def _temperature_point(study: DaemonStudy, config: DaemonConfig, tau: float, records: dict, ckey: jax.Array) -> Points:
+    """DAEMON with proposal ``Temperature(tau)``, using µ of the point ``<corpus>/fit/tau=<tau>``."""
+    key = jax.random.fold_in(ckey, 500 + int(1000 * tau))
+
+    def sweep_tau() -> dict:
+        mu_t = np.asarray(records[f"{study.corpus}/fit/tau={tau:g}"]["mu"])
+        out = study.daemon(mu_t, config.num_candidates, key, proposal_temperature=tau, prompts=config.sweep_prompts)
+        return {
+            "corpus": study.corpus,
+            "study": "temperature",
+            "proposal_temperature": tau,
+            "ess": mean_se(out["ess"]),
+            **study.evaluate(out["tokens"], out["lengths"], mauve=False),
+        }
+
+    return [(f"{study.corpus}/temperature/tau={tau:g}", sweep_tau)]
+
+
+def run_studies(
+    folder: ResultsFolder, model, params, tokenizer, config: DaemonConfig, *, log: Log = print
+) -> dict[str, dict]:
+    """Runs the studies of ``config`` as points of the results folder ``folder``, skipping finished ones;
+    returns ``{key: record}``. Every study but ``sr4`` fits µ first (the point ``<corpus>/fit/tau=1``);
+    the SR-4 study fits its own µ. The SR-4 study and the sweeps run on the first corpus only."""
+    records: dict[str, dict] = {}
+
+    def run(points: Points) -> None:
+        records.update(zip([k for k, _ in points], folder.run(points, log)))
+
+    key = jax.random.key(config.seed)
+    for c_index, corpus in enumerate(config.corpora):
+        ckey = jax.random.fold_in(key, c_index)
+        study = prepare(
+            model,
+            params,
+            tokenizer,
+            corpus=corpus,
+            metric_names=config.metrics,
+            num_fit_prefixes=config.num_fit_prefixes,
+            num_eval_prompts=config.num_eval_prompts,
+            prompt_tokens=config.prompt_tokens,
+            max_new_tokens=config.max_new_tokens,
+            max_per_document=config.max_per_document or None,
+            fit_target=config.fit_target,
+            max_human_windows=config.max_human_windows or None,
+            rows_per_call=config.rows_per_call,
+            seed=config.seed,
+            log=log,
+        )
+        log(
+            f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
+            f"{config.max_new_tokens} new tokens, metrics {', '.join(study.metric_names)}"
+        )
+        first = c_index == 0
+        if {"main", "m_sweep", "temperature", "fit"} & set(config.studies):
+            run(_fit_point(study, config, 1.0, jax.random.fold_in(ckey, 0)))
+            mu = np.asarray(records[f"{corpus}/fit/tau=1"]["mu"])
+        points: Points = []
+        if "main" in config.studies:
+            points += _main_points(study, config, mu, ckey)
+        if first and "sr4" in config.studies:
+            points += _sr4_point(study, config)
+        if first and "m_sweep" in config.studies:
+            points += _m_sweep_points(study, config, mu, ckey)
+        run(points)
+        if first and "temperature" in config.studies:
+            for tau in config.proposal_temperatures:
+                if f"{corpus}/fit/tau={tau:g}" not in records:
+                    run(_fit_point(study, config, tau, jax.random.fold_in(ckey, 400 + int(1000 * tau))))
+                run(_temperature_point(study, config, tau, records, ckey))
+    return records
+
+
+__all__ = [
+    "Pipeline",
+    "DaemonStudy",
+    "prepare",
+    "metric_functions",
+    "fit_summary",
+    "run_studies",
+    "single_metric_study",
+    "split_windows",
+    "pick_windows",
+    "prompt_windows",
+    "window_features",
+    "expected_over_resampling",
+    "perplexity_summary",
+]
