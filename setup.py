@@ -12,7 +12,6 @@ setup(
         "jax>=0.4.35",
         "flax>=0.10",
         "optax>=0.2",
-        "chex>=0.1.87",
         "absl-py>=2.0",
         "numpy>=1.26",
         "scipy>=1.11",
@@ -27,9 +26,25 @@ setup(
         # torch is pinned to the CPU build this project tests against; install it first (README).
         # MAUVE (infodec.eval.mauve): the mauve-text library imports torch at import time.
         "eval": ["torch==2.13.0", "mauve-text>=0.4", "faiss-cpu>=1.8", "scikit-learn>=1.4"],
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "accelerate>=1.0",
-                 "mauve-text>=0.4", "faiss-cpu>=1.8", "scikit-learn>=1.4",
-                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        "test": [
+            "pytest>=8",
+            "chex>=0.1.87",
+            "torch==2.13.0",
+            "transformers>=4.50",
+            "accelerate>=1.0",
+            "mauve-text>=0.4",
+            "faiss-cpu>=1.8",
+            "scikit-learn>=1.4",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+        ],
         "bench": ["torch==2.13.0", "transformers>=4.50", "accelerate>=1.0", "psutil>=5.9"],
+        # Lint, format, type-check, hooks (CONTRIBUTING.md). ruff and pyright are pinned: a new release can
+        # change the formatting or add findings, and CI must not change verdict by itself. Keep ruff's pin
+        # equal to the ruff-pre-commit rev in .pre-commit-config.yaml. pyright[nodejs] brings Node as a wheel.
+        "dev": ["ruff==0.17.6", "pyright[nodejs]==1.1.414", "pre-commit>=4.0", "nbstripout>=0.8", "pytest>=8"],
+        # The documentation site: mkdocs build --strict (mkdocs.yml).
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=1.0"],
     },
 )

@@ -3,17 +3,19 @@
 import numpy as np
 
 # Ordinary prose: prompts and evidence are windows of it.
-TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-        "movable metal type with an oil-based ink and a screw press adapted from those used to make wine. "
-        "Within a few decades, print shops had spread to most of the major cities of Europe, and the price of "
-        "books fell sharply. Scholars could now compare identical copies of a text, which changed the way "
-        "knowledge was checked, shared and argued about. ") * 4
+TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type with an oil-based ink and a screw press adapted from those used to make wine. "
+    "Within a few decades, print shops had spread to most of the major cities of Europe, and the price of "
+    "books fell sharply. Scholars could now compare identical copies of a text, which changed the way "
+    "knowledge was checked, shared and argued about. "
+) * 4
 
 
 def prompts(tokenizer, batch: int, length: int) -> np.ndarray:
     """``[batch, length]`` distinct prompts of equal length (windows of one text; no padding needed)."""
     ids = tokenizer.encode(TEXT)
-    return np.stack([ids[3 * row: 3 * row + length] for row in range(batch)]).astype(np.int32)
+    return np.stack([ids[3 * row : 3 * row + length] for row in range(batch)]).astype(np.int32)
 
 
 def write_results(out: str, name: str, meta: dict, rows: list[dict], table: str) -> None:

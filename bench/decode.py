@@ -39,14 +39,16 @@ _THREADS = flags.DEFINE_integer("threads", 2, "torch threads for the HF referenc
 _OUT = flags.DEFINE_string("out", "bench/results", "Output folder.")
 _MEMORY_CHILD = flags.DEFINE_string("memory_child", None, "Internal: batch,policy for the peak-memory child.")
 
+
 def infodec_policy(name: str):
     return infodec.Greedy() if name == "greedy" else infodec.chain(infodec.Temperature(0.8), infodec.TopP(0.9))
 
 
 def time_infodec(model, params, tokens, policy, seed: int) -> float:
     start = time.perf_counter()
-    out = infodec.generate(model, params, tokens, policy, jax.random.key(seed), max_new_tokens=_NEW_TOKENS.value,
-                           stop_tokens=())
+    out = infodec.generate(
+        model, params, tokens, policy, jax.random.key(seed), max_new_tokens=_NEW_TOKENS.value, stop_tokens=()
+    )
     assert out.lengths.min() == _NEW_TOKENS.value
     return time.perf_counter() - start
 
@@ -59,8 +61,15 @@ def time_hf(hf_model, tokens, policy: str, seed: int) -> float:
     ids = torch.tensor(tokens, dtype=torch.long)
     start = time.perf_counter()
     with torch.no_grad():
-        out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=_NEW_TOKENS.value,
-                                min_new_tokens=_NEW_TOKENS.value, use_cache=True, pad_token_id=0, **sampling)
+        out = hf_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=_NEW_TOKENS.value,
+            min_new_tokens=_NEW_TOKENS.value,
+            use_cache=True,
+            pad_token_id=0,
+            **sampling,
+        )
     assert out.shape[1] == tokens.shape[1] + _NEW_TOKENS.value
     return time.perf_counter() - start
 
@@ -83,7 +92,7 @@ def machine_limits() -> dict:
     matmul = jax.jit(jnp.matmul)
     matmul(a, a).block_until_ready()
     matmul_seconds = min(_timed(lambda: matmul(a, a).block_until_ready()) for _ in range(5))
-    return {"bandwidth_gb_s": data.nbytes / seconds / 1e9, "matmul_gflop_s": 2 * 2048 ** 3 / matmul_seconds / 1e9}
+    return {"bandwidth_gb_s": data.nbytes / seconds / 1e9, "matmul_gflop_s": 2 * 2048**3 / matmul_seconds / 1e9}
 
 
 def _timed(fn) -> float:
@@ -94,8 +103,15 @@ def _timed(fn) -> float:
 
 def peak_memory_mb(batch: int, policy: str) -> float:
     """Peak RSS of a fresh process that loads the model and runs one generate (infodec only)."""
-    command = [sys.executable, "-m", "bench.decode", f"--memory_child={batch},{policy}", f"--model={_MODEL.value}",
-               f"--new_tokens={_NEW_TOKENS.value}", f"--prompt_tokens={_PROMPT_TOKENS.value}"]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.decode",
+        f"--memory_child={batch},{policy}",
+        f"--model={_MODEL.value}",
+        f"--new_tokens={_NEW_TOKENS.value}",
+        f"--prompt_tokens={_PROMPT_TOKENS.value}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -125,8 +141,9 @@ def main(argv):
         directory = checkpoints.hf_directory(_MODEL.value)  # the same float32 weights infodec loaded
         hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     limits = machine_limits()
-    print(f"machine: {limits['bandwidth_gb_s']:.1f} GB/s read, {limits['matmul_gflop_s']:.0f} GFLOP/s float32",
-          flush=True)
+    print(
+        f"machine: {limits['bandwidth_gb_s']:.1f} GB/s read, {limits['matmul_gflop_s']:.0f} GFLOP/s float32", flush=True
+    )
     rows = []
     for batch in map(int, _BATCHES.value):
         for policy in _POLICIES.value:
@@ -146,15 +163,24 @@ def main(argv):
             new_tokens = batch * _NEW_TOKENS.value
             tps = new_tokens / statistics.median(ours)
             # Batch 1 is bound by reading the weights every step; larger batches by arithmetic.
-            limit = (limits["bandwidth_gb_s"] * 1e9 / param_bytes if batch == 1
-                     else limits["matmul_gflop_s"] * 1e9 / flops_per_token)
+            limit = (
+                limits["bandwidth_gb_s"] * 1e9 / param_bytes
+                if batch == 1
+                else limits["matmul_gflop_s"] * 1e9 / flops_per_token
+            )
             row = {
-                "batch": batch, "policy": policy, "new_tokens": _NEW_TOKENS.value,
-                "infodec_tokens_per_s": tps, "first_call_s": first, "compile_s": first - statistics.median(ours),
+                "batch": batch,
+                "policy": policy,
+                "new_tokens": _NEW_TOKENS.value,
+                "infodec_tokens_per_s": tps,
+                "first_call_s": first,
+                "compile_s": first - statistics.median(ours),
                 "compilations_first_call": compiles_first,
                 "compilations_timed": infodec.compile_count() - compiles_before,
-                "limit_tokens_per_s": limit, "limit_kind": "bandwidth" if batch == 1 else "matmul",
-                "fraction_of_limit": tps / limit, "peak_rss_mb": peak_memory_mb(batch, policy),
+                "limit_tokens_per_s": limit,
+                "limit_kind": "bandwidth" if batch == 1 else "matmul",
+                "fraction_of_limit": tps / limit,
+                "peak_rss_mb": peak_memory_mb(batch, policy),
             }
             if theirs:
                 row["hf_tokens_per_s"] = new_tokens / statistics.median(theirs)
@@ -165,14 +191,18 @@ def main(argv):
 
 
 def write(rows: list[dict], limits: dict) -> None:
-    meta = {"model": _MODEL.value, "limits": limits, "repeats": _REPEATS.value,
-            "prompt_tokens": _PROMPT_TOKENS.value}
-    header = ("| batch | policy | infodec tok/s | HF tok/s | speed-up | limit tok/s | fraction of limit | "
-              "compile s | compilations (timed) | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"| {r['batch']} | {r['policy']} | {r['infodec_tokens_per_s']:.1f} | "
-             f"{r.get('hf_tokens_per_s', float('nan')):.1f} | {r.get('speedup_vs_hf', float('nan')):.2f}x | "
-             f"{r['limit_tokens_per_s']:.0f} ({r['limit_kind']}) | {r['fraction_of_limit']:.0%} | "
-             f"{r['compile_s']:.1f} | {r['compilations_timed']} | {r['peak_rss_mb']:.0f} |" for r in rows]
+    meta = {"model": _MODEL.value, "limits": limits, "repeats": _REPEATS.value, "prompt_tokens": _PROMPT_TOKENS.value}
+    header = (
+        "| batch | policy | infodec tok/s | HF tok/s | speed-up | limit tok/s | fraction of limit | "
+        "compile s | compilations (timed) | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['batch']} | {r['policy']} | {r['infodec_tokens_per_s']:.1f} | "
+        f"{r.get('hf_tokens_per_s', float('nan')):.1f} | {r.get('speedup_vs_hf', float('nan')):.2f}x | "
+        f"{r['limit_tokens_per_s']:.0f} ({r['limit_kind']}) | {r['fraction_of_limit']:.0%} | "
+        f"{r['compile_s']:.1f} | {r['compilations_timed']} | {r['peak_rss_mb']:.0f} |"
+        for r in rows
+    ]
     write_results(_OUT.value, "decode", meta, rows, header + "\n".join(lines) + "\n")
 
 

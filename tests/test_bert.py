@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -13,8 +14,15 @@ from tokenizers import Tokenizer
 from infodec.models import bert
 from infodec.models.base import CheckpointMismatchError
 
-TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=32, type_vocab_size=2)
+TINY = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=32,
+    type_vocab_size=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +57,11 @@ def test_tiny_hidden_states_match_hf(tiny, scan_layers):
     token_types[0, 5:] = 1
     ours = jax.jit(encoder.apply)(params, tokens, mask, token_types)
     with torch.no_grad():
-        ref = model(input_ids=torch.as_tensor(tokens, dtype=torch.long),
-                    attention_mask=torch.as_tensor(mask, dtype=torch.long),
-                    token_type_ids=torch.as_tensor(token_types, dtype=torch.long)).last_hidden_state.numpy()
+        ref = model(
+            input_ids=torch.as_tensor(tokens, dtype=torch.long),
+            attention_mask=torch.as_tensor(mask, dtype=torch.long),
+            token_type_ids=torch.as_tensor(token_types, dtype=torch.long),
+        ).last_hidden_state.numpy()
     diff = np.max(np.abs(np.asarray(ours) - ref))
     assert diff < 1e-5, diff
 
@@ -63,13 +73,18 @@ def test_prefixed_names_and_extra_heads_are_accepted(tiny):
     prefixed["cls.predictions.bias"] = np.zeros(TINY["vocab_size"], np.float32)
     params = bert.convert_hf_weights(config, prefixed)
     reference = bert.convert_hf_weights(config, tensors)
-    assert jax.tree.all(jax.tree.map(np.array_equal, params, reference))
+    chex.assert_trees_all_equal(params, reference)
 
 
 def test_config_weight_mismatch_raises(tiny):
     _, hf, tensors = tiny
-    for change in ({"hidden_size": 64, "num_attention_heads": 4}, {"num_hidden_layers": 3},
-                   {"num_hidden_layers": 1}, {"intermediate_size": 128}, {"max_position_embeddings": 64}):
+    for change in (
+        {"hidden_size": 64, "num_attention_heads": 4},
+        {"num_hidden_layers": 3},
+        {"num_hidden_layers": 1},
+        {"intermediate_size": 128},
+        {"max_position_embeddings": 64},
+    ):
         with pytest.raises(CheckpointMismatchError):
             bert.convert_hf_weights(bert.BertConfig.from_hf({**hf, **change}), tensors)
 
@@ -126,11 +141,12 @@ def _tokenize(minilm_dir, sentences):
     tokens = np.zeros((len(ids), length), np.int32)
     mask = np.zeros((len(ids), length), np.int32)
     for row, seq in enumerate(ids):
-        tokens[row, :len(seq)] = seq
-        mask[row, :len(seq)] = 1
+        tokens[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
     return tokens, mask
 
 
+@pytest.mark.download
 def test_minilm_matches_transformers(minilm_dir):
     with open(minilm_dir / "config.json") as f:
         config = bert.BertConfig.from_hf(json.load(f), scan_layers=False)
@@ -143,8 +159,11 @@ def test_minilm_matches_transformers(minilm_dir):
     model = transformers.BertModel.from_pretrained(minilm_dir).eval()
     with torch.no_grad():
         attention = torch.as_tensor(mask, dtype=torch.long)
-        hidden = model(input_ids=torch.as_tensor(tokens, dtype=torch.long), attention_mask=attention,
-                       token_type_ids=torch.zeros_like(attention)).last_hidden_state
+        hidden = model(
+            input_ids=torch.as_tensor(tokens, dtype=torch.long),
+            attention_mask=attention,
+            token_type_ids=torch.zeros_like(attention),
+        ).last_hidden_state
         weights = attention.unsqueeze(-1).float()
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         ref = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()

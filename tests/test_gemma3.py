@@ -15,13 +15,24 @@ from infodec.models.base import CheckpointMismatchError
 
 SEQ = 16  # longer than the sliding window (4), so windowed and global layers differ
 TINY = dict(
-    vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=7, num_attention_heads=2,
-    num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=24, sliding_window=4,
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=7,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    query_pre_attn_scalar=24,
+    sliding_window=4,
     # layers 2 and 5 global, the others sliding; bases far apart so a local/global mixup shows.
     layer_types=["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(7)],
-    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
-                     "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}},
-    max_position_embeddings=64, rms_norm_eps=1e-6, initializer_range=0.05,
+    rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+    },
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+    initializer_range=0.05,
 )
 SOFTCAPPED = dict(TINY, final_logit_softcapping=0.5, attn_logit_softcapping=2.0)
 
@@ -86,6 +97,7 @@ def test_logits_match_hf(tiny, loaded):
 
 
 @pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
+@pytest.mark.slow
 def test_softcapped_logits_match_hf(tmp_path, scan_layers):
     hf = _make_hf(tmp_path, SOFTCAPPED)
     tokens = _tokens(batch=2)
@@ -100,6 +112,7 @@ def test_softcapped_logits_match_hf(tmp_path, scan_layers):
     assert delta < 1e-4
 
 
+@pytest.mark.slow
 def test_hf_ignores_attn_logit_softcapping(tmp_path):
     """Why ``from_hf`` drops ``attn_logit_softcapping``: HF's Gemma 3 never applies it."""
     tokens = _tokens()
@@ -128,7 +141,7 @@ def test_incremental_decode_matches_full(loaded):
     prefill, cache = apply(params, tokens[:, :5], positions[:, :5], cache)
     steps = [prefill]
     for t in range(5, SEQ):
-        step, cache = apply(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache)
+        step, cache = apply(params, tokens[:, t : t + 1], positions[:, t : t + 1], cache)
         steps.append(step)
     delta = np.abs(np.concatenate([np.asarray(s) for s in steps], axis=1) - np.asarray(full)).max()
     print(f"max |incremental - full| (scan_layers={model.config.scan_layers}): {delta:.2e}")
@@ -157,26 +170,54 @@ def test_left_padding_matches_unpadded_row(loaded):
 def test_hf_config_formats_agree(tiny):
     directory, _ = tiny
     new = gemma3.Config.from_hf(json.loads((directory / "config.json").read_text()))
-    old = gemma3.Config.from_hf({
-        "model_type": "gemma3_text", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
-        "num_hidden_layers": 7, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
-        "query_pre_attn_scalar": 24, "sliding_window": 4, "sliding_window_pattern": 3,
-        "rope_theta": 5000.0, "rope_local_base_freq": 50.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0},
-        "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh",
-        "final_logit_softcapping": None, "attn_logit_softcapping": None,
-    })
+    old = gemma3.Config.from_hf(
+        {
+            "model_type": "gemma3_text",
+            "vocab_size": 128,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 7,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "query_pre_attn_scalar": 24,
+            "sliding_window": 4,
+            "sliding_window_pattern": 3,
+            "rope_theta": 5000.0,
+            "rope_local_base_freq": 50.0,
+            "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "final_logit_softcapping": None,
+            "attn_logit_softcapping": None,
+        }
+    )
     assert old == new
     assert new.rope_theta == 5000.0 and new.rope_local_theta == 50.0
     assert dict(new.rope_scaling) == {"rope_type": "linear", "factor": 2.0} and new.rope_local_scaling is None
     assert gemma3.Config.from_hf(new.to_hf()) == new
     # HF's defaults when the config names no RoPE bases: 1e6 global, 1e4 local, every 6th layer global.
-    bare = gemma3.Config.from_hf({k: v for k, v in old.to_hf().items()
-                                  if k not in ("rope_parameters", "rope_theta", "rope_local_base_freq",
-                                               "rope_scaling", "layer_types", "sliding_window_pattern")})
+    bare = gemma3.Config.from_hf(
+        {
+            k: v
+            for k, v in old.to_hf().items()
+            if k
+            not in (
+                "rope_parameters",
+                "rope_theta",
+                "rope_local_base_freq",
+                "rope_scaling",
+                "layer_types",
+                "sliding_window_pattern",
+            )
+        }
+    )
     assert (bare.rope_theta, bare.rope_local_theta) == (1e6, 1e4)
     assert bare.layer_types == ("sliding_attention",) * 5 + ("full_attention", "sliding_attention")
 
 
+@pytest.mark.slow
 def test_to_hf_loads_in_transformers(tiny, tmp_path):
     directory, hf = tiny
     model, _ = _load(directory)

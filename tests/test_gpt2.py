@@ -96,7 +96,7 @@ def test_cached_decode_matches_full_sequence(tiny, scan_layers):
     logits, cache = apply(params, tokens[:, :prefill], positions[:, :prefill], cache)
     steps = [logits]
     for t in range(prefill, tokens.shape[1]):
-        logits, cache = apply(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache)
+        logits, cache = apply(params, tokens[:, t : t + 1], positions[:, t : t + 1], cache)
         steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full), atol=1e-5)
 
@@ -117,8 +117,9 @@ def test_left_padded_row_matches_unpadded(tiny):
     _, cache = apply(params, tokens, positions.astype(np.int32), cache)
     step = np.array([[3], [5]], np.int32)
     logits, _ = apply(params, step, np.array([[len(short)], [len(long)]], np.int32), cache)
-    ref, _ = apply(params, np.concatenate([short, [3]])[None].astype(np.int32),
-                      np.arange(len(short) + 1, dtype=np.int32)[None])
+    ref, _ = apply(
+        params, np.concatenate([short, [3]])[None].astype(np.int32), np.arange(len(short) + 1, dtype=np.int32)[None]
+    )
     np.testing.assert_allclose(np.asarray(logits)[0, 0], np.asarray(ref)[0, -1], atol=1e-5)
 
 

@@ -43,11 +43,12 @@ def test_cached_decode_equals_full_sequence(tiny):
     logits, cache = apply(params, tokens[:, :5], _positions(2, 12)[:, :5], cache)
     pieces.append(logits)
     for t in range(5, 12):
-        logits, cache = apply(params, tokens[:, t:t + 1], _positions(2, 12)[:, t:t + 1], cache)
+        logits, cache = apply(params, tokens[:, t : t + 1], _positions(2, 12)[:, t : t + 1], cache)
         pieces.append(logits)
     assert np.abs(np.concatenate(pieces, axis=1) - np.asarray(full)).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_left_padded_row_equals_unpadded_run(tiny):
     _, model, params = tiny
     rng = np.random.RandomState(2)
@@ -67,6 +68,7 @@ def test_left_padded_row_equals_unpadded_run(tiny):
     assert np.abs(np.asarray(step)[0] - np.asarray(expect)[0]).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_qwen2_style_qkv_bias_and_tied_embeddings(tmp_path):
     hf_model = save_tiny_llama(tmp_path, attention_bias=True, tie_word_embeddings=True)
     with __import__("torch").no_grad():  # random biases: zero-initialised ones would test nothing
@@ -81,9 +83,15 @@ def test_qwen2_style_qkv_bias_and_tied_embeddings(tmp_path):
     assert np.abs(np.asarray(logits) - hf_logits(hf_model, tokens)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_llama3_rope_scaling_matches_hf(tmp_path):
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16}
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
     hf_model = save_tiny_llama(tmp_path, rope_parameters={"rope_theta": 500000.0, **scaling})
     model, params, _ = infodec.load(tmp_path)
     tokens = np.random.RandomState(4).randint(0, VOCAB, (1, 40))
@@ -93,13 +101,16 @@ def test_llama3_rope_scaling_matches_hf(tmp_path):
 
 def test_config_weight_mismatch_is_one_clear_error(tmp_path):
     save_tiny_llama(tmp_path)
-    config = llama.LlamaConfig.from_hf({**__import__("json").loads((tmp_path / "config.json").read_text()),
-                                       "intermediate_size": 96})
+    config = llama.LlamaConfig.from_hf(
+        {**__import__("json").loads((tmp_path / "config.json").read_text()), "intermediate_size": 96}
+    )
     from infodec.models.checkpoints import read_safetensors
+
     with pytest.raises(CheckpointMismatchError, match=r"mlp.gate_proj.weight.*shape \(80, 48\).*\(96, 48\)"):
         llama.convert_hf_weights(config, read_safetensors(tmp_path))
-    fewer_layers = dataclasses.replace(llama.LlamaConfig.from_hf(
-        __import__("json").loads((tmp_path / "config.json").read_text())), num_layers=2)
+    fewer_layers = dataclasses.replace(
+        llama.LlamaConfig.from_hf(__import__("json").loads((tmp_path / "config.json").read_text())), num_layers=2
+    )
     with pytest.raises(CheckpointMismatchError, match=r"weights for layer\(s\) \[2\] but the config has 2 layers"):
         llama.convert_hf_weights(fewer_layers, read_safetensors(tmp_path))
 

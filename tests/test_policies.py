@@ -23,8 +23,19 @@ import torch
 from transformers.generation import logits_process as lp
 
 from infodec.models.layers import MASK_VALUE
-from infodec.policies import (Epsilon, Eta, Greedy, MinP, RepetitionPenalty, StepInfo, Temperature, TopK, TopP,
-                              Typical, chain)
+from infodec.policies import (
+    Epsilon,
+    Eta,
+    Greedy,
+    MinP,
+    RepetitionPenalty,
+    StepInfo,
+    Temperature,
+    TopK,
+    TopP,
+    Typical,
+    chain,
+)
 from infodec.policies.standard import _CANDIDATES
 
 KEPT = MASK_VALUE / 2  # a log-probability or score above this: the token is in the support
@@ -34,11 +45,12 @@ GAP_TOL = 2e-5  # typical: surprise-gap distance within which float32 may reorde
 
 # --- data -------------------------------------------------------------------------------------------
 
+
 def _rows(vocab, seed=0):
     """16 rows: near-uniform to peaked random rows, an LM-shaped Zipf row, then adversarial rows (huge
     magnitudes, all-equal rows, ties at the top and everywhere, entries already at MASK_VALUE)."""
     rng = np.random.default_rng(seed + vocab)
-    normal = lambda scale: rng.normal(size=vocab) * scale  # noqa: E731
+    normal = lambda scale: rng.normal(size=vocab) * scale
     zipf = rng.permutation(-1.1 * np.log(np.arange(1, vocab + 1))) + normal(0.1)
     top_tie = np.full(vocab, -1e4)
     top_tie[[3, 7]] = 1e4
@@ -46,9 +58,24 @@ def _rows(vocab, seed=0):
     masked[::3] = MASK_VALUE
     tied_max = normal(2)
     tied_max[[1, 4, 9]] = tied_max.max() + 1
-    rows = [normal(0.01), normal(0.1), normal(0.3), normal(1), normal(4), normal(15), zipf,
-            np.zeros(vocab), np.full(vocab, 1e4), normal(1e4), np.where(np.arange(vocab) % 2, -1e4, 1e4), top_tie,
-            np.round(normal(2)) / 2, np.round(normal(1)), masked, tied_max]
+    rows = [
+        normal(0.01),
+        normal(0.1),
+        normal(0.3),
+        normal(1),
+        normal(4),
+        normal(15),
+        zipf,
+        np.zeros(vocab),
+        np.full(vocab, 1e4),
+        normal(1e4),
+        np.where(np.arange(vocab) % 2, -1e4, 1e4),
+        top_tie,
+        np.round(normal(2)) / 2,
+        np.round(normal(1)),
+        masked,
+        tied_max,
+    ]
     return np.stack(rows).astype(np.float32)
 
 
@@ -65,18 +92,19 @@ def _context(vocab, seed=0):
 
 # --- what is compared: (name, kind, make policy, make HF processors, scalar values) ------------------
 
+
 def _hf_chain(*makers):
     return lambda v: [make(x) for make, x in zip(makers, v)]
 
 
-_T = lambda v: lp.TemperatureLogitsWarper(float(v))  # noqa: E731
-_K = lambda v: lp.TopKLogitsWarper(int(v))  # noqa: E731
-_P = lambda v: lp.TopPLogitsWarper(float(v))  # noqa: E731
-_MIN_P = lambda v: lp.MinPLogitsWarper(float(v))  # noqa: E731
-_TYP = lambda v: lp.TypicalLogitsWarper(float(v))  # noqa: E731
-_EPS = lambda v: lp.EpsilonLogitsWarper(float(v))  # noqa: E731
-_ETA = lambda v: lp.EtaLogitsWarper(float(v))  # noqa: E731
-_REP = lambda v: lp.RepetitionPenaltyLogitsProcessor(float(v))  # noqa: E731
+_T = lambda v: lp.TemperatureLogitsWarper(float(v))
+_K = lambda v: lp.TopKLogitsWarper(int(v))
+_P = lambda v: lp.TopPLogitsWarper(float(v))
+_MIN_P = lambda v: lp.MinPLogitsWarper(float(v))
+_TYP = lambda v: lp.TypicalLogitsWarper(float(v))
+_EPS = lambda v: lp.EpsilonLogitsWarper(float(v))
+_ETA = lambda v: lp.EtaLogitsWarper(float(v))
+_REP = lambda v: lp.RepetitionPenaltyLogitsProcessor(float(v))
 
 SINGLE = [
     ("temperature", "plain", Temperature, lambda v: [_T(v)], [0.3, 1.0, 2.5, 1e-4]),
@@ -89,21 +117,55 @@ SINGLE = [
     ("repetition_penalty", "plain", RepetitionPenalty, lambda v: [_REP(v)], [1.3, 0.7, 1.0, 2.0]),
 ]
 CHAINS = [
-    ("rep-temp-topk-topp", "top_p",
-     lambda v: chain(RepetitionPenalty(v[0]), Temperature(v[1]), TopK(v[2]), TopP(v[3])),
-     _hf_chain(_REP, _T, _K, _P), [(1.3, 0.7, 20, 0.9), (0.8, 1.5, 600, 0.95), (1.1, 1.0, 5, 0.5)]),
-    ("temp-minp", "plain", lambda v: chain(Temperature(v[0]), MinP(v[1])), _hf_chain(_T, _MIN_P),
-     [(0.5, 0.1), (1.5, 0.05)]),
-    ("minp-temp", "plain", lambda v: chain(MinP(v[0]), Temperature(v[1])), _hf_chain(_MIN_P, _T),
-     [(0.1, 0.5), (0.05, 1.5)]),
-    ("temp-typical", "typical", lambda v: chain(Temperature(v[0]), Typical(v[1])), _hf_chain(_T, _TYP),
-     [(1.5, 0.9), (0.7, 0.5)]),
-    ("temp-epsilon", "plain", lambda v: chain(Temperature(v[0]), Epsilon(v[1])), _hf_chain(_T, _EPS),
-     [(1.2, 1e-3), (0.6, 0.01)]),
-    ("temp-eta", "plain", lambda v: chain(Temperature(v[0]), Eta(v[1])), _hf_chain(_T, _ETA),
-     [(0.9, 1e-3), (2.0, 0.01)]),
-    ("topk-temp-topp", "top_p", lambda v: chain(TopK(v[0]), Temperature(v[1]), TopP(v[2])),
-     _hf_chain(_K, _T, _P), [(600, 2.0, 0.95), (300, 0.5, 0.99)]),
+    (
+        "rep-temp-topk-topp",
+        "top_p",
+        lambda v: chain(RepetitionPenalty(v[0]), Temperature(v[1]), TopK(v[2]), TopP(v[3])),
+        _hf_chain(_REP, _T, _K, _P),
+        [(1.3, 0.7, 20, 0.9), (0.8, 1.5, 600, 0.95), (1.1, 1.0, 5, 0.5)],
+    ),
+    (
+        "temp-minp",
+        "plain",
+        lambda v: chain(Temperature(v[0]), MinP(v[1])),
+        _hf_chain(_T, _MIN_P),
+        [(0.5, 0.1), (1.5, 0.05)],
+    ),
+    (
+        "minp-temp",
+        "plain",
+        lambda v: chain(MinP(v[0]), Temperature(v[1])),
+        _hf_chain(_MIN_P, _T),
+        [(0.1, 0.5), (0.05, 1.5)],
+    ),
+    (
+        "temp-typical",
+        "typical",
+        lambda v: chain(Temperature(v[0]), Typical(v[1])),
+        _hf_chain(_T, _TYP),
+        [(1.5, 0.9), (0.7, 0.5)],
+    ),
+    (
+        "temp-epsilon",
+        "plain",
+        lambda v: chain(Temperature(v[0]), Epsilon(v[1])),
+        _hf_chain(_T, _EPS),
+        [(1.2, 1e-3), (0.6, 0.01)],
+    ),
+    (
+        "temp-eta",
+        "plain",
+        lambda v: chain(Temperature(v[0]), Eta(v[1])),
+        _hf_chain(_T, _ETA),
+        [(0.9, 1e-3), (2.0, 0.01)],
+    ),
+    (
+        "topk-temp-topp",
+        "top_p",
+        lambda v: chain(TopK(v[0]), Temperature(v[1]), TopP(v[2])),
+        _hf_chain(_K, _T, _P),
+        [(600, 2.0, 0.95), (300, 0.5, 0.99)],
+    ),
 ]
 ENTRIES = {entry[0]: entry for entry in SINGLE + CHAINS}
 
@@ -120,6 +182,7 @@ def _per_row(values):
 
 
 # --- references -------------------------------------------------------------------------------------
+
 
 def _hf(processors, logits, context):
     """HF-processed float32 scores (``-inf`` masked). Empty context slots become id ``V``, which HF's
@@ -196,7 +259,7 @@ def _check_top_p_invariants(log_pi, row, p, what):
     if (live & ~keep).any():
         assert row[keep].min() >= row[live & ~keep].max(), f"{what}: kept set is not the top tokens"
         tied = keep[row == row[keep].min()]
-        assert np.all(tied[:tied.sum()]), f"{what}: tied boundary tokens must be kept lowest index first"
+        assert np.all(tied[: tied.sum()]), f"{what}: tied boundary tokens must be kept lowest index first"
 
 
 def _assert_finite_and_diagnostics(log_pi, diagnostics, logits, what, log_p=None):
@@ -224,8 +287,9 @@ def _check_setting(kind, chosen, log_pi, hf_probs, hf_keep, truncated_input, wha
             p = _last_param(value)
             keep, skip[r], ambiguous[r] = _nucleus(truncated_input[r], p)
             _check_top_p_invariants(log_pi[r], truncated_input[r], p, where)
-            np.testing.assert_array_equal((log_pi[r] > KEPT)[~ambiguous[r]], keep[~ambiguous[r]],
-                                          err_msg=f"{where}: nucleus")
+            np.testing.assert_array_equal(
+                (log_pi[r] > KEPT)[~ambiguous[r]], keep[~ambiguous[r]], err_msg=f"{where}: nucleus"
+            )
         elif kind == "typical":
             ambiguous[r] = _typical_ambiguous(truncated_input[r], _last_param(value))
     compared = ~ambiguous & ~skip[:, None]
@@ -234,9 +298,11 @@ def _check_setting(kind, chosen, log_pi, hf_probs, hf_keep, truncated_input, wha
     if bad.any():
         r = int(np.flatnonzero(bad.any(-1))[0])
         tokens = np.flatnonzero(bad[r])[:5]
-        raise AssertionError(f"{what}={chosen[r]} row={r}: tokens {tokens.tolist()} ours {probs[r, tokens]} "
-                             f"HF {hf_probs[r, tokens]} (kept: ours {(log_pi[r, tokens] > KEPT).tolist()}, "
-                             f"HF {hf_keep[r, tokens].tolist()})")
+        raise AssertionError(
+            f"{what}={chosen[r]} row={r}: tokens {tokens.tolist()} ours {probs[r, tokens]} "
+            f"HF {hf_probs[r, tokens]} (kept: ours {(log_pi[r, tokens] > KEPT).tolist()}, "
+            f"HF {hf_keep[r, tokens].tolist()})"
+        )
     return int(skip.sum()), int((~skip).sum())
 
 
@@ -325,6 +391,7 @@ def per_row_sweep_49152():
 
 # --- 1, 2, 3, 4. every policy and chain equals HF (scalar and per-row parameters) --------------------
 
+
 @pytest.mark.parametrize("name", SWEPT)
 def test_scalar_parameters_match_hf(scalar_sweep, name):
     invariants_only, against_hf = _check_sweep(scalar_sweep, name)
@@ -338,6 +405,7 @@ def test_per_row_parameters_match_hf_v1000(per_row_sweep_1000, name):
 
 
 @pytest.mark.parametrize("name", SWEPT_49152)
+@pytest.mark.slow
 def test_per_row_parameters_match_hf_v49152(per_row_sweep_49152, name):
     _check_sweep(per_row_sweep_49152, name)
 
@@ -354,17 +422,33 @@ def test_bisection_fallback_is_exercised(per_row_sweep_1000, per_row_sweep_49152
 
 def test_top_p_boundary_ties():
     """Designed rows (padded with MASK_VALUE): lower-index rule at the boundary, HF away from it."""
-    pad = lambda values: np.concatenate([values, np.full(64 - len(values), MASK_VALUE)])  # noqa: E731
+    pad = lambda values: np.concatenate([values, np.full(64 - len(values), MASK_VALUE)])
     middle = np.log([0.05, 0.1, 0.4, 0.1, 0.05, 0.1, 0.1, 0.1])  # 0.4, five tokens of 0.1, two of 0.05
     # Rows 5-7 reach p exactly (dyadic probabilities, exact in float32): the smallest set reaching p.
-    designed = [pad(np.zeros(10)), pad(middle), pad(middle), pad([1.0, 5.0, 5.0, -3.0]),
-                pad([20.0, 0.0, -5.0, -30.0, -80.0]), np.zeros(64), pad(np.zeros(4)), pad(np.zeros(4))]
+    designed = [
+        pad(np.zeros(10)),
+        pad(middle),
+        pad(middle),
+        pad([1.0, 5.0, 5.0, -3.0]),
+        pad([20.0, 0.0, -5.0, -30.0, -80.0]),
+        np.zeros(64),
+        pad(np.zeros(4)),
+        pad(np.zeros(4)),
+    ]
     logits = np.stack(designed + designed[:1] * 8).astype(np.float32)  # the sweeps' [16, 64] shape
     p = np.array([0.35, 0.65, 0.85, 0.0, 1.0, 0.5, 0.5, 0.75] + [0.35] * 8, np.float32)
     log_pi = np.asarray(TopP(p)(jnp.asarray(logits))[0])
     kept = [np.flatnonzero(row > KEPT).tolist() for row in log_pi[:8]]
-    assert kept == [[0, 1, 2, 3], [1, 2, 3, 5], [1, 2, 3, 5, 6, 7], [1], [0, 1, 2, 3, 4], list(range(32)), [0, 1],
-                    [0, 1, 2]]
+    assert kept == [
+        [0, 1, 2, 3],
+        [1, 2, 3, 5],
+        [1, 2, 3, 5, 6, 7],
+        [1],
+        [0, 1, 2, 3, 4],
+        list(range(32)),
+        [0, 1],
+        [0, 1, 2],
+    ]
     np.testing.assert_allclose(np.exp(log_pi[0]), [0.25] * 4 + [0.0] * 60, atol=1e-7)
     hf = _hf([lp.TopPLogitsWarper(0.85)], logits[2:3], np.zeros((1, 0), np.int32))
     np.testing.assert_allclose(np.exp(log_pi[2]), _softmax64(hf)[0], atol=1e-6)  # ties inside the nucleus
@@ -385,8 +469,9 @@ def test_repetition_penalty_context(scalar_sweep):
         if chosen[0] == 1.0:
             continue
         np.testing.assert_allclose(log_pi[0], _log_softmax64(logits[0]), atol=1e-5)  # row 0: all -1
-        changed = np.flatnonzero(np.abs(log_pi[3] - _log_softmax64(logits[3]) -
-                                        (log_pi[3, 1] - _log_softmax64(logits[3])[1])) > 1e-5)
+        changed = np.flatnonzero(
+            np.abs(log_pi[3] - _log_softmax64(logits[3]) - (log_pi[3, 1] - _log_softmax64(logits[3])[1])) > 1e-5
+        )
         assert set(changed) == {0, 2, 5, 9, 63}
 
 
@@ -399,6 +484,7 @@ def test_chain_order_matters(scalar_sweep):
 
 # --- 5. greedy and temperature 0 ---------------------------------------------------------------------
 
+
 def test_greedy_and_zero_temperature():
     logits = _rows(64)
     logits[7, [5, 9]] = 1.0  # ties at the top of an otherwise all-zero row
@@ -409,8 +495,9 @@ def test_greedy_and_zero_temperature():
     assert np.exp(greedy[7, 5]) == 1.0 and np.exp(greedy[11, 3]) == 1.0 and np.exp(greedy[15, 1]) == 1.0
     np.testing.assert_array_equal(diagnostics["entropy"], 0.0)
     for temperature in (0.0, 0, 1e-5, 9.9e-5):
-        np.testing.assert_array_equal(Temperature(temperature)(jnp.asarray(logits))[0], greedy,
-                                      err_msg=str(temperature))
+        np.testing.assert_array_equal(
+            Temperature(temperature)(jnp.asarray(logits))[0], greedy, err_msg=str(temperature)
+        )
     per_row = np.where(np.arange(16) % 3 == 0, 0.0, np.where(np.arange(16) % 3 == 1, 1e-5, 1.0)).astype(np.float32)
     mixed, _ = Temperature(per_row)(jnp.asarray(logits))
     np.testing.assert_array_equal(np.asarray(mixed)[per_row < 1], greedy[per_row < 1])
@@ -426,6 +513,7 @@ def test_stream_shapes():
 
 
 # --- 6. jit ------------------------------------------------------------------------------------------
+
 
 def test_no_retrace_for_new_parameter_values(scalar_sweep, per_row_sweep_1000, per_row_sweep_49152):
     for sweep in (scalar_sweep, per_row_sweep_1000, per_row_sweep_49152):
@@ -449,24 +537,28 @@ def test_jit_matches_eager(scalar_sweep, name):
 
 # --- 7. construction and shape errors ----------------------------------------------------------------
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: Temperature(-0.1), r"temperature.*>= 0"),
-    (lambda: Temperature(np.array([0.5, -1.0])), r"temperature.*>= 0"),
-    (lambda: Temperature(float("nan")), r"temperature"),
-    (lambda: TopP(-0.01), r"top_p.*\[0, 1\]"),
-    (lambda: TopP(1.5), r"top_p.*\[0, 1\]"),
-    (lambda: TopK(0), r"top_k.*>= 1"),
-    (lambda: TopK(-3), r"top_k.*>= 1"),
-    (lambda: MinP(1.1), r"min_p.*\[0, 1\]"),
-    (lambda: Typical(0.0), r"typical_p.*\(0, 1\)"),
-    (lambda: Typical(1.0), r"typical_p.*\(0, 1\)"),
-    (lambda: Epsilon(0.0), r"epsilon.*\(0, 1\)"),
-    (lambda: Epsilon(1.0), r"epsilon.*\(0, 1\)"),
-    (lambda: Eta(0.0), r"eta.*\(0, 1\)"),
-    (lambda: Eta(1.2), r"eta.*\(0, 1\)"),
-    (lambda: RepetitionPenalty(0.0), r"repetition_penalty.*> 0"),
-    (lambda: RepetitionPenalty(-1.0), r"repetition_penalty.*> 0"),
-])
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: Temperature(-0.1), r"temperature.*>= 0"),
+        (lambda: Temperature(np.array([0.5, -1.0])), r"temperature.*>= 0"),
+        (lambda: Temperature(float("nan")), r"temperature"),
+        (lambda: TopP(-0.01), r"top_p.*\[0, 1\]"),
+        (lambda: TopP(1.5), r"top_p.*\[0, 1\]"),
+        (lambda: TopK(0), r"top_k.*>= 1"),
+        (lambda: TopK(-3), r"top_k.*>= 1"),
+        (lambda: MinP(1.1), r"min_p.*\[0, 1\]"),
+        (lambda: Typical(0.0), r"typical_p.*\(0, 1\)"),
+        (lambda: Typical(1.0), r"typical_p.*\(0, 1\)"),
+        (lambda: Epsilon(0.0), r"epsilon.*\(0, 1\)"),
+        (lambda: Epsilon(1.0), r"epsilon.*\(0, 1\)"),
+        (lambda: Eta(0.0), r"eta.*\(0, 1\)"),
+        (lambda: Eta(1.2), r"eta.*\(0, 1\)"),
+        (lambda: RepetitionPenalty(0.0), r"repetition_penalty.*> 0"),
+        (lambda: RepetitionPenalty(-1.0), r"repetition_penalty.*> 0"),
+    ],
+)
 def test_construction_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -487,6 +579,7 @@ def test_logits_rank_errors(shape):
 
 
 # --- 8. spec test vector -----------------------------------------------------------------------------
+
 
 def test_spec_temperature_vector():
     log_pi, _ = Temperature(0.5)(jnp.log(jnp.array([[0.7, 0.2, 0.1]])))

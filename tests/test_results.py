@@ -18,6 +18,7 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
             if v == 3 and calls.count(3) == 1:
                 raise KeyboardInterrupt  # the first run is interrupted at the third point
             return {"value": v * v}
+
         return compute
 
     points = [(f"p{v}", point(v)) for v in range(1, 5)]
@@ -63,8 +64,13 @@ def test_csv_and_plot(tmp_path):
     folder = ResultsFolder(tmp_path, {})
     path = folder.write_csv("t.csv", [{"a": 1, "b": 0.123456789}, {"a": 2, "c": "x"}])
     assert path.read_text().splitlines() == ["a,b,c", "1,0.123457,", "2,,x"]
-    png = plot_series(tmp_path / "p.png", {"s": [{"x": 1.0, "y": 2.0, "y_err": 0.1, "t": 0.5},
-                                                 {"x": 0.0, "y": 1.0, "t": 1.0}]}, x="x", y="y", annotate="t")
+    png = plot_series(
+        tmp_path / "p.png",
+        {"s": [{"x": 1.0, "y": 2.0, "y_err": 0.1, "t": 0.5}, {"x": 0.0, "y": 1.0, "t": 1.0}]},
+        x="x",
+        y="y",
+        annotate="t",
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

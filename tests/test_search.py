@@ -8,6 +8,7 @@ of HF 4.x's ``_contrastive_search`` that recomputes everything without a cache.
 
 import warnings
 
+import chex
 import numpy as np
 import pytest
 import torch
@@ -46,15 +47,23 @@ def _hf_generate(hf_model, prompts, **kwargs):
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        out = hf_model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=STEPS, pad_token_id=PAD,
-                                return_dict_in_generate=True, output_scores=True, **kwargs)
+        out = hf_model.generate(
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=STEPS,
+            pad_token_id=PAD,
+            return_dict_in_generate=True,
+            output_scores=True,
+            **kwargs,
+        )
     scores = getattr(out, "sequences_scores", None)
     return [row[width:].tolist() for row in out.sequences], None if scores is None else scores.numpy()
 
 
 def _hf_token_logp(hf_model, prompt, continuation):
     with torch.no_grad():
-        logits = hf_model(torch.tensor([prompt + continuation])).logits[0, len(prompt) - 1:-1]
+        logits = hf_model(torch.tensor([prompt + continuation])).logits[0, len(prompt) - 1 : -1]
     return torch.log_softmax(logits.double(), -1)[torch.arange(len(continuation)), continuation].numpy()
 
 
@@ -67,7 +76,7 @@ def _assert_row_matches(out, row, expected, fill=(PAD,)):
 
 
 def _check_beam_output(out, hf_model, prompts, hf_tokens, hf_scores, length_penalty, eos=None):
-    assert out.tokens.shape == (2, STEPS) and out.lengths.shape == (2,)
+    chex.assert_shape([out.tokens, out.lengths], [(2, STEPS), (2,)])
     np.testing.assert_array_equal(out.logp_policy, out.logp_model)
     for row, (prompt, expected) in enumerate(zip(prompts, hf_tokens)):
         # HF's beam search fills finished rows with ``pad_token_id or eos``: the EOS id when PAD is 0.
@@ -76,14 +85,22 @@ def _check_beam_output(out, hf_model, prompts, hf_tokens, hf_scores, length_pena
         logp = out.logp_model[row, :n]
         np.testing.assert_allclose(logp, _hf_token_logp(hf_model, prompt, expected[:n]), atol=1e-4)
         score = out.diagnostics["beam_score"][row, 0]
-        np.testing.assert_allclose(score, logp.sum() / n ** length_penalty, rtol=1e-5)
+        np.testing.assert_allclose(score, logp.sum() / n**length_penalty, rtol=1e-5)
         if hf_scores is not None:  # num_beams > 1: HF's sequences_scores is the same quantity
             np.testing.assert_allclose(score, hf_scores[row], rtol=1e-4)
 
 
-@pytest.mark.parametrize("num_beams,length_penalty,early_stopping", [
-    (1, 1.0, False), (3, 1.0, False), (4, 1.0, False), (4, 2.0, True), (3, -1.0, "never"),
-])
+@pytest.mark.parametrize(
+    "num_beams,length_penalty,early_stopping",
+    [
+        (1, 1.0, False),
+        (3, 1.0, False),
+        (4, 1.0, False),
+        (4, 2.0, True),
+        (3, -1.0, "never"),
+    ],
+)
+@pytest.mark.slow
 def test_beam_search_matches_hf(tiny, prompts, num_beams, length_penalty, early_stopping):
     """Without a stop token, then with one that HF's beam search produces."""
     hf_model, model, params = tiny
@@ -96,7 +113,7 @@ def test_beam_search_matches_hf(tiny, prompts, num_beams, length_penalty, early_
     # A stop token that HF's search really produces: the first of the tokens above that ends a row early.
     for eos in dict.fromkeys(hf_tokens[0][1:] + hf_tokens[1][1:]):
         hf_tokens, hf_scores = _hf_generate(hf_model, prompts, eos_token_id=eos, **options)
-        if any(eos in row[:STEPS - 1] for row in hf_tokens):
+        if any(eos in row[: STEPS - 1] for row in hf_tokens):
             break
     out = beam_search(model, params, prompts, max_new_tokens=STEPS, stop_tokens=(eos,), **options)
     _check_beam_output(out, hf_model, prompts, hf_tokens, hf_scores, length_penalty, eos)
@@ -105,6 +122,7 @@ def test_beam_search_matches_hf(tiny, prompts, num_beams, length_penalty, early_
     assert out.tokens[early, out.lengths[early] - 1] == eos
 
 
+@pytest.mark.slow  # with test_beam_search_matches_hf: it reuses the shapes that test compiled
 def test_beam_search_is_not_greedy_and_does_not_recompile(tiny, prompts):
     hf_model, model, params = tiny
     greedy = beam_search(model, params, prompts, num_beams=1, max_new_tokens=STEPS, stop_tokens=())
@@ -114,8 +132,7 @@ def test_beam_search_is_not_greedy_and_does_not_recompile(tiny, prompts):
     assert (greedy.tokens != beams.tokens).any()
     assert (beams.sequence_logp()[0] >= greedy.sequence_logp()[0] - 1e-4).all()
     # New length penalty, stop tokens and a shorter horizon in the same output bucket: no recompile.
-    beam_search(model, params, prompts, num_beams=4, max_new_tokens=STEPS - 3, stop_tokens=(2, 5),
-                length_penalty=0.7)
+    beam_search(model, params, prompts, num_beams=4, max_new_tokens=STEPS - 3, stop_tokens=(2, 5), length_penalty=0.7)
     assert compile_count() == count
 
 
@@ -126,7 +143,7 @@ def _reference_contrastive(hf_model, prompt, top_k, alpha, steps, eos=None):
     final-layer hidden states (``hidden_states[-1]``, after the final norm) and last logits are the
     next step's context and distribution.
     """
-    normalise = lambda h: torch.nn.functional.normalize(h.double(), dim=-1)  # noqa: E731
+    normalise = lambda h: torch.nn.functional.normalize(h.double(), dim=-1)
     ids, out = list(prompt), []
     with torch.no_grad():
         result = hf_model(torch.tensor([ids]), output_hidden_states=True)
@@ -149,8 +166,9 @@ def _reference_contrastive(hf_model, prompt, top_k, alpha, steps, eos=None):
 def test_contrastive_search_matches_reference(tiny, prompts):
     hf_model, model, params = tiny
     top_k, alpha = 4, 0.6
-    out = contrastive_search(model, params, prompts, top_k=top_k, penalty_alpha=alpha, max_new_tokens=STEPS,
-                             stop_tokens=())
+    out = contrastive_search(
+        model, params, prompts, top_k=top_k, penalty_alpha=alpha, max_new_tokens=STEPS, stop_tokens=()
+    )
     assert (out.lengths == STEPS).all()
     for row, prompt in enumerate(prompts):
         expected = _reference_contrastive(hf_model, prompt, top_k, alpha, STEPS)
@@ -165,20 +183,23 @@ def test_contrastive_search_matches_reference(tiny, prompts):
 def test_contrastive_search_stops_and_alpha_zero_is_greedy(tiny, prompts):
     hf_model, model, params = tiny
     top_k, alpha = 3, 0.4
-    free = contrastive_search(model, params, prompts, top_k=top_k, penalty_alpha=alpha, max_new_tokens=STEPS,
-                              stop_tokens=())
+    free = contrastive_search(
+        model, params, prompts, top_k=top_k, penalty_alpha=alpha, max_new_tokens=STEPS, stop_tokens=()
+    )
     count = compile_count()
     stop = int(free.tokens[0, 4])  # a stop token that the first row really produces, by step 5
-    out = contrastive_search(model, params, prompts, top_k=top_k, penalty_alpha=alpha, max_new_tokens=STEPS,
-                             stop_tokens=(stop,))
+    out = contrastive_search(
+        model, params, prompts, top_k=top_k, penalty_alpha=alpha, max_new_tokens=STEPS, stop_tokens=(stop,)
+    )
     for row, prompt in enumerate(prompts):
         expected = _reference_contrastive(hf_model, prompt, top_k, alpha, STEPS, eos=stop)
         assert out.lengths[row] == len(expected)
-        assert out.tokens[row, :len(expected)].tolist() == expected
-        assert (out.tokens[row, len(expected):] == PAD).all()
+        assert out.tokens[row, : len(expected)].tolist() == expected
+        assert (out.tokens[row, len(expected) :] == PAD).all()
     assert out.lengths[0] <= 5
-    zero = contrastive_search(model, params, prompts, top_k=top_k, penalty_alpha=0.0, max_new_tokens=STEPS,
-                              stop_tokens=())
+    zero = contrastive_search(
+        model, params, prompts, top_k=top_k, penalty_alpha=0.0, max_new_tokens=STEPS, stop_tokens=()
+    )
     greedy = beam_search(model, params, prompts, num_beams=1, max_new_tokens=STEPS, stop_tokens=())
     np.testing.assert_array_equal(zero.tokens, greedy.tokens)
     assert compile_count() == count  # alpha and stop tokens are traced: nothing recompiled

@@ -32,8 +32,11 @@ MESHES = ["8x1", "4x2", "2x4"]
 
 
 def child_env(devices: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def last_json(stdout: str) -> dict:
@@ -42,8 +45,14 @@ def last_json(stdout: str) -> dict:
 
 def run_check(*args: str) -> dict:
     """Runs ``python -m tests.sharding_check`` on 8 forced CPU devices; returns its JSON report."""
-    proc = subprocess.run([sys.executable, "-m", "tests.sharding_check", *args], cwd=REPO, env=child_env(8),
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.sharding_check", *args],
+        cwd=REPO,
+        env=child_env(8),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, f"sharding_check {args} failed:\n{proc.stderr[-4000:]}"
     return last_json(proc.stdout)
 
@@ -55,11 +64,16 @@ def report():
 
 # --- multi-device (child process) ------------------------------------------------------------------
 
+
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_child_has_eight_devices(report):
     assert report["devices"] == 8
 
 
 @pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_greedy_tokens_equal_single_device(report, mesh):
     single, sharded = report["greedy"]["1x1"], report["greedy"][mesh]
     assert sharded["tokens"] == single["tokens"]
@@ -68,6 +82,8 @@ def test_greedy_tokens_equal_single_device(report, mesh):
 
 
 @pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sampled_tokens_equal_single_device(report, mesh):
     """Temperature + top-p, two samples per prompt (6 rows: padded to 8 on the 8- and 4-way data axes)."""
     single, sharded = report["sampled"]["1x1"], report["sampled"][mesh]
@@ -79,6 +95,8 @@ def test_sampled_tokens_equal_single_device(report, mesh):
 
 
 @pytest.mark.parametrize("case", ["two_stream", "per_row", "stream"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_stream_per_row_and_stream_equal_single_device(report, case):
     """ClassifierFreeGuidance on (4, 2), per-row temperatures on (8, 1), ``stream`` on (2, 4)."""
     single, sharded = report["more"][case]
@@ -87,6 +105,8 @@ def test_two_stream_per_row_and_stream_equal_single_device(report, case):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gemma3"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_other_families_equal_single_device(report, family):
     runs = report["families"][family]
     assert runs["2x4"]["tokens"] == runs["1x1"]["tokens"]
@@ -94,6 +114,8 @@ def test_other_families_equal_single_device(report, family):
 
 
 @pytest.mark.parametrize("mesh", ["4x2", "2x4"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_parameters_split_on_model_axis(report, mesh):
     specs = report["param_specs"][mesh]
     assert specs["q_proj"] == [None, "model"]
@@ -106,12 +128,18 @@ def test_parameters_split_on_model_axis(report, mesh):
     assert specs["input_layernorm"] == []
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_parameters_replicated_without_model_axis(report):
     assert all(spec == [] for spec in report["param_specs"]["8x1"].values())
 
 
-@pytest.mark.parametrize("mesh,rows,kv", [("8x1", 8, [None, "data"]), ("4x2", 8, [None, "data", "model"]),
-                                          ("2x4", 6, [None, "data", "model"])])
+@pytest.mark.parametrize(
+    "mesh,rows,kv",
+    [("8x1", 8, [None, "data"]), ("4x2", 8, [None, "data", "model"]), ("2x4", 6, [None, "data", "model"])],
+)
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_decode_state_rows_on_data_axis(report, mesh, rows, kv):
     """The state the jitted loop returns: 6 rows padded to a multiple of the data axis, cache ``[L, B,
     KVH, S, D]`` with B on "data" and KV heads on "model", logits whole over the vocabulary."""
@@ -125,6 +153,8 @@ def test_decode_state_rows_on_data_axis(report, mesh, rows, kv):
 
 
 @pytest.mark.parametrize("mesh", ["4x2", "8x1"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_daemon_choices_equal_single_device(report, mesh):
     single, sharded = report["daemon"]["1x1"], report["daemon"][mesh]
     assert sharded["index"] == single["index"]
@@ -133,6 +163,8 @@ def test_daemon_choices_equal_single_device(report, mesh):
     np.testing.assert_allclose(sharded["fit_mu"], single["fit_mu"], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_no_recompilation_across_calls(report):
     """A second call with other prompts (same bucket) and another seed traces and compiles nothing; the
     listener did hear the first call's compilations, so zero is a measurement."""
@@ -142,6 +174,8 @@ def test_no_recompilation_across_calls(report):
     assert counts["backend_compiles_second_call"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_decode_loop_stays_on_device(report):
     """The jitted loop ran under ``jax.transfer_guard("disallow")``; its program is one ``while`` (after
     the state's sharding constraints) with no host callback anywhere inside."""
@@ -154,6 +188,9 @@ def test_decode_loop_stays_on_device(report):
     assert "sharding_constraint" in loop["primitives"]
 
 
+@pytest.mark.slow
+@pytest.mark.download
+@pytest.mark.subprocess
 def test_default_model_on_mesh_4x2(smollm2_gguf):
     """SmolLM2-135M (9 heads, 3 KV heads): attention replicated, MLP and vocabulary split; greedy tokens
     equal one device's."""
@@ -164,6 +201,8 @@ def test_default_model_on_mesh_4x2(smollm2_gguf):
     assert real["specs"] == {"q_proj": [], "gate_proj": [None, None, "model"], "embed_tokens": ["model"]}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_process_job_splits_prompts(report):
     """The multi-host recipe on one machine: two ``jax.distributed`` processes of 4 CPU devices each,
     each decoding its ``host_slice`` on a 2x2 mesh of its own devices; together they give the
@@ -171,9 +210,17 @@ def test_two_process_job_splits_prompts(report):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.sharding_check", "--host", str(i), str(port)], cwd=REPO,
-                              env=child_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.sharding_check", "--host", str(i), str(port)],
+            cwd=REPO,
+            env=child_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [proc.communicate(timeout=600) for proc in procs]
     for proc, (_, err) in zip(procs, outs):
         assert proc.returncode == 0, err[-4000:]
@@ -186,14 +233,18 @@ def test_two_process_job_splits_prompts(report):
 
 # --- in-process: rules, flags, hosts ---------------------------------------------------------------
 
+
 def specs_by_name(model, params, model_size: int) -> dict[str, P]:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {"/".join(str(k.key) for k in path): sharding.param_spec("/".join(str(k.key) for k in path),
-                                                                   np.shape(x), model.config, model_size)
-            for path, x in leaves}
+    return {
+        "/".join(str(k.key) for k in path): sharding.param_spec(
+            "/".join(str(k.key) for k in path), np.shape(x), model.config, model_size
+        )
+        for path, x in leaves
+    }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family(name):
     return {"llama": lambda: tiny_llama(seed=0, **SHARDABLE), "gpt2": tiny_gpt2, "gemma3": tiny_gemma3}[name]()
 
@@ -222,9 +273,20 @@ def test_rules_llama_gpt2_gemma3():
 
 
 def smollm2_config(**kw):
-    return llama.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
-                             num_heads=9, num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=1e5,
-                             max_position_embeddings=8192, tie_word_embeddings=True, **kw)
+    return llama.LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=1e5,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("size", [2, 4])
@@ -249,6 +311,7 @@ def test_rules_split_heads_when_they_divide():
     assert sharding.param_spec("layers_0/self_attn/q_proj/kernel", (576, 576), c, 1) == P()
 
 
+@pytest.mark.slow
 def test_single_device_mesh_gives_single_device_tokens():
     model, params = family("llama")
     mesh = sharding.make_mesh()
@@ -269,11 +332,21 @@ def test_parse_mesh():
     assert sharding.parse_mesh("data:8") == {"data": 8, "model": 1}
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("data=4", "AXIS:SIZE"), ("data:4,", "AXIS:SIZE"), ("data:", "AXIS:SIZE"), (":4", "AXIS:SIZE"),
-    ("rows:4", "unknown axis 'rows'"), ("data:2,data:4", "given twice"), ("data:0", "integer >= 1"),
-    ("model:-2", "integer >= 1"), ("data:two", "integer >= 1"), ("data:1.5", "integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("data=4", "AXIS:SIZE"),
+        ("data:4,", "AXIS:SIZE"),
+        ("data:", "AXIS:SIZE"),
+        (":4", "AXIS:SIZE"),
+        ("rows:4", "unknown axis 'rows'"),
+        ("data:2,data:4", "given twice"),
+        ("data:0", "integer >= 1"),
+        ("model:-2", "integer >= 1"),
+        ("data:two", "integer >= 1"),
+        ("data:1.5", "integer >= 1"),
+    ],
+)
 def test_parse_mesh_errors(spec, message):
     with pytest.raises(ValueError, match=message):
         sharding.parse_mesh(spec)

@@ -75,20 +75,24 @@ def gemma3_reference(gemma3_gguf):
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
 def gguf_case(request):
     """(our tokenizer, transformers' GGUF tokenizer) for each vocabulary kind."""
-    return (request.getfixturevalue(request.param),
-            request.getfixturevalue(f"{request.param}_reference"))
+    return (request.getfixturevalue(request.param), request.getfixturevalue(f"{request.param}_reference"))
 
 
-def _write_gguf(path, *, model, tokens, pre=None, merges=None, scores=None, token_types=None,
-                bos_token_id=None, eos_token_id=None):
+def _write_gguf(
+    path, *, model, tokens, pre=None, merges=None, scores=None, token_types=None, bos_token_id=None, eos_token_id=None
+):
     """A tensor-less GGUF holding only the given ``tokenizer.ggml.*`` fields."""
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_tokenizer_model(model)
     writer.add_token_list(tokens)
-    for value, add in ((pre, writer.add_tokenizer_pre), (merges, writer.add_token_merges),
-                       (scores, writer.add_token_scores), (token_types, writer.add_token_types),
-                       (bos_token_id, writer.add_bos_token_id),
-                       (eos_token_id, writer.add_eos_token_id)):
+    for value, add in (
+        (pre, writer.add_tokenizer_pre),
+        (merges, writer.add_token_merges),
+        (scores, writer.add_token_scores),
+        (token_types, writer.add_token_types),
+        (bos_token_id, writer.add_bos_token_id),
+        (eos_token_id, writer.add_eos_token_id),
+    ):
         if value is not None:
             add(value)
     writer.write_header_to_file()
@@ -100,6 +104,8 @@ def _write_gguf(path, *, model, tokens, pre=None, merges=None, scores=None, toke
 
 # ------------------------------------------------------------------------------------ GGUF metadata
 
+
+@pytest.mark.download
 def test_smollm2_special_ids_follow_gguf(smollm2, smollm2_reader):
     assert _field(smollm2_reader, "tokenizer.ggml.model") == "gpt2"
     assert smollm2.bos_id == _field(smollm2_reader, "tokenizer.ggml.bos_token_id") == 1
@@ -112,6 +118,7 @@ def test_smollm2_special_ids_follow_gguf(smollm2, smollm2_reader):
     assert smollm2.special_ids == frozenset(range(17))  # the 17 CONTROL tokens
 
 
+@pytest.mark.download
 def test_gemma3_special_ids_follow_gguf(gemma3, gemma3_reader):
     assert _field(gemma3_reader, "tokenizer.ggml.model") == "llama"
     assert gemma3.bos_id == _field(gemma3_reader, "tokenizer.ggml.bos_token_id") == 2
@@ -126,15 +133,17 @@ def test_gemma3_special_ids_follow_gguf(gemma3, gemma3_reader):
 
 # ------------------------------------------------------------------------ encoding vs transformers
 
+
+@pytest.mark.download
 def test_encode_matches_transformers(gguf_case):
     ours, reference = gguf_case
     for text in TEXTS:
         assert ours.encode(text) == reference(text)["input_ids"], text
-        assert ours.encode(text, add_bos=False) == \
-            reference(text, add_special_tokens=False)["input_ids"], text
+        assert ours.encode(text, add_bos=False) == reference(text, add_special_tokens=False)["input_ids"], text
     assert ours.encode_batch(TEXTS) == reference(TEXTS)["input_ids"]
 
 
+@pytest.mark.download
 def test_bos_is_added_once_and_only_by_default(gguf_case):
     ours, _ = gguf_case
     plain = ours.encode("hello", add_bos=False)
@@ -143,6 +152,7 @@ def test_bos_is_added_once_and_only_by_default(gguf_case):
     assert ours.encode("hello") == (with_bos if ours.add_bos else plain)
 
 
+@pytest.mark.download
 def test_decode_round_trips(gguf_case):
     ours, _ = gguf_case
     for text in PLAIN_TEXTS + NUMERIC_TEXTS:
@@ -152,6 +162,7 @@ def test_decode_round_trips(gguf_case):
     assert ours.decode_batch(ours.encode_batch(PLAIN_TEXTS)) == PLAIN_TEXTS
 
 
+@pytest.mark.download
 def test_control_tokens_stay_whole_and_are_skipped_on_decode(smollm2, gemma3):
     ids = smollm2.encode(SPECIAL_TEXTS[0])
     assert ids[0] == smollm2.backend.token_to_id("<|im_start|>") and 2 in ids
@@ -161,6 +172,7 @@ def test_control_tokens_stay_whole_and_are_skipped_on_decode(smollm2, gemma3):
     assert gemma3.decode(ids) == "model\nOK\n"
 
 
+@pytest.mark.download
 def test_smollm2_isolates_every_numeric_character(smollm2, smollm2_reference):
     # tokenizer.ggml.pre == "smollm": llama.cpp first isolates each \p{N} character, as the HF
     # SmolLM2 tokenizer.json's Digits(individual_digits=True) pre-tokenizer does. transformers' GGUF
@@ -176,23 +188,27 @@ def test_smollm2_isolates_every_numeric_character(smollm2, smollm2_reference):
     # Everything else is transformers' tokenizer: same vocabulary, merges and added tokens.
     patched = BackendTokenizer.from_str(smollm2_reference.backend_tokenizer.to_str())
     patched.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     for text in TEXTS + NUMERIC_TEXTS:
         assert smollm2.encode(text) == patched.encode(text).ids, text
 
 
+@pytest.mark.download
 def test_gemma3_metaspace_is_the_one_lossy_character(gemma3):
     # Spaces are stored as "▁" (U+2581), so a literal "▁" in the text decodes as a space.
     assert gemma3.encode("a▁b", add_bos=False) == gemma3.encode("a b", add_bos=False)
     assert gemma3.decode(gemma3.encode("a▁b")) == "a b"
 
 
+@pytest.mark.download
 def test_gemma3_has_no_dummy_prefix(gemma3):
     # No "▁" is prepended: "Hello" at the start is not "▁Hello".
     assert gemma3.encode("Hello", add_bos=False) != gemma3.encode(" Hello", add_bos=False)
     assert gemma3.decode(gemma3.encode(" Hello")) == " Hello"
 
 
+@pytest.mark.download
 def test_decode_accepts_numpy_and_jax(smollm2):
     ids = smollm2.encode("Decoding as optimisation")
     assert smollm2.decode(np.asarray(ids, dtype=np.int32)) == "Decoding as optimisation"
@@ -204,34 +220,47 @@ def test_decode_accepts_numpy_and_jax(smollm2):
 
 # ------------------------------------------------------------------------------- save / from_file
 
+
+@pytest.mark.download
 def test_save_then_from_file_round_trips(gguf_case, tmp_path):
     ours, _ = gguf_case
     ours.save(tmp_path)
     loaded = Tokenizer.from_file(tmp_path)
-    assert (loaded.bos_id, loaded.eos_ids, loaded.pad_id, loaded.add_bos) == \
-        (ours.bos_id, ours.eos_ids, ours.pad_id, ours.add_bos)
+    assert (loaded.bos_id, loaded.eos_ids, loaded.pad_id, loaded.add_bos) == (
+        ours.bos_id,
+        ours.eos_ids,
+        ours.pad_id,
+        ours.add_bos,
+    )
     assert loaded.vocab_size == ours.vocab_size
     assert loaded.special_ids == ours.special_ids
     assert loaded.encode_batch(TEXTS) == ours.encode_batch(TEXTS)
     assert loaded.encode_batch(TEXTS, add_bos=False) == ours.encode_batch(TEXTS, add_bos=False)
 
 
+@pytest.mark.download
 def test_infodec_config_takes_precedence_over_hf_files(smollm2, tmp_path):
     smollm2.save(tmp_path)
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "add_bos_token": True}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "add_bos_token": True})
+    )
     loaded = Tokenizer.from_file(tmp_path / "tokenizer.json")
     assert (loaded.bos_id, loaded.eos_ids, loaded.add_bos) == (1, (2, 0), False)
     assert json.loads((tmp_path / INFODEC_CONFIG).read_text())["eos_ids"] == [2, 0]
 
 
+@pytest.mark.download
 def test_from_file_reads_hf_conventions(smollm2, tmp_path):
     smollm2.backend.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": {"content": "<|im_start|>", "special": True},
-        "eos_token": "<|im_end|>",
-        "add_bos_token": True,
-    }))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": {"content": "<|im_start|>", "special": True},
+                "eos_token": "<|im_end|>",
+                "add_bos_token": True,
+            }
+        )
+    )
     (tmp_path / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<|endoftext|>"}))
     (tmp_path / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 5]}))
     loaded = Tokenizer.from_file(tmp_path)
@@ -239,13 +268,16 @@ def test_from_file_reads_hf_conventions(smollm2, tmp_path):
     assert loaded.encode("hi") == [1] + smollm2.encode("hi", add_bos=False)
 
 
+@pytest.mark.download
 def test_from_file_does_not_add_bos_twice(smollm2, tmp_path):
     backend = BackendTokenizer.from_str(smollm2.backend.to_str())
     backend.post_processor = processors.TemplateProcessing(
-        single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)]
+    )
     backend.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": True}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": True})
+    )
     loaded = Tokenizer.from_file(tmp_path)
     plain = smollm2.encode("hi there", add_bos=False)
     assert loaded.encode("hi there") == [1] + plain
@@ -253,13 +285,16 @@ def test_from_file_does_not_add_bos_twice(smollm2, tmp_path):
     assert loaded.encode("hi there", add_bos=False) == plain
 
 
+@pytest.mark.download
 def test_minilm_from_file_neither_pads_nor_truncates(minilm_dir):
     shipped = json.loads((minilm_dir / "tokenizer.json").read_text())
     assert shipped["padding"] is not None and shipped["truncation"]["max_length"] == 128
     ours = Tokenizer.from_file(minilm_dir / "tokenizer.json")
     assert ours.backend.padding is None and ours.backend.truncation is None
-    words = ("Information theory gives decoding a principled objective, and value functions "
-             "estimate how much each continuation is worth. ").split()
+    words = (
+        "Information theory gives decoding a principled objective, and value functions "
+        "estimate how much each continuation is worth. "
+    ).split()
     text = " ".join(words[i % len(words)] for i in range(300))
     ids = ours.encode(text)
     assert len(ids) > 128
@@ -269,6 +304,7 @@ def test_minilm_from_file_neither_pads_nor_truncates(minilm_dir):
     assert ours.encode_batch([text, "short"]) == reference([text, "short"], truncation=False)["input_ids"]
 
 
+@pytest.mark.download
 def test_minilm_special_tokens(minilm_dir):
     ours = Tokenizer.from_file(minilm_dir)
     # BERT has no BOS/EOS; add_bos toggles its post-processor's [CLS] ... [SEP].
@@ -280,6 +316,8 @@ def test_minilm_special_tokens(minilm_dir):
 
 # ---------------------------------------------------------------------------------------- errors
 
+
+@pytest.mark.download
 def test_bad_inputs_raise_clear_errors(smollm2):
     with pytest.raises(ValueError, match="encode expects a str, got int"):
         smollm2.encode(123)
@@ -305,16 +343,16 @@ def test_unsupported_gguf_vocabularies_raise(tmp_path):
     reader = _write_gguf(tmp_path / "t5.gguf", model="t5", tokens=["<unk>", "a"])
     with pytest.raises(ValueError, match=r"tokenizer.ggml.model 't5'; supported: 'gpt2'.*'llama'"):
         Tokenizer.from_gguf(reader)
-    reader = _write_gguf(tmp_path / "qwen.gguf", model="gpt2", pre="qwen2",
-                         tokens=["a", "b", "ab"], merges=["a b"])
+    reader = _write_gguf(tmp_path / "qwen.gguf", model="gpt2", pre="qwen2", tokens=["a", "b", "ab"], merges=["a b"])
     with pytest.raises(ValueError, match=r"tokenizer.ggml.pre 'qwen2'.*supported: 'default'"):
         Tokenizer.from_gguf(reader)
 
 
 def test_minimal_byte_level_gguf_defaults(tmp_path):
     # No pre, no token types, no BOS/EOS fields: GPT-2 splitting, nothing special, no BOS added.
-    reader = _write_gguf(tmp_path / "tiny.gguf", model="gpt2",
-                         tokens=["a", "b", "Ġ", "ab", "Ġab"], merges=["a b", "Ġ ab"])
+    reader = _write_gguf(
+        tmp_path / "tiny.gguf", model="gpt2", tokens=["a", "b", "Ġ", "ab", "Ġab"], merges=["a b", "Ġ ab"]
+    )
     tiny = Tokenizer.from_gguf(reader)
     assert (tiny.bos_id, tiny.eos_ids, tiny.pad_id, tiny.add_bos) == (None, (), None, False)
     assert tiny.encode("ab ab") == [3, 4]
@@ -324,9 +362,13 @@ def test_minimal_byte_level_gguf_defaults(tmp_path):
 @pytest.mark.parametrize("pre, expected", [("gpt2", [5]), ("llama-bpe", [4, 3]), ("smollm", [0, 1, 2, 3])])
 def test_byte_level_pre_tokenizers(tmp_path, pre, expected):
     # "1234": GPT-2 keeps the number whole, Llama 3 cuts it into groups of three, SmolLM2 into digits.
-    reader = _write_gguf(tmp_path / "digits.gguf", model="gpt2", pre=pre,
-                         tokens=["1", "2", "3", "4", "123", "1234", "12"],
-                         merges=["1 2", "12 3", "123 4"])
+    reader = _write_gguf(
+        tmp_path / "digits.gguf",
+        model="gpt2",
+        pre=pre,
+        tokens=["1", "2", "3", "4", "123", "1234", "12"],
+        merges=["1 2", "12 3", "123 4"],
+    )
     digits = Tokenizer.from_gguf(reader)
     assert digits.encode("1234") == expected
     assert digits.decode(expected) == "1234"
@@ -338,8 +380,15 @@ def test_minimal_sentencepiece_gguf_with_dummy_prefix(tmp_path):
     tokens = ["<unk>", "<s>", "</s>", "<0x63>", "▁", "a", "b", "ab", "▁ab", "▁a"]
     scores = [0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
     types = [2, 3, 3, 6, 1, 1, 1, 1, 1, 1]
-    reader = _write_gguf(tmp_path / "sp.gguf", model="llama", tokens=tokens, scores=scores,
-                         token_types=types, bos_token_id=1, eos_token_id=2)
+    reader = _write_gguf(
+        tmp_path / "sp.gguf",
+        model="llama",
+        tokens=tokens,
+        scores=scores,
+        token_types=types,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     tiny = Tokenizer.from_gguf(reader)
     assert (tiny.bos_id, tiny.eos_ids, tiny.add_bos) == (1, (2,), True)
     # "▁ab" (score -5) merges before "▁a" (-6): "ab ab" -> "▁ab▁ab"; "c" falls back to its byte.

@@ -25,28 +25,57 @@ def tiny_llama(seed: int = 0, scale: float = 2.0, **overrides):
     """``(model, params)``: a 2-layer Llama over 6 tokens with its embeddings and head scaled by ``scale``
     so next-token distributions are far from uniform and depend on the context. ``overrides`` replace
     config fields (e.g. ``SHARDABLE`` for a model whose heads, MLP and vocabulary split 2, 4 and 8 ways)."""
-    cfg = llama.LlamaConfig(**{**dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=2,
-                                      num_heads=2, num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5,
-                                      rope_theta=10000.0, max_position_embeddings=MAX_LENGTH, scan_layers=False),
-                               **overrides})
+    cfg = llama.LlamaConfig(
+        **{
+            **dict(
+                vocab_size=VOCAB,
+                hidden_size=16,
+                intermediate_size=32,
+                num_layers=2,
+                num_heads=2,
+                num_kv_heads=1,
+                head_dim=8,
+                rms_norm_eps=1e-5,
+                rope_theta=10000.0,
+                max_position_embeddings=MAX_LENGTH,
+                scan_layers=False,
+            ),
+            **overrides,
+        }
+    )
     return _random_params(llama.build(cfg), seed, scale)
 
 
 def tiny_gpt2(seed: int = 0, scale: float = 2.0):
     """``(model, params)``: a 2-layer GPT-2 with ``SHARDABLE``'s sizes (4 heads, its own KV heads)."""
-    cfg = gpt2.GPT2Config(vocab_size=SHARDABLE["vocab_size"], hidden_size=32, intermediate_size=64, num_layers=2,
-                          num_heads=4, max_position_embeddings=MAX_LENGTH)
+    cfg = gpt2.GPT2Config(
+        vocab_size=SHARDABLE["vocab_size"],
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+    )
     return _random_params(gpt2.build(cfg), seed, scale)
 
 
 def tiny_gemma3(seed: int = 0, scale: float = 2.0):
     """``(model, params)``: a 2-layer Gemma 3 (one sliding-window layer of 4, one global) with
     ``SHARDABLE``'s sizes."""
-    cfg = gemma3.Gemma3Config(**{k: SHARDABLE[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
-                                                           "num_heads", "num_kv_heads", "head_dim")},
-                              num_layers=2, rms_norm_eps=1e-6, query_pre_attn_scalar=8, sliding_window=4,
-                              layer_types=("sliding_attention", "full_attention"), rope_theta=1e6,
-                              rope_local_theta=1e4, max_position_embeddings=MAX_LENGTH)
+    cfg = gemma3.Gemma3Config(
+        **{
+            k: SHARDABLE[k]
+            for k in ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+        },
+        num_layers=2,
+        rms_norm_eps=1e-6,
+        query_pre_attn_scalar=8,
+        sliding_window=4,
+        layer_types=("sliding_attention", "full_attention"),
+        rope_theta=1e6,
+        rope_local_theta=1e4,
+        max_position_embeddings=MAX_LENGTH,
+    )
     return _random_params(gemma3.build(cfg), seed, scale)
 
 
@@ -83,11 +112,11 @@ class Reference:
         contexts = [tuple(int(t) for t in c) for c in contexts]
         todo = sorted({c for c in contexts if c not in self._memo})
         for start in range(0, len(todo), self.ROWS):
-            block = todo[start:start + self.ROWS]
+            block = todo[start : start + self.ROWS]
             tokens = np.zeros((self.ROWS, self.WIDTH), np.int32)
             for row, c in enumerate(block):
                 assert 0 < len(c) <= self.WIDTH, len(c)
-                tokens[row, :len(c)] = c
+                tokens[row, : len(c)] = c
             out = np.asarray(self._apply(self.params, jnp.asarray(tokens)))
             for row, c in enumerate(block):
                 self._memo[c] = out[row, len(c) - 1]
@@ -110,7 +139,7 @@ class Reference:
             best = np.argmax(self.batch_logits(contexts), axis=-1)
             for context, token in zip(contexts, best):
                 context.append(int(token))
-        return np.array([c[len(p):] for c, p in zip(contexts, prompts)])
+        return np.array([c[len(p) :] for c, p in zip(contexts, prompts)])
 
 
 def policy_log_probs(policy, logits: np.ndarray) -> np.ndarray:
@@ -136,8 +165,7 @@ def exact_sequences(ref: Reference, policy, prompt, horizon: int):
         prefixes = [tuple(p) for p in itertools.product(range(VOCAB), repeat=t)]  # lexicographic too
         logits = ref.batch_logits([prompt + list(p) for p in prefixes])  # [V**t, V]
         step_pi = policy_log_probs(policy, logits)
-        step_p = logits.astype(np.float64) - np.logaddexp.reduce(logits.astype(np.float64), axis=-1,
-                                                                 keepdims=True)
+        step_p = logits.astype(np.float64) - np.logaddexp.reduce(logits.astype(np.float64), axis=-1, keepdims=True)
         prefix_index = sequence_index(seqs[:, :t]) if t else np.zeros(len(seqs), np.int64)
         log_pi[:, t] = step_pi[prefix_index, seqs[:, t]]
         log_p[:, t] = step_p[prefix_index, seqs[:, t]]
