@@ -3,7 +3,7 @@ r"""Cost of DAEMON's conditional SIR (Algorithm 2) against a plain batched decod
     python -m bench.daemon                          # M=25, 64 tokens, SmolLM2-135M
     python -m bench.daemon --new_tokens=64,256
 
-Issue 5's speed criterion: ``infodec.daemon.sample`` with ``M`` candidates for one prompt should cost at
+DAEMON's speed criterion: ``infodec.daemon.sample`` with ``M`` candidates for one prompt should cost at
 most 1.15x a plain ``infodec.generate`` on a batch of ``M`` copies of that prompt (same policy
 ``Temperature(1.0)``, same length, EOS suppressed). Three arms take turns ``--repeats`` times after a
 warm-up (medians compared):

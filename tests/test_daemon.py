@@ -1,4 +1,4 @@
-"""DAEMON (spec.md §3): metrics against Python references, Algorithm 1 against the exact dual on an
+"""DAEMON (docs/math.md §3): metrics against Python references, Algorithm 1 against the exact dual on an
 enumerated toy, the perplexity identity, SIR convergence in M, and the model-level wrappers on a tiny
 random Llama (exact sequence laws by enumeration)."""
 
