@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.batching import fixed_batches
+from infodec.batching import map_in_chunks
 from infodec.decoding.engine import prompt_bucket
 
 
@@ -122,12 +122,12 @@ def scored_log_probs(
     padded = np.full((len(prefixes), width), -1, np.int64)
     for row, p in enumerate(prefixes):
         padded[row, : len(p)] = p
-    logp = np.zeros(tokens.shape, np.float64)
-    mask = np.zeros(tokens.shape, bool)
-    for rows, kept in fixed_batches(len(tokens), min(batch_size, len(tokens))):
-        part, part_mask = continuation_log_probs(model, params, tokens[rows], lengths[rows], padded[rows])
-        logp[rows[:kept]], mask[rows[:kept]] = part[:kept], part_mask[:kept]
-    return logp, mask
+    logp, mask = map_in_chunks(
+        lambda rows, _: continuation_log_probs(model, params, tokens[rows], lengths[rows], padded[rows]),
+        len(tokens),
+        min(batch_size, len(tokens)),
+    )
+    return logp.astype(np.float64), mask
 
 
 def check_continuations(tokens, lengths) -> tuple[jax.Array, jax.Array]:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.batching import fixed_batches
+from infodec.batching import map_in_chunks
 from infodec.decoding.engine import prompt_bucket
 from infodec.decoding.scoring import scored_log_probs
 from infodec.eval.diversity import ngrams
@@ -119,15 +119,16 @@ def text_embedder(
             raise ValueError("embed needs at least one text")
         ids = [list(x) for x in tokenizer.encode_batch(texts)]
         ids = [x if len(x) <= limit else x[: limit - 1] + x[-1:] for x in ids]
-        out = []
-        for rows, kept in fixed_batches(len(ids), batch_size):
+
+        def chunk(rows: np.ndarray, _: int) -> jax.Array:
             width = min(prompt_bucket(max(len(ids[r]) for r in rows)), limit)
             tokens = np.zeros((len(rows), width), np.int32)
             mask = np.zeros((len(rows), width), np.int32)
             for row, r in enumerate(rows):
                 tokens[row, : len(ids[r])], mask[row, : len(ids[r])] = ids[r], 1
-            out.append(np.asarray(encode(params, jnp.asarray(tokens), jnp.asarray(mask)))[:kept])
-        return np.concatenate(out)
+            return encode(params, jnp.asarray(tokens), jnp.asarray(mask))
+
+        return map_in_chunks(chunk, len(ids), batch_size)
 
     return embed
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from infodec.batching import fixed_batches, map_in_chunks
+from infodec.batching import map_in_chunks
 from infodec.policies.guidance import discriminator_logits, init_discriminator
 
 PARAMS_FILE = "params.msgpack"
@@ -201,15 +201,12 @@ def predict(
         ]
         return jax.nn.softmax(logits, axis=-1)
 
+    def chunk(index: np.ndarray, _: int) -> jax.Array:
+        return probs(params, jnp.asarray(features.hidden[index], jnp.float32), jnp.asarray(features.next_token[index]))
+
     # Every call has batch_size rows, even when there are fewer examples: one compiled shape for every
     # evaluation, so the probabilities do not depend on how many examples there are.
-    parts = [
-        np.asarray(
-            probs(params, jnp.asarray(features.hidden[index], jnp.float32), jnp.asarray(features.next_token[index]))
-        )[:kept]
-        for index, kept in fixed_batches(len(features), batch_size)
-    ]
-    return np.concatenate(parts)
+    return map_in_chunks(chunk, len(features), batch_size)
 
 
 def evaluate(
