@@ -35,6 +35,8 @@ def map_in_chunks(fn: Callable[[np.ndarray, int], Any], n: int, size: int, *, ro
     """
     if n < 1:
         raise ValueError(f"map_in_chunks needs at least one row, got n={n}")
+    if size < 1:
+        raise ValueError(f"map_in_chunks needs a chunk size >= 1, got size={size}")
     parts = [
         _head(fn(indices, chunk), kept * rows_per_item) for chunk, (indices, kept) in enumerate(fixed_batches(n, size))
     ]

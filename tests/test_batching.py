@@ -41,3 +41,5 @@ def test_map_in_chunks_with_a_chunk_larger_than_the_rows_pads_to_the_chunk_size(
     assert calls == [[0, 1, 1, 1]]
     with pytest.raises(ValueError, match="at least one row"):
         map_in_chunks(lambda rows, chunk: rows, 0, 4)
+    with pytest.raises(ValueError, match="chunk size >= 1"):
+        map_in_chunks(lambda rows, chunk: rows, 3, 0)
