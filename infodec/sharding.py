@@ -43,34 +43,14 @@ from jax.sharding import PartitionSpec as P
 
 from infodec.models.layers import KVCache
 
-DATA = "data"
-MODEL = "model"
-AXES = (DATA, MODEL)
-
-# Tensor-parallel rules: (path pattern, spec of the trailing dimensions, config count that must be a
-# multiple of the model-axis size). A path is the "/"-joined parameter path, e.g.
-# "layers_3/self_attn/q_proj/kernel" (scanned layers carry a leading layer axis, left unsplit).
-# Kernels are [in, out]; column-parallel layers split "out", row-parallel layers split "in".
-_RULES = (
-    (r"(self_attn|attn)/q_proj/kernel$", (None, MODEL), "num_heads"),
-    (r"(self_attn|attn)/q_proj/bias$", (MODEL,), "num_heads"),
-    (r"(self_attn|attn)/(k_proj|v_proj)/kernel$", (None, MODEL), "num_kv_heads"),
-    (r"(self_attn|attn)/(k_proj|v_proj)/bias$", (MODEL,), "num_kv_heads"),
-    (r"(self_attn|attn)/o_proj/kernel$", (MODEL, None), "num_heads"),
-    (r"mlp/(gate_proj|up_proj|c_fc)/kernel$", (None, MODEL), "intermediate_size"),
-    (r"mlp/(gate_proj|up_proj|c_fc)/bias$", (MODEL,), "intermediate_size"),
-    (r"mlp/(down_proj|c_proj)/kernel$", (MODEL, None), "intermediate_size"),
-    (r"(embed_tokens|wte|word_embeddings)/embedding$", (MODEL, None), "vocab_size"),
-    (r"lm_head/kernel$", (None, MODEL), "vocab_size"),
-    # BERT (the coherence encoder): the same split under its own names.
-    (r"/(query|key|value)/kernel$", (None, MODEL), "num_heads"),
-    (r"/(query|key|value)/bias$", (MODEL,), "num_heads"),
-    (r"/attention_output/kernel$", (MODEL, None), "num_heads"),
-    (r"/intermediate/kernel$", (None, MODEL), "intermediate_size"),
-    (r"/intermediate/bias$", (MODEL,), "intermediate_size"),
-    (r"layers_\d+/output/kernel$|layers/block/output/kernel$", (MODEL, None), "intermediate_size"),
-)
-
+# The parameter rules live beside the models (the loader places tensors by them); re-exported here.
+from infodec.models.partitioning import AXES as AXES
+from infodec.models.partitioning import DATA as DATA
+from infodec.models.partitioning import MODEL as MODEL
+from infodec.models.partitioning import axis_size as axis_size
+from infodec.models.partitioning import check_mesh as check_mesh
+from infodec.models.partitioning import param_shardings as param_shardings
+from infodec.models.partitioning import param_spec as param_spec
 
 # --- meshes -----------------------------------------------------------------------------------------
 
@@ -134,70 +114,7 @@ def parse_mesh(spec: str) -> dict[str, int | None] | None:
     return {"data": sizes.get(DATA), "model": sizes.get(MODEL, 1)}
 
 
-def check_mesh(mesh: Any) -> Mesh:
-    """``mesh`` if it is a ``Mesh`` with axes named ``"data"`` and ``"model"`` (others may exist); a clear
-    ValueError otherwise."""
-    if not isinstance(mesh, Mesh):
-        raise ValueError(f"mesh must be a jax.sharding.Mesh (infodec.sharding.make_mesh), got {type(mesh).__name__}")
-    missing = [name for name in AXES if name not in mesh.axis_names]
-    if missing:
-        raise ValueError(
-            f"mesh axes {tuple(mesh.axis_names)} lack {missing}: infodec places rows on 'data' and "
-            "parameters on 'model' (build it with infodec.sharding.make_mesh)"
-        )
-    return mesh
-
-
-def axis_size(mesh: Mesh | None, name: str) -> int:
-    """Size of axis ``name`` of ``mesh`` (1 without a mesh or without that axis)."""
-    if mesh is None:
-        return 1
-    return int(dict(mesh.shape).get(name, 1))
-
-
 # --- parameters -------------------------------------------------------------------------------------
-
-
-def _path_name(path) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-    return "/".join(parts)
-
-
-def param_spec(name: str, shape: tuple[int, ...], config: Any, model_size: int) -> P:
-    """The ``PartitionSpec`` of the parameter at path ``name`` with ``shape`` (module docstring rules).
-
-    The split dimension must be a multiple of the governing count (heads, KV heads, MLP width,
-    vocabulary; read from ``config``) and the count a multiple of ``model_size``; otherwise ``P()``.
-    """
-    if model_size == 1:
-        return P()
-    for pattern, trailing, count_name in _RULES:
-        if not re.search(pattern, name):
-            continue
-        count = getattr(config, count_name, None)
-        if count is None or len(shape) < len(trailing) or count % model_size:
-            return P()
-        dim = len(shape) - len(trailing) + trailing.index(MODEL)
-        if shape[dim] % count:  # not [.., count * k, ..]: the name matched something else
-            return P()
-        return P(*(None,) * (len(shape) - len(trailing)), *trailing)
-    return P()
-
-
-def param_shardings(model: Any, params: Any, mesh: Mesh) -> Any:
-    """A pytree of ``NamedSharding`` matching ``params``: heads, MLP width and vocabulary on ``"model"``
-    where divisible (see :func:`param_spec`), everything else replicated. Works for every family in
-    ``infodec.models`` (Llama, Gemma 3, GPT-2, BERT) from parameter names and shapes."""
-    config = getattr(model, "config", model)
-    size = axis_size(mesh, MODEL)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, param_spec(_path_name(path), np.shape(x), config, size)), params
-    )
 
 
 def shard_params(model: Any, params: Any, mesh: Mesh) -> Any:

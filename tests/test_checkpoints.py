@@ -57,7 +57,9 @@ def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     model, params, _ = infodec.load("someone/tiny-llama")
-    assert calls and calls[0][0] == "someone/tiny-llama" and "*.safetensors" in calls[0][1]
+    # First the config and tokenizer files, then the weights (every *.safetensors: the repo has no index).
+    assert [repo for repo, _ in calls] == ["someone/tiny-llama"] * 2
+    assert "*.json" in calls[0][1] and "*.safetensors" not in calls[0][1] and calls[1][1] == ("*.safetensors",)
     assert model.config.num_layers == 3
 
     def offline(repo_id, allow_patterns):
@@ -179,7 +181,7 @@ def test_smollm2_greedy_64_tokens_match_hf(smollm2, hf_smollm2):
 
 @pytest.mark.download
 def test_second_load_is_served_from_the_cache(smollm2):
-    converted = cache.cache_dir() / "converted" / "smollm2-135m"
+    converted = cache.cache_dir() / "converted" / "smollm2-135m-float32"
     assert (converted / "model.safetensors").exists() and (converted / "tokenizer.json").exists()
     start = time.perf_counter()
     model, params, tokenizer = infodec.load("smollm2-135m")

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.models.layers import KVCache
+from infodec.models.tensors import is_lazy, stack_layers
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -54,9 +55,21 @@ class CausalLM:
         """The model's context length: positions at or beyond it are out of range."""
         return self.config.max_position_embeddings
 
-    def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> KVCache:
-        """An empty cache of ``max_len`` slots (slots, not positions: padding uses slots too)."""
+    @property
+    def dtype(self) -> jnp.dtype:
+        """Dtype of the parameters and activations (``config.dtype``; float32 for configs without one)."""
+        return jnp.dtype(getattr(self.config, "dtype", "float32"))
+
+    @property
+    def cache_dtype(self) -> jnp.dtype:
+        """Dtype of the KV cache: ``config.cache_dtype``, or the model dtype when that is None."""
+        return jnp.dtype(getattr(self.config, "cache_dtype", None) or self.dtype)
+
+    def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+        """An empty cache of ``max_len`` slots (slots, not positions: padding uses slots too), in
+        ``dtype`` (default :attr:`cache_dtype`)."""
         c = self.config
+        dtype = self.cache_dtype if dtype is None else dtype
         return KVCache.zeros(c.num_layers, batch, c.num_kv_heads, max_len, c.head_dim, dtype)
 
     def apply(
@@ -73,14 +86,15 @@ class CausalLM:
         With a cache, the new keys/values go into slots ``[cache.index, cache.index + T)`` and the new
         cache is returned; without one, the tokens attend only to each other and the returned cache is
         None. Returns ``(logits[B, T, V] float32, cache)``, plus the final hidden states ``[B, T, D]``
-        (after the final norm) as a third element when ``return_hidden``.
+        float32 (after the final norm) as a third element when ``return_hidden``, whatever the model
+        dtype: everything handed to policies, searches and metrics is float32.
         """
         self._check_inputs(tokens, positions, cache)
         outputs = self.module(self.config).apply(
             {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), cache
         )
         logits, hidden, cache = cast(tuple[Array, Array, KVCache | None], outputs)
-        return (logits, cache, hidden) if return_hidden else (logits, cache)
+        return (logits, cache, hidden.astype(jnp.float32)) if return_hidden else (logits, cache)
 
     def _check_inputs(self, tokens, positions, cache) -> None:
         if np.ndim(tokens) != 2:
@@ -105,8 +119,9 @@ class CausalLM:
             )
 
 
-def checked(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """``tensors[name]`` after checking it exists and has ``shape``; one clear error otherwise."""
+def checked(tensors: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> Any:
+    """``tensors[name]`` (an array or a :class:`~infodec.models.tensors.TensorRef`) after checking it
+    exists, has ``shape`` and holds floating-point weights; one clear error otherwise."""
     if name not in tensors:
         raise CheckpointMismatchError(f"checkpoint has no tensor {name!r} that the config requires")
     value = tensors[name]
@@ -115,13 +130,18 @@ def checked(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
             f"tensor {name!r} has shape {tuple(value.shape)} but the config implies {tuple(shape)}: "
             "config.json and the weights disagree"
         )
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise CheckpointMismatchError(f"tensor {name!r} holds {np.dtype(value.dtype).name}, not floating-point weights")
     return value
 
 
 class HFWeights:
-    """HF tensors (``[out, in]`` linears) read by name, with shape checks, as Flax parameter trees."""
+    """HF tensors (``[out, in]`` linears) read by name, with shape checks, as Flax parameter trees.
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], prefix: str = "model."):
+    The tensors are arrays or lazy :class:`~infodec.models.tensors.TensorRef` s; the trees built from
+    them hold the same kind (the loader reads references only when it places them on a device)."""
+
+    def __init__(self, tensors: Mapping[str, Any], prefix: str = "model."):
         self.tensors = {name.removeprefix(prefix): value for name, value in tensors.items()}
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -167,7 +187,7 @@ def layer_params(layers: list[dict], scan: bool) -> dict:
     """Names per-layer trees as ``run_layers`` expects them: ``layers_{i}`` unrolled, or one tree
     stacked along a new leading axis under ``layers/block`` for ``scan_layers``."""
     if scan:
-        return {"layers": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+        return {"layers": {"block": jax.tree.map(lambda *xs: stack_layers(xs), *layers, is_leaf=is_lazy)}}
     return {f"layers_{i}": layer for i, layer in enumerate(layers)}
 
 

@@ -24,7 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.models.base import CausalLM, HFWeights
-from infodec.models.layers import Attention, GatedMLP, RMSNorm, default_scan_layers, rope_inv_freq, run_layers
+from infodec.models.layers import (
+    Attention,
+    GatedMLP,
+    RMSNorm,
+    default_scan_layers,
+    lm_logits,
+    rope_inv_freq,
+    run_layers,
+)
 
 HF_MODEL_TYPES = ("gemma3_text",)
 
@@ -74,6 +82,8 @@ class Gemma3Config:
     attn_logit_softcapping: float | None = None
     scan_layers: bool = False
     model_type: str = "gemma3_text"
+    dtype: str = "float32"  # parameters and activations (a name, so the config hashes)
+    cache_dtype: str | None = None  # the KV cache; None = ``dtype``
 
     def __post_init__(self):
         if len(self.layer_types) != self.num_layers:
@@ -211,7 +221,7 @@ class Gemma3Block(nn.Module):
     @nn.compact
     def __call__(self, x, kv, layer, *, is_global, positions, k_positions, index, local_inv_freq, global_inv_freq):
         c = self.config
-        norm = lambda name: RMSNorm(c.rms_norm_eps, offset=1.0, name=name)
+        norm = lambda name: RMSNorm(c.rms_norm_eps, offset=1.0, dtype=c.dtype, name=name)
         inv_freq, window = _layer_rope_and_window(c, is_global, local_inv_freq, global_inv_freq)
         attn = Attention(
             c.num_heads,
@@ -224,11 +234,12 @@ class Gemma3Block(nn.Module):
             qk_norm_eps=c.rms_norm_eps,
             norm_offset=1.0,
             softcap=c.attn_logit_softcapping,
+            dtype=c.dtype,
             name="self_attn",
         )
         h, kv = attn(norm("input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq, window)
         x = x + norm("post_attention_layernorm")(h)
-        mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, name="mlp")
+        mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, dtype=c.dtype, name="mlp")
         return x + norm("post_feedforward_layernorm")(mlp(norm("pre_feedforward_layernorm")(x))), kv
 
 
@@ -238,7 +249,7 @@ class Gemma3(nn.Module):
     @nn.compact
     def __call__(self, tokens, positions, cache):
         c = self.config
-        embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
+        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
         # HF multiplies by a float32 sqrt(hidden_size) cast to the weights' dtype (55.5, not 55.43, in bf16).
         x = x * jnp.asarray(np.float32(math.sqrt(c.hidden_size))).astype(x.dtype)
@@ -262,12 +273,8 @@ class Gemma3(nn.Module):
             local_inv_freq=local_inv_freq,
             global_inv_freq=global_inv_freq,
         )
-        x = RMSNorm(c.rms_norm_eps, offset=1.0, name="norm")(x)
-        if c.tie_word_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = nn.Dense(c.vocab_size, use_bias=False, name="lm_head")(x)
-        logits = logits.astype(jnp.float32)
+        x = RMSNorm(c.rms_norm_eps, offset=1.0, dtype=c.dtype, name="norm")(x)
+        logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
         if c.final_logit_softcapping is not None:
             logits = c.final_logit_softcapping * jnp.tanh(logits / c.final_logit_softcapping)
         if cache is not None:

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.models.base import CausalLM, HFWeights, checked, layer_params
-from infodec.models.layers import ACTIVATIONS, Attention, default_scan_layers, run_layers
+from infodec.models.layers import ACTIVATIONS, Attention, default_scan_layers, lm_logits, run_layers
+from infodec.models.tensors import split_columns
 
 HF_MODEL_TYPES = ("gpt2",)
 
@@ -38,6 +39,8 @@ class GPT2Config:
     tie_word_embeddings: bool = True
     scan_layers: bool = False
     model_type: str = "gpt2"
+    dtype: str = "float32"  # parameters and activations (a name, so the config hashes)
+    cache_dtype: str | None = None  # the KV cache; None = ``dtype``
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -108,7 +111,13 @@ class GPT2Config:
 
 def _layer_norm(config: GPT2Config, name: str) -> nn.LayerNorm:
     # Two-pass variance, as torch computes it (the fast E[x^2] - E[x]^2 form loses ~1e-6).
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, use_fast_variance=False, name=name)
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        use_fast_variance=False,
+        dtype=config.dtype,
+        param_dtype=config.dtype,
+        name=name,
+    )
 
 
 class GPT2MLP(nn.Module):
@@ -117,8 +126,9 @@ class GPT2MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        h = ACTIVATIONS[c.activation](nn.Dense(c.intermediate_size, name="c_fc")(x))
-        return nn.Dense(c.hidden_size, name="c_proj")(h)
+        dense = lambda features, name: nn.Dense(features, dtype=c.dtype, param_dtype=c.dtype, name=name)
+        h = ACTIVATIONS[c.activation](dense(c.intermediate_size, "c_fc")(x))
+        return dense(c.hidden_size, "c_proj")(h)
 
 
 class GPT2Block(nn.Module):
@@ -136,6 +146,7 @@ class GPT2Block(nn.Module):
             qkv_bias=True,
             out_bias=True,
             use_rope=False,
+            dtype=c.dtype,
             name="attn",
         )
         h, kv = attn(_layer_norm(c, "ln_1")(x), positions, k_positions, kv, layer, index)
@@ -149,8 +160,8 @@ class GPT2(nn.Module):
     @nn.compact
     def __call__(self, tokens, positions, cache):
         c = self.config
-        wte = nn.Embed(c.vocab_size, c.hidden_size, name="wte")
-        wpe = nn.Embed(c.max_position_embeddings, c.hidden_size, name="wpe")
+        wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="wte")
+        wpe = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="wpe")
         x = wte(tokens) + wpe(jnp.clip(positions, 0, c.max_position_embeddings - 1))
         index, kv, k_positions = None, None, positions
         if cache is not None:
@@ -169,13 +180,10 @@ class GPT2(nn.Module):
             index=index,
         )
         x = _layer_norm(c, "ln_f")(x)
-        if c.tie_word_embeddings:
-            logits = wte.attend(x)
-        else:
-            logits = nn.Dense(c.vocab_size, use_bias=False, name="lm_head")(x)
+        logits = lm_logits(x, wte if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
         if cache is not None:
             cache = cache.replace(k=kv[0], v=kv[1])
-        return logits.astype(jnp.float32), x, cache
+        return logits, x, cache
 
 
 def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) -> dict:
@@ -202,8 +210,8 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
     for i in range(c.num_layers):
         p = f"h.{i}"
         qkv = conv1d(f"{p}.attn.c_attn", d, 3 * d)
-        kernels = jnp.split(qkv["kernel"], 3, axis=1)
-        biases = jnp.split(qkv["bias"], 3)
+        kernels = split_columns(qkv["kernel"], 3)
+        biases = split_columns(qkv["bias"], 3)
         layers.append(
             {
                 "ln_1": norm(f"{p}.ln_1"),

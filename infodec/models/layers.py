@@ -14,6 +14,7 @@ Conventions used by every model in ``infodec.models``:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -156,6 +157,23 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (normed * (self.offset + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def lm_logits(x: Array, embed: nn.Embed | None, vocab_size: int, dtype: Any) -> Array:
+    """``[B, T, V]`` float32 logits of the final states ``x[B, T, D]``, accumulated in float32 whatever
+    the model dtype: from the tied embedding (``x @ embedding.T``) when ``embed`` is given, else from an
+    ``lm_head`` projection. Call inside a compact module (the head is created as its submodule)."""
+    if embed is not None:
+        return jnp.einsum("btd,vd->btv", x, embed.embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+    head = nn.Dense(
+        vocab_size,
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=dtype,
+        dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32),
+        name="lm_head",
+    )
+    return head(x).astype(jnp.float32)
 
 
 def default_scan_layers() -> bool:

@@ -11,11 +11,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 
 from infodec.models.base import CausalLM, HFWeights
-from infodec.models.layers import Attention, GatedMLP, RMSNorm, default_scan_layers, rope_inv_freq, run_layers
+from infodec.models.layers import (
+    Attention,
+    GatedMLP,
+    RMSNorm,
+    default_scan_layers,
+    lm_logits,
+    rope_inv_freq,
+    run_layers,
+)
 
 HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -40,6 +47,8 @@ class LlamaConfig:
     rope_scaling: tuple[tuple[str, Any], ...] | None = None  # a tuple of items, so the config hashes
     scan_layers: bool = False
     model_type: str = "llama"
+    dtype: str = "float32"  # parameters and activations (a name, so the config hashes)
+    cache_dtype: str | None = None  # the KV cache; None = ``dtype``
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> LlamaConfig:
@@ -109,14 +118,14 @@ class LlamaBlock(nn.Module):
             scale=c.head_dim**-0.5,
             qkv_bias=c.qkv_bias,
             out_bias=c.out_bias,
+            dtype=c.dtype,
             name="self_attn",
         )
-        h, kv = attn(
-            RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq
-        )
+        norm = lambda name: RMSNorm(c.rms_norm_eps, dtype=c.dtype, name=name)
+        h, kv = attn(norm("input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq)
         x = x + h
-        mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, c.mlp_bias, name="mlp")
-        return x + mlp(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)), kv
+        mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, c.mlp_bias, dtype=c.dtype, name="mlp")
+        return x + mlp(norm("post_attention_layernorm")(x)), kv
 
 
 class Llama(nn.Module):
@@ -125,7 +134,7 @@ class Llama(nn.Module):
     @nn.compact
     def __call__(self, tokens, positions, cache):
         c = self.config
-        embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
+        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
         index, kv, k_positions = None, None, positions
         if cache is not None:
@@ -145,14 +154,11 @@ class Llama(nn.Module):
             index=index,
             inv_freq=inv_freq,
         )
-        x = RMSNorm(c.rms_norm_eps, name="norm")(x)
-        if c.tie_word_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = nn.Dense(c.vocab_size, use_bias=False, name="lm_head")(x)
+        x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
+        logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
         if cache is not None:
             cache = cache.replace(k=kv[0], v=kv[1])
-        return logits.astype(jnp.float32), x, cache
+        return logits, x, cache
 
 
 def convert_hf_weights(config: LlamaConfig, tensors: Mapping[str, np.ndarray]) -> dict:
