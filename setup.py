@@ -16,7 +16,10 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "safetensors>=0.4",
+        "ml_dtypes>=0.4",  # bfloat16 on the host (a jax dependency; the loader uses it directly)
         "tokenizers>=0.20",
+        # Chat templates run in Jinja's sandbox; 3.1.6 closes known sandbox escapes (transformers requires it too).
+        "jinja2>=3.1.6",
         "gguf>=0.10",
         "huggingface_hub>=0.24",
         "tqdm>=4.66",
@@ -32,6 +35,9 @@ setup(
             "torch==2.13.0",
             "transformers>=4.50",
             "accelerate>=1.0",
+            # Trains the tiny SentencePiece models tests/test_chat_template.py loads (and is transformers'
+            # reader for them); the library parses tokenizer.model itself and needs neither it nor protobuf.
+            "sentencepiece>=0.2",
             "mauve-text>=0.4",
             "faiss-cpu>=1.8",
             "scikit-learn>=1.4",

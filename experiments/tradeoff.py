@@ -13,6 +13,9 @@ similarity}.png`` (attribution against distinct-2, one curve per family), ``sens
 ``report.md``, and prints the verdict: does KL-guided temperature dominate static temperature at the
 same t0 (``infodec.studies.tradeoff``)?
 
+``--chat_template=auto`` (the default) frames each query as the user turn of the model's chat template
+when the model is an instruct model with one (SmolLM2-135M-Instruct is); ``on`` / ``off`` force it.
+
 The ``classifier`` family needs a discriminator trained for --model (``python -m
 experiments.train_discriminator``, about 2 minutes); without one it is skipped with a message.
 """
@@ -49,6 +52,12 @@ _MAX_EVIDENCE = flags.DEFINE_integer("max_evidence_tokens", 224, "Evidence is cu
 _INPUTS_PER_CALL = flags.DEFINE_integer("inputs_per_call", 16, "Inputs per generate call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the input sample and of every decode.")
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "The decoding LM.")
+_CHAT_TEMPLATE = flags.DEFINE_enum(
+    "chat_template",
+    "auto",
+    list(tradeoff.CHAT_TEMPLATE_MODES),
+    "Frame the query with the model's chat template: auto = when it has one and is an instruct model.",
+)
 _EVALUATOR = flags.DEFINE_string("evaluator", "", "The LM scoring PMI and perplexity (default: --model).")
 _DISC = flags.DEFINE_string("discriminator", "results/discriminator", "Classifier-guidance head folder.")
 _MESH = flags.DEFINE_string(
@@ -70,13 +79,18 @@ def _ints(name: str, text: str) -> tuple[int, ...]:
 
 
 def config_from_flags() -> tradeoff.TradeoffConfig:
-    """The sweep the flags describe (``--smoke`` keeps only --task, --model, --evaluator, --seed and
-    --discriminator); a bad value ends with a usage error naming it."""
+    """The sweep the flags describe (``--smoke`` keeps only --task, --model, --chat_template, --evaluator,
+    --seed and --discriminator); a bad value ends with a usage error naming it."""
     require(_TASK.value in tradeoff.TASKS, f"--task must be one of {', '.join(tradeoff.TASKS)}, got {_TASK.value!r}")
     unknown = [f for f in _FAMILIES.value if f not in tradeoff.FAMILIES]
     require(not unknown, f"--families: unknown {unknown}; known: {', '.join(tradeoff.FAMILIES)}")
     common: dict[str, Any] = dict(
-        task=_TASK.value, model=_MODEL.value, evaluator=_EVALUATOR.value, seed=_SEED.value, discriminator=_DISC.value
+        task=_TASK.value,
+        model=_MODEL.value,
+        chat_template=_CHAT_TEMPLATE.value,
+        evaluator=_EVALUATOR.value,
+        seed=_SEED.value,
+        discriminator=_DISC.value,
     )
     try:
         if _SMOKE.value:

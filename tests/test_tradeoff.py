@@ -2,9 +2,12 @@
 runs, an interrupted sweep resumes without recomputing, the CSV and PNGs are written, the verdict
 logic classifies paired differences correctly, and bad settings are refused with clear errors."""
 
+import copy
 import csv
 import subprocess
 import sys
+import types
+from typing import Any
 
 import jax
 import numpy as np
@@ -247,3 +250,92 @@ def test_verdict_classifies_paired_differences():
         == "is dominated (less attribution, same diversity within CIs)"
     )
     assert tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.2, "ci": 0.1, "n": 9}).startswith("dominates")
+
+
+# --- chat templates ---------------------------------------------------------------------------------
+
+
+def test_chat_template_mode_follows_the_model_and_the_tokenizer():
+    with_template, without = types.SimpleNamespace(chat_template="{{ x }}"), ByteTokenizer()
+    assert tradeoff.is_instruct("smollm2-135m")  # the registry says SmolLM2-135M-Instruct
+    assert not tradeoff.is_instruct("gemma3-270m")  # "Gemma 3 270M base"
+    assert tradeoff.is_instruct("Qwen/Qwen2.5-0.5B-Instruct") and tradeoff.is_instruct("google/gemma-3-1b-it")
+    assert not tradeoff.is_instruct("meta-llama/Llama-3.2-1B") and not tradeoff.is_instruct("tiny")
+    assert tradeoff.use_chat_template("auto", "smollm2-135m", with_template)
+    assert not tradeoff.use_chat_template("auto", "smollm2-135m", without)
+    assert not tradeoff.use_chat_template("auto", "meta-llama/Llama-3.2-1B", with_template)  # a base model
+    assert tradeoff.use_chat_template("on", "meta-llama/Llama-3.2-1B", with_template)
+    assert not tradeoff.use_chat_template("off", "smollm2-135m", with_template)
+    with pytest.raises(ValueError, match="has no chat template"):
+        tradeoff.use_chat_template("on", "tiny", without)
+    with pytest.raises(ValueError, match="chat_template must be one of auto, on, off"):
+        small_config(chat_template="yes")
+
+
+@pytest.fixture(scope="module")
+def chat_tiny():
+    """A tiny Llama over a byte-level vocabulary with Gemma 3's chat template (it writes ``<bos>``)."""
+    from infodec.models.tokenizer import Tokenizer
+    from tests.tiny_tokenizers import GEMMA3_TEMPLATE, byte_level_backend
+
+    backend = byte_level_backend(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"])
+    ids = {t: int(backend.token_to_id(t) or 0) for t in ("<bos>", "<eos>", "<end_of_turn>")}
+    tok = Tokenizer(
+        backend,
+        bos_id=ids["<bos>"],
+        eos_ids=[ids["<eos>"], ids["<end_of_turn>"]],
+        pad_id=None,
+        add_bos=True,
+        chat_template=GEMMA3_TEMPLATE,
+    )
+    model, params = tiny_llama(seed=1, vocab_size=tok.vocab_size, max_position_embeddings=128)
+    return model, params, tok
+
+
+def test_chat_prompts_frame_the_query_and_keep_the_streams_aligned(chat_tiny):
+    model, params, tok = chat_tiny
+    study = tradeoff.TradeoffStudy(
+        small_config(chat_template="on"), model, params, tok, chat_tiny, bag_of_letters, INPUTS, np.zeros(3), chat=True
+    )
+    bos = tok.bos_id
+    for x, evidence, query in zip(INPUTS, study.evidence_ids, study.query_ids):
+        expected = f"<bos><start_of_turn>user\n{x.query}<end_of_turn>\n<start_of_turn>model\n"
+        assert tok.decode(query, skip_special_tokens=False) == expected
+        assert query == tok.apply_chat_template([{"role": "user", "content": x.query}], tokenize=True)
+        # Both streams start with one BOS; the evidence is the document before the conversation.
+        assert evidence[0] == bos and bos not in evidence[1:]
+        assert tok.decode(evidence[1:], skip_special_tokens=False).endswith(tradeoff.EVIDENCE_SEPARATOR)
+    plain = tradeoff.TradeoffStudy(
+        small_config(), model, params, tok, chat_tiny, bag_of_letters, INPUTS, np.zeros(3), chat=False
+    )
+    assert plain.query_ids[0] == tok.encode(INPUTS[0].query + tradeoff.QUERY_SUFFIX, add_bos=False)
+    assert [e[1:] for e in study.evidence_ids] == plain.evidence_ids  # same evidence, plus the BOS
+
+    # An evaluator with its own tokenizer (same template) re-encodes the text into the same framing.
+    other = copy.copy(tok)
+    study.evaluator = (model, params, other)
+    texts = ["A reply.", "Another one", "x"]
+    tokens = np.zeros((3 * 2, 4), np.int32)
+    _, _, with_evidence, without = study.evaluator_inputs(tokens, np.ones(6, int), texts * 2)
+    assert with_evidence == [study.evidence_ids[r // 2] + study.query_ids[r // 2] for r in range(6)]
+    assert without == [study.query_ids[r // 2] for r in range(6)]
+
+
+@pytest.mark.slow
+def test_sweep_runs_with_a_chat_template(chat_tiny, tmp_path):
+    """One- and two-stream decoders on chat-framed prompts; the engine's log-probs (the PMI shortcut)
+    equal a separate evaluator's teacher-forced passes over the same chat-framed prompts."""
+    model, params, tok = chat_tiny
+    config = small_config(model="tiny-it", chat_template="auto", families=("temperature", "cfg"))
+    logs = []
+    kwargs: dict[str, Any] = dict(loaded=chat_tiny, embed=bag_of_letters, inputs=INPUTS)
+    shortcut = tradeoff.run(config, tmp_path / "a", log=logs.append, **kwargs)
+    assert any("prompts in the model's chat template" in line for line in logs)
+    full = tradeoff.run(
+        config, tmp_path / "b", evaluator=(model, jax.tree.map(lambda x: x + 0, params), tok), log=print, **kwargs
+    )
+    for a, b in zip(shortcut.records, full.records):
+        for name in ("pmi", "perplexity"):
+            np.testing.assert_allclose(
+                np.array(a["per_input"][name], float), np.array(b["per_input"][name], float), rtol=1e-4, atol=1e-4
+            )

@@ -55,7 +55,7 @@ from infodec.models.tensors import (
     read_directory,
     write_safetensors,
 )
-from infodec.models.tokenizer import Tokenizer
+from infodec.models.tokenizer import Tokenizer, has_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def load_hf_directory(
     tree = architecture.convert_hf_weights(config, read_directory(directory))
     model = architecture.build(config)
     params = place(tree, dtype, param_shardings(model, tree, mesh) if mesh is not None else None)
-    tokenizer = Tokenizer.from_file(directory) if (directory / "tokenizer.json").exists() else None
+    tokenizer = Tokenizer.from_file(directory) if has_tokenizer(directory) else None
     return model, params, tokenizer
 
 

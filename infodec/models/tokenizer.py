@@ -2,14 +2,19 @@
 
 A :class:`Tokenizer` comes from one of two places:
 
-* :meth:`Tokenizer.from_file`: a ``tokenizer.json``, with the BOS/EOS/PAD conventions read from the
-  HF files beside it (or from our own ``infodec_tokenizer.json``, written by :meth:`Tokenizer.save`).
+* :meth:`Tokenizer.from_file`: a ``tokenizer.json`` -- or, for a family that ships only that, a
+  SentencePiece ``tokenizer.model`` -- with the BOS/EOS/PAD conventions and the chat template read from
+  the HF files beside it (or from our own ``infodec_tokenizer.json``, written by :meth:`Tokenizer.save`).
 * :meth:`Tokenizer.from_gguf`: the vocabulary a GGUF checkpoint carries as metadata, rebuilt the way
   llama.cpp and transformers' GGUF loader read it. Two kinds are supported: byte-level BPE
   (``tokenizer.ggml.model == "gpt2"``, e.g. SmolLM2) and SentencePiece BPE (``"llama"``, e.g. Gemma 3).
   Building the latter derives half a million merges, so callers cache the result with ``save()``.
 
 Encoding never pads or truncates: the backend's padding and truncation are switched off.
+
+Instruct models: :meth:`Tokenizer.apply_chat_template` renders the checkpoint's own Jinja chat template
+as transformers does (``infodec.models.chat_template``), and the ``eos_token_id`` ids of
+``generation_config.json`` join the stop ids (``eos_ids``).
 """
 
 from __future__ import annotations
@@ -18,14 +23,24 @@ import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import gguf
 import numpy as np
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
+from infodec.models import chat_template as chat
+from infodec.models import spm_model
+
 INFODEC_CONFIG = "infodec_tokenizer.json"
+# transformers 5 saves the default template here and named ones as additional_chat_templates/<name>.jinja.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+# The named special tokens transformers hands a chat template (``special_tokens_map``).
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+ChatTemplate = str | dict[str, str]
 
 # llama.cpp's token types (gguf.TokenType): CONTROL tokens are special (dropped when decoding with
 # skip_special_tokens), USER_DEFINED ones are matched whole in the text but decode as plain text.
@@ -105,11 +120,17 @@ class Tokenizer:
       backend: the wrapped ``tokenizers.Tokenizer`` (padding and truncation off).
       bos_id: the beginning-of-sequence id, or None if the vocabulary has none (e.g. BERT).
       eos_ids: every id that ends generation: the EOS id first, then e.g. Gemma's ``<end_of_turn>``
-        or SmolLM2's ``<|endoftext|>``. Empty when the vocabulary defines no EOS (e.g. BERT).
+        or SmolLM2's ``<|endoftext|>``, and the ``eos_token_id`` ids of ``generation_config.json``.
+        Empty when the vocabulary defines no EOS (e.g. BERT).
       pad_id: the padding id, or None.
       add_bos: the default of ``encode(..., add_bos=)``. It stands for "add the special tokens this
         tokenizer adds to a single text": the BOS for decoder LMs, and for a backend whose
         post-processor inserts tokens itself (BERT's ``[CLS] ... [SEP]``), that post-processor.
+      chat_template: the checkpoint's Jinja chat template: a string, a dict of named templates
+        (``"default"``, ``"tool_use"``, ...), or None when it ships none.
+      special_tokens: the special-token strings a chat template sees (``{"bos_token": "<s>",
+        "eos_token": ...}``, as transformers' ``special_tokens_map``). Defaults to the strings of
+        ``bos_id``, ``eos_ids[0]`` and ``pad_id``.
     """
 
     def __init__(
@@ -120,6 +141,8 @@ class Tokenizer:
         eos_ids: Iterable[int],
         pad_id: int | None,
         add_bos: bool,
+        chat_template: ChatTemplate | None = None,
+        special_tokens: dict[str, str] | None = None,
     ) -> None:
         backend.no_padding()
         backend.no_truncation()
@@ -128,6 +151,17 @@ class Tokenizer:
         self.eos_ids = tuple(dict.fromkeys(eos_ids))
         self.pad_id = pad_id
         self.add_bos = add_bos
+        if chat_template is not None and not isinstance(chat_template, (str, dict)):
+            raise ValueError(f"chat_template must be a str or a dict of named templates, got {chat_template!r:.80}")
+        self.chat_template = chat_template or None
+        if special_tokens is None:
+            named = {"bos_token": bos_id, "eos_token": self.eos_ids[0] if self.eos_ids else None, "pad_token": pad_id}
+            special_tokens = {
+                name: token
+                for name, i in named.items()
+                if i is not None and (token := backend.id_to_token(i)) is not None
+            }
+        self.special_tokens = dict(special_tokens)
         # A post-processor that already puts BOS first (TemplateProcessing, BertProcessing, ...) is
         # left to do it; otherwise encode() prepends it.
         self._prepend_bos = bos_id is not None and backend.encode("").ids[:1] != [bos_id]
@@ -148,38 +182,70 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, directory_or_tokenizer_json: str | Path) -> Tokenizer:
-        """Loads a ``tokenizer.json`` (a file, or the directory holding it).
+        """Loads a ``tokenizer.json`` (a file, or the directory holding it), or a SentencePiece
+        ``tokenizer.model`` (the file, or a directory holding it and no ``tokenizer.json``).
 
-        BOS/EOS/PAD and ``add_bos`` come from ``infodec_tokenizer.json`` beside it when present (an
-        exact copy of what ``save()`` wrote); otherwise from the HF files beside it:
-        ``tokenizer_config.json`` / ``special_tokens_map.json`` (``bos_token``, ``eos_token``,
-        ``pad_token`` as strings or ``{"content": ...}``; ``add_bos_token``), then ``config.json`` /
-        ``generation_config.json`` (``bos_token_id``, ``eos_token_id`` int or list, ``pad_token_id``).
-        Without ``add_bos_token``, ``add_bos`` is whether the backend's post-processor adds tokens,
-        as ``add_special_tokens=True`` does in transformers.
+        BOS/EOS/PAD, ``add_bos``, the chat template and the special-token strings come from
+        ``infodec_tokenizer.json`` beside it when present (an exact copy of what ``save()`` wrote);
+        otherwise from the HF files beside it: ``tokenizer_config.json`` / ``special_tokens_map.json``
+        (``bos_token``, ``eos_token``, ``pad_token``, ... as strings or ``{"content": ...}``;
+        ``add_bos_token``), then ``config.json`` / ``generation_config.json`` (``bos_token_id``,
+        ``eos_token_id`` int or list, ``pad_token_id``). Without ``add_bos_token``, ``add_bos`` is
+        whether the backend's post-processor adds tokens, as ``add_special_tokens=True`` does in
+        transformers. A SentencePiece model without those files takes BOS/EOS/UNK from its trainer spec.
+
+        The chat template is ``chat_template.jinja`` (plus ``additional_chat_templates/*.jinja``, named by
+        file) when present, else ``tokenizer_config.json``'s ``chat_template`` (a string, or a list of
+        ``{"name", "template"}``), as transformers reads them. ``generation_config.json``'s
+        ``eos_token_id`` ids are always stop ids, even beside an ``infodec_tokenizer.json``.
         """
         path = Path(directory_or_tokenizer_json)
-        file = path / "tokenizer.json" if path.is_dir() else path
+        file = path
+        if path.is_dir():
+            file = path / "tokenizer.json"
+            if not file.is_file() and (path / "tokenizer.model").is_file():
+                file = path / "tokenizer.model"
         if not file.is_file():
-            raise FileNotFoundError(f"no tokenizer.json at {path}")
-        backend = BackendTokenizer.from_file(str(file))
-        ours = _read_json(file.parent / INFODEC_CONFIG)
+            raise FileNotFoundError(f"no tokenizer.json (nor a SentencePiece tokenizer.model) at {path}")
+        folder = file.parent
+        sentencepiece = None
+        if file.suffix == ".model":
+            sentencepiece = spm_model.read_model(file)
+            backend = _sentencepiece_backend(sentencepiece)
+        else:
+            backend = BackendTokenizer.from_file(str(file))
+        generation_stops = _generation_config_eos_ids(folder)
+        ours = _read_json(folder / INFODEC_CONFIG)
         if ours is not None:
             return cls(
-                backend, bos_id=ours["bos_id"], eos_ids=ours["eos_ids"], pad_id=ours["pad_id"], add_bos=ours["add_bos"]
+                backend,
+                bos_id=ours["bos_id"],
+                eos_ids=[*ours["eos_ids"], *generation_stops],
+                pad_id=ours["pad_id"],
+                add_bos=ours["add_bos"],
+                # Saved before templates were kept: read them from the HF files, if any.
+                chat_template=ours["chat_template"] if "chat_template" in ours else _hf_chat_template(folder),
+                special_tokens=ours.get("special_tokens") or _special_token_strings(folder) or None,
             )
 
         token_configs = [
-            _read_json(file.parent / name) or {} for name in ("tokenizer_config.json", "special_tokens_map.json")
+            _read_json(folder / name) or {} for name in ("tokenizer_config.json", "special_tokens_map.json")
         ]
-        model_configs = [_read_json(file.parent / name) or {} for name in ("config.json", "generation_config.json")]
+        model_configs = [_read_json(folder / name) or {} for name in ("config.json", "generation_config.json")]
+        strings = _special_token_strings(folder)
+        if sentencepiece is not None:  # transformers falls back on the trainer spec's pieces
+            for name in ("bos", "eos", "unk"):
+                piece = sentencepiece.piece(getattr(sentencepiece, f"{name}_id"))
+                if piece is not None:
+                    strings.setdefault(f"{name}_token", piece)
 
         def ids_of(name: str) -> list[int]:
             """Ids the configs give for ``name`` ("bos", ...): token strings first, then ids."""
             found = []
-            for config in token_configs:
-                token = config.get(f"{name}_token")
-                token = token.get("content") if isinstance(token, dict) else token
+            tokens = [_content(config.get(f"{name}_token")) for config in token_configs] + [
+                strings.get(f"{name}_token")
+            ]
+            for token in tokens:
                 if isinstance(token, str) and (token_id := backend.token_to_id(token)) is not None:
                     found.append(token_id)
             for config in model_configs:
@@ -200,6 +266,8 @@ class Tokenizer:
             eos_ids=eos_ids,
             pad_id=next(iter(ids_of("pad")), None),
             add_bos=bool(add_bos),
+            chat_template=_hf_chat_template(folder),
+            special_tokens=strings,
         )
 
     @classmethod
@@ -285,21 +353,151 @@ class Tokenizer:
             ]
         )
         eos_id = field("eos_token_id")
+        named = {
+            "bos_token": field("bos_token_id"),
+            "eos_token": eos_id,
+            "unk_token": field("unknown_token_id"),
+            "pad_token": field("padding_token_id"),
+        }
+        # llama.cpp keeps the default template under tokenizer.chat_template, named ones under
+        # tokenizer.chat_template.<name>.
+        named_templates = {
+            key.removeprefix("tokenizer.chat_template."): reader.fields[key].contents()
+            for key in reader.fields
+            if key.startswith("tokenizer.chat_template.")
+        }
+        template = reader.fields.get("tokenizer.chat_template")
+        default = None if template is None else template.contents()
+        if named_templates:
+            chat_template: ChatTemplate | None = {**({"default": default} if default else {}), **named_templates}
+        else:
+            chat_template = default
         return cls(
             backend,
             bos_id=field("bos_token_id"),
             eos_ids=([] if eos_id is None else [eos_id]) + _end_of_generation_ids(backend),
             pad_id=field("padding_token_id"),
             add_bos=bool(add_bos),
+            chat_template=chat_template,
+            special_tokens={name: tokens[i] for name, i in named.items() if i is not None and 0 <= i < len(tokens)},
         )
 
     def save(self, directory: str | Path) -> None:
-        """Writes ``tokenizer.json`` and ``infodec_tokenizer.json``; ``from_file`` reads both back."""
+        """Writes ``tokenizer.json`` and ``infodec_tokenizer.json`` (ids, ``add_bos``, the chat template and
+        the special-token strings); ``from_file`` reads both back."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / "tokenizer.json"))
-        config = {"bos_id": self.bos_id, "eos_ids": list(self.eos_ids), "pad_id": self.pad_id, "add_bos": self.add_bos}
-        (directory / INFODEC_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        config = {
+            "bos_id": self.bos_id,
+            "eos_ids": list(self.eos_ids),
+            "pad_id": self.pad_id,
+            "add_bos": self.add_bos,
+            "special_tokens": self.special_tokens,
+            "chat_template": self.chat_template,
+        }
+        (directory / INFODEC_CONFIG).write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+
+    # ------------------------------------------------------------------------------ chat templates
+
+    def get_chat_template(self, chat_template: str | None = None, *, tools: Any = None) -> str:
+        """The template source ``apply_chat_template`` uses (transformers' ``get_chat_template``).
+
+        ``chat_template``: None for the checkpoint's own (its ``"default"``, or ``"tool_use"`` when
+        ``tools`` are given and it has one), the name of one of its named templates, or a Jinja
+        source string. Raises ``ValueError`` when the tokenizer has no template and none is given.
+        """
+        own = self.chat_template
+        if isinstance(own, dict):
+            if chat_template is not None:
+                return own.get(chat_template, chat_template)
+            if tools is not None and "tool_use" in own:
+                return own["tool_use"]
+            if "default" in own:
+                return own["default"]
+            raise ValueError(
+                f"this tokenizer has several chat templates and no 'default': {sorted(own)}; "
+                "pass chat_template=<one of these names>"
+            )
+        if chat_template is not None:
+            return chat_template
+        if own is None:
+            raise ValueError(
+                "this tokenizer has no chat template: none in tokenizer_config.json, chat_template.jinja or the "
+                "GGUF's tokenizer.chat_template (base models usually ship none). Pass chat_template=<Jinja source>, "
+                "or encode() the prompt as plain text"
+            )
+        return own
+
+    @overload
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tokenize: Literal[False] = False,
+        chat_template: str | None = None,
+        **template_kwargs: Any,
+    ) -> str: ...
+
+    @overload
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tokenize: Literal[True],
+        chat_template: str | None = None,
+        **template_kwargs: Any,
+    ) -> list[int]: ...
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tokenize: bool = False,
+        chat_template: str | None = None,
+        **template_kwargs: Any,
+    ) -> str | list[int]:
+        """The conversation rendered with the checkpoint's chat template, exactly as transformers'
+        ``tokenizer.apply_chat_template`` renders it (``infodec.models.chat_template``).
+
+        Args:
+          messages: ``[{"role": "system" | "user" | "assistant" | ..., "content": str}, ...]``, one
+            conversation (non-empty).
+          add_generation_prompt: end with the header that opens the assistant's turn (default True, the
+            prompt-for-generation case; transformers' default is False).
+          tokenize: return token ids instead of text. The text is encoded with ``add_bos=False``, as
+            transformers does (``add_special_tokens=False``): a template that wants a BOS writes
+            ``{{ bos_token }}`` itself, so it is never doubled.
+          chat_template: see :meth:`get_chat_template` (None = the checkpoint's own).
+          template_kwargs: further template variables: ``tools`` / ``documents`` (lists of dicts), or
+            template-specific ones (``enable_thinking``, ``date_string``, ...). They override the
+            special tokens (``bos_token``, ``eos_token``, ...), which the template always sees.
+
+        Returns:
+          The rendered text (``str``), or its ids (``list[int]``) when ``tokenize``.
+
+        Raises:
+          ValueError: no template (see :meth:`get_chat_template`), or malformed messages.
+          jinja2.TemplateError: raised by the template itself (e.g. "Conversation roles must alternate").
+        """
+        tools = template_kwargs.pop("tools", None)
+        documents = template_kwargs.pop("documents", None)
+        source = self.get_chat_template(chat_template, tools=tools)
+        text = chat.render(
+            source,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            special_tokens=self.special_tokens,
+            tools=tools,
+            documents=documents,
+            **template_kwargs,
+        )
+        return self.encode(text, add_bos=False) if tokenize else text
 
     # ---------------------------------------------------------------------------------- encoding
 
@@ -340,6 +538,13 @@ class Tokenizer:
         return array.tolist()
 
 
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a tokenizer ``Tokenizer.from_file`` reads: a ``tokenizer.json`` or a
+    SentencePiece ``tokenizer.model``."""
+    directory = Path(directory)
+    return (directory / "tokenizer.json").is_file() or (directory / "tokenizer.model").is_file()
+
+
 def _end_of_generation_ids(backend: BackendTokenizer) -> list[int]:
     """Ids of the special tokens named in ``_END_OF_GENERATION``."""
     return [
@@ -350,4 +555,69 @@ def _end_of_generation_ids(backend: BackendTokenizer) -> list[int]:
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _content(token: Any) -> Any:
+    """A special token as the HF configs write it: a string or ``{"content": ...}``."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _special_token_strings(folder: Path) -> dict[str, str]:
+    """The special-token strings transformers hands a chat template, from the HF files in ``folder``:
+    ``tokenizer_config.json``'s named tokens (``bos_token`` ... ``mask_token``), its model-specific
+    ``*_token`` entries (e.g. Gemma 3's ``boi_token``) and ``extra_special_tokens`` dict, then
+    ``special_tokens_map.json``, which overrides them unless the config lists ``added_tokens_decoder``."""
+    config = _read_json(folder / "tokenizer_config.json") or {}
+    legacy = _read_json(folder / "special_tokens_map.json") or {}
+    extra = config.get("extra_special_tokens")
+    sources = [config, extra if isinstance(extra, dict) else {}]
+    if "added_tokens_decoder" not in config:
+        sources.append(legacy)
+    strings: dict[str, str] = {}
+    for source in sources:
+        for key, value in source.items():
+            value = _content(value)
+            if isinstance(value, str) and (key in SPECIAL_TOKEN_NAMES or key.endswith("_token")):
+                strings[key] = value
+    return strings
+
+
+def _hf_chat_template(folder: Path) -> ChatTemplate | None:
+    """The chat template in ``folder``, read as transformers reads it: ``chat_template.jinja`` and
+    ``additional_chat_templates/<name>.jinja`` take priority over ``tokenizer_config.json``'s
+    ``chat_template`` (a string, or a list of ``{"name": ..., "template": ...}``)."""
+    files: dict[str, str] = {}
+    if (folder / CHAT_TEMPLATE_FILE).is_file():
+        files["default"] = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    if (folder / CHAT_TEMPLATE_DIR).is_dir():
+        for file in sorted((folder / CHAT_TEMPLATE_DIR).glob("*.jinja")):
+            files[file.name.removesuffix(".jinja")] = file.read_text(encoding="utf-8")
+    if files:
+        return files["default"] if list(files) == ["default"] else files
+    template = (_read_json(folder / "tokenizer_config.json") or {}).get("chat_template")
+    if isinstance(template, list):
+        return {item["name"]: item["template"] for item in template}
+    return template if isinstance(template, str) and template else None
+
+
+def _generation_config_eos_ids(folder: Path) -> list[int]:
+    """``generation_config.json``'s ``eos_token_id`` (an int or a list) in ``folder``: the ids generation
+    stops on (e.g. Llama 3.x Instruct's ``<|eot_id|>`` and ``<|eom_id|>``)."""
+    value = (_read_json(folder / "generation_config.json") or {}).get("eos_token_id")
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def _sentencepiece_backend(model: spm_model.SentencePieceModel) -> BackendTokenizer:
+    """The backend of a SentencePiece model, with its CONTROL and UNKNOWN pieces as special added tokens
+    (matched whole in text, dropped by ``skip_special_tokens``), as transformers builds it."""
+    backend = spm_model.build_backend(model)
+    backend.add_special_tokens(
+        [
+            AddedToken(piece, special=True, normalized=False)
+            for piece, _, kind in model.pieces
+            if kind in (spm_model.CONTROL, spm_model.UNKNOWN)
+        ]
+    )
+    return backend

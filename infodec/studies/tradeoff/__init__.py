@@ -10,6 +10,7 @@
 
 from infodec.studies.tradeoff.config import (
     ATTRIBUTION,
+    CHAT_TEMPLATE_MODES,
     FAMILIES,
     MEASURES,
     TASKS,
@@ -35,10 +36,13 @@ from infodec.studies.tradeoff.study import (
     TradeoffResult,
     TradeoffStudy,
     check_discriminator,
+    encode_inputs,
+    is_instruct,
     load_study,
     run,
     sweep_points,
     task_inputs,
+    use_chat_template,
 )
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "TWO_STREAM",
     "MEASURES",
     "ATTRIBUTION",
+    "CHAT_TEMPLATE_MODES",
     "TradeoffConfig",
     "smoke_config",
     "TaskInput",
@@ -54,6 +59,9 @@ __all__ = [
     "SweepPoint",
     "sweep_points",
     "TradeoffStudy",
+    "encode_inputs",
+    "is_instruct",
+    "use_chat_template",
     "load_study",
     "check_discriminator",
     "run",

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 TASKS = ("wiki-leads", "aclsum")
+# When the query is framed with the model's chat template (``study.use_chat_template``).
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 FAMILIES = ("temperature", "top_k", "top_p", "cfg", "classifier", "kl_guided", "dynamic")
 TWO_STREAM = ("cfg", "kl_guided", "dynamic")
 
@@ -77,6 +79,9 @@ class TradeoffConfig:
       inputs_per_call: inputs per ``generate`` call.
       seed: the input sample's and every decode's seed.
       model: the decoding LM.
+      chat_template: ``"auto"`` (frame the query with the model's chat template when its tokenizer has
+        one and the model is an instruct model), ``"on"`` (always; an error without a template) or
+        ``"off"`` (plain text). See ``study.use_chat_template``.
       evaluator: the LM that scores PMI and perplexity ("" = the decoding model).
       discriminator: folder of the classifier-guidance head.
     """
@@ -101,6 +106,7 @@ class TradeoffConfig:
     inputs_per_call: int = 16
     seed: int = 0
     model: str = "smollm2-135m"
+    chat_template: str = "auto"
     evaluator: str = ""
     discriminator: str = "results/discriminator"
 
@@ -109,6 +115,10 @@ class TradeoffConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise ValueError(
+                f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}"
+            )
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")

@@ -22,7 +22,10 @@ Every input is one (evidence, query) pair (:func:`task_inputs`): ``wiki-leads`` 
 {title}." with the lead as evidence) or ``aclsum`` ("Summarise the {aspect} of this paper in one
 sentence." with the abstract as evidence). One-stream decoders read evidence + query in their prompt;
 two-stream decoders read stream 0 = evidence + query and stream 1 = the query alone — the same token
-ids, so every decoder sees the same evidence and attribution is comparable. Each input gets
+ids, so every decoder sees the same evidence and attribution is comparable. For an instruct model
+(:func:`use_chat_template`; ``config.chat_template``) the query is the user turn of the model's own chat
+template, ending with the header that opens the assistant's answer, and the evidence is the document
+before it (see :class:`TradeoffStudy`); otherwise both are plain text. Each input gets
 ``num_samples`` continuations; all points use the same PRNG keys (common random numbers), so
 differences between points are paired by input.
 
@@ -55,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -71,6 +75,7 @@ from infodec.decoding import generate
 from infodec.eval import attribution, diversity
 from infodec.eval.sensibleness import mean_log_prob, row_perplexity
 from infodec.eval.stats import bootstrap_ci
+from infodec.models import registry
 from infodec.models.checkpoints import load
 from infodec.policies import (
     ClassifierFreeGuidance,
@@ -88,8 +93,67 @@ from infodec.studies.tradeoff.config import MEASURES, TASKS, TradeoffConfig
 from infodec.studies.tradeoff.report import interval, write_files
 
 EVIDENCE_SEPARATOR = "\n\n"  # appended to the evidence: the query starts a new paragraph
-QUERY_SUFFIX = "\n"  # appended to the query: the answer starts on a new line
+QUERY_SUFFIX = "\n"  # appended to the query: the answer starts on a new line (plain prompts)
 WIKI_QUERY = "Tell me about {title}."
+# A model name (or its registry description) naming an instruct / chat fine-tune.
+_INSTRUCT = re.compile(r"instruct|chat|(^|[-_./ ])(it|sft|dpo|rlhf)($|[-_./ ])", re.IGNORECASE)
+
+
+def is_instruct(model: str) -> bool:
+    """Whether ``model`` (a registry name, hub id or path) names an instruct model: its name -- or, for a
+    registry name, its description -- says "instruct", "chat", "-it", "sft", "dpo" or "rlhf"
+    (``smollm2-135m`` is SmolLM2-135M-Instruct; ``gemma3-270m`` is a base model)."""
+    entry = registry.REGISTRY.get(model)
+    return bool(_INSTRUCT.search(model) or (entry is not None and _INSTRUCT.search(entry.description)))
+
+
+def use_chat_template(mode: str, model: str, tokenizer: Any) -> bool:
+    """Whether the study frames the query with ``tokenizer``'s chat template.
+
+    ``mode`` (``config.chat_template``): ``"off"`` never; ``"on"`` always (``ValueError`` when the
+    tokenizer has no template); ``"auto"`` when the tokenizer has a template and :func:`is_instruct`
+    says ``model`` is an instruct model (base models often ship a template they were not tuned on).
+    """
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if mode == "off":
+        return False
+    if mode == "on":
+        if not has_template:
+            raise ValueError(
+                f"chat_template='on' but the tokenizer of {model!r} has no chat template; use 'auto' or 'off'"
+            )
+        return True
+    if mode == "auto":
+        return has_template and is_instruct(model)
+    raise ValueError(f"chat_template must be 'auto', 'on' or 'off', got {mode!r}")
+
+
+def encode_inputs(
+    tokenizer: Any, evidence: Sequence[str], queries: Sequence[str], *, chat: bool, cut: int | None = None
+) -> tuple[list[list[int]], list[list[int]], list[str]]:
+    """``(evidence_ids, query_ids, evidence_text)`` per input: stream 0 (or a one-stream prompt) reads
+    ``evidence_ids + query_ids``, stream 1 ``query_ids``.
+
+    The evidence is cut to ``cut`` tokens (``evidence_text`` is what remains, decoded) and followed by
+    :data:`EVIDENCE_SEPARATOR`. Plain (``chat=False``): the query is followed by :data:`QUERY_SUFFIX` and
+    nothing adds a BOS, since one could not start both streams. ``chat=True``: the query is the user turn
+    of ``tokenizer.apply_chat_template`` (system prompt, if the template adds one, and the generation
+    prompt included); when that starts with the BOS the template writes, the evidence starts with one
+    too, so both streams begin with BOS.
+    """
+    body = [tokenizer.encode(text, add_bos=False)[:cut] for text in evidence]
+    evidence_text = [tokenizer.decode(ids) for ids in body]
+    separator = tokenizer.encode(EVIDENCE_SEPARATOR, add_bos=False)
+    if not chat:
+        query_ids = [tokenizer.encode(q + QUERY_SUFFIX, add_bos=False) for q in queries]
+        return [ids + separator for ids in body], query_ids, evidence_text
+    query_ids = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+        for q in queries
+    ]
+    bos = tokenizer.bos_id
+    lead = [bos] if bos is not None and all(q[:1] == [bos] for q in query_ids) else []
+    return [lead + ids + separator for ids in body], query_ids, evidence_text
 
 
 # --- tasks ------------------------------------------------------------------------------------------
@@ -253,11 +317,18 @@ class TradeoffStudy:
       evaluator: ``(model, params, tokenizer)`` scoring PMI and perplexity; its ids are used directly when
         its tokenizer is the decoding tokenizer, else the texts are re-encoded.
       embed: ``texts -> [N, D]`` (``attribution.text_embedder``).
-      inputs: the task inputs; ``evidence_ids`` / ``query_ids`` their encodings (evidence cut to
-        ``config.max_evidence_tokens`` and followed by :data:`EVIDENCE_SEPARATOR`); ``evidence_text`` the
-        evidence as the model saw it (after the cut).
+      inputs: the task inputs; ``evidence_ids`` / ``query_ids`` their encodings (:func:`encode_inputs`:
+        evidence cut to ``config.max_evidence_tokens`` and followed by :data:`EVIDENCE_SEPARATOR`; the
+        query plain or in the chat template); ``evidence_text`` the evidence as the model saw it (after
+        the cut).
       topics: per input, the classifier-guidance target index (-1 when unknown).
       mesh: optional device mesh for ``generate`` (``infodec.sharding.make_mesh``).
+      chat: frame the query with the decoding model's chat template (:func:`use_chat_template`); a
+        separate evaluator uses its own template too when it has one.
+
+    With a chat template the evidence stays a document *before* the conversation rather than inside
+    the user turn: ``generate`` builds stream 0 as evidence + stream 1, so only this form gives every
+    decoder, one- or two-stream, the same token ids.
     """
 
     config: TradeoffConfig
@@ -269,18 +340,19 @@ class TradeoffStudy:
     inputs: list[TaskInput]
     topics: np.ndarray
     mesh: Any = None
+    chat: bool = False
     evidence_ids: list[list[int]] = dataclasses.field(init=False)
     query_ids: list[list[int]] = dataclasses.field(init=False)
     evidence_text: list[str] = dataclasses.field(init=False)
 
     def __post_init__(self):
-        tok, cut = self.tokenizer, self.config.max_evidence_tokens
-        separator = tok.encode(EVIDENCE_SEPARATOR, add_bos=False)
-        body = [tok.encode(x.evidence, add_bos=False)[:cut] for x in self.inputs]
-        self.evidence_text = [tok.decode(ids) for ids in body]
-        # No BOS: stream 0 is evidence + query and stream 1 the query alone, so a BOS could not start both.
-        self.evidence_ids = [ids + separator for ids in body]
-        self.query_ids = [tok.encode(x.query + QUERY_SUFFIX, add_bos=False) for x in self.inputs]
+        self.evidence_ids, self.query_ids, self.evidence_text = encode_inputs(
+            self.tokenizer,
+            [x.evidence for x in self.inputs],
+            [x.query for x in self.inputs],
+            chat=self.chat,
+            cut=self.config.max_evidence_tokens,
+        )
 
     def decode(self, point: SweepPoint) -> dict[str, Any]:
         """Runs ``point`` on every input: ``{"tokens" [N, L], "lengths" [N] (a final stop token not
@@ -337,9 +409,14 @@ class TradeoffStudy:
         out = np.zeros((len(ids), max(1, max(map(len, ids)))), np.int32)
         for r, x in enumerate(ids):
             out[r, : len(x)] = x
-        bos = [ev_tok.bos_id] if getattr(ev_tok, "add_bos", False) and ev_tok.bos_id is not None else []
-        query = [ev_tok.encode(x.query + QUERY_SUFFIX, add_bos=False) for x in self.inputs]
-        evidence = [ev_tok.encode(t + EVIDENCE_SEPARATOR, add_bos=False) for t in self.evidence_text]
+        queries = [x.query for x in self.inputs]
+        if self.chat and getattr(ev_tok, "chat_template", None) is not None:
+            bos: list[int] = []  # the template writes it
+            evidence, query, _ = encode_inputs(ev_tok, self.evidence_text, queries, chat=True)
+        else:
+            bos = [ev_tok.bos_id] if getattr(ev_tok, "add_bos", False) and ev_tok.bos_id is not None else []
+            query = [ev_tok.encode(q + QUERY_SUFFIX, add_bos=False) for q in queries]
+            evidence = [ev_tok.encode(t + EVIDENCE_SEPARATOR, add_bos=False) for t in self.evidence_text]
         return (
             out,
             np.array([len(x) for x in ids]),
@@ -452,7 +529,8 @@ def load_study(
     """Loads what ``config`` names unless given: ``loaded`` = ``(model, params, tokenizer)``,
     ``evaluator`` likewise (default: the decoding LM when ``config.evaluator`` is "" or the model's
     name), ``embed`` (MiniLM), ``inputs`` (:func:`task_inputs`). ``topics``: the discriminator's topic
-    names (index = classifier-guidance target); ``mesh``: passed to ``generate``."""
+    names (index = classifier-guidance target); ``mesh``: passed to ``generate``. Whether prompts use the
+    chat template follows ``config.chat_template`` (:func:`use_chat_template`)."""
     model, params, tokenizer = loaded if loaded is not None else load(config.model)
     if evaluator is None:
         same = config.evaluator in ("", config.model)
@@ -471,6 +549,7 @@ def load_study(
         inputs,
         np.array([index.get(x.topic, -1) for x in inputs], np.int32),
         mesh,
+        chat=use_chat_template(config.chat_template, config.model, tokenizer),
     )
 
 
@@ -541,7 +620,11 @@ def run(
     def study() -> TradeoffStudy:
         start = time.perf_counter()
         s = load_study(config, loaded=loaded, evaluator=evaluator, embed=embed, inputs=inputs, topics=topics, mesh=mesh)
-        log(f"loaded {config.model} and {len(s.inputs)} {config.task} inputs ({time.perf_counter() - start:.0f} s)")
+        framing = "the model's chat template" if s.chat else "plain text"
+        log(
+            f"loaded {config.model} and {len(s.inputs)} {config.task} inputs "
+            f"({time.perf_counter() - start:.0f} s); prompts in {framing}"
+        )
         return s
 
     points = sweep_points(config, discriminator, lm=lambda: (study().model, study().params))
