@@ -255,3 +255,21 @@ def test_loading_onto_a_mesh_reads_each_devices_slice(tmp_path):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["on_intended"] and report["split"] >= 10 and report["full_copies"] == 0
     assert report["max_diff"] < 1e-5
+
+
+@pytest.mark.download
+def test_gguf_is_cached_in_the_target_dtype(smollm2_gguf, tmp_path, monkeypatch):
+    """A GGUF file converts once per dtype, straight into that dtype: no float32 copy on disk for bf16."""
+    from infodec import cache
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    copy = tmp_path / "smollm2.gguf"
+    copy.write_bytes(smollm2_gguf.read_bytes())
+    model, params, _ = infodec.load(copy, dtype=jnp.bfloat16)
+    (converted,) = (tmp_path / "converted").glob("smollm2-*-bfloat16")
+    stored = {ref.dtype for ref in tensors.read_directory(converted).values()}
+    assert (
+        stored == {np.dtype(jnp.bfloat16)}
+        and json.loads((converted / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    )
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
