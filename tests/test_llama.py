@@ -104,15 +104,15 @@ def test_config_weight_mismatch_is_one_clear_error(tmp_path):
     config = llama.LlamaConfig.from_hf(
         {**__import__("json").loads((tmp_path / "config.json").read_text()), "intermediate_size": 96}
     )
-    from infodec.models.checkpoints import read_safetensors
+    from infodec.models.tensors import read_directory
 
     with pytest.raises(CheckpointMismatchError, match=r"mlp.gate_proj.weight.*shape \(80, 48\).*\(96, 48\)"):
-        llama.convert_hf_weights(config, read_safetensors(tmp_path))
+        llama.convert_hf_weights(config, read_directory(tmp_path))
     fewer_layers = dataclasses.replace(
         llama.LlamaConfig.from_hf(__import__("json").loads((tmp_path / "config.json").read_text())), num_layers=2
     )
     with pytest.raises(CheckpointMismatchError, match=r"weights for layer\(s\) \[2\] but the config has 2 layers"):
-        llama.convert_hf_weights(fewer_layers, read_safetensors(tmp_path))
+        llama.convert_hf_weights(fewer_layers, read_directory(tmp_path))
 
 
 def test_apply_rejects_bad_input(tiny):
