@@ -9,6 +9,13 @@ Attention has per-head q/k norms and scale ``query_pre_attn_scalar ** -0.5``. La
 ``sliding_attention`` (window ``sliding_window``, local RoPE base, 1e4 for Gemma 3) or
 ``full_attention`` (global RoPE base, 1e6, plus optional scaling such as linear x8 for 4B+). Embeddings
 are scaled by ``sqrt(hidden_size)`` and the LM head is tied to them.
+
+Multimodal Gemma 3 checkpoints (``Gemma3ForConditionalGeneration``, model_type ``gemma3``: Gemma 3
+4B/12B/27B) load as their text model: the config's ``text_config`` (HF's defaults where it omits a field)
+and the language model's weights (``language_model.model.*`` as transformers writes them, or
+``model.language_model.*``). The vision tower and projector are not read: image inputs are not supported.
+On text the two models give the same logits. Gemma 2 (:mod:`infodec.models.gemma2`) reuses these modules
+with ``qk_norm=False``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, HFWeights
+from infodec.models.base import CausalLM, CheckpointMismatchError, HFWeights
 from infodec.models.layers import (
     Attention,
     GatedMLP,
@@ -34,7 +41,27 @@ from infodec.models.layers import (
     run_layers,
 )
 
-HF_MODEL_TYPES = ("gemma3_text",)
+HF_MODEL_TYPES = ("gemma3_text", "gemma3")
+
+# ``Gemma3TextConfig``'s defaults: a multimodal checkpoint's ``text_config`` may omit any of them.
+TEXT_CONFIG_DEFAULTS = {
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "max_position_embeddings": 131_072,
+}
+# Prefixes of the language model's weights in a multimodal checkpoint (transformers' save format; the
+# in-memory one of transformers 5), mapped to a text model's.
+MULTIMODAL_PREFIXES = {
+    "language_model.model.": "model.",
+    "model.language_model.": "model.",
+    "language_model.lm_head.": "lm_head.",
+    "lm_head.": "lm_head.",
+}
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
 # HF's defaults when a config gives no RoPE base (``Gemma3TextConfig.default_theta``).
@@ -46,7 +73,7 @@ NO_WINDOW = np.iinfo(np.int32).max
 log = logging.getLogger(__name__)
 
 
-def _rope_items(params: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
+def rope_items(params: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
     """RoPE scaling as a hashable tuple of items, None for plain (``default``) RoPE."""
     params = {key: value for key, value in (params or {}).items() if key != "rope_theta"}
     kind = params.get("rope_type", params.get("type", "default"))
@@ -80,6 +107,7 @@ class Gemma3Config:
     # Applied to attention scores when set. ``from_hf`` leaves it None: HF's Gemma 3 reads the config
     # field but never passes it to attention, and our logits must equal HF's on the same directory.
     attn_logit_softcapping: float | None = None
+    qk_norm: bool = True  # per-head (1 + w) RMS norms of q and k (Gemma 3; not Gemma 2)
     scan_layers: bool = False
     model_type: str = "gemma3_text"
     dtype: str = "float32"  # parameters and activations (a name, so the config hashes)
@@ -103,8 +131,15 @@ class Gemma3Config:
 
         transformers 5: ``layer_types`` and ``rope_parameters = {"full_attention": {...},
         "sliding_attention": {...}}``. Older: ``sliding_window_pattern`` (every N-th layer global),
-        ``rope_theta`` + ``rope_scaling`` (global) and ``rope_local_base_freq`` (local).
+        ``rope_theta`` + ``rope_scaling`` (global) and ``rope_local_base_freq`` (local). A multimodal
+        ``gemma3`` config is read from its ``text_config`` (module docstring).
         """
+        if hf.get("model_type") == "gemma3" or "text_config" in hf:
+            text = {**TEXT_CONFIG_DEFAULTS, **(hf.get("text_config") or {})}
+            text.setdefault("tie_word_embeddings", hf.get("tie_word_embeddings", True))
+            if text.get("model_type", "gemma3_text") != "gemma3_text":
+                raise ValueError(f"gemma3 text_config has model_type {text['model_type']!r}, expected 'gemma3_text'")
+            return dataclasses.replace(cls.from_hf(text, scan_layers=scan_layers), model_type="gemma3")
         if hf.get("use_bidirectional_attention"):
             raise ValueError(
                 "Gemma 3 with use_bidirectional_attention (an encoder, e.g. EmbeddingGemma) "
@@ -147,8 +182,8 @@ class Gemma3Config:
             rope_theta=float(global_theta),
             rope_local_theta=float(local_theta),
             max_position_embeddings=hf.get("max_position_embeddings", 131072),
-            rope_scaling=_rope_items(global_rope),
-            rope_local_scaling=_rope_items(local_rope),
+            rope_scaling=rope_items(global_rope),
+            rope_local_scaling=rope_items(local_rope),
             tie_word_embeddings=hf.get("tie_word_embeddings", True),
             attention_bias=hf.get("attention_bias", False),
             hidden_act=hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh",
@@ -231,7 +266,7 @@ class Gemma3Block(nn.Module):
             scale=c.query_pre_attn_scalar**-0.5,
             qkv_bias=c.attention_bias,
             out_bias=c.attention_bias,
-            qk_norm_eps=c.rms_norm_eps,
+            qk_norm_eps=c.rms_norm_eps if c.qk_norm else None,
             norm_offset=1.0,
             softcap=c.attn_logit_softcapping,
             dtype=c.dtype,
@@ -283,8 +318,12 @@ class Gemma3(nn.Module):
 
 
 def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, np.ndarray]) -> dict:
-    """HF ``Gemma3ForCausalLM`` state dict (numpy, ``[out, in]`` linears, norms store ``w``) -> Flax params."""
+    """HF ``Gemma3ForCausalLM`` state dict (numpy, ``[out, in]`` linears, norms store ``w``) -> Flax params.
+
+    A multimodal checkpoint's language-model weights are renamed to a text model's; the rest is not read."""
     c = config
+    if c.model_type == "gemma3":
+        tensors = text_weights(tensors)
     w = HFWeights(tensors)
     q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     bias = c.attention_bias
@@ -305,8 +344,14 @@ def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, np.ndarray]) 
                     "k_proj": w.dense(f"{p}.self_attn.k_proj", kv_dim, c.hidden_size, bias),
                     "v_proj": w.dense(f"{p}.self_attn.v_proj", kv_dim, c.hidden_size, bias),
                     "o_proj": w.dense(f"{p}.self_attn.o_proj", c.hidden_size, q_dim, bias),
-                    "q_norm": w.norm(f"{p}.self_attn.q_norm", c.head_dim),
-                    "k_norm": w.norm(f"{p}.self_attn.k_norm", c.head_dim),
+                    **(
+                        {
+                            "q_norm": w.norm(f"{p}.self_attn.q_norm", c.head_dim),
+                            "k_norm": w.norm(f"{p}.self_attn.k_norm", c.head_dim),
+                        }
+                        if c.qk_norm
+                        else {}
+                    ),
                 },
                 "mlp": {
                     "gate_proj": w.dense(f"{p}.mlp.gate_proj", c.intermediate_size, c.hidden_size),
@@ -316,6 +361,22 @@ def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, np.ndarray]) 
             }
         )
     return w.decoder(c, layers)
+
+
+def text_weights(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """The language model's tensors of a multimodal Gemma 3 checkpoint, under a text model's names."""
+    renamed = {}
+    for name, value in tensors.items():
+        for prefix, target in MULTIMODAL_PREFIXES.items():
+            if name.startswith(prefix):
+                renamed[target + name.removeprefix(prefix)] = value
+                break
+    if not renamed:
+        raise CheckpointMismatchError(
+            "a gemma3 (multimodal) checkpoint without language-model weights (language_model.model.* or "
+            "model.language_model.*)"
+        )
+    return renamed
 
 
 def build(config: Gemma3Config) -> CausalLM:

@@ -111,7 +111,8 @@ def dot_product_attention(
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> Array:
-    """Inverse frequencies of rotary embeddings, with HF's ``default``, ``linear`` and ``llama3`` types."""
+    """Inverse frequencies of rotary embeddings, with HF's ``default``, ``linear``, ``llama3``, ``dynamic`` and
+    ``yarn`` types (``yarn``'s cos/sin factor: :func:`rope_attention_factor`)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     scaling = scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -129,7 +130,75 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None
         return jnp.where(
             wavelen > old_len / low, inv_freq / factor, jnp.where(wavelen < old_len / high, inv_freq, smoothed)
         )
-    raise ValueError(f"unsupported rope scaling type {kind!r}; supported: default, linear, llama3")
+    if kind == "dynamic":
+        # HF's dynamic NTK rescales the base only once a forward pass reaches a position at or beyond
+        # max_position_embeddings; below that its frequencies are the default ones. infodec never runs
+        # positions at or past max_position_embeddings (``CausalLM.max_length``), so the static default
+        # frequencies are HF's exactly over the whole range infodec runs.
+        return inv_freq
+    if kind == "yarn":
+        return _yarn_inv_freq(inv_freq, head_dim, theta, scaling)
+    if kind in ("longrope", "su"):  # the short factors; longrope_inv_freq(..., long=True) the long ones
+        return longrope_inv_freq(head_dim, theta, scaling, long=False)
+    raise ValueError(
+        f"unsupported rope scaling type {kind!r}; supported: default, linear, llama3, dynamic, yarn, longrope"
+    )
+
+
+def _yarn_inv_freq(inv_freq: Array, dim: int, theta: float, scaling: Mapping[str, Any]) -> Array:
+    """YaRN frequencies (HF's ``_compute_yarn_parameters``): interpolated (``/ factor``) below the
+    ``beta_slow`` rotation count over ``original_max_position_embeddings``, extrapolated (unchanged) above
+    ``beta_fast``, a linear ramp between. ``factor`` must be resolved (HF's None = max / original)."""
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # as HF: no singular ramp
+    ramp = jnp.clip((jnp.arange(dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp
+    return (inv_freq / factor) * (1 - extrapolation) + inv_freq * extrapolation
+
+
+def longrope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any], *, long: bool) -> Array:
+    """HF's ``longrope`` (``su``) frequencies: the default ones divided by ``long_factor`` (``long``) or
+    ``short_factor``. HF takes the long ones when a forward pass reaches a sequence length beyond
+    ``original_max_position_embeddings``; the model makes that choice (e.g. ``jnp.where``)."""
+    factors = jnp.asarray(scaling["long_factor" if long else "short_factor"], jnp.float32)
+    if factors.shape != (head_dim // 2,):
+        raise ValueError(f"longrope factors have {factors.shape} entries; the rotary dimension needs {head_dim // 2}")
+    return 1.0 / (factors * theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+
+
+def longrope_attention_factor(scaling: Mapping[str, Any], max_position_embeddings: int) -> float:
+    """HF's ``longrope`` multiplier of cos/sin: ``attention_factor``, else ``sqrt(1 + ln f / ln L0)`` with
+    ``f = factor``, or ``max_position_embeddings / L0`` without one (``L0 = original_max_position_embeddings``)."""
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    original = scaling["original_max_position_embeddings"]
+    factor = scaling.get("factor") or max_position_embeddings / original
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def rope_attention_factor(scaling: Mapping[str, Any] | None) -> float:
+    """HF's ``attention_scaling`` of a RoPE type: the factor multiplying cos and sin (so q and k), 1 except
+    for ``yarn`` (``attention_factor``, else ``0.1 * mscale * ln(factor) + 1`` (ratio with
+    ``mscale_all_dim``)). A model applies it to q and k, or equivalently its square to the score scale."""
+    scaling = scaling or {}
+    if scaling.get("rope_type", scaling.get("type", "default")) != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor = scaling["factor"]
+    mscale = lambda scale, m=1.0: 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+    m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    return float(mscale(factor, m) / mscale(factor, m_all)) if m and m_all else float(mscale(factor))
 
 
 def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
@@ -266,6 +335,7 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
 }
 
 

@@ -2,6 +2,17 @@
 
 One config-driven file. Pre-norm blocks: ``x += attn(rms(x))``, ``x += swiglu(rms(x))``; RoPE in
 HF's rotate-half layout (GGUF checkpoints have their Q/K permutation undone at load time).
+
+RoPE scaling: ``linear``, ``llama3``, ``yarn`` (its cos/sin factor folded into the score scale as its
+square) and ``dynamic``. HF's dynamic NTK rescales the base once a forward pass reaches position
+``max_position_embeddings`` (recomputing it per call from the longest position, while cached keys keep
+their old rotation); below that it is plain RoPE. infodec keeps the frequencies static: the default ones,
+which are HF's exactly for every position below ``max_position_embeddings``, the only positions infodec
+runs (``CausalLM.max_length``); HF's longer-than-trained regime is not reproduced.
+
+Sliding windows: Mistral's ``sliding_window`` on every layer (a query at p sees keys at q > p - window, as
+HF's mask), Qwen2's on the layers ``layer_types`` (or ``max_window_layers``) mark, when
+``use_sliding_window``. Config fields that would change the computation but are not implemented raise.
 """
 
 from __future__ import annotations
@@ -15,16 +26,23 @@ import numpy as np
 
 from infodec.models.base import CausalLM, HFWeights
 from infodec.models.layers import (
+    ACTIVATIONS,
     Attention,
     GatedMLP,
     RMSNorm,
     default_scan_layers,
     lm_logits,
+    rope_attention_factor,
     rope_inv_freq,
     run_layers,
 )
 
 HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+# Window of a full-attention layer among sliding ones (the window is a per-layer array): beyond any context.
+NO_WINDOW = np.iinfo(np.int32).max
+# RoPE types this file runs as HF does (longrope's long/short switch and its cos/sin factor are not here).
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +67,73 @@ class LlamaConfig:
     model_type: str = "llama"
     dtype: str = "float32"  # parameters and activations (a name, so the config hashes)
     cache_dtype: str | None = None  # the KV cache; None = ``dtype``
+    sliding_window: int | None = None  # keys at q > p - window only; None = full attention
+    sliding_layers: tuple[bool, ...] | None = None  # which layers the window applies to; None = all
+
+    def __post_init__(self):
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(sorted(ACTIVATIONS))}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be a positive number of tokens, got {self.sliding_window}")
+        if self.sliding_layers is not None and len(self.sliding_layers) != self.num_layers:
+            raise ValueError(f"sliding_layers has {len(self.sliding_layers)} entries for {self.num_layers} layers")
+        scaling = dict(self.rope_scaling or ())
+        try:
+            rope_inv_freq(self.head_dim, self.rope_theta, scaling)
+        except KeyError as error:
+            raise ValueError(f"rope_scaling {scaling} lacks the field {error}") from None
+
+    @property
+    def attention_scale(self) -> float:
+        """``1/sqrt(head_dim)``, times the square of YaRN's cos/sin factor (it multiplies both q and k)."""
+        return self.head_dim**-0.5 * rope_attention_factor(dict(self.rope_scaling or ())) ** 2
+
+    def layer_windows(self) -> np.ndarray | None:
+        """Per-layer windows (``NO_WINDOW`` where a layer attends fully), None without a sliding window."""
+        if self.sliding_window is None:
+            return None
+        sliding = self.sliding_layers or (True,) * self.num_layers
+        return np.array([self.sliding_window if s else NO_WINDOW for s in sliding], np.int32)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> LlamaConfig:
         """Reads an HF ``config.json`` dict (old ``rope_theta``/``rope_scaling`` or new ``rope_parameters``)."""
         heads = hf["num_attention_heads"]
+        model_type = hf.get("model_type", "llama")
+        max_positions = hf.get("max_position_embeddings", 2048)
         rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        if any(isinstance(value, Mapping) for value in rope.values()):
+            raise ValueError(f"per-layer-type rope_parameters are not supported by {model_type}: {rope}")
         theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
         kind = rope.get("rope_type", rope.get("type", "default"))
-        model_type = hf.get("model_type", "llama")
+        if kind not in ROPE_TYPES:
+            raise ValueError(
+                f"unsupported rope scaling type {kind!r} for {model_type}; supported: {', '.join(ROPE_TYPES)}"
+            )
+        partial = rope.pop("partial_rotary_factor", hf.get("partial_rotary_factor")) or 1.0
+        if partial != 1.0:
+            raise ValueError(f"partial_rotary_factor {partial} is not supported by {model_type} (full rotary only)")
+        if kind == "yarn":  # HF's defaults: the trained length is max_position_embeddings, factor their ratio
+            if hf.get("original_max_position_embeddings") is not None:
+                rope["original_max_position_embeddings"] = hf["original_max_position_embeddings"]
+            rope.setdefault("original_max_position_embeddings", max_positions)
+            if rope.get("factor") is None:
+                rope["factor"] = max_positions / rope["original_max_position_embeddings"]
+        window, sliding = None, None
+        if model_type == "mistral":  # HF's MistralModel windows every layer (it ignores layer_types)
+            window = hf.get("sliding_window")
+        elif model_type == "qwen2" and hf.get("use_sliding_window"):
+            window = hf.get("sliding_window")
+            layer_types = hf.get("layer_types") or [
+                "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
+                for i in range(hf["num_hidden_layers"])
+            ]
+            unknown = sorted(set(layer_types) - {"sliding_attention", "full_attention"})
+            if unknown:
+                raise ValueError(f"unsupported layer_types {unknown} for qwen2")
+            sliding = tuple(layer == "sliding_attention" for layer in layer_types)
+        # Mistral and Qwen2 have no bias settings in HF (Qwen2: q/k/v bias always, o-proj and MLP none).
+        bias = model_type == "llama" and hf.get("attention_bias", False)
         return cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -68,15 +144,17 @@ class LlamaConfig:
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            max_position_embeddings=max_positions,
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
-            qkv_bias=model_type == "qwen2" or hf.get("attention_bias", False),
-            out_bias=model_type != "qwen2" and hf.get("attention_bias", False),
-            mlp_bias=hf.get("mlp_bias", False),
+            qkv_bias=model_type == "qwen2" or bias,
+            out_bias=bias,
+            mlp_bias=model_type == "llama" and hf.get("mlp_bias", False),
             hidden_act=hf.get("hidden_act", "silu"),
             rope_scaling=None if kind == "default" else tuple(sorted(rope.items())),
             scan_layers=default_scan_layers() if scan_layers is None else scan_layers,
             model_type=model_type,
+            sliding_window=window,
+            sliding_layers=sliding,
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -101,28 +179,37 @@ class LlamaConfig:
             "mlp_bias": self.mlp_bias,
             "hidden_act": self.hidden_act,
             "torch_dtype": "float32",
+            **self._hf_window(),
         }
+
+    def _hf_window(self) -> dict[str, Any]:
+        if self.sliding_window is None:
+            return {}
+        if self.sliding_layers is None:  # every layer: Mistral
+            mistral = {"architectures": ["MistralForCausalLM"], "model_type": "mistral"}
+            return {**mistral, "sliding_window": self.sliding_window}
+        raise ValueError("a per-layer sliding window has no llama config.json (it is a qwen2 checkpoint's)")
 
 
 class LlamaBlock(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, kv, layer, *, positions, k_positions, index, inv_freq):
+    def __call__(self, x, kv, layer, *, positions, k_positions, index, inv_freq, window=None):
         c = self.config
         attn = Attention(
             c.num_heads,
             c.num_kv_heads,
             c.head_dim,
             c.hidden_size,
-            scale=c.head_dim**-0.5,
+            scale=c.attention_scale,
             qkv_bias=c.qkv_bias,
             out_bias=c.out_bias,
             dtype=c.dtype,
             name="self_attn",
         )
         norm = lambda name: RMSNorm(c.rms_norm_eps, dtype=c.dtype, name=name)
-        h, kv = attn(norm("input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq)
+        h, kv = attn(norm("input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq, window)
         x = x + h
         mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, c.mlp_bias, dtype=c.dtype, name="mlp")
         return x + mlp(norm("post_attention_layernorm")(x)), kv
@@ -142,13 +229,14 @@ class Llama(nn.Module):
             cache = cache.write_positions(positions)
             kv, k_positions = (cache.k, cache.v), cache.positions
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
+        windows = c.layer_windows()
         x, kv = run_layers(
             LlamaBlock,
             c,
             c.scan_layers,
             x,
             kv,
-            layer_args={},
+            layer_args={} if windows is None else {"window": windows},
             positions=positions,
             k_positions=k_positions,
             index=index,

@@ -44,6 +44,21 @@ _RULES = (
     (r"/intermediate/kernel$", (None, MODEL), "intermediate_size"),
     (r"/intermediate/bias$", (MODEL,), "intermediate_size"),
     (r"layers_\d+/output/kernel$|layers/block/output/kernel$", (MODEL, None), "intermediate_size"),
+    # Mixture of experts (Mixtral, Qwen3-MoE): stacked [E, in, out] expert kernels split by expert.
+    (r"mlp/experts/(gate_proj|up_proj|down_proj)$", (MODEL, None, None), "num_experts"),
+    # GPT-NeoX: the fused query_key_value's outputs are laid out per head ([heads, 3, head_dim]), so a
+    # column split is a split by heads.
+    (r"attention/query_key_value/kernel$", (None, MODEL), "num_heads"),
+    (r"attention/query_key_value/bias$", (MODEL,), "num_heads"),
+    (r"attention/dense/kernel$", (MODEL, None), "num_heads"),
+    (r"mlp/dense_h_to_4h/kernel$", (None, MODEL), "intermediate_size"),
+    (r"mlp/dense_h_to_4h/bias$", (MODEL,), "intermediate_size"),
+    (r"mlp/dense_4h_to_h/kernel$", (MODEL, None), "intermediate_size"),
+    (r"embed_in/embedding$", (MODEL, None), "vocab_size"),
+    # OPT: the MLP's fc1/fc2 at the layer level.
+    (r"/fc1/kernel$", (None, MODEL), "intermediate_size"),
+    (r"/fc1/bias$", (MODEL,), "intermediate_size"),
+    (r"/fc2/kernel$", (MODEL, None), "intermediate_size"),
 )
 
 

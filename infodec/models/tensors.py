@@ -75,6 +75,7 @@ class TensorRef:
       name: the tensor's name in the file (for error messages).
       transposed: a transposed view of a 2-D tensor (``.T``).
       columns: ``(start, stop)``, a range of the last stored axis (a slice of a fused projection).
+      rows: ``(start, stop)``, a range of the first stored axis (a part of a fused ``[out, in]`` projection).
     """
 
     path: Path
@@ -84,12 +85,15 @@ class TensorRef:
     name: str
     transposed: bool = False
     columns: tuple[int, int] | None = None
+    rows: tuple[int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         shape = list(self.stored_shape)
         if self.columns is not None:
             shape[-1] = self.columns[1] - self.columns[0]
+        if self.rows is not None:
+            shape[0] = self.rows[1] - self.rows[0]
         return tuple(reversed(shape)) if self.transposed else tuple(shape)
 
     @property
@@ -117,6 +121,9 @@ class TensorRef:
         if self.columns is not None:
             last = stored[-1]
             stored = (*stored[:-1], slice(last.start + self.columns[0], last.stop + self.columns[0]))
+        if self.rows is not None:
+            first = stored[0]
+            stored = (slice(first.start + self.rows[0], first.stop + self.rows[0]), *stored[1:])
         if not stored:  # a scalar
             data = self._read_rows(0, 1).reshape(())
         else:
@@ -141,9 +148,10 @@ class TensorRef:
 
 @dataclasses.dataclass(frozen=True)
 class StackedRef:
-    """Per-layer references stacked along a new leading axis (the parameters of scanned layers)."""
+    """References stacked along a new leading axis (the parameters of scanned layers, or the experts of a
+    mixture-of-experts layer; a stack of stacks for the experts of scanned layers)."""
 
-    parts: tuple[TensorRef, ...]
+    parts: tuple[TensorRef | StackedRef, ...]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -177,10 +185,26 @@ def split_columns(x: Any, parts: int) -> list[Any]:
     return [dataclasses.replace(x, columns=(start + i * width, start + (i + 1) * width)) for i in range(parts)]
 
 
+def split_rows(x: Any, sizes: Iterable[int]) -> list[Any]:
+    """``x`` cut into consecutive ranges of ``sizes`` rows (first axis), e.g. a fused ``[q + k + v, in]``
+    projection into its parts (call before ``.T``): array views, or references."""
+    sizes = list(sizes)
+    if sum(sizes) != x.shape[0]:
+        raise ValueError(f"row sizes {sizes} do not add up to the {x.shape[0]} rows of a tensor of shape {x.shape}")
+    bounds = np.cumsum([0, *sizes]).tolist()
+    if not isinstance(x, TensorRef):
+        return list(np.split(np.asarray(x), bounds[1:-1], axis=0))
+    if x.transposed or (x.columns is not None and x.ndim == 1):
+        raise ValueError(f"{x.name}: split a tensor's rows before transposing or slicing it")
+    start = x.rows[0] if x.rows else 0
+    return [dataclasses.replace(x, rows=(start + a, start + b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def stack_layers(leaves: Iterable[Any]) -> Any:
-    """Stacks per-layer leaves along a new axis: a :class:`StackedRef` of references, else an array."""
+    """Stacks per-layer leaves along a new axis: a :class:`StackedRef` of references (or of stacks of
+    references), else an array."""
     leaves = list(leaves)
-    if all(isinstance(leaf, TensorRef) for leaf in leaves):
+    if all(isinstance(leaf, TensorRef) for leaf in leaves) or all(isinstance(leaf, StackedRef) for leaf in leaves):
         return StackedRef(tuple(leaves))
     return np.stack([np.asarray(leaf.read() if is_lazy(leaf) else leaf) for leaf in leaves])
 
