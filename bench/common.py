@@ -18,8 +18,14 @@ def prompts(tokenizer, batch: int, length: int) -> np.ndarray:
     return np.stack([ids[3 * row : 3 * row + length] for row in range(batch)]).astype(np.int32)
 
 
-def write_results(out: str, name: str, meta: dict, rows: list[dict], table: str) -> None:
-    """Writes ``{out}/{name}.json`` (meta + rows) and ``{out}/{name}.md`` (the table), and prints the table."""
+def random_tokens(vocab_size: int, batch: int, length: int, seed: int = 0) -> np.ndarray:
+    """``[batch, length]`` int32 token ids drawn uniformly from ``[0, vocab_size)`` (prompts for random models)."""
+    return np.random.default_rng(seed).integers(0, vocab_size, (batch, length), dtype=np.int32)
+
+
+def write_results(out: str, name: str, meta: dict, rows: list[dict], table: str, quiet: bool = False) -> None:
+    """Writes ``{out}/{name}.json`` (meta + rows) and ``{out}/{name}.md`` (the table), and prints the table
+    unless ``quiet``."""
     import json
     import os
     from pathlib import Path
@@ -31,4 +37,5 @@ def write_results(out: str, name: str, meta: dict, rows: list[dict], table: str)
     meta = {"backend": jax.default_backend(), "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), **meta}
     (folder / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (folder / f"{name}.md").write_text(table)
-    print(table)
+    if not quiet:
+        print(table)

@@ -35,15 +35,20 @@ import infodec
 from bench.common import TEXT, write_results
 from infodec import daemon
 
-_MODEL = flags.DEFINE_string("model", "smollm2-135m", "Model to benchmark.")
-_CANDIDATES = flags.DEFINE_integer("candidates", 25, "M: DAEMON candidates = plain batch size.")
-_NEW_TOKENS = flags.DEFINE_list("new_tokens", ["64"], "Continuation lengths (EOS suppressed).")
-_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Prompt length in tokens.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions per arm (median reported).")
-_OUT = flags.DEFINE_string("out", "bench/results", "Output folder.")
-
 METRICS = ("sr4", "tr32", "div")
 MU = np.array([2.0, 1.0, -1.0])  # fixed, nonzero; its value does not change the work done
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a script, so other benchmarks can import this)."""
+    flags.DEFINE_string("model", "smollm2-135m", "Model to benchmark.")
+    flags.DEFINE_integer("candidates", 25, "M: DAEMON candidates = plain batch size.")
+    flags.DEFINE_list("new_tokens", ["64"], "Continuation lengths (EOS suppressed).")
+    flags.DEFINE_integer("prompt_tokens", 32, "Prompt length in tokens.")
+    flags.DEFINE_integer("repeats", 3, "Timed repetitions per arm (median reported).")
+    flags.DEFINE_string("out", "bench/results", "Output folder.")
 
 
 def _timed(fn) -> float:
@@ -120,12 +125,14 @@ def post_decode_seconds(model, params, prompt, m: int, new_tokens: int) -> float
     return statistics.median(_timed(post) for _ in range(20))
 
 
-def measure(model, params, prompt, m: int, new_tokens: int) -> dict:
+def measure(model, params, prompt, m: int, new_tokens: int, repeats: int) -> dict:
+    """The three arms (``arms``) taking turns ``repeats`` times after a warm-up each, and the post-decode
+    work timed directly; medians, their ratios and the compilations during the timed calls."""
     fns = arms(model, params, prompt, m, new_tokens)
     first = {name: _timed(functools.partial(fn, 0)) for name, fn in fns.items()}  # warm-up (compiles)
     times = {name: [] for name in fns}
     compiles_before = infodec.compile_count()
-    for repeat in range(_REPEATS.value):  # take turns so machine noise hits every arm alike
+    for repeat in range(repeats):  # take turns so machine noise hits every arm alike
         for name, fn in fns.items():
             times[name].append(_timed(functools.partial(fn, repeat + 1)))
     compiles = infodec.compile_count() - compiles_before
@@ -154,12 +161,12 @@ def measure(model, params, prompt, m: int, new_tokens: int) -> dict:
 
 def main(argv):
     del argv
-    model, params, tokenizer = infodec.load(_MODEL.value)
-    assert tokenizer is not None, f"{_MODEL.value} ships no tokenizer"
-    prompt = np.asarray(tokenizer.encode(TEXT)[: _PROMPT_TOKENS.value], np.int32)
+    model, params, tokenizer = infodec.load(FLAGS.model)
+    assert tokenizer is not None, f"{FLAGS.model} ships no tokenizer"
+    prompt = np.asarray(tokenizer.encode(TEXT)[: FLAGS.prompt_tokens], np.int32)
     rows = []
-    for new_tokens in map(int, _NEW_TOKENS.value):
-        row = measure(model, params, prompt, _CANDIDATES.value, new_tokens)
+    for new_tokens in map(int, FLAGS.new_tokens):
+        row = measure(model, params, prompt, FLAGS.candidates, new_tokens, FLAGS.repeats)
         rows.append(row)
         print(json.dumps(row), flush=True)
         print(
@@ -175,8 +182,8 @@ def main(argv):
 
 def write(rows: list[dict]) -> None:
     meta = {
-        "model": _MODEL.value,
-        "repeats": _REPEATS.value,
+        "model": FLAGS.model,
+        "repeats": FLAGS.repeats,
         "metrics": list(METRICS),
         "mu": MU.tolist(),
         "policy": "Temperature(1.0)",
@@ -195,8 +202,9 @@ def write(rows: list[dict]) -> None:
         f"{r['plain_tokens_per_s']:.0f} | {r['compilations_timed']} |"
         for r in rows
     ]
-    write_results(_OUT.value, "daemon", meta, rows, header + "\n".join(lines) + "\n")
+    write_results(FLAGS.out, "daemon", meta, rows, header + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

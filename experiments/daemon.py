@@ -27,6 +27,7 @@ The settings are ``infodec.studies.daemon.DaemonConfig`` (the flags' defaults ar
 is ``infodec.studies.daemon`` (importable from notebooks).
 """
 
+import dataclasses
 import importlib.util
 import time
 
@@ -35,7 +36,7 @@ from absl import app, flags
 
 import infodec
 from experiments import common
-from infodec.studies.daemon import BASELINES, DaemonConfig, report, run_studies
+from infodec.studies.daemon import BASELINES, DaemonConfig, report, rows_per_call_that_fits, run_studies
 
 _D = DaemonConfig()  # the flags' defaults
 
@@ -97,7 +98,12 @@ _TAUS = flags.DEFINE_string(
     "proposal_temperatures", ",".join(repr(t) for t in _D.proposal_temperatures), "Proposal temperature sweep."
 )
 _SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", _D.sweep_prompts, "Eval prompts per sweep point.")
-_ROWS_PER_CALL = flags.DEFINE_integer("rows_per_call", _D.rows_per_call, "Decode rows per call (bounds cache memory).")
+_ROWS_PER_CALL = flags.DEFINE_integer(
+    "rows_per_call",
+    _D.rows_per_call,
+    "Decode rows per call (bounds cache memory). Left unset, the default is lowered to the most the "
+    "device's memory holds (infodec.decoding.memory).",
+)
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of window choice and every PRNG key.")
 _SMOKE = flags.DEFINE_boolean(
     "smoke", False, "Tiny settings that finish in about a minute (for the flags not given on the command line)."
@@ -142,13 +148,19 @@ def main(argv):
             importlib.util.find_spec("mauve") is not None,
             'the main table reports MAUVE, which needs: pip install -e ".[eval]"',
         )
+    infodec.enable_compilation_cache()
+    start = time.perf_counter()
+    log = lambda text: print(text, flush=True)
+    model, params, tokenizer = infodec.load(config.model)  # before the folder: --rows_per_call may depend on it
+    if not flags.FLAGS["rows_per_call"].present:  # the default (or --smoke's), lowered to what the device holds
+        fitted = rows_per_call_that_fits(model, params, config)
+        if fitted is not None and fitted < config.rows_per_call:
+            log(f"--rows_per_call={max(1, fitted)} (of {config.rows_per_call}): the most the device's memory holds")
+            config = dataclasses.replace(config, rows_per_call=max(1, fitted))
+            s["rows_per_call"] = config.rows_per_call
     folder = common.results_folder(
         __name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"), **s
     )
-    infodec.enable_compilation_cache()
-    start = time.perf_counter()
-    model, params, tokenizer = infodec.load(config.model)
-    log = lambda text: print(text, flush=True)
     records = run_studies(folder, model, params, tokenizer, config, log=log)
     path = report.write_report(folder.path)
     log(report.summary(records, config))

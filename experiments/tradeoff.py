@@ -22,6 +22,7 @@ experiments.train_discriminator``, about 2 minutes); without one it is skipped w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ from absl import app, flags
 import infodec
 from experiments.common import parse_floats, require, results_folder
 from infodec import sharding
+from infodec.decoding import memory
 from infodec.studies import tradeoff
 
 _TASK = flags.DEFINE_string("task", "wiki-leads", f"One of {', '.join(tradeoff.TASKS)}.")
@@ -49,7 +51,12 @@ _NUM_INPUTS = flags.DEFINE_integer("num_inputs", 32, "Held-out inputs.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Continuations per input.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 48, "Tokens per continuation (at most).")
 _MAX_EVIDENCE = flags.DEFINE_integer("max_evidence_tokens", 224, "Evidence is cut to this many tokens.")
-_INPUTS_PER_CALL = flags.DEFINE_integer("inputs_per_call", 16, "Inputs per generate call.")
+_INPUTS_PER_CALL = flags.DEFINE_integer(
+    "inputs_per_call",
+    16,
+    "Inputs per generate call. Left unset, the default is lowered to the most the device's memory holds "
+    "(infodec.decoding.memory).",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the input sample and of every decode.")
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "The decoding LM.")
 _CHAT_TEMPLATE = flags.DEFINE_enum(
@@ -117,6 +124,27 @@ def config_from_flags() -> tradeoff.TradeoffConfig:
         raise app.UsageError(str(e)) from None
 
 
+# Tokens of a query after the evidence (separator, query, chat template): a bound for the memory plan.
+QUERY_TOKENS = 128
+
+
+def inputs_per_call_that_fits(config: tradeoff.TradeoffConfig, model, params, mesh) -> int | None:
+    """The most inputs per ``generate`` call whose decode fits the device's memory (``decoding.memory``):
+    ``num_samples`` rows each, two streams if any family is two-stream, prompts of the cut evidence plus
+    :data:`QUERY_TOKENS`. None when no memory limit is known."""
+    prompt = config.max_evidence_tokens + QUERY_TOKENS
+    rows = memory.largest_rows(
+        model,
+        max_len=prompt + config.max_new_tokens,
+        prompt_len=prompt,
+        params=params,
+        mesh=mesh,
+        num_samples=config.num_samples,
+        num_streams=2 if any(f in tradeoff.TWO_STREAM for f in config.families) else 1,
+    )
+    return None if rows is None else rows // config.num_samples
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -126,7 +154,6 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(f"--mesh: {e}") from None
     out = _OUT.value or f"results/tradeoff/{config.task}" + ("-smoke" if _SMOKE.value else "")
-    folder = results_folder(__name__, out, _OVERWRITE.value, config=config.to_dict())
     infodec.enable_compilation_cache()
     # parse_mesh's dict is typed int | None throughout, but it always sets model (default 1)
     mesh = (
@@ -135,7 +162,16 @@ def main(argv):
         else None
     )
     start = time.perf_counter()
-    result = tradeoff.run(config, folder=folder, mesh=mesh, log=lambda s: print(s, flush=True))
+    loaded = infodec.load(config.model)  # before the folder: --inputs_per_call's default may depend on it
+    if not flags.FLAGS["inputs_per_call"].present:  # the default (or --smoke's), lowered to what the device holds
+        fitted = inputs_per_call_that_fits(config, loaded[0], loaded[1], mesh)
+        if fitted is not None and fitted < config.inputs_per_call:
+            print(
+                f"--inputs_per_call={max(1, fitted)} (of {config.inputs_per_call}): the most the device's memory holds"
+            )
+            config = dataclasses.replace(config, inputs_per_call=max(1, fitted))
+    folder = results_folder(__name__, out, _OVERWRITE.value, config=config.to_dict())
+    result = tradeoff.run(config, folder=folder, mesh=mesh, loaded=loaded, log=lambda s: print(s, flush=True))
     print(
         f"\n{len(result.records)} points in {folder.path} ({time.perf_counter() - start:.0f} s): "
         f"{result.csv.name}, " + ", ".join(p.name for p in result.plots) + f", {result.markdown.name}"

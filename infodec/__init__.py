@@ -9,7 +9,17 @@ The curated public API::
 
 from infodec import daemon, sharding, theory
 from infodec.compilation import enable_compilation_cache
-from infodec.decoding import GenerateOutput, beam_search, compile_count, contrastive_search, generate, stream
+from infodec.decoding import (
+    GenerateOutput,
+    MemoryPlan,
+    MemoryPlanError,
+    beam_search,
+    compile_count,
+    contrastive_search,
+    generate,
+    memory_plan,
+    stream,
+)
 from infodec.models.checkpoints import load
 from infodec.policies import (
     PMI,
@@ -46,6 +56,9 @@ __all__ = [
     "contrastive_search",
     "compile_count",
     "GenerateOutput",
+    "memory_plan",
+    "MemoryPlan",
+    "MemoryPlanError",
     "Policy",
     "Transform",
     "StepInfo",

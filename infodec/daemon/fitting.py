@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from infodec.daemon import metrics as metrics_lib
+from infodec.decoding import memory
 from infodec.decoding.engine import StopTokens, encode_prompts, generate
 from infodec.policies.standard import Temperature
 
@@ -434,6 +435,29 @@ def human_features(
     return np.asarray(metrics_lib.compute(metric_names, tokens, lengths, prefix, **deps), np.float64)
 
 
+def check_candidates_fit(
+    model, params, prompt_ids, *, num_samples: int, max_new_tokens: int, proposal_temperature: float, mesh, what: str
+) -> None:
+    """``decoding.memory``'s check of :func:`draw_candidates`' decode (``len(prompt_ids) x num_samples`` rows),
+    run before anything slow: one :class:`~infodec.decoding.memory.MemoryPlanError` naming the most rows
+    that fit. Requests ``generate`` rejects for other reasons (context length, τ <= 0) are left to it."""
+    longest = max(len(p) for p in prompt_ids)
+    if longest + max_new_tokens > model.max_length or not proposal_temperature > 0:
+        return
+    memory.check_memory(
+        model,
+        params,
+        rows=len(prompt_ids) * num_samples,
+        max_len=longest + max_new_tokens,
+        prompt_len=longest,
+        num_samples=num_samples,
+        policy=Temperature(float(proposal_temperature)),
+        mesh=mesh,
+        num_diagnostics=memory.DEFAULT_DIAGNOSTICS,
+        what=what,
+    )
+
+
 def draw_candidates(
     model,
     params,
@@ -521,6 +545,16 @@ def fit(
     """
     names, deps, functions, prefix_ids, human_ids = encode_study_inputs(
         prefixes, human_continuations, metric_names, tokenizer, metric_deps
+    )
+    check_candidates_fit(
+        model,
+        params,
+        prefix_ids,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        proposal_temperature=proposal_temperature,
+        mesh=mesh,
+        what=f"daemon.fit ({len(prefix_ids)} prefixes x num_samples={num_samples})",
     )
     human = human_features(
         prefix_ids, human_ids, names, max_new_tokens=max_new_tokens, **{**deps, **_resolved(names, functions)}

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.daemon import fitting as fit_lib
-from infodec.decoding.engine import StopTokens
+from infodec.decoding.engine import StopTokens, encode_prompts
 
 Array = jax.Array
 
@@ -144,11 +144,22 @@ def sample(
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    prompt_ids = encode_prompts(prompts, tokenizer, add_bos=True)
+    fit_lib.check_candidates_fit(
+        model,
+        params,
+        prompt_ids,
+        num_samples=num_candidates,
+        max_new_tokens=max_new_tokens,
+        proposal_temperature=proposal_temperature,
+        mesh=mesh,
+        what=f"daemon.sample ({len(prompt_ids)} prompts x num_candidates={num_candidates})",
+    )
     gen_key, pick_key = jax.random.split(key)
     out, feats, rho = fit_lib.draw_candidates(
         model,
         params,
-        prompts,
+        prompt_ids,
         metric_names,
         num_samples=num_candidates,
         max_new_tokens=max_new_tokens,

@@ -1,7 +1,8 @@
 """The decoding engine: ``generate`` and ``stream`` over any ``CausalLM`` and ``Policy``, beam and contrastive
-search, and teacher-forced scoring of given continuations."""
+search, teacher-forced scoring of given continuations, and the memory plan they check before allocating."""
 
 from infodec.decoding.engine import compile_count, generate, stream
+from infodec.decoding.memory import MemoryPlan, MemoryPlanError, memory_plan
 from infodec.decoding.scoring import continuation_log_probs, scored_log_probs
 from infodec.decoding.search import beam_search, contrastive_search
 from infodec.decoding.state import DecodeState, GenerateOutput
@@ -14,6 +15,9 @@ __all__ = [
     "contrastive_search",
     "DecodeState",
     "GenerateOutput",
+    "memory_plan",
+    "MemoryPlan",
+    "MemoryPlanError",
     "continuation_log_probs",
     "scored_log_probs",
 ]

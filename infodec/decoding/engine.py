@@ -30,14 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec import sharding
-from infodec.decoding.state import DecodeState, GenerateOutput
+from infodec.decoding import memory
+from infodec.decoding.state import DEFAULT_CHUNK, DecodeState, GenerateOutput, output_slots, prompt_bucket
 from infodec.models.base import CausalLM
 from infodec.policies.base import Policy, StepInfo
 
 Array = jax.Array
 
-DEFAULT_CHUNK = 16
-MIN_BUCKET = 16
 MAX_STOP_TOKENS = 8
 
 # Stop tokens: explicit ids, None / () for none, or ... for the tokenizer's end-of-generation ids.
@@ -272,8 +271,21 @@ def _start(
             f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
             f"model's context of {model.max_length} tokens"
         )
+    memory.check_memory(  # before anything is allocated: one clear error instead of an XLA out-of-memory trace
+        model,
+        params,
+        rows=real_rows,
+        max_len=longest + max_new_tokens,
+        prompt_len=longest,
+        num_samples=num_samples,
+        policy=policy,
+        mesh=mesh,
+        chunk=chunk,
+        num_diagnostics=memory.DEFAULT_DIAGNOSTICS,
+        what="generate" if loop is _decode_loop else "stream",
+    )
     bucket = prompt_bucket(longest)
-    buffer = -(-max_new_tokens // chunk) * chunk  # output slots: whole chunks
+    buffer = output_slots(int(max_new_tokens), chunk)  # whole chunks
     tokens, positions = left_pad(token_lists, bucket, pad_id)
     if mesh is None:
         tokens, positions = jnp.asarray(tokens), jnp.asarray(positions)
@@ -358,11 +370,6 @@ def encode_prompts(prompts, tokenizer, *, add_bos: bool | None = None, allow_emp
     return lists
 
 
-def prompt_bucket(length: int) -> int:
-    """Prompt lengths are padded up to a power of two (at least 16): few shapes, few compilations."""
-    return max(MIN_BUCKET, 1 << (length - 1).bit_length())
-
-
 def left_pad(token_lists: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """``tokens, positions: [B, length]``: rows right-aligned, padding at position -1."""
     tokens = np.full((len(token_lists), length), pad_id, np.int32)
@@ -407,11 +414,7 @@ def _initial_state(
     streams = policy.num_streams
 
     def repeat(x, axis=0):  # [P * S, ...] -> [P * M * S, ...], copying each prompt's group of streams
-        if num_samples == 1:
-            return x
-        grouped = x.reshape(*x.shape[:axis], -1, streams, *x.shape[axis + 1 :])
-        grouped = jnp.repeat(grouped, num_samples, axis=axis)
-        return grouped.reshape(*x.shape[:axis], -1, *x.shape[axis + 1 :])
+        return x if num_samples == 1 else _repeat_groups(x, num_samples, streams, axis)
 
     cache = cache.replace(k=repeat(cache.k, 1), v=repeat(cache.v, 1), positions=repeat(cache.positions))
     anchor = slice(0, None, streams)  # stream 0 rows: what the context (and repetition penalties) see
@@ -452,6 +455,17 @@ def _initial_state(
         diagnostics={name: zeros() for name in names},
         hidden=hidden,
     )
+
+
+def _repeat_groups_impl(x, num_samples, streams, axis):
+    grouped = x.reshape(*x.shape[:axis], -1, streams, *x.shape[axis + 1 :])
+    grouped = jnp.repeat(grouped, num_samples, axis=axis)
+    return grouped.reshape(*x.shape[:axis], -1, *x.shape[axis + 1 :])
+
+
+# Jitted so the broadcast allocates its result only: op by op, the reshapes and the repeat each made a copy,
+# and the cache briefly took 1.5x its size (decoding.memory plans the "samples" phase without them).
+_repeat_groups = jax.jit(_repeat_groups_impl, static_argnums=(1, 2, 3))
 
 
 # --- the loop ---------------------------------------------------------------------------------------

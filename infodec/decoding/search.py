@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infodec.decoding import memory
 from infodec.decoding.engine import (
     DEFAULT_CHUNK,
     StopTokens,
@@ -153,14 +154,16 @@ def beam_search(
         )
     token_lists, tokens, positions, buffer, prompt_tokens = _prepare(model, prompts, tokenizer, max_new_tokens, pad_id)
     batch = len(token_lists)
+    _check_memory(model, params, token_lists, max_new_tokens, "beam", num_beams)
     cache = model.init_cache(batch, tokens.shape[1] + buffer)
     logits, cache, _ = run_prompt(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
     state = _beam_initial_state(logits, cache, positions, num_beams, buffer, pad_id)
+    del logits, cache  # the prompt rows' cache: freed before the loop, not held beside the beams' (decoding.memory)
     mode = EARLY_STOPPING.index(early_stopping) if isinstance(early_stopping, str) else int(bool(early_stopping))
     state = _beam_loop(
         model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(length_penalty), jnp.int32(mode)
     )
-    host = jax.device_get(state)
+    host = jax.device_get(state.replace(cache=None, logits=None))  # the results, not the cache, to the host
     lengths = np.asarray(host.fin_lengths[:, 0])
     out_tokens = np.asarray(host.fin_tokens[:, 0, :max_new_tokens])
     logp = np.asarray(host.fin_logp[:, 0, :max_new_tokens])
@@ -375,16 +378,18 @@ def contrastive_search(
         raise ValueError(f"penalty_alpha must be in [0, 1], got {penalty_alpha!r}")
     stops = stop_array(stop_tokens, tokenizer)
     token_lists, tokens, positions, buffer, prompt_tokens = _prepare(model, prompts, tokenizer, max_new_tokens, pad_id)
+    _check_memory(model, params, token_lists, max_new_tokens, "contrastive", int(top_k))
     cache = model.init_cache(len(token_lists), tokens.shape[1] + buffer)
     logits, cache, hidden = run_prompt(
         model, params, jnp.asarray(tokens), jnp.asarray(positions), cache, with_hidden=True
     )
     hidden = _normalise(hidden)
     state = _contrastive_initial_state(logits, cache, hidden, positions, int(top_k), buffer, pad_id)
+    del logits, cache, hidden  # freed before the loop, as in beam_search
     state = _contrastive_loop(
         model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(penalty_alpha), pad_id
     )
-    host = jax.device_get(state)
+    host = jax.device_get(state.replace(cache=None, logits=None, context_hidden=None))  # not the cache
     trim = lambda x: np.asarray(x)[:, :max_new_tokens]
     lengths, out_tokens, logp = np.asarray(host.lengths), trim(host.tokens), trim(host.logp_model)
     return GenerateOutput(
@@ -500,6 +505,21 @@ _contrastive_loop = jax.jit(_contrastive_loop_impl, static_argnums=(0, 6), donat
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_memory(model, params, token_lists, max_new_tokens: int, decoder: str, width: int) -> None:
+    """``decoding.memory``'s check before anything is allocated: one clear error if the search cannot fit."""
+    longest = max(len(t) for t in token_lists)
+    memory.check_memory(
+        model,
+        params,
+        rows=len(token_lists),
+        max_len=longest + max_new_tokens,
+        prompt_len=longest,
+        decoder=decoder,
+        width=width,
+        what="beam_search" if decoder == "beam" else "contrastive_search",
+    )
 
 
 def _prepare(model: CausalLM, prompts, tokenizer, max_new_tokens: int, pad_id: int):

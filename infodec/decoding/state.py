@@ -1,4 +1,4 @@
-"""The decode loop's state and the result returned to users."""
+"""The decode loop's state, the slots it is allocated with, and the result returned to users."""
 
 from __future__ import annotations
 
@@ -11,6 +11,19 @@ import numpy as np
 from infodec.models.layers import KVCache
 
 Array = jax.Array
+
+DEFAULT_CHUNK = 16
+MIN_BUCKET = 16
+
+
+def prompt_bucket(length: int) -> int:
+    """Prompt lengths are padded up to a power of two (at least 16): few shapes, few compilations."""
+    return max(MIN_BUCKET, 1 << (length - 1).bit_length())
+
+
+def output_slots(max_new_tokens: int, chunk: int = DEFAULT_CHUNK) -> int:
+    """Output slots of a decode of ``max_new_tokens``: whole chunks of ``chunk`` steps."""
+    return -(-max_new_tokens // chunk) * chunk
 
 
 @flax.struct.dataclass

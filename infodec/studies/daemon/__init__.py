@@ -13,7 +13,14 @@ Run it with ``python -m experiments.daemon`` or the notebook ``colabs/daemon.ipy
 
 from infodec.studies.daemon.config import BASELINES, METRICS, STUDIES, Baseline, DaemonConfig
 from infodec.studies.daemon.report import summary, write_report
-from infodec.studies.daemon.study import DaemonStudy, Pipeline, prepare, run_studies, single_metric_study
+from infodec.studies.daemon.study import (
+    DaemonStudy,
+    Pipeline,
+    prepare,
+    rows_per_call_that_fits,
+    run_studies,
+    single_metric_study,
+)
 
 __all__ = [
     "DaemonConfig",
@@ -25,6 +32,7 @@ __all__ = [
     "DaemonStudy",
     "prepare",
     "run_studies",
+    "rows_per_call_that_fits",
     "single_metric_study",
     "write_report",
     "summary",

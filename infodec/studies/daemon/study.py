@@ -41,7 +41,7 @@ from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import sampling as sampling_lib
 from infodec.data import corpora
-from infodec.decoding import beam_search, contrastive_search, generate
+from infodec.decoding import beam_search, contrastive_search, generate, memory
 from infodec.decoding.scoring import prefix_lists, scored_log_probs
 from infodec.eval import mauve as mauve_lib
 from infodec.eval.stats import clustered_mean_se, mean_se
@@ -52,6 +52,9 @@ from infodec.studies.daemon.config import BASELINES, METRICS, DaemonConfig, chec
 
 Log = Callable[[str], None]
 Prompts = Sequence[Sequence[int]]
+
+# A search decodes rows_per_call // 4 prompts per call: its beams or candidates multiply the rows.
+SEARCH_ROWS_DIVISOR = 4
 
 
 # --- windows: prompts and human continuations ------------------------------------------------------
@@ -224,7 +227,7 @@ class Pipeline:
                 out = generate(self.model, self.params, batch, policy, jax.random.fold_in(key, i), **common)
             return np.asarray(out.tokens), np.asarray(out.lengths)
 
-        per_call = self.rows_per_call // (4 if baseline.search is not None else 1)
+        per_call = self.rows_per_call // (SEARCH_ROWS_DIVISOR if baseline.search is not None else 1)
         return map_in_chunks(chunk, len(prompts), max(1, min(per_call, len(prompts))))
 
     def daemon(
@@ -283,6 +286,28 @@ class Pipeline:
     def _progress(self, what: str, chunk: int, size: int, total: int, unit: str, start: float) -> None:
         done = min((chunk + 1) * size, total)
         self.log(f"  {what}: {done}/{total} {unit} ({time.perf_counter() - start:.0f} s)")
+
+
+def rows_per_call_that_fits(model, params, config: DaemonConfig, *, limit: int | None = None) -> int | None:
+    """The largest ``rows_per_call`` at which the decodes of ``config``'s studies fit the device's memory
+    (``infodec.decoding.memory``, against ``limit`` bytes per device or the device's own): a baseline's
+    ``generate`` over that many prompts (every proposal and DAEMON decode has as many rows or fewer, and a
+    shorter prefill), and in the main study the searches over ``rows_per_call // 4`` prompts with their
+    beams or candidates. None when no limit is known (the launcher keeps its default then)."""
+    sizes: dict[str, Any] = dict(
+        max_len=config.prompt_tokens + config.max_new_tokens, prompt_len=config.prompt_tokens, params=params
+    )
+    rows = memory.largest_rows(model, limit=limit, **sizes)
+    if rows is None:
+        return None
+    found = [rows]
+    for name in config.baselines if "main" in config.studies else ():
+        baseline = BASELINES[name]
+        if baseline.search is not None:
+            width = int(baseline.settings.get("num_beams", baseline.settings.get("top_k", 1)))
+            prompts = memory.largest_rows(model, limit=limit, decoder=baseline.search, width=width, **sizes) or 0
+            found.append(SEARCH_ROWS_DIVISOR * prompts + SEARCH_ROWS_DIVISOR - 1)  # rows // 4 <= prompts
+    return min(found)
 
 
 # --- one corpus: the main study's shared inputs -----------------------------------------------------

@@ -1,0 +1,136 @@
+"""Measurements for tests/test_memory.py, run in a child process (one JSON object printed last).
+
+    MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0 python -m tests.memory_check peak
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.memory_check mesh
+
+``peak``: for each setting of :data:`SETTINGS`, the peak resident memory one ``infodec.generate`` call
+adds, on XLA:CPU, where device memory is host memory. The call runs once to compile; then the process's
+high-water mark is reset (``/proc/self/clear_refs``), the resident size read as the baseline (the
+parameters are in it) and the call run again: ``VmHWM - baseline`` is what the call allocated at its
+peak (cache, decode state, temporaries of prefill and of the loop). glibc is told to serve allocations
+above 64 KiB with ``mmap`` and to hand freed memory back, so the resident size follows XLA's live
+buffers instead of what the allocator keeps. It reports the measurement and the plan; the test compares.
+
+``mesh``: parameter bytes of one device of a (2, 4) mesh, counted by the plan and from the arrays' own
+shards, for a model whose heads, KV heads, MLP and vocabulary split 4 ways.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+
+import jax
+
+import infodec
+from infodec import sharding
+from infodec.decoding import memory
+from tests.tiny_models import SHARDABLE, tiny_llama
+
+# A small model of real proportions: grouped-query attention (4 heads over 2 KV heads of 64 dimensions),
+# a vocabulary much larger than the width, as in real checkpoints; 26 MB of float32 parameters.
+SHAPE = dict(
+    vocab_size=8192,
+    hidden_size=256,
+    intermediate_size=512,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=64,
+    max_position_embeddings=2048,
+)
+# (prompts, num_samples, prompt length, max_new_tokens, policy): three (rows, max_len) settings whose peaks
+# fall in different phases (prefill of 64 rows; the loop of 6 prompts x 8 samples; a 40-token prompt).
+SETTINGS = (
+    (64, 1, 10, 496, "temperature"),
+    (6, 8, 10, 1008, "temperature"),
+    (32, 1, 40, 240, "top_p"),
+)
+
+
+def _status() -> dict[str, int]:
+    with open("/proc/self/status", encoding="ascii") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {name: int(fields[name].split()[0]) * 1024 for name in ("VmRSS", "VmHWM")}
+
+
+def peak() -> dict:
+    model, params = tiny_llama(**SHAPE)
+    params = jax.block_until_ready(params)
+    policies = {"temperature": infodec.Temperature(1.0), "top_p": infodec.TopP(0.9)}
+    results = []
+    for prompts, samples, length, new, name in SETTINGS:
+        ids = [[1 + (i + j) % 97 for j in range(length)] for i in range(prompts)]
+
+        def call(ids=ids, samples=samples, new=new, name=name):
+            out = infodec.generate(
+                model,
+                params,
+                ids,
+                policies[name],
+                jax.random.key(0),
+                max_new_tokens=new,
+                num_samples=samples,
+                stop_tokens=(),
+            )
+            return out.tokens.shape
+
+        call()  # compiles
+        gc.collect()
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        base = _status()["VmRSS"]
+        call()
+        measured = _status()["VmHWM"] - base
+        plan = memory.memory_plan(
+            model,
+            rows=prompts * samples,
+            max_len=length + new,
+            prompt_len=length,
+            num_samples=samples,
+            params=params,
+            policy=policies[name],
+        )
+        results.append(
+            dict(
+                rows=prompts * samples,
+                max_len=length + new,
+                num_samples=samples,
+                policy=name,
+                measured=measured,
+                plan=plan.total - plan.params,
+                params=plan.params,
+                phase=plan.phase,
+            )
+        )
+    return {"settings": results}
+
+
+def mesh() -> dict:
+    model, params = tiny_llama(**{**SHARDABLE, "num_layers": 2})
+    grid = sharding.make_mesh(data=2, model=4)
+    placed = sharding.shard_params(model, params, grid)
+    device = grid.devices.flat[0]
+    shard_bytes = sum(
+        s.data.nbytes for leaf in jax.tree.leaves(placed) for s in leaf.addressable_shards if s.device == device
+    )
+    full = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+    plan = memory.memory_plan(model, rows=8, max_len=48, params=placed, mesh=grid)
+    unplaced = memory.memory_plan(model, rows=8, max_len=48, params=params, mesh=grid)
+    abstract = memory.memory_plan(model, rows=8, max_len=48, mesh=grid)
+    single = memory.memory_plan(model, rows=8, max_len=48, params=params)
+    return {
+        "device_shard_bytes": shard_bytes,
+        "full_bytes": full,
+        "plan_placed": plan.params,
+        "plan_unplaced": unplaced.params,
+        "plan_abstract": abstract.params,
+        "kv_cache_mesh": plan.kv_cache,
+        "kv_cache_single": single.kv_cache,
+        "devices": plan.devices,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps({"peak": peak, "mesh": mesh}[sys.argv[1]]()))
