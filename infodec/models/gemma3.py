@@ -35,8 +35,10 @@ from infodec.models.layers import (
     Attention,
     GatedMLP,
     RMSNorm,
+    close_cache,
     default_scan_layers,
     lm_logits,
+    open_cache,
     rope_inv_freq,
     run_layers,
 )
@@ -288,11 +290,7 @@ class Gemma3(nn.Module):
         x = embed(tokens)
         # HF multiplies by a float32 sqrt(hidden_size) cast to the weights' dtype (55.5, not 55.43, in bf16).
         x = x * jnp.asarray(np.float32(math.sqrt(c.hidden_size))).astype(x.dtype)
-        index, kv, k_positions = None, None, positions
-        if cache is not None:
-            index = cache.index
-            cache = cache.write_positions(positions)
-            kv, k_positions = (cache.k, cache.v), cache.positions
+        cache, kv, k_positions, index = open_cache(cache, positions)
         local_inv_freq = rope_inv_freq(c.head_dim, c.rope_local_theta, dict(c.rope_local_scaling or ()) or None)
         global_inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
         x, kv = run_layers(
@@ -312,8 +310,7 @@ class Gemma3(nn.Module):
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
         if c.final_logit_softcapping is not None:
             logits = c.final_logit_softcapping * jnp.tanh(logits / c.final_logit_softcapping)
-        if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
+        cache = close_cache(cache, kv)
         return logits, x, cache
 
 

@@ -18,7 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.models.base import CausalLM, HFWeights, checked, layer_params
-from infodec.models.layers import ACTIVATIONS, Attention, default_scan_layers, lm_logits, run_layers
+from infodec.models.layers import (
+    ACTIVATIONS,
+    Attention,
+    close_cache,
+    default_scan_layers,
+    lm_logits,
+    open_cache,
+    run_layers,
+)
 from infodec.models.tensors import split_columns
 
 HF_MODEL_TYPES = ("gpt2",)
@@ -163,11 +171,7 @@ class GPT2(nn.Module):
         wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="wte")
         wpe = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="wpe")
         x = wte(tokens) + wpe(jnp.clip(positions, 0, c.max_position_embeddings - 1))
-        index, kv, k_positions = None, None, positions
-        if cache is not None:
-            index = cache.index
-            cache = cache.write_positions(positions)
-            kv, k_positions = (cache.k, cache.v), cache.positions
+        cache, kv, k_positions, index = open_cache(cache, positions)
         x, kv = run_layers(
             GPT2Block,
             c,
@@ -181,8 +185,7 @@ class GPT2(nn.Module):
         )
         x = _layer_norm(c, "ln_f")(x)
         logits = lm_logits(x, wte if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
+        cache = close_cache(cache, kv)
         return logits, x, cache
 
 

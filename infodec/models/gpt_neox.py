@@ -27,9 +27,11 @@ from infodec.models.layers import (
     ACTIVATIONS,
     apply_rope,
     attention_mask,
+    close_cache,
     default_scan_layers,
     dot_product_attention,
     lm_logits,
+    open_cache,
     rope_attention_factor,
     rope_inv_freq,
     run_layers,
@@ -225,11 +227,7 @@ class GPTNeoX(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_in")
         x = embed(tokens)
-        index, kv, k_positions = None, None, positions
-        if cache is not None:
-            index = cache.index
-            cache = cache.write_positions(positions)
-            kv, k_positions = (cache.k, cache.v), cache.positions
+        cache, kv, k_positions, index = open_cache(cache, positions)
         inv_freq = rope_inv_freq(c.rotary_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
         x, kv = run_layers(
             GPTNeoXBlock,
@@ -245,8 +243,7 @@ class GPTNeoX(nn.Module):
         )
         x = _layer_norm(c, "final_layer_norm")(x)
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
+        cache = close_cache(cache, kv)
         return logits, x, cache
 
 

@@ -68,6 +68,21 @@ class KVCache:
         return dataclasses.replace(self, positions=updated, index=self.index + positions.shape[1])
 
 
+def open_cache(cache: KVCache | None, positions: Array) -> tuple[KVCache | None, Any, Array, Array | None]:
+    """What a model's layers need of its cache for ``positions[B, T]``: ``(cache with the positions
+    recorded, (k, v) or None, key positions [B, S] (the queries' own without a cache), write slot or None)``."""
+    if cache is None:
+        return None, None, positions, None
+    index = cache.index
+    cache = cache.write_positions(positions)
+    return cache, (cache.k, cache.v), cache.positions, index
+
+
+def close_cache(cache: KVCache | None, kv: Any) -> KVCache | None:
+    """``cache`` holding the layers' updated ``(k, v)`` (None without a cache)."""
+    return None if cache is None else dataclasses.replace(cache, k=kv[0], v=kv[1])
+
+
 def write_layer(cache_kv: Array, layer: int | Array, index: Array, new: Array) -> Array:
     """Writes ``new[B, KVH, T, D]`` into layer ``layer`` of ``cache_kv[L, B, KVH, S, D]`` at slot ``index``."""
     return jax.lax.dynamic_update_slice(cache_kv, new[None].astype(cache_kv.dtype), (layer, 0, 0, index, 0))

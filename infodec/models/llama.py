@@ -30,8 +30,10 @@ from infodec.models.layers import (
     Attention,
     GatedMLP,
     RMSNorm,
+    close_cache,
     default_scan_layers,
     lm_logits,
+    open_cache,
     rope_attention_factor,
     rope_inv_freq,
     run_layers,
@@ -223,11 +225,7 @@ class Llama(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
-        index, kv, k_positions = None, None, positions
-        if cache is not None:
-            index = cache.index
-            cache = cache.write_positions(positions)
-            kv, k_positions = (cache.k, cache.v), cache.positions
+        cache, kv, k_positions, index = open_cache(cache, positions)
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
         windows = c.layer_windows()
         x, kv = run_layers(
@@ -244,8 +242,7 @@ class Llama(nn.Module):
         )
         x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
+        cache = close_cache(cache, kv)
         return logits, x, cache
 
 

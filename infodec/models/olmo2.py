@@ -26,9 +26,11 @@ from infodec.models.layers import (
     RMSNorm,
     apply_rope,
     attention_mask,
+    close_cache,
     default_scan_layers,
     dot_product_attention,
     lm_logits,
+    open_cache,
     rope_inv_freq,
     run_layers,
     write_layer,
@@ -135,11 +137,7 @@ class Olmo2(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
-        index, kv, k_positions = None, None, positions
-        if cache is not None:
-            index = cache.index
-            cache = cache.write_positions(positions)
-            kv, k_positions = (cache.k, cache.v), cache.positions
+        cache, kv, k_positions, index = open_cache(cache, positions)
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
         x, kv = run_layers(
             Olmo2Block,
@@ -155,8 +153,7 @@ class Olmo2(nn.Module):
         )
         x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
+        cache = close_cache(cache, kv)
         return logits, x, cache
 
 

@@ -23,7 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.models.base import CausalLM, HFWeights, checked, layer_params
-from infodec.models.layers import ACTIVATIONS, Attention, default_scan_layers, lm_logits, run_layers
+from infodec.models.layers import (
+    ACTIVATIONS,
+    Attention,
+    close_cache,
+    default_scan_layers,
+    lm_logits,
+    open_cache,
+    run_layers,
+)
 
 HF_MODEL_TYPES = ("opt",)
 
@@ -180,11 +188,7 @@ class OPT(nn.Module):
             x = project(c.hidden_size, "project_in")(x)
         # Padding (-1) is clipped to a valid row: padded tokens are never attended to.
         x = x + embed_positions(jnp.clip(positions, 0, c.max_position_embeddings - 1) + POSITION_OFFSET)
-        index, kv, k_positions = None, None, positions
-        if cache is not None:
-            index = cache.index
-            cache = cache.write_positions(positions)
-            kv, k_positions = (cache.k, cache.v), cache.positions
+        cache, kv, k_positions, index = open_cache(cache, positions)
         x, kv = run_layers(
             OPTBlock,
             c,
@@ -201,8 +205,7 @@ class OPT(nn.Module):
         if c.projects:
             x = project(c.word_embed_proj_dim, "project_out")(x)
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
+        cache = close_cache(cache, kv)
         return logits, x, cache
 
 

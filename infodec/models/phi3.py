@@ -35,11 +35,13 @@ from infodec.models.layers import (
     RMSNorm,
     apply_rope,
     attention_mask,
+    close_cache,
     default_scan_layers,
     dot_product_attention,
     lm_logits,
     longrope_attention_factor,
     longrope_inv_freq,
+    open_cache,
     rope_inv_freq,
     run_layers,
     write_layer,
@@ -195,11 +197,7 @@ class Phi3(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
-        index, kv, k_positions = None, None, positions
-        if cache is not None:
-            index = cache.index
-            cache = cache.write_positions(positions)
-            kv, k_positions = (cache.k, cache.v), cache.positions
+        cache, kv, k_positions, index = open_cache(cache, positions)
         x, kv = run_layers(
             Phi3Block,
             c,
@@ -214,8 +212,7 @@ class Phi3(nn.Module):
         )
         x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
+        cache = close_cache(cache, kv)
         return logits, x, cache
 
 
