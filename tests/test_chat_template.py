@@ -336,7 +336,8 @@ def test_generation_config_stop_ids_join_eos_ids(tmp_path):
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [im_end, plain_token]}))
     tokenizer = Tokenizer.from_file(folder)
     assert tokenizer.eos_ids[0] == im_end  # tokenizer_config's eos_token first
-    assert set(tokenizer.eos_ids) == {im_end, plain_token, endoftext}
+    assert set(tokenizer.eos_ids) == {im_end, plain_token}
+    assert endoftext not in tokenizer.eos_ids  # generate stops on the file's ids only, not every end token
 
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": plain_token}))  # a bare int
     assert plain_token in Tokenizer.from_file(folder).eos_ids

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,3 +313,293 @@ def train_sentencepiece(directory: Path, **options) -> Path:
     (directory / "m.model").replace(directory / "tokenizer.model")
     (directory / "m.vocab").unlink()
     return directory / "tokenizer.model"
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny tokenizers of each model family, saved by transformers itself
+#
+# Each family's tokenizer is wrapped in the transformers class its checkpoints name
+# (``tokenizer_class``), with the ``tokenizer_config.json`` fields those checkpoints set, and written
+# with ``save_pretrained`` -- so the folder holds what transformers writes for that family
+# (``tokenizer.json`` with its post-processor, ``tokenizer_config.json``), plus the
+# ``generation_config.json`` (and ``config.json`` ids) the real checkpoints ship. Only the vocabulary is
+# tiny: the special tokens are the family's own, in the family's order, at small ids.
+
+# A few SentencePiece-style pieces: the letters and some merges (every other character falls back to
+# its UTF-8 bytes, as in Llama 2 / Mistral / Phi-3 / Gemma).
+_SPM_MERGES = [("▁", "t"), ("h", "e"), ("▁t", "he"), ("i", "n"), ("▁", "a"), ("e", "r")]
+
+
+def _spm_vocab(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``specials`` at ids 0, 1, ..., then the 256 byte pieces ``<0x00>``..., ``▁``, letters, merges."""
+    pieces = [*specials, *(f"<0x{b:02X}>" for b in range(256)), "▁"]
+    pieces += [chr(c) for c in range(ord("a"), ord("z") + 1)] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    pieces += [left + right for left, right in _SPM_MERGES]
+    return {piece: i for i, piece in enumerate(pieces)}, list(_SPM_MERGES)
+
+
+def _byte_level_vocab(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``specials`` at ids 0, 1, ..., then the 256 byte-level characters and a few merges."""
+    pieces = [*specials, *sorted(pre_tokenizers.ByteLevel.alphabet())]
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r")]
+    pieces += [left + right for left, right in merges]
+    return {piece: i for i, piece in enumerate(pieces)}, merges
+
+
+def _llama3_backend(specials: list[str]) -> BackendTokenizer:
+    """Llama 3's tokenizer.json pipeline: the Llama 3 split regex, byte-level BPE, and a post-processor
+    ``Sequence[ByteLevel, TemplateProcessing("<|begin_of_text|> $A")]``."""
+    vocab, merges = _byte_level_vocab(specials)
+    backend = BackendTokenizer(models.BPE(vocab, merges, ignore_merges=True))
+    split = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    bos = "<|begin_of_text|>"
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{bos}:0 $A:0",
+                pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                special_tokens=[(bos, vocab[bos])],
+            ),
+        ]
+    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return backend
+
+
+_LLAMA3_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+]
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+_PHI3_ADDED = [
+    "<|endoftext|>",
+    "<|assistant|>",
+    "<|placeholder1|>",
+    "<|placeholder2|>",
+    "<|placeholder3|>",
+    "<|placeholder4|>",
+    "<|system|>",
+    "<|end|>",
+    "<|placeholder5|>",
+    "<|placeholder6|>",
+    "<|user|>",
+]
+
+# Per family: how to build the transformers tokenizer, the checkpoint's generation_config.json
+# eos_token_id (as token strings), and what the real checkpoints do, for the tests to check:
+# ``adds_bos`` (is BOS the first id of a plain encode) and ``eos`` (the tokenizer's eos_token).
+FAMILY_TOKENIZERS: dict[str, dict[str, Any]] = {
+    # meta-llama/Llama-3.2-1B: PreTrainedTokenizerFast, BOS by the tokenizer.json post-processor.
+    "llama3": dict(
+        kind="llama3",
+        specials=_LLAMA3_SPECIALS,
+        kwargs=dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"),
+        generation_eos=["<|end_of_text|>"],
+        adds_bos=True,
+    ),
+    # meta-llama/Llama-3.1-8B-Instruct: eos_token <|eot_id|>; generate stops on 128001, 128008, 128009.
+    "llama3_instruct": dict(
+        kind="llama3",
+        specials=_LLAMA3_SPECIALS,
+        kwargs=dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"),
+        generation_eos=["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"],
+        adds_bos=True,
+    ),
+    # meta-llama/Llama-2-7b-hf (and Mistral-7B, Mixtral-8x7B): LlamaTokenizer, add_bos_token, legacy=False.
+    "llama2": dict(
+        kind="spm",
+        cls="LlamaTokenizer",
+        specials=["<unk>", "<s>", "</s>"],
+        kwargs=dict(
+            unk_token="<unk>", bos_token="<s>", eos_token="</s>", add_bos_token=True, add_eos_token=False, legacy=False
+        ),
+        generation_eos=["</s>"],
+        adds_bos=True,
+    ),
+    # microsoft/Phi-3-mini-4k-instruct: LlamaTokenizer, eos <|endoftext|>; generate stops on
+    # <|endoftext|>, <|assistant|> and <|end|> (32000, 32001, 32007).
+    "phi3": dict(
+        kind="spm",
+        cls="LlamaTokenizer",
+        specials=["<unk>", "<s>", "</s>"],
+        added=_PHI3_ADDED,
+        kwargs=dict(
+            unk_token="<unk>",
+            bos_token="<s>",
+            eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+            add_bos_token=False,
+            add_eos_token=False,
+            legacy=False,
+        ),
+        generation_eos=["<|endoftext|>", "<|assistant|>", "<|end|>"],
+        adds_bos=False,
+    ),
+    # Qwen/Qwen2.5-0.5B, Qwen/Qwen3-0.6B-Base: Qwen2Tokenizer, no BOS; eos <|endoftext|>.
+    "qwen_base": dict(
+        kind="byte_level",
+        cls="Qwen2Tokenizer",
+        specials=_QWEN_SPECIALS,
+        kwargs=dict(bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token=None),
+        generation_eos=["<|endoftext|>"],
+        adds_bos=False,
+    ),
+    # Qwen/Qwen2.5-0.5B-Instruct, Qwen/Qwen3-0.6B: eos <|im_end|>; generate stops on 151645, 151643.
+    "qwen_instruct": dict(
+        kind="byte_level",
+        cls="Qwen2Tokenizer",
+        specials=_QWEN_SPECIALS,
+        kwargs=dict(bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None),
+        generation_eos=["<|im_end|>", "<|endoftext|>"],
+        adds_bos=False,
+    ),
+    # google/gemma-2-2b, google/gemma-3-1b-pt: GemmaTokenizer, <bos> added, eos <eos>.
+    "gemma": dict(
+        kind="spm",
+        cls="GemmaTokenizer",
+        specials=_GEMMA_SPECIALS,
+        kwargs=dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True),
+        generation_eos=["<eos>"],
+        adds_bos=True,
+    ),
+    # google/gemma-2-2b-it, google/gemma-3-1b-it: generate also stops on <end_of_turn> (107 / 106).
+    "gemma_instruct": dict(
+        kind="spm",
+        cls="GemmaTokenizer",
+        specials=_GEMMA_SPECIALS,
+        kwargs=dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True),
+        generation_eos=["<eos>", "<end_of_turn>"],
+        adds_bos=True,
+    ),
+    # allenai/OLMo-2-1124-7B: GPT2Tokenizer (cl100k vocabulary), no BOS added; eos <|endoftext|>,
+    # pad <|pad|>.
+    "olmo2": dict(
+        kind="byte_level",
+        cls="GPT2Tokenizer",
+        specials=["<|endoftext|>", "<|pad|>"],
+        kwargs=dict(
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>",
+            pad_token="<|pad|>",
+            add_bos_token=False,
+            add_eos_token=False,
+        ),
+        generation_eos=["<|endoftext|>"],
+        adds_bos=False,
+    ),
+    # EleutherAI/pythia-*: GPTNeoXTokenizer, nothing added; <|endoftext|> id 0, <|padding|> id 1. The
+    # checkpoints ship no generation_config.json (config.json: bos/eos 0).
+    "gpt_neox": dict(
+        kind="byte_level",
+        cls="GPTNeoXTokenizer",
+        specials=["<|endoftext|>", "<|padding|>"],
+        kwargs=dict(
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>",
+            pad_token="<|padding|>",
+            add_bos_token=False,
+            add_eos_token=False,
+        ),
+        generation_eos=None,
+        model_config=dict(model_type="gpt_neox", bos_token_id=0, eos_token_id=0),
+        adds_bos=False,
+    ),
+    # facebook/opt-125m: GPT2Tokenizer with add_bos_token, so every text starts with </s> (id 2).
+    "opt": dict(
+        kind="byte_level",
+        cls="GPT2Tokenizer",
+        specials=["<s>", "<pad>", "</s>", "<unk>"],
+        kwargs=dict(bos_token="</s>", eos_token="</s>", unk_token="</s>", pad_token="<pad>", add_bos_token=True),
+        generation_eos=["</s>"],
+        adds_bos=True,
+    ),
+    # openai-community/gpt2: nothing added; <|endoftext|> is bos, eos and unk (the last id).
+    "gpt2": dict(
+        kind="byte_level",
+        cls="GPT2Tokenizer",
+        specials=[],
+        added=["<|endoftext|>"],
+        kwargs=dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"),
+        generation_eos=["<|endoftext|>"],
+        adds_bos=False,
+    ),
+    # microsoft/phi-4 (model_type phi3): GPT2Tokenizer over a cl100k vocabulary, no BOS added; eos <|im_end|>.
+    "phi4": dict(
+        kind="byte_level",
+        cls="GPT2Tokenizer",
+        specials=["<|endoftext|>", "<|im_start|>", "<|im_sep|>", "<|im_end|>", "<|dummy_85|>"],
+        kwargs=dict(
+            bos_token="<|endoftext|>", eos_token="<|im_end|>", unk_token="<|endoftext|>", pad_token="<|dummy_85|>"
+        ),
+        generation_eos=["<|im_end|>"],
+        adds_bos=False,
+    ),
+}
+
+
+def save_family_tokenizer(directory: Path, family: str) -> Path:
+    """Writes the tiny tokenizer of ``family`` (a key of ``FAMILY_TOKENIZERS``) into ``directory`` with
+    transformers' ``save_pretrained``, plus ``generation_config.json`` / ``config.json`` as the family's
+    checkpoints ship them; returns ``directory``."""
+    import transformers
+
+    spec = FAMILY_TOKENIZERS[family]
+    if spec["kind"] == "llama3":
+        tokenizer = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=_llama3_backend(spec["specials"]), **spec["kwargs"]
+        )
+    else:
+        cls = getattr(transformers, spec["cls"])
+        build = _spm_vocab if spec["kind"] == "spm" else _byte_level_vocab
+        vocab, merges = build(spec["specials"])
+        tokenizer = cls(vocab=vocab, merges=merges, **spec["kwargs"])
+        tokenizer.add_special_tokens({"additional_special_tokens": spec.get("added", [])})
+        for token in spec["specials"]:
+            tokenizer.add_tokens([token], special_tokens=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    if spec["generation_eos"] is not None:
+        ids = [tokenizer.convert_tokens_to_ids(token) for token in spec["generation_eos"]]
+        eos = ids[0] if len(ids) == 1 else ids
+        (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    if "model_config" in spec:
+        (directory / "config.json").write_text(json.dumps(spec["model_config"]))
+    return directory
+
+
+def save_opt_hub_tokenizer(directory: Path) -> Path:
+    """OPT's tokenizer as facebook/opt-* ship it: no tokenizer.json, GPT-2's ``vocab.json`` + ``merges.txt``
+    (``<s>``, ``<pad>``, ``</s>``, ``<unk>`` at ids 0-3), a ``tokenizer_config.json`` with ``add_bos_token``
+    and no ``tokenizer_class`` (``config.json``'s ``model_type`` picks GPT2Tokenizer), and
+    ``special_tokens_map.json``; returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _byte_level_vocab(["<s>", "<pad>", "</s>", "<unk>"])
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    named = dict(bos_token="</s>", eos_token="</s>", unk_token="</s>", pad_token="<pad>")
+    config = dict(errors="replace", add_prefix_space=False, add_bos_token=True, **named)
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    (directory / "special_tokens_map.json").write_text(json.dumps(named))
+    ids = dict(bos_token_id=2, eos_token_id=2, pad_token_id=1)
+    (directory / "config.json").write_text(json.dumps(dict(model_type="opt", **ids)))
+    (directory / "generation_config.json").write_text(json.dumps(ids))
+    return directory

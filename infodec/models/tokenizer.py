@@ -37,6 +37,9 @@ INFODEC_CONFIG = "infodec_tokenizer.json"
 # transformers 5 saves the default template here and named ones as additional_chat_templates/<name>.jinja.
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 CHAT_TEMPLATE_DIR = "additional_chat_templates"
+# GPT-2's byte-level BPE files, read when a checkpoint ships no tokenizer.json (e.g. OPT).
+BYTE_LEVEL_VOCAB = "vocab.json"
+BYTE_LEVEL_MERGES = "merges.txt"
 # The named special tokens transformers hands a chat template (``special_tokens_map``).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -119,8 +122,11 @@ class Tokenizer:
     Attributes:
       backend: the wrapped ``tokenizers.Tokenizer`` (padding and truncation off).
       bos_id: the beginning-of-sequence id, or None if the vocabulary has none (e.g. BERT).
-      eos_ids: every id that ends generation: the EOS id first, then e.g. Gemma's ``<end_of_turn>``
-        or SmolLM2's ``<|endoftext|>``, and the ``eos_token_id`` ids of ``generation_config.json``.
+      eos_ids: every id that ends generation: the EOS id first, then the ``eos_token_id`` ids of
+        ``generation_config.json`` (what transformers' ``generate`` stops on, e.g. Llama 3.x Instruct's
+        ``<|eom_id|>`` and ``<|eot_id|>``). A checkpoint without one (and a GGUF) also stops on its
+        other end-of-generation control tokens, as llama.cpp does (e.g. Gemma's ``<end_of_turn>``,
+        SmolLM2's ``<|endoftext|>``).
         Empty when the vocabulary defines no EOS (e.g. BERT).
       pad_id: the padding id, or None.
       add_bos: the default of ``encode(..., add_bos=)``. It stands for "add the special tokens this
@@ -183,7 +189,9 @@ class Tokenizer:
     @classmethod
     def from_file(cls, directory_or_tokenizer_json: str | Path) -> Tokenizer:
         """Loads a ``tokenizer.json`` (a file, or the directory holding it), or a SentencePiece
-        ``tokenizer.model`` (the file, or a directory holding it and no ``tokenizer.json``).
+        ``tokenizer.model`` (the file, or a directory holding it and no ``tokenizer.json``), or GPT-2's
+        ``vocab.json`` + ``merges.txt`` (a directory holding them and neither of the others, as OPT
+        checkpoints ship; see ``_byte_level_files_backend``).
 
         BOS/EOS/PAD, ``add_bos``, the chat template and the special-token strings come from
         ``infodec_tokenizer.json`` beside it when present (an exact copy of what ``save()`` wrote);
@@ -198,6 +206,11 @@ class Tokenizer:
         file) when present, else ``tokenizer_config.json``'s ``chat_template`` (a string, or a list of
         ``{"name", "template"}``), as transformers reads them. ``generation_config.json``'s
         ``eos_token_id`` ids are always stop ids, even beside an ``infodec_tokenizer.json``.
+
+        ``eos_ids`` from the HF files: the tokenizer's EOS, then, when ``generation_config.json`` gives an
+        ``eos_token_id``, those ids and nothing else (what transformers' ``generate`` stops on; it ignores
+        ``config.json``'s then); otherwise ``config.json``'s ids and the vocabulary's other
+        end-of-generation control tokens (``<|im_end|>``, ``<end_of_turn>``, ...).
         """
         path = Path(directory_or_tokenizer_json)
         file = path
@@ -205,13 +218,20 @@ class Tokenizer:
             file = path / "tokenizer.json"
             if not file.is_file() and (path / "tokenizer.model").is_file():
                 file = path / "tokenizer.model"
+            elif not file.is_file() and _has_byte_level_files(path):
+                file = path / BYTE_LEVEL_VOCAB
         if not file.is_file():
-            raise FileNotFoundError(f"no tokenizer.json (nor a SentencePiece tokenizer.model) at {path}")
+            raise FileNotFoundError(
+                f"no tokenizer.json (nor a SentencePiece tokenizer.model) at {path}, nor GPT-2's "
+                f"{BYTE_LEVEL_VOCAB} + {BYTE_LEVEL_MERGES}"
+            )
         folder = file.parent
         sentencepiece = None
         if file.suffix == ".model":
             sentencepiece = spm_model.read_model(file)
             backend = _sentencepiece_backend(sentencepiece)
+        elif file.name == BYTE_LEVEL_VOCAB and not file.with_name("tokenizer.json").is_file():
+            backend = _byte_level_files_backend(folder)
         else:
             backend = BackendTokenizer.from_file(str(file))
         generation_stops = _generation_config_eos_ids(folder)
@@ -239,8 +259,9 @@ class Tokenizer:
                 if piece is not None:
                     strings.setdefault(f"{name}_token", piece)
 
-        def ids_of(name: str) -> list[int]:
-            """Ids the configs give for ``name`` ("bos", ...): token strings first, then ids."""
+        def ids_of(name: str, configs: Sequence[dict] = model_configs) -> list[int]:
+            """Ids the configs give for ``name`` ("bos", ...): token strings first, then the ids of
+            ``configs``."""
             found = []
             tokens = [_content(config.get(f"{name}_token")) for config in token_configs] + [
                 strings.get(f"{name}_token")
@@ -248,7 +269,7 @@ class Tokenizer:
             for token in tokens:
                 if isinstance(token, str) and (token_id := backend.token_to_id(token)) is not None:
                     found.append(token_id)
-            for config in model_configs:
+            for config in configs:
                 value = config.get(f"{name}_token_id")
                 values = value if isinstance(value, list) else [value]
                 found.extend(v for v in values if isinstance(v, int))
@@ -257,9 +278,16 @@ class Tokenizer:
         processor = backend.post_processor
         adds_tokens = processor is not None and processor.num_special_tokens_to_add(False) > 0
         add_bos = token_configs[0].get("add_bos_token", adds_tokens)
-        eos_ids = ids_of("eos")
-        if eos_ids:  # a vocabulary with an EOS also stops on its other end-of-generation tokens
-            eos_ids += _end_of_generation_ids(backend)
+        if generation_stops:
+            # What transformers' generate stops on: generation_config.json's eos_token_id (it
+            # overrides config.json's), after the tokenizer's own EOS. Nothing else: a base model's
+            # vocabulary also holds e.g. <|im_end|> or <end_of_turn>, which its generate ignores.
+            eos_ids = ids_of("eos", configs=[])
+            eos_ids += generation_stops
+        else:
+            eos_ids = ids_of("eos")
+            if eos_ids:  # no generation_config: also stop on the other end-of-generation tokens
+                eos_ids += _end_of_generation_ids(backend)
         return cls(
             backend,
             bos_id=next(iter(ids_of("bos")), None),
@@ -539,10 +567,58 @@ class Tokenizer:
 
 
 def has_tokenizer(directory: str | Path) -> bool:
-    """Whether ``directory`` holds a tokenizer ``Tokenizer.from_file`` reads: a ``tokenizer.json`` or a
-    SentencePiece ``tokenizer.model``."""
+    """Whether ``directory`` holds a tokenizer ``Tokenizer.from_file`` reads: a ``tokenizer.json``, a
+    SentencePiece ``tokenizer.model``, or GPT-2's ``vocab.json`` + ``merges.txt`` (e.g. OPT)."""
     directory = Path(directory)
-    return (directory / "tokenizer.json").is_file() or (directory / "tokenizer.model").is_file()
+    return (
+        (directory / "tokenizer.json").is_file()
+        or (directory / "tokenizer.model").is_file()
+        or _has_byte_level_files(directory)
+    )
+
+
+def _has_byte_level_files(directory: Path) -> bool:
+    return (directory / BYTE_LEVEL_VOCAB).is_file() and (directory / BYTE_LEVEL_MERGES).is_file()
+
+
+def _byte_level_files_backend(folder: Path) -> BackendTokenizer:
+    """GPT-2's byte-level BPE from ``vocab.json`` + ``merges.txt``, for checkpoints that ship no
+    ``tokenizer.json`` (OPT), built as transformers' ``GPT2Tokenizer`` builds it: ``add_prefix_space``
+    from ``tokenizer_config.json`` (default False), no post-processor (``add_bos_token`` is applied by
+    ``encode``), and as special added tokens the ``added_tokens_decoder`` entries plus the named special
+    tokens (``bos_token``, ``eos_token``, ... of ``tokenizer_config.json`` / ``special_tokens_map.json``)
+    -- only those: e.g. OPT's ``<s>`` and ``<unk>`` stay ordinary vocabulary entries."""
+    vocab, merges = models.BPE.read_file(str(folder / BYTE_LEVEL_VOCAB), str(folder / BYTE_LEVEL_MERGES))
+    backend = BackendTokenizer(
+        models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    )
+    config = _read_json(folder / "tokenizer_config.json") or {}
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
+    backend.decoder = decoders.ByteLevel()
+    decoder = config.get("added_tokens_decoder")
+    entries = sorted(decoder.items(), key=lambda item: int(item[0])) if isinstance(decoder, dict) else []
+    for _, entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            token = AddedToken(
+                entry["content"],
+                single_word=bool(entry.get("single_word", False)),
+                lstrip=bool(entry.get("lstrip", False)),
+                rstrip=bool(entry.get("rstrip", False)),
+                normalized=bool(entry.get("normalized", False)),
+                special=bool(entry.get("special", True)),
+            )
+            (backend.add_special_tokens if token.special else backend.add_tokens)([token])
+    named = [token for name, token in _special_token_strings(folder).items() if name in SPECIAL_TOKEN_NAMES]
+    for source in (config, _read_json(folder / "special_tokens_map.json") or {}):
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            listed = source.get(key)
+            if isinstance(listed, list):
+                named += [token for token in map(_content, listed) if isinstance(token, str)]
+    added = {token.content for token in backend.get_added_tokens_decoder().values()}
+    backend.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in dict.fromkeys(named) if token not in added]
+    )
+    return backend
 
 
 def _end_of_generation_ids(backend: BackendTokenizer) -> list[int]:
