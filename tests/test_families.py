@@ -187,23 +187,68 @@ def test_family_matches_hf(family, tmp_path, capsys):
         print(f"\n{family}: " + ", ".join(f"{k} {v:.1e}" for k, v in report.items()))
 
 
-def test_dynamic_rope_past_max_positions_keeps_default_frequencies():
-    """What differs from HF: dynamic NTK. Below max_position_embeddings HF's frequencies are the default ones
-    (the llama_dynamic family above); past it HF rescales the base from the longest position, while infodec
-    keeps the default frequencies (positions past max_position_embeddings need a cache allocated past
-    ``max_length``). Pinned: there, infodec equals HF's plain-RoPE model and differs from HF's dynamic one."""
-    fields = {**BASE, "max_position_embeddings": 8}
-    dynamic = build(t.LlamaConfig, t.LlamaForCausalLM, **fields, rope_parameters=dict(LLAMA_DYNAMIC)).eval()
-    plain = build(t.LlamaConfig, t.LlamaForCausalLM, **fields).eval()
-    config = {**dynamic.config.to_dict(), "model_type": "llama"}
-    model = infodec_llama.build(infodec_llama.LlamaConfig.from_hf(config, scan_layers=False))
-    tensors = {name: value.detach().numpy() for name, value in dynamic.state_dict().items()}
-    params = infodec_llama.convert_hf_weights(model.config, tensors)
-    tokens = np.random.RandomState(0).randint(0, VOCAB, (1, 12))
-    positions = jnp.arange(12)[None]
-    ours = model.apply(params, jnp.asarray(tokens), positions, model.init_cache(1, 12))[0]
-    assert np.abs(np.asarray(ours) - hf_logits(plain, tokens)).max() < 1e-4
-    assert np.abs(np.asarray(ours)[:, 8:] - hf_logits(dynamic, tokens)[:, 8:]).max() > 1e-3
+DYNAMIC_FAMILIES = {
+    "llama": (t.LlamaConfig, t.LlamaForCausalLM, {}),
+    "qwen3": (t.Qwen3Config, t.Qwen3ForCausalLM, {"head_dim": 16}),
+    "gpt_neox": (t.GPTNeoXConfig, t.GPTNeoXForCausalLM, {"rotary_pct": 0.5}),  # partial rotary: d = 8
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(DYNAMIC_FAMILIES))
+def test_dynamic_rope_past_max_positions_is_hf_forward_rule(family, tmp_path):
+    """Dynamic NTK past max_position_embeddings (8 here): HF recomputes the base at every forward call from
+    its largest position. (i) A left-padded batch of 12 slots whose largest position is 9: padding must not
+    count (12 would give other frequencies). (ii) A cached decode crossing position 8 step by step against
+    HF's step-by-step cached forward: each step rotates with its own frequencies, cached keys keep theirs.
+    (Greedy generation cannot cross: the engine stops at ``max_length`` = max_position_embeddings.)"""
+    config_class, model_class, extra = DYNAMIC_FAMILIES[family]
+    fields = {**BASE, **extra, "max_position_embeddings": 8, "rope_parameters": dict(LLAMA_DYNAMIC)}
+    build(config_class, model_class, **fields).save_pretrained(tmp_path)
+    model, params, _ = infodec.load(tmp_path, dtype=jnp.float32)
+    rng = np.random.RandomState(0)
+
+    # (i) full sequence; a fresh HF model each time (its rotary module keeps state between calls).
+    tokens = rng.randint(0, VOCAB, (2, 12))
+    lengths = [10, 9]
+    mask = np.stack([np.arange(12) >= 12 - n for n in lengths])
+    positions = np.where(mask, np.cumsum(mask, 1) - 1, -1)
+    ours = np.asarray(model.apply(params, tokens, positions, model.init_cache(2, 12))[0])
+    with torch.no_grad():
+        theirs = (
+            build(config_class, model_class, **fields)
+            .eval()(
+                torch.tensor(tokens),
+                attention_mask=torch.tensor(mask.astype(np.int64)),
+                position_ids=torch.tensor(np.maximum(positions, 0)),
+            )
+            .logits.numpy()
+        )
+    assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
+    hf_static = {**fields, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+    with torch.no_grad():
+        default = build(config_class, model_class, **hf_static)(
+            torch.tensor(tokens[:1, 2:]), position_ids=torch.arange(10)[None]
+        ).logits.numpy()
+    assert np.abs(ours[0, 2:] - default[0]).max() > 1e-3  # past 8 the frequencies did change
+
+    # (ii) cached decode from a 5-token prefill across position 8 to 13.
+    tokens = rng.randint(0, VOCAB, 14)
+    hf_model = build(config_class, model_class, **fields).eval()
+    cache, steps, theirs_steps = model.init_cache(1, 14), [], []
+    with torch.no_grad():
+        out = hf_model(torch.tensor(tokens[None, :5]), use_cache=True)
+        theirs_steps.append(out.logits[0, -1].numpy())
+        for p in range(5, 14):
+            ids, step_positions = torch.tensor([[tokens[p]]]), torch.tensor([[p]])
+            out = hf_model(ids, cache=out.past_key_values, use_cache=True, position_ids=step_positions)
+            theirs_steps.append(out.logits[0, -1].numpy())
+    logits, cache = model.apply(params, tokens[None, :5], np.arange(5)[None], cache)
+    steps.append(np.asarray(logits)[0, -1])
+    for p in range(5, 14):
+        logits, cache = model.apply(params, tokens[None, p : p + 1], np.array([[p]]), cache)
+        steps.append(np.asarray(logits)[0, -1])
+    assert np.abs(np.stack(steps) - np.stack(theirs_steps)).max() < 1e-4
 
 
 @pytest.mark.parametrize(

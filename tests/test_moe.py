@@ -6,6 +6,7 @@ checked on features the parity set (tests/test_families.py) does not reach: scan
 lazy stacks), sliding windows, and the config errors.
 """
 
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -17,7 +18,8 @@ import transformers as t
 
 import infodec
 from infodec.models import mixtral, qwen3
-from infodec.models.moe import MoEMLP, route
+from infodec.models.base import CheckpointMismatchError
+from infodec.models.moe import MoEMLP, fused_expert_params, route
 from infodec.models.partitioning import MODEL, param_spec
 
 E, K, D, I = 6, 2, 8, 5
@@ -159,3 +161,91 @@ def test_qwen3_attention_bias_and_tied_embeddings_match_hf(tmp_path):
     model, params, error = hf_logits_error(hf, tmp_path, tokens)
     assert model.config.attention_bias and "lm_head" not in params
     assert error < 1e-4
+
+
+def fuse_experts(directory, out, layout: str) -> None:
+    """Rewrites a per-expert checkpoint with fused 3-D experts, as transformers 5 holds them in memory
+    (``out_in``: ``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``, Mixtral's block renamed ``mlp``) or
+    transposed (``in_out``: ``[E, H, 2I]``, ``[E, I, H]``); keeps config.json."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    fused, experts = {}, {}
+    for name, value in tensors.items():
+        parts = name.replace(".block_sparse_moe.", ".mlp.").split(".")
+        if "experts" in parts:
+            at = parts.index("experts")
+            linear = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}.get(parts[at + 2], parts[at + 2])
+            experts.setdefault(".".join(parts[:at]), {}).setdefault(linear, {})[int(parts[at + 1])] = value
+        else:
+            fused[".".join(parts)] = value
+    for block, linears in experts.items():
+        stack = {key: np.stack([by_expert[e] for e in sorted(by_expert)]) for key, by_expert in linears.items()}
+        gate_up = np.concatenate([stack["gate_proj"], stack["up_proj"]], axis=1)  # [E, 2I, H]
+        down = stack["down_proj"]  # [E, H, I]
+        if layout == "in_out":
+            gate_up, down = gate_up.transpose(0, 2, 1), down.transpose(0, 2, 1)
+        fused[f"{block}.experts.gate_up_proj"] = np.ascontiguousarray(gate_up)
+        fused[f"{block}.experts.down_proj"] = np.ascontiguousarray(down)
+    out.mkdir()
+    save_file(fused, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text((directory / "config.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("family", "layout", "scan"),
+    [
+        ("qwen3_moe", "out_in", False),
+        ("qwen3_moe", "in_out", True),
+        ("mixtral", "out_in", True),
+        ("mixtral", "in_out", False),
+    ],
+)
+def test_fused_expert_checkpoints_match_hf(family, layout, scan, tmp_path):
+    torch.manual_seed(0)
+    if family == "mixtral":  # intermediate 48 = 1.5 * hidden: the two layouts have different shapes
+        hf = t.MixtralForCausalLM(t.MixtralConfig(**BASE, num_local_experts=4, num_experts_per_tok=2))
+    else:  # 2 * moe_intermediate == hidden: gate_up_proj is [4, 32, 32] in both layouts, down_proj tells
+        config = t.Qwen3MoeConfig(**BASE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
+        hf = t.Qwen3MoeForCausalLM(config)
+    hf.eval().save_pretrained(tmp_path / "experts")
+    fuse_experts(tmp_path / "experts", tmp_path / "fused", layout)
+    model, params, _ = infodec.load(tmp_path / "fused", dtype=jnp.float32, scan_layers=scan)
+    tokens = np.random.RandomState(3).randint(0, 64, (2, 9))
+    positions = np.broadcast_to(np.arange(9), tokens.shape)
+    ours = np.asarray(model.apply(params, tokens, positions)[0])
+    with torch.no_grad():
+        theirs = hf(torch.tensor(tokens)).logits.numpy()
+    assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_fused_experts_are_read_lazily_expert_by_expert(tmp_path):
+    """The fused tensors become references to each expert's own bytes (no read at conversion), and a
+    slice of the stacked kernel reads the same values numpy computes from the whole tensor."""
+    from safetensors.numpy import save_file
+
+    from infodec.models.tensors import StackedRef, TensorRef, read_directory
+
+    rng = np.random.RandomState(0)
+    experts, hidden, inner = 3, 6, 4
+    gate_up, down = rng.randn(experts, 2 * inner, hidden), rng.randn(experts, hidden, inner)
+    save_file({"g": gate_up.astype(np.float32), "d": down.astype(np.float32)}, tmp_path / "model.safetensors")
+    refs = read_directory(tmp_path)
+    config = SimpleNamespace(num_experts=experts, hidden_size=hidden, moe_intermediate_size=inner)
+    tree = fused_expert_params({"x.gate_up_proj": refs["g"], "x.down_proj": refs["d"]}, "x", config)
+    for leaf in tree.values():
+        assert isinstance(leaf, StackedRef) and all(isinstance(part, TensorRef) for part in leaf.parts)
+    expected = {
+        "gate_proj": gate_up[:, :inner].transpose(0, 2, 1),
+        "up_proj": gate_up[:, inner:].transpose(0, 2, 1),
+        "down_proj": down.transpose(0, 2, 1),
+    }
+    for key, value in expected.items():
+        np.testing.assert_array_equal(tree[key].read(), value.astype(np.float32))
+        index = (slice(1, 3), slice(2, 5), slice(1, 3))
+        np.testing.assert_array_equal(tree[key].read(index), value.astype(np.float32)[index])
+    with pytest.raises(CheckpointMismatchError, match="fit neither"):
+        fused_expert_params({"x.gate_up_proj": refs["g"], "x.down_proj": refs["g"]}, "x", config)

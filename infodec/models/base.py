@@ -22,7 +22,7 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.layers import KVCache
+from infodec.models.layers import ACTIVATIONS, KVCache
 from infodec.models.tensors import is_lazy, stack_layers
 
 Array = jax.Array
@@ -119,6 +119,31 @@ class CausalLM:
             )
 
 
+class EvenHeads:
+    """Config mixin of the families whose heads split ``hidden_size`` evenly, each with its own keys and
+    values (GPT-2, OPT, GPT-NeoX, BERT): ``head_dim`` and ``num_kv_heads`` follow from the two fields."""
+
+    hidden_size: int
+    num_heads: int
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+def check_heads_and_activation(hidden_size: int, num_heads: int, activation: str, field: str) -> None:
+    """One clear error for a hidden size the heads do not split evenly, or an activation infodec does not
+    have (``field``: the family and its config's name of it, e.g. ``"GPT-2 activation_function"``)."""
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden size {hidden_size} is not a multiple of {num_heads} heads")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unsupported {field} {activation!r}; supported: {', '.join(sorted(ACTIVATIONS))}")
+
+
 def checked(tensors: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> Any:
     """``tensors[name]`` (an array or a :class:`~infodec.models.tensors.TensorRef`) after checking it
     exists, has ``shape`` and holds floating-point weights; one clear error otherwise."""
@@ -155,6 +180,10 @@ class HFWeights:
 
     def norm(self, name: str, dim: int) -> dict:
         return {"scale": self.get(f"{name}.weight", (dim,))}
+
+    def layer_norm(self, name: str, dim: int) -> dict:
+        """A LayerNorm's weight and bias (``scale``/``bias``, as :func:`~infodec.models.layers.layer_norm`)."""
+        return {"scale": self.get(f"{name}.weight", (dim,)), "bias": self.get(f"{name}.bias", (dim,))}
 
     def check_layers(self, prefix: str, num_layers: int) -> None:
         """One clear error when the checkpoint holds layers (``{prefix}{i}.``) beyond ``num_layers``:

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import HFWeights, Params, checked, layer_params
-from infodec.models.layers import ACTIVATIONS, default_scan_layers, dot_product_attention, run_layers
+from infodec.models.base import EvenHeads, HFWeights, Params, check_heads_and_activation, checked, layer_params
+from infodec.models.layers import ACTIVATIONS, default_scan_layers, dot_product_attention, layer_norm, run_layers
 
 Array = jax.Array
 
@@ -30,7 +30,7 @@ HF_MODEL_TYPES = ("bert",)
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(EvenHeads):
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -45,16 +45,7 @@ class BertConfig:
     model_type: str = "bert"
 
     def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden size {self.hidden_size} is not a multiple of {self.num_heads} heads")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(
-                f"unsupported BERT hidden_act {self.hidden_act!r}; supported: {', '.join(sorted(ACTIVATIONS))}"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        check_heads_and_activation(self.hidden_size, self.num_heads, self.hidden_act, "BERT hidden_act")
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> BertConfig:
@@ -100,8 +91,7 @@ class BertConfig:
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
-    # Two-pass variance, as torch computes it.
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, use_fast_variance=False, name=name)
+    return layer_norm(config.layer_norm_eps, None, name)
 
 
 class BertLayer(nn.Module):
@@ -207,11 +197,7 @@ def convert_hf_weights(config: BertConfig, tensors: Mapping[str, np.ndarray]) ->
     weights = HFWeights(tensors, prefix="bert.")
     t = weights.tensors
 
-    def dense(name: str, out_dim: int, in_dim: int) -> dict:
-        return {
-            "kernel": checked(t, f"{name}.weight", (out_dim, in_dim)).T,
-            "bias": checked(t, f"{name}.bias", (out_dim,)),
-        }
+    dense = lambda name, out_dim, in_dim: weights.dense(name, out_dim, in_dim, bias=True)
 
     def norm(name: str) -> dict:
         # Very old checkpoints call LayerNorm's parameters gamma/beta.

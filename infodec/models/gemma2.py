@@ -22,7 +22,6 @@ from typing import Any
 
 from infodec.models import gemma3
 from infodec.models.base import CausalLM
-from infodec.models.layers import default_scan_layers
 
 HF_MODEL_TYPES = ("gemma2",)
 
@@ -30,7 +29,7 @@ HF_MODEL_TYPES = ("gemma2",)
 DEFAULT_THETA = 10_000.0
 DEFAULT_ATTN_SOFTCAP = 50.0
 DEFAULT_FINAL_SOFTCAP = 30.0
-ROPE_TYPES = ("default", "linear", "llama3")  # frequencies only: no cos/sin attention factor
+ROPE_TYPES = gemma3.ROPE_TYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +42,6 @@ class Gemma2Config(gemma3.Gemma3Config):
         """Reads an HF ``config.json`` dict (``rope_parameters`` of transformers 5, or ``rope_theta``)."""
         if hf.get("use_bidirectional_attention"):
             raise ValueError("Gemma 2 with use_bidirectional_attention (an encoder) is not a causal LM; not supported")
-        heads = hf["num_attention_heads"]
         layers = hf["num_hidden_layers"]
         layer_types = hf.get("layer_types") or [
             "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)
@@ -57,28 +55,15 @@ class Gemma2Config(gemma3.Gemma3Config):
             raise ValueError(f"gemma2: unsupported rope scaling type {kind!r}; supported: {', '.join(ROPE_TYPES)}")
         scaling = gemma3.rope_items(rope)
         return cls(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256),
-            sliding_window=hf.get("sliding_window", 4096),
+            **gemma3.common_fields_from_hf(hf, scan_layers),
             layer_types=tuple(layer_types),
             rope_theta=float(theta),
             rope_local_theta=float(theta),
             max_position_embeddings=hf.get("max_position_embeddings", 8192),
             rope_scaling=scaling,
             rope_local_scaling=scaling,
-            tie_word_embeddings=hf.get("tie_word_embeddings", True),
-            attention_bias=hf.get("attention_bias", False),
-            hidden_act=hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh",
             final_logit_softcapping=hf.get("final_logit_softcapping", DEFAULT_FINAL_SOFTCAP),
             attn_logit_softcapping=hf.get("attn_logit_softcapping", DEFAULT_ATTN_SOFTCAP),
-            scan_layers=default_scan_layers() if scan_layers is None else scan_layers,
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -87,26 +72,8 @@ class Gemma2Config(gemma3.Gemma3Config):
         return {
             "architectures": ["Gemma2ForCausalLM"],
             "model_type": "gemma2",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "rms_norm_eps": self.rms_norm_eps,
-            "query_pre_attn_scalar": self.query_pre_attn_scalar,
-            "sliding_window": self.sliding_window,
-            "layer_types": list(self.layer_types),
+            **self.common_hf_fields(),
             "rope_parameters": rope,
-            "rope_theta": self.rope_theta,
-            "max_position_embeddings": self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.attention_bias,
-            "hidden_activation": self.hidden_act,
-            "final_logit_softcapping": self.final_logit_softcapping,
-            "attn_logit_softcapping": self.attn_logit_softcapping,
-            "torch_dtype": "float32",
         }
 
 

@@ -35,12 +35,10 @@ from infodec.models.layers import (
     Attention,
     GatedMLP,
     RMSNorm,
-    close_cache,
     default_scan_layers,
     lm_logits,
-    open_cache,
     rope_inv_freq,
-    run_layers,
+    run_decoder,
 )
 
 HF_MODEL_TYPES = ("gemma3_text", "gemma3")
@@ -75,12 +73,17 @@ NO_WINDOW = np.iinfo(np.int32).max
 log = logging.getLogger(__name__)
 
 
+ROPE_TYPES = ("default", "linear", "llama3")  # frequencies only: no per-call update, no cos/sin attention factor
+
+
 def rope_items(params: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
     """RoPE scaling as a hashable tuple of items, None for plain (``default``) RoPE."""
     params = {key: value for key, value in (params or {}).items() if key != "rope_theta"}
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
         return None
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"gemma: unsupported rope scaling type {kind!r}; supported: {', '.join(ROPE_TYPES)}")
     return tuple(sorted((key, tuple(value) if isinstance(value, list) else value) for key, value in params.items()))
 
 
@@ -147,7 +150,6 @@ class Gemma3Config:
                 "Gemma 3 with use_bidirectional_attention (an encoder, e.g. EmbeddingGemma) "
                 "is not a causal LM and is not supported"
             )
-        heads = hf["num_attention_heads"]
         layers = hf["num_hidden_layers"]
         layer_types = hf.get("layer_types")
         if layer_types is None:
@@ -170,27 +172,14 @@ class Gemma3Config:
                 hf["attn_logit_softcapping"],
             )
         return cls(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256),
-            sliding_window=hf.get("sliding_window", 4096),
+            **common_fields_from_hf(hf, scan_layers),
             layer_types=tuple(layer_types),
             rope_theta=float(global_theta),
             rope_local_theta=float(local_theta),
             max_position_embeddings=hf.get("max_position_embeddings", 131072),
             rope_scaling=rope_items(global_rope),
             rope_local_scaling=rope_items(local_rope),
-            tie_word_embeddings=hf.get("tie_word_embeddings", True),
-            attention_bias=hf.get("attention_bias", False),
-            hidden_act=hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh",
             final_logit_softcapping=hf.get("final_logit_softcapping"),
-            scan_layers=default_scan_layers() if scan_layers is None else scan_layers,
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -208,6 +197,24 @@ class Gemma3Config:
         config = {
             "architectures": ["Gemma3ForCausalLM"],
             "model_type": "gemma3_text",
+            **self.common_hf_fields(),
+            "rope_parameters": {"full_attention": global_rope, "sliding_attention": local_rope},
+            "rope_local_base_freq": self.rope_local_theta,
+        }
+        if self.rope_scaling:
+            config["rope_scaling"] = dict(self.rope_scaling)
+        for pattern in range(1, self.num_layers + 1):
+            if self.layer_types == tuple(
+                "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(self.num_layers)
+            ):
+                config["sliding_window_pattern"] = pattern
+                break
+        return config
+
+    def common_hf_fields(self) -> dict[str, Any]:
+        """The ``config.json`` fields Gemma 2 and Gemma 3 write alike: all but the architecture and the
+        RoPE parameters (the inverse of :func:`common_fields_from_hf` and of the fields each family reads)."""
+        return {
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -219,9 +226,7 @@ class Gemma3Config:
             "query_pre_attn_scalar": self.query_pre_attn_scalar,
             "sliding_window": self.sliding_window,
             "layer_types": list(self.layer_types),
-            "rope_parameters": {"full_attention": global_rope, "sliding_attention": local_rope},
             "rope_theta": self.rope_theta,
-            "rope_local_base_freq": self.rope_local_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
@@ -230,15 +235,28 @@ class Gemma3Config:
             "attn_logit_softcapping": self.attn_logit_softcapping,
             "torch_dtype": "float32",
         }
-        if self.rope_scaling:
-            config["rope_scaling"] = dict(self.rope_scaling)
-        for pattern in range(1, self.num_layers + 1):
-            if self.layer_types == tuple(
-                "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(self.num_layers)
-            ):
-                config["sliding_window_pattern"] = pattern
-                break
-        return config
+
+
+def common_fields_from_hf(hf: Mapping[str, Any], scan_layers: bool | None) -> dict[str, Any]:
+    """The config fields Gemma 2 and Gemma 3 read alike from an HF ``config.json`` (with the same defaults):
+    sizes, heads, norms, window, bias, activation and ``scan_layers`` (the platform default when None)."""
+    heads = hf["num_attention_heads"]
+    return {
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hf["hidden_size"],
+        "intermediate_size": hf["intermediate_size"],
+        "num_layers": hf["num_hidden_layers"],
+        "num_heads": heads,
+        "num_kv_heads": hf.get("num_key_value_heads") or heads,
+        "head_dim": hf.get("head_dim") or hf["hidden_size"] // heads,
+        "rms_norm_eps": hf.get("rms_norm_eps", 1e-6),
+        "query_pre_attn_scalar": hf.get("query_pre_attn_scalar", 256),
+        "sliding_window": hf.get("sliding_window", 4096),
+        "tie_word_embeddings": hf.get("tie_word_embeddings", True),
+        "attention_bias": hf.get("attention_bias", False),
+        "hidden_act": hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh",
+        "scan_layers": default_scan_layers() if scan_layers is None else scan_layers,
+    }
 
 
 def _layer_rope_and_window(c: Gemma3Config, is_global, local_inv_freq, global_inv_freq):
@@ -290,27 +308,20 @@ class Gemma3(nn.Module):
         x = embed(tokens)
         # HF multiplies by a float32 sqrt(hidden_size) cast to the weights' dtype (55.5, not 55.43, in bf16).
         x = x * jnp.asarray(np.float32(math.sqrt(c.hidden_size))).astype(x.dtype)
-        cache, kv, k_positions, index = open_cache(cache, positions)
-        local_inv_freq = rope_inv_freq(c.head_dim, c.rope_local_theta, dict(c.rope_local_scaling or ()) or None)
-        global_inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
-        x, kv = run_layers(
+        x, cache = run_decoder(
             Gemma3Block,
             c,
-            c.scan_layers,
             x,
-            kv,
+            positions,
+            cache,
             layer_args={"is_global": c.is_global},
-            positions=positions,
-            k_positions=k_positions,
-            index=index,
-            local_inv_freq=local_inv_freq,
-            global_inv_freq=global_inv_freq,
+            local_inv_freq=rope_inv_freq(c.head_dim, c.rope_local_theta, dict(c.rope_local_scaling or ()) or None),
+            global_inv_freq=rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None),
         )
         x = RMSNorm(c.rms_norm_eps, offset=1.0, dtype=c.dtype, name="norm")(x)
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
         if c.final_logit_softcapping is not None:
             logits = c.final_logit_softcapping * jnp.tanh(logits / c.final_logit_softcapping)
-        cache = close_cache(cache, kv)
         return logits, x, cache
 
 

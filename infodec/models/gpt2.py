@@ -17,15 +17,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, HFWeights, checked, layer_params
+from infodec.models.base import CausalLM, EvenHeads, HFWeights, check_heads_and_activation, checked, layer_params
 from infodec.models.layers import (
     ACTIVATIONS,
     Attention,
-    close_cache,
     default_scan_layers,
+    layer_norm,
     lm_logits,
-    open_cache,
-    run_layers,
+    run_decoder,
 )
 from infodec.models.tensors import split_columns
 
@@ -33,7 +32,7 @@ HF_MODEL_TYPES = ("gpt2",)
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(EvenHeads):
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -51,21 +50,7 @@ class GPT2Config:
     cache_dtype: str | None = None  # the KV cache; None = ``dtype``
 
     def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden size {self.hidden_size} is not a multiple of {self.num_heads} heads")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unsupported GPT-2 activation_function {self.activation!r}; "
-                f"supported: {', '.join(sorted(ACTIVATIONS))}"
-            )
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.num_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        check_heads_and_activation(self.hidden_size, self.num_heads, self.activation, "GPT-2 activation_function")
 
     def attention_scales(self) -> np.ndarray:
         """Per-layer score multipliers: ``1/sqrt(head_dim)`` (if scaled), times ``1/(layer+1)`` if set."""
@@ -118,14 +103,7 @@ class GPT2Config:
 
 
 def _layer_norm(config: GPT2Config, name: str) -> nn.LayerNorm:
-    # Two-pass variance, as torch computes it (the fast E[x^2] - E[x]^2 form loses ~1e-6).
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_eps,
-        use_fast_variance=False,
-        dtype=config.dtype,
-        param_dtype=config.dtype,
-        name=name,
-    )
+    return layer_norm(config.layer_norm_eps, config.dtype, name)
 
 
 class GPT2MLP(nn.Module):
@@ -171,22 +149,9 @@ class GPT2(nn.Module):
         wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="wte")
         wpe = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="wpe")
         x = wte(tokens) + wpe(jnp.clip(positions, 0, c.max_position_embeddings - 1))
-        cache, kv, k_positions, index = open_cache(cache, positions)
-        x, kv = run_layers(
-            GPT2Block,
-            c,
-            c.scan_layers,
-            x,
-            kv,
-            layer_args={"scale": c.attention_scales()},
-            positions=positions,
-            k_positions=k_positions,
-            index=index,
-        )
+        x, cache = run_decoder(GPT2Block, c, x, positions, cache, layer_args={"scale": c.attention_scales()})
         x = _layer_norm(c, "ln_f")(x)
-        logits = lm_logits(x, wte if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        cache = close_cache(cache, kv)
-        return logits, x, cache
+        return lm_logits(x, wte if c.tie_word_embeddings else None, c.vocab_size, c.dtype), x, cache
 
 
 def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) -> dict:
@@ -206,9 +171,6 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
             "bias": checked(t, f"{name}.bias", (out_dim,)),
         }
 
-    def norm(name: str) -> dict:
-        return {"scale": checked(t, f"{name}.weight", (d,)), "bias": checked(t, f"{name}.bias", (d,))}
-
     layers = []
     for i in range(c.num_layers):
         p = f"h.{i}"
@@ -217,8 +179,8 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
         biases = split_columns(qkv["bias"], 3)
         layers.append(
             {
-                "ln_1": norm(f"{p}.ln_1"),
-                "ln_2": norm(f"{p}.ln_2"),
+                "ln_1": weights.layer_norm(f"{p}.ln_1", d),
+                "ln_2": weights.layer_norm(f"{p}.ln_2", d),
                 "attn": {
                     **{
                         name: {"kernel": kernel, "bias": bias}
@@ -236,7 +198,7 @@ def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) ->
     params = {
         "wte": {"embedding": checked(t, "wte.weight", (c.vocab_size, d))},
         "wpe": {"embedding": checked(t, "wpe.weight", (c.max_position_embeddings, d))},
-        "ln_f": norm("ln_f"),
+        "ln_f": weights.layer_norm("ln_f", d),
         **layer_params(layers, c.scan_layers),
     }
     if not c.tie_word_embeddings:

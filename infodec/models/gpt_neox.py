@@ -18,24 +18,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, HFWeights, checked, layer_params
+from infodec.models.base import CausalLM, EvenHeads, HFWeights, check_heads_and_activation, layer_params
 from infodec.models.layers import (
     ACTIVATIONS,
-    apply_rope,
-    attention_mask,
-    close_cache,
+    apply_partial_rope,
+    cached_attention,
     default_scan_layers,
-    dot_product_attention,
+    layer_norm,
     lm_logits,
-    open_cache,
     rope_attention_factor,
+    rope_frequencies,
     rope_inv_freq,
-    run_layers,
-    write_layer,
+    run_decoder,
 )
 
 HF_MODEL_TYPES = ("gpt_neox",)
@@ -44,7 +40,7 @@ ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTNeoXConfig:
+class GPTNeoXConfig(EvenHeads):
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -65,12 +61,7 @@ class GPTNeoXConfig:
     cache_dtype: str | None = None  # the KV cache; None = ``dtype``
 
     def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden size {self.hidden_size} is not a multiple of {self.num_heads} heads")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(
-                f"unsupported gpt_neox hidden_act {self.hidden_act!r}; supported: {', '.join(sorted(ACTIVATIONS))}"
-            )
+        check_heads_and_activation(self.hidden_size, self.num_heads, self.hidden_act, "gpt_neox hidden_act")
         if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.head_dim:
             raise ValueError(
                 f"rotary dimension {self.rotary_dim} (head_dim x rotary_pct) must be even and at most the "
@@ -81,14 +72,6 @@ class GPTNeoXConfig:
             rope_inv_freq(self.rotary_dim, self.rope_theta, scaling)
         except KeyError as error:
             raise ValueError(f"rope_scaling {scaling} lacks the field {error}") from None
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.num_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], *, scan_layers: bool | None = None) -> GPTNeoXConfig:
@@ -148,18 +131,7 @@ class GPTNeoXConfig:
 
 
 def _layer_norm(config: GPTNeoXConfig, name: str) -> nn.LayerNorm:
-    # Two-pass variance, as torch computes it.
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_eps, use_fast_variance=False, dtype=config.dtype, param_dtype=config.dtype, name=name
-    )
-
-
-def _partial_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array, rotary_dim: int) -> jax.Array:
-    """RoPE on the first ``rotary_dim`` dimensions of ``x[B, T, H, D]``; the rest pass through."""
-    if rotary_dim == 0:
-        return x
-    rotated = apply_rope(x[..., :rotary_dim], positions, inv_freq)
-    return jnp.concatenate([rotated, x[..., rotary_dim:]], axis=-1)
+    return layer_norm(config.layer_norm_eps, config.dtype, name)
 
 
 class GPTNeoXAttention(nn.Module):
@@ -176,18 +148,11 @@ class GPTNeoXAttention(nn.Module):
         )
         qkv = dense(3 * c.hidden_size, "query_key_value")(x).reshape(batch, length, c.num_heads, 3, c.head_dim)
         q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
-        q = _partial_rope(q, positions, inv_freq, c.rotary_dim)
-        k = _partial_rope(k, positions, inv_freq, c.rotary_dim).transpose(0, 2, 1, 3)  # [B, H, T, D]
-        v = v.transpose(0, 2, 1, 3)
-        if kv is not None:
-            k_all = write_layer(kv[0], layer, index, k)
-            v_all = write_layer(kv[1], layer, index, v)
-            k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-            kv = (k_all, v_all)
+        q = apply_partial_rope(q, positions, inv_freq, c.rotary_dim)
+        k = apply_partial_rope(k, positions, inv_freq, c.rotary_dim)
         # YaRN's cos/sin factor multiplies q and k: its square scales the scores.
         scale = c.head_dim**-0.5 * rope_attention_factor(dict(c.rope_scaling or ())) ** 2
-        out = dot_product_attention(q, k, v, attention_mask(positions, k_positions), scale=scale)
+        out, kv = cached_attention(q, k, v, positions, k_positions, kv, layer, index, scale=scale)
         return dense(c.hidden_size, "dense")(out), kv
 
 
@@ -227,24 +192,11 @@ class GPTNeoX(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_in")
         x = embed(tokens)
-        cache, kv, k_positions, index = open_cache(cache, positions)
-        inv_freq = rope_inv_freq(c.rotary_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
-        x, kv = run_layers(
-            GPTNeoXBlock,
-            c,
-            c.scan_layers,
-            x,
-            kv,
-            layer_args={},
-            positions=positions,
-            k_positions=k_positions,
-            index=index,
-            inv_freq=inv_freq,
-        )
+        scaling = dict(c.rope_scaling or ()) or None
+        inv_freq = rope_frequencies(c.rotary_dim, c.rope_theta, scaling, positions, c.max_position_embeddings)
+        x, cache = run_decoder(GPTNeoXBlock, c, x, positions, cache, inv_freq=inv_freq)
         x = _layer_norm(c, "final_layer_norm")(x)
-        logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        cache = close_cache(cache, kv)
-        return logits, x, cache
+        return lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype), x, cache
 
 
 def convert_hf_weights(config: GPTNeoXConfig, tensors: Mapping[str, np.ndarray]) -> dict:
@@ -253,18 +205,13 @@ def convert_hf_weights(config: GPTNeoXConfig, tensors: Mapping[str, np.ndarray])
     c = config
     d = c.hidden_size
     w = HFWeights(tensors, prefix="gpt_neox.")
-    t = w.tensors
-
-    def norm(name: str) -> dict:
-        return {"scale": checked(t, f"{name}.weight", (d,)), "bias": checked(t, f"{name}.bias", (d,))}
-
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}"
         layers.append(
             {
-                "input_layernorm": norm(f"{p}.input_layernorm"),
-                "post_attention_layernorm": norm(f"{p}.post_attention_layernorm"),
+                "input_layernorm": w.layer_norm(f"{p}.input_layernorm", d),
+                "post_attention_layernorm": w.layer_norm(f"{p}.post_attention_layernorm", d),
                 "attention": {
                     "query_key_value": w.dense(f"{p}.attention.query_key_value", 3 * d, d, c.attention_bias),
                     "dense": w.dense(f"{p}.attention.dense", d, d, c.attention_bias),
@@ -277,12 +224,12 @@ def convert_hf_weights(config: GPTNeoXConfig, tensors: Mapping[str, np.ndarray])
         )
     w.check_layers("layers.", c.num_layers)
     params = {
-        "embed_in": {"embedding": checked(t, "embed_in.weight", (c.vocab_size, d))},
-        "final_layer_norm": norm("final_layer_norm"),
+        "embed_in": {"embedding": w.get("embed_in.weight", (c.vocab_size, d))},
+        "final_layer_norm": w.layer_norm("final_layer_norm", d),
         **layer_params(layers, c.scan_layers),
     }
     if not c.tie_word_embeddings:
-        params["lm_head"] = {"kernel": checked(t, "embed_out.weight", (c.vocab_size, d)).T}
+        params["lm_head"] = {"kernel": w.get("embed_out.weight", (c.vocab_size, d)).T}
     return params
 
 

@@ -146,10 +146,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None
             wavelen > old_len / low, inv_freq / factor, jnp.where(wavelen < old_len / high, inv_freq, smoothed)
         )
     if kind == "dynamic":
-        # HF's dynamic NTK rescales the base only once a forward pass reaches a position at or beyond
-        # max_position_embeddings; below that its frequencies are the default ones. infodec never runs
-        # positions at or past max_position_embeddings (``CausalLM.max_length``), so the static default
-        # frequencies are HF's exactly over the whole range infodec runs.
+        # The frequencies of a call whose positions stay below max_position_embeddings (the default ones);
+        # a call's own, rescaled past it: rope_frequencies.
         return inv_freq
     if kind == "yarn":
         return _yarn_inv_freq(inv_freq, head_dim, theta, scaling)
@@ -158,6 +156,29 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None
     raise ValueError(
         f"unsupported rope scaling type {kind!r}; supported: default, linear, llama3, dynamic, yarn, longrope"
     )
+
+
+def rope_frequencies(
+    head_dim: int, theta: float, scaling: Mapping[str, Any] | None, positions: Array, max_position_embeddings: int
+) -> Array:
+    """The inverse frequencies of one forward call over ``positions[B, T]`` (``-1`` = padding).
+
+    :func:`rope_inv_freq`'s, except for ``dynamic`` NTK scaling, which HF recomputes at every forward pass
+    (``dynamic_rope_update``) from ``seq_len = max(positions) + 1`` over the whole batch: the base becomes
+    ``theta * (factor * L / M - (factor - 1)) ** (d / (d - 2))`` with ``L = max(seq_len, M)``,
+    ``M = max_position_embeddings``, so a call reaching past ``M`` uses rescaled frequencies and a call that
+    stays below it the default ones. Cached keys keep the rotation of the call that wrote them, as in
+    HF's cached decode. Padding (``-1``) never raises the maximum. (HF's rotary module also keeps the
+    last rescaled frequencies for a later call with ``M <= seq_len`` below its longest so far; this rule
+    is the stateless one, equal to HF's for a fresh model and for any decode whose positions grow.)
+    """
+    scaling = scaling or {}
+    if scaling.get("rope_type", scaling.get("type", "default")) != "dynamic":
+        return rope_inv_freq(head_dim, theta, scaling or None)
+    seq_len = jnp.maximum(jnp.max(positions).astype(jnp.int32) + 1, max_position_embeddings).astype(jnp.float32)
+    factor = scaling["factor"]
+    base = theta * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    return 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
 
 
 def _yarn_inv_freq(inv_freq: Array, dim: int, theta: float, scaling: Mapping[str, Any]) -> Array:
@@ -226,6 +247,17 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
     return rotated.astype(x.dtype)
 
 
+def apply_partial_rope(x: Array, positions: Array, inv_freq: Array, rotary_dim: int | None) -> Array:
+    """:func:`apply_rope` on the leading ``rotary_dim`` dimensions of each head of ``x[B, T, H, D]``, the rest
+    passed through (GPT-NeoX's ``rotary_pct``, Phi's ``partial_rotary_factor``); all of them when None."""
+    if rotary_dim is None:
+        return apply_rope(x, positions, inv_freq)
+    if rotary_dim == 0:
+        return x
+    rotated = apply_rope(x[..., :rotary_dim], positions, inv_freq)
+    return jnp.concatenate([rotated, x[..., rotary_dim:]], axis=-1)
+
+
 class RMSNorm(nn.Module):
     """RMS norm; ``offset=1`` gives Gemma's ``(1 + w)`` parametrisation."""
 
@@ -241,6 +273,21 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (normed * (self.offset + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def layer_norm(eps: float, dtype: Any, name: str, *, affine: bool = True) -> nn.LayerNorm:
+    """torch's ``LayerNorm``: two-pass variance (Flax's fast ``E[x^2] - E[x]^2`` loses ~1e-6), with weight
+    (``scale``) and ``bias`` unless not ``affine``. ``dtype`` None: computed in the inputs' dtype, float32
+    parameters."""
+    return nn.LayerNorm(
+        epsilon=eps,
+        use_fast_variance=False,
+        use_scale=affine,
+        use_bias=affine,
+        dtype=dtype,
+        param_dtype=jnp.float32 if dtype is None else dtype,
+        name=name,
+    )
 
 
 def lm_logits(x: Array, embed: nn.Embed | None, vocab_size: int, dtype: Any) -> Array:
@@ -265,12 +312,44 @@ def default_scan_layers() -> bool:
     return jax.default_backend() != "cpu"
 
 
-class Attention(nn.Module):
-    """Multi-head attention with grouped KV heads, optional RoPE, QK-norm, bias and sliding window.
+def cached_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    positions: Array,
+    k_positions: Array,
+    kv: Any,
+    layer: int | Array,
+    index: Any,
+    *,
+    scale: float,
+    window: int | Array | None = None,
+    softcap: float | None = None,
+) -> tuple[Array, Any]:
+    """Attention of the new ``q[B, T, H, D]`` over the cache and the new ``k, v[B, T, KVH, D]`` (after RoPE).
 
-    ``kv`` is ``(k_all, v_all)``, the whole ``[L, B, KVH, S, D]`` cache, or None for a cache-free
-    call; new keys/values are written straight into layer ``layer`` at slot ``index`` (in place under
-    donation) and the layer's slice is read back for attention.
+    ``kv`` is ``(k_all, v_all)``, the whole ``[L, B, KVH, S, D]`` cache, or None for a cache-free call:
+    the new keys/values are written straight into layer ``layer`` at slot ``index`` (in place under
+    donation) and the layer's slice is read back. Returns ``([B, T, H * D], kv)``.
+    """
+    k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
+    v = v.transpose(0, 2, 1, 3)
+    if kv is not None:
+        k_all = write_layer(kv[0], layer, index, k)
+        v_all = write_layer(kv[1], layer, index, v)
+        k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+        v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+        kv = (k_all, v_all)
+    mask = attention_mask(positions, k_positions, window)
+    return dot_product_attention(q, k, v, mask, scale=scale, softcap=softcap), kv
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped KV heads, optional (partial) RoPE, QK-norm, bias and sliding window.
+
+    ``kv``, ``layer`` and ``index``: as :func:`cached_attention`. q/k norms (``qk_norm_eps``) are per head
+    (Gemma 3, Qwen 3) or, with ``qk_norm_per_head=False``, over the whole projection before the split
+    into heads (OLMo 2's ``[num_heads * head_dim]`` weights).
     """
 
     num_heads: int
@@ -281,7 +360,9 @@ class Attention(nn.Module):
     qkv_bias: bool = False
     out_bias: bool = False
     use_rope: bool = True
+    rotary_dim: int | None = None  # RoPE on each head's leading rotary_dim dimensions only; None: all of them
     qk_norm_eps: float | None = None  # Gemma 3 normalises q and k per head
+    qk_norm_per_head: bool = True
     norm_offset: float = 0.0
     softcap: float | None = None
     dtype: Any = jnp.float32
@@ -300,29 +381,30 @@ class Attention(nn.Module):
     ):
         batch, length, _ = x.shape
 
-        def project(features: int, name: str) -> Array:
-            return nn.Dense(features, use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.dtype, name=name)(x)
+        def project(heads: int, name: str) -> Array:
+            dense = nn.Dense(
+                heads * self.head_dim, use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.dtype, name=name
+            )
+            return dense(x)
 
-        q = project(self.num_heads * self.head_dim, "q_proj").reshape(batch, length, self.num_heads, -1)
-        k = project(self.num_kv_heads * self.head_dim, "k_proj").reshape(batch, length, self.num_kv_heads, -1)
-        v = project(self.num_kv_heads * self.head_dim, "v_proj").reshape(batch, length, self.num_kv_heads, -1)
-        if self.qk_norm_eps is not None:
-            q = RMSNorm(self.qk_norm_eps, self.norm_offset, self.dtype, name="q_norm")(q)
-            k = RMSNorm(self.qk_norm_eps, self.norm_offset, self.dtype, name="k_norm")(k)
+        def norm(y: Array, name: str) -> Array:
+            eps = self.qk_norm_eps
+            return y if eps is None else RMSNorm(eps, self.norm_offset, self.dtype, name=name)(y)
+
+        split = lambda y, heads: y.reshape(batch, length, heads, -1)
+        q, k = project(self.num_heads, "q_proj"), project(self.num_kv_heads, "k_proj")
+        v = split(project(self.num_kv_heads, "v_proj"), self.num_kv_heads)
+        if self.qk_norm_per_head:
+            q, k = norm(split(q, self.num_heads), "q_norm"), norm(split(k, self.num_kv_heads), "k_norm")
+        else:  # over the whole projection, before the split into heads
+            q, k = split(norm(q, "q_norm"), self.num_heads), split(norm(k, "k_norm"), self.num_kv_heads)
         if self.use_rope:
             assert inv_freq is not None, "use_rope needs inv_freq"
-            q = apply_rope(q, positions, inv_freq)
-            k = apply_rope(k, positions, inv_freq)
-        k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
-        v = v.transpose(0, 2, 1, 3)
-        if kv is not None:
-            k_all = write_layer(kv[0], layer, index, k)
-            v_all = write_layer(kv[1], layer, index, v)
-            k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-            kv = (k_all, v_all)
-        mask = attention_mask(positions, k_positions, window)
-        out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
+            q = apply_partial_rope(q, positions, inv_freq, self.rotary_dim)
+            k = apply_partial_rope(k, positions, inv_freq, self.rotary_dim)
+        out, kv = cached_attention(
+            q, k, v, positions, k_positions, kv, layer, index, scale=self.scale, window=window, softcap=self.softcap
+        )
         out = nn.Dense(
             self.out_features, use_bias=self.out_bias, dtype=self.dtype, param_dtype=self.dtype, name="o_proj"
         )(out)
@@ -386,3 +468,33 @@ def run_layers(block: type[nn.Module], config: Any, scan: bool, x: Array, kv, *,
     xs = (jnp.arange(num_layers), *(jnp.asarray(layer_args[key]) for key in keys))
     (x, kv), _ = scanned(name="layers")((x, kv), xs, shared)
     return x, kv
+
+
+def run_decoder(
+    block: type[nn.Module],
+    config: Any,
+    x: Array,
+    positions: Array,
+    cache: KVCache | None,
+    *,
+    layer_args: dict | None = None,
+    **shared,
+) -> tuple[Array, KVCache | None]:
+    """:func:`run_layers` of a decoder (scanned when ``config.scan_layers``) over ``cache``: besides
+    ``layer_args`` and ``shared``, every block gets the keywords ``positions``, ``k_positions`` and ``index``
+    (:func:`open_cache`). Returns ``(x, cache)``, the cache holding the layers' new keys and values (None
+    without one)."""
+    cache, kv, k_positions, index = open_cache(cache, positions)
+    x, kv = run_layers(
+        block,
+        config,
+        config.scan_layers,
+        x,
+        kv,
+        layer_args=layer_args or {},
+        positions=positions,
+        k_positions=k_positions,
+        index=index,
+        **shared,
+    )
+    return x, close_cache(cache, kv)

@@ -4,11 +4,9 @@ One config-driven file. Pre-norm blocks: ``x += attn(rms(x))``, ``x += swiglu(rm
 HF's rotate-half layout (GGUF checkpoints have their Q/K permutation undone at load time).
 
 RoPE scaling: ``linear``, ``llama3``, ``yarn`` (its cos/sin factor folded into the score scale as its
-square) and ``dynamic``. HF's dynamic NTK rescales the base once a forward pass reaches position
-``max_position_embeddings`` (recomputing it per call from the longest position, while cached keys keep
-their old rotation); below that it is plain RoPE. infodec keeps the frequencies static: the default ones,
-which are HF's exactly for every position below ``max_position_embeddings``, the only positions infodec
-runs (``CausalLM.max_length``); HF's longer-than-trained regime is not reproduced.
+square) and ``dynamic``: HF's dynamic NTK, recomputed per forward call from the call's largest position
+(:func:`~infodec.models.layers.rope_frequencies`; plain RoPE below ``max_position_embeddings``, a rescaled
+base past it, cached keys keeping the rotation they were written with, as HF's cached decode).
 
 Sliding windows: Mistral's ``sliding_window`` on every layer (a query at p sees keys at q > p - window, as
 HF's mask), Qwen2's on the layers ``layer_types`` (or ``max_window_layers``) mark, when
@@ -30,13 +28,12 @@ from infodec.models.layers import (
     Attention,
     GatedMLP,
     RMSNorm,
-    close_cache,
     default_scan_layers,
     lm_logits,
-    open_cache,
     rope_attention_factor,
+    rope_frequencies,
     rope_inv_freq,
-    run_layers,
+    run_decoder,
 )
 
 HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -225,24 +222,20 @@ class Llama(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
-        cache, kv, k_positions, index = open_cache(cache, positions)
-        inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
+        scaling = dict(c.rope_scaling or ()) or None
+        inv_freq = rope_frequencies(c.head_dim, c.rope_theta, scaling, positions, c.max_position_embeddings)
         windows = c.layer_windows()
-        x, kv = run_layers(
+        x, cache = run_decoder(
             LlamaBlock,
             c,
-            c.scan_layers,
             x,
-            kv,
+            positions,
+            cache,
             layer_args={} if windows is None else {"window": windows},
-            positions=positions,
-            k_positions=k_positions,
-            index=index,
             inv_freq=inv_freq,
         )
         x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        cache = close_cache(cache, kv)
         return logits, x, cache
 
 

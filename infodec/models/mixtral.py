@@ -4,7 +4,8 @@ mixtures of experts.
 Mixtral is the Qwen3-MoE decoder (:mod:`infodec.models.qwen3`) without q/k norms, with every layer
 sparse and the top-k routing weights always renormalised (softmax over all experts, then the top
 ``num_experts_per_tok`` rescaled to sum to one). Its checkpoints name the MoE ``block_sparse_moe``,
-the router ``gate`` and the experts' linears ``w1`` (gate), ``w3`` (up) and ``w2`` (down). The
+the router ``gate`` and the experts' linears ``w1`` (gate), ``w3`` (up) and ``w2`` (down) (or, fused,
+``mlp.experts.gate_up_proj``/``down_proj``: :func:`~infodec.models.moe.fused_expert_params`). The
 optional ``sliding_window`` applies to every layer. ``router_jitter_noise`` only acts in training.
 """
 
@@ -62,10 +63,13 @@ class MixtralConfig(Qwen3Config):
 
 
 def convert_hf_weights(config: Qwen3Config, tensors: Mapping[str, np.ndarray]) -> dict:
-    """HF ``MixtralForCausalLM`` state dict (per-expert ``w1``/``w2``/``w3`` linears) -> Flax params."""
+    """HF ``MixtralForCausalLM`` state dict -> Flax params: per-expert ``w1``/``w2``/``w3`` linears under
+    ``block_sparse_moe`` (what ``save_pretrained`` writes), or transformers 5's in-memory names, ``mlp.gate``
+    and fused ``mlp.experts.gate_up_proj``/``down_proj`` (either block name with fused experts)."""
     w = HFWeights(tensors)
     names = lambda e: {key: f"experts.{e}.{linear}" for key, linear in EXPERT_LINEARS.items()}
-    return w.decoder(config, convert_layers(config, w, "block_sparse_moe", names))
+    prefix = "block_sparse_moe" if any(".block_sparse_moe." in name for name in w.tensors) else "mlp"
+    return w.decoder(config, convert_layers(config, w, prefix, names))
 
 
 def build(config: Qwen3Config) -> CausalLM:

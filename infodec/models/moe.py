@@ -17,20 +17,23 @@ Two dispatches give the same result (the routing weights of unchosen experts are
 
 Expert weights are stacked ``[E, in, out]`` (``gate_proj``, ``up_proj``: ``[E, hidden, I]``;
 ``down_proj``: ``[E, I, hidden]``) under ``mlp/experts``, the router is ``mlp/gate/kernel`` ``[hidden, E]``;
-the sharding rules split the expert axis on ``"model"`` where ``num_experts`` divides it.
+the sharding rules split the expert axis on ``"model"`` where ``num_experts`` divides it. Checkpoints hold
+one linear per expert (:func:`expert_params`) or fused 3-D tensors (:func:`fused_expert_params`); both are
+read lazily, expert by expert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from infodec.models.base import CheckpointMismatchError, checked
 from infodec.models.layers import ACTIVATIONS
-from infodec.models.tensors import stack_layers
+from infodec.models.tensors import select, split_columns, split_rows, stack_layers
 
 Array = jax.Array
 
@@ -116,3 +119,39 @@ def expert_params(get_dense: Callable[[str, int, int], dict], names: Callable[[i
         {key: get_dense(names(e)[key], *shape)["kernel"] for key, shape in shapes.items()} for e in range(c.num_experts)
     ]
     return {key: stack_layers(expert[key] for expert in per_expert) for key in shapes}
+
+
+def fused_expert_params(tensors: Mapping[str, Any], prefix: str, config) -> dict:
+    """The ``experts`` tree of one MoE layer from fused 3-D tensors ``{prefix}.gate_up_proj`` and
+    ``{prefix}.down_proj``, read lazily expert by expert (:func:`~infodec.models.tensors.select`).
+
+    Two layouts, told apart by the pair of shapes (they cannot both fit): transformers 5's own (its
+    in-memory ``Qwen3MoeExperts``/``MixtralExperts``, ``[out, in]`` per expert): ``gate_up_proj``
+    ``[E, 2I, H]`` (gate rows first, then up) and ``down_proj`` ``[E, H, I]``; and the transposed
+    ``[in, out]`` one (Llama 4 style): ``[E, H, 2I]`` (gate columns first) and ``[E, I, H]``.
+    """
+    c = config
+    experts, hidden, inner = c.num_experts, c.hidden_size, c.moe_intermediate_size
+    names = {key: f"{prefix}.{key}" for key in ("gate_up_proj", "down_proj")}
+    for name in names.values():
+        if name not in tensors:
+            raise CheckpointMismatchError(f"checkpoint has no tensor {name!r} that the config requires")
+    shapes = (tuple(tensors[names["gate_up_proj"]].shape), tuple(tensors[names["down_proj"]].shape))
+    out_in = shapes == ((experts, 2 * inner, hidden), (experts, hidden, inner))
+    if not out_in and shapes != ((experts, hidden, 2 * inner), (experts, inner, hidden)):
+        raise CheckpointMismatchError(
+            f"fused experts {names['gate_up_proj']} {shapes[0]} and {names['down_proj']} {shapes[1]} fit neither "
+            f"[E, 2I, H] + [E, H, I] nor [E, H, 2I] + [E, I, H] with E={experts}, H={hidden}, I={inner}: "
+            "config.json and the weights disagree"
+        )
+    gate_up = checked(tensors, names["gate_up_proj"], shapes[0])
+    down = checked(tensors, names["down_proj"], shapes[1])
+    kernels = []  # per expert, [in, out] like the stacked parameters
+    for e in range(experts):
+        if out_in:
+            gate, up = split_rows(select(gate_up, e), [inner, inner])
+            kernels.append({"gate_proj": gate.T, "up_proj": up.T, "down_proj": select(down, e).T})
+        else:
+            gate, up = split_columns(select(gate_up, e), 2)
+            kernels.append({"gate_proj": gate, "up_proj": up, "down_proj": select(down, e)})
+    return {key: stack_layers(kernel[key] for kernel in kernels) for key in ("gate_proj", "up_proj", "down_proj")}

@@ -18,22 +18,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 
 from infodec.models.base import CausalLM, HFWeights
 from infodec.models.layers import (
+    Attention,
     GatedMLP,
     RMSNorm,
-    apply_rope,
-    attention_mask,
-    close_cache,
     default_scan_layers,
-    dot_product_attention,
     lm_logits,
-    open_cache,
     rope_inv_freq,
-    run_layers,
-    write_layer,
+    run_decoder,
 )
 
 HF_MODEL_TYPES = ("olmo2",)
@@ -91,31 +85,6 @@ class Olmo2Config:
         )
 
 
-class Olmo2Attention(nn.Module):
-    """Grouped-query attention with RMS norms over the whole q and k projections (module docstring)."""
-
-    config: Olmo2Config
-
-    @nn.compact
-    def __call__(self, x, positions, k_positions, kv, layer, index, inv_freq):
-        c = self.config
-        batch, length, _ = x.shape
-        dense = lambda n, name: nn.Dense(n, use_bias=c.attention_bias, dtype=c.dtype, param_dtype=c.dtype, name=name)
-        norm = lambda name: RMSNorm(c.rms_norm_eps, dtype=c.dtype, name=name)
-        q = norm("q_norm")(dense(c.num_heads * c.head_dim, "q_proj")(x)).reshape(batch, length, c.num_heads, -1)
-        k = norm("k_norm")(dense(c.num_kv_heads * c.head_dim, "k_proj")(x)).reshape(batch, length, c.num_kv_heads, -1)
-        v = dense(c.num_kv_heads * c.head_dim, "v_proj")(x).reshape(batch, length, c.num_kv_heads, -1)
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
-        if kv is not None:
-            k_all, v_all = write_layer(kv[0], layer, index, k), write_layer(kv[1], layer, index, v)
-            k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-            kv = (k_all, v_all)
-        out = dot_product_attention(q, k, v, attention_mask(positions, k_positions), scale=c.head_dim**-0.5)
-        return dense(c.hidden_size, "o_proj")(out), kv
-
-
 class Olmo2Block(nn.Module):
     config: Olmo2Config
 
@@ -123,7 +92,20 @@ class Olmo2Block(nn.Module):
     def __call__(self, x, kv, layer, *, positions, k_positions, index, inv_freq):
         c = self.config
         norm = lambda name: RMSNorm(c.rms_norm_eps, dtype=c.dtype, name=name)
-        h, kv = Olmo2Attention(c, name="self_attn")(x, positions, k_positions, kv, layer, index, inv_freq)
+        attn = Attention(
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.hidden_size,
+            scale=c.head_dim**-0.5,
+            qkv_bias=c.attention_bias,
+            out_bias=c.attention_bias,
+            qk_norm_eps=c.rms_norm_eps,
+            qk_norm_per_head=False,  # over the whole q and k projections (module docstring)
+            dtype=c.dtype,
+            name="self_attn",
+        )
+        h, kv = attn(x, positions, k_positions, kv, layer, index, inv_freq)
         x = x + norm("post_attention_layernorm")(h)
         mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, dtype=c.dtype, name="mlp")
         return x + norm("post_feedforward_layernorm")(mlp(x)), kv
@@ -137,24 +119,10 @@ class Olmo2(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
-        cache, kv, k_positions, index = open_cache(cache, positions)
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
-        x, kv = run_layers(
-            Olmo2Block,
-            c,
-            c.scan_layers,
-            x,
-            kv,
-            layer_args={},
-            positions=positions,
-            k_positions=k_positions,
-            index=index,
-            inv_freq=inv_freq,
-        )
+        x, cache = run_decoder(Olmo2Block, c, x, positions, cache, inv_freq=inv_freq)
         x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
-        logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        cache = close_cache(cache, kv)
-        return logits, x, cache
+        return lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype), x, cache
 
 
 def convert_hf_weights(config: Olmo2Config, tensors: Mapping[str, Any]) -> dict:

@@ -22,15 +22,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.models.base import CausalLM, HFWeights, checked, layer_params
+from infodec.models.base import CausalLM, EvenHeads, HFWeights, check_heads_and_activation, checked, layer_params
 from infodec.models.layers import (
     ACTIVATIONS,
     Attention,
-    close_cache,
     default_scan_layers,
+    layer_norm,
     lm_logits,
-    open_cache,
-    run_layers,
+    run_decoder,
 )
 
 HF_MODEL_TYPES = ("opt",)
@@ -39,7 +38,7 @@ POSITION_OFFSET = 2  # OPTLearnedPositionalEmbedding.offset
 
 
 @dataclasses.dataclass(frozen=True)
-class OPTConfig:
+class OPTConfig(EvenHeads):
     vocab_size: int
     hidden_size: int
     intermediate_size: int  # HF's ffn_dim
@@ -59,20 +58,7 @@ class OPTConfig:
     cache_dtype: str | None = None  # the KV cache; None = ``dtype``
 
     def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden size {self.hidden_size} is not a multiple of {self.num_heads} heads")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unsupported OPT activation_function {self.activation!r}; supported: {', '.join(sorted(ACTIVATIONS))}"
-            )
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.num_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        check_heads_and_activation(self.hidden_size, self.num_heads, self.activation, "OPT activation_function")
 
     @property
     def projects(self) -> bool:
@@ -124,17 +110,8 @@ class OPTConfig:
 
 
 def _layer_norm(config: OPTConfig, name: str) -> nn.LayerNorm:
-    # torch's LayerNorm: eps 1e-5, two-pass variance; no weight or bias without elementwise affine.
-    affine = config.layer_norm_elementwise_affine
-    return nn.LayerNorm(
-        epsilon=1e-5,
-        use_fast_variance=False,
-        use_scale=affine,
-        use_bias=affine,
-        dtype=config.dtype,
-        param_dtype=config.dtype,
-        name=name,
-    )
+    # torch's default eps (OPT's config has none); no weight or bias without elementwise affine.
+    return layer_norm(1e-5, config.dtype, name, affine=config.layer_norm_elementwise_affine)
 
 
 class OPTBlock(nn.Module):
@@ -188,25 +165,12 @@ class OPT(nn.Module):
             x = project(c.hidden_size, "project_in")(x)
         # Padding (-1) is clipped to a valid row: padded tokens are never attended to.
         x = x + embed_positions(jnp.clip(positions, 0, c.max_position_embeddings - 1) + POSITION_OFFSET)
-        cache, kv, k_positions, index = open_cache(cache, positions)
-        x, kv = run_layers(
-            OPTBlock,
-            c,
-            c.scan_layers,
-            x,
-            kv,
-            layer_args={},
-            positions=positions,
-            k_positions=k_positions,
-            index=index,
-        )
+        x, cache = run_decoder(OPTBlock, c, x, positions, cache)
         if c.final_layer_norm:
             x = _layer_norm(c, "final_layer_norm")(x)
         if c.projects:
             x = project(c.word_embed_proj_dim, "project_out")(x)
-        logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        cache = close_cache(cache, kv)
-        return logits, x, cache
+        return lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype), x, cache
 
 
 def convert_hf_weights(config: OPTConfig, tensors: Mapping[str, np.ndarray]) -> dict:
@@ -217,14 +181,10 @@ def convert_hf_weights(config: OPTConfig, tensors: Mapping[str, np.ndarray]) -> 
     w = HFWeights({name.removeprefix("model."): value for name, value in tensors.items()}, prefix="decoder.")
     t = w.tensors
 
-    def norm(name: str) -> dict:
-        if not c.layer_norm_elementwise_affine:
-            return {}
-        return {"scale": checked(t, f"{name}.weight", (d,)), "bias": checked(t, f"{name}.bias", (d,))}
-
     def with_norms(tree: dict, names: dict[str, str]) -> dict:
         """``tree`` plus the norms that have parameters (none without elementwise affine)."""
-        return {**tree, **{key: norm(name) for key, name in names.items() if c.layer_norm_elementwise_affine}}
+        affine = c.layer_norm_elementwise_affine
+        return {**tree, **{key: w.layer_norm(name, d) for key, name in names.items() if affine}}
 
     bias = c.enable_bias
     layers = []

@@ -26,25 +26,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from infodec.models.base import CausalLM, HFWeights
 from infodec.models.layers import (
+    Attention,
     GatedMLP,
     RMSNorm,
-    apply_rope,
-    attention_mask,
-    close_cache,
     default_scan_layers,
-    dot_product_attention,
     lm_logits,
     longrope_attention_factor,
     longrope_inv_freq,
-    open_cache,
     rope_inv_freq,
-    run_layers,
-    write_layer,
+    run_decoder,
 )
 from infodec.models.tensors import split_rows
 
@@ -146,44 +140,24 @@ def _inv_freq(c: Phi3Config, positions):
     return jnp.where(jnp.max(positions) + 1 > scaling["original_max_position_embeddings"], long, short)
 
 
-class Phi3Attention(nn.Module):
-    """Grouped-query attention, RoPE on each head's leading ``rotary_dim`` dimensions, optional window."""
-
-    config: Phi3Config
-
-    @nn.compact
-    def __call__(self, x, positions, k_positions, kv, layer, index, inv_freq):
-        c = self.config
-        batch, length, _ = x.shape
-        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, param_dtype=c.dtype, name=name)
-
-        def rope(y):
-            rotated = apply_rope(y[..., : c.rotary_dim], positions, inv_freq)
-            return jnp.concatenate([rotated, y[..., c.rotary_dim :]], axis=-1)
-
-        q = rope(dense(c.num_heads * c.head_dim, "q_proj")(x).reshape(batch, length, c.num_heads, -1))
-        k = rope(dense(c.num_kv_heads * c.head_dim, "k_proj")(x).reshape(batch, length, c.num_kv_heads, -1))
-        v = dense(c.num_kv_heads * c.head_dim, "v_proj")(x).reshape(batch, length, c.num_kv_heads, -1)
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
-        if kv is not None:
-            k_all, v_all = write_layer(kv[0], layer, index, k), write_layer(kv[1], layer, index, v)
-            k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-            kv = (k_all, v_all)
-        mask = attention_mask(positions, k_positions, c.sliding_window)
-        scale = c.head_dim**-0.5 * c.attention_factor**2  # HF multiplies cos and sin, so q and k, by the factor
-        return dense(c.hidden_size, "o_proj")(dot_product_attention(q, k, v, mask, scale=scale)), kv
-
-
 class Phi3Block(nn.Module):
     config: Phi3Config
 
     @nn.compact
     def __call__(self, x, kv, layer, *, positions, k_positions, index, inv_freq):
         c = self.config
-        attn = Phi3Attention(c, name="self_attn")
+        attn = Attention(
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.hidden_size,
+            scale=c.head_dim**-0.5 * c.attention_factor**2,  # HF multiplies cos and sin, so q and k, by the factor
+            rotary_dim=c.rotary_dim,
+            dtype=c.dtype,
+            name="self_attn",
+        )
         norm = lambda name: RMSNorm(c.rms_norm_eps, dtype=c.dtype, name=name)
-        h, kv = attn(norm("input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq)
+        h, kv = attn(norm("input_layernorm")(x), positions, k_positions, kv, layer, index, inv_freq, c.sliding_window)
         x = x + h
         mlp = GatedMLP(c.intermediate_size, c.hidden_size, c.hidden_act, dtype=c.dtype, name="mlp")
         return x + mlp(norm("post_attention_layernorm")(x)), kv
@@ -197,23 +171,9 @@ class Phi3(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
-        cache, kv, k_positions, index = open_cache(cache, positions)
-        x, kv = run_layers(
-            Phi3Block,
-            c,
-            c.scan_layers,
-            x,
-            kv,
-            layer_args={},
-            positions=positions,
-            k_positions=k_positions,
-            index=index,
-            inv_freq=_inv_freq(c, positions),
-        )
+        x, cache = run_decoder(Phi3Block, c, x, positions, cache, inv_freq=_inv_freq(c, positions))
         x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
-        logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        cache = close_cache(cache, kv)
-        return logits, x, cache
+        return lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype), x, cache
 
 
 def convert_hf_weights(config: Phi3Config, tensors: Mapping[str, Any]) -> dict:

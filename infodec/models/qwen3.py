@@ -19,21 +19,20 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
-from infodec.models.base import CausalLM, CheckpointMismatchError, HFWeights
+from infodec.models.base import CausalLM, HFWeights
 from infodec.models.layers import (
     ACTIVATIONS,
     Attention,
     GatedMLP,
     RMSNorm,
-    close_cache,
     default_scan_layers,
     lm_logits,
-    open_cache,
     rope_attention_factor,
+    rope_frequencies,
     rope_inv_freq,
-    run_layers,
+    run_decoder,
 )
-from infodec.models.moe import MoEMLP, expert_params
+from infodec.models.moe import MoEMLP, expert_params, fused_expert_params
 
 HF_MODEL_TYPES = ("qwen3", "qwen3_moe")
 
@@ -221,28 +220,24 @@ class Qwen3(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
-        cache, kv, k_positions, index = open_cache(cache, positions)
-        inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, dict(c.rope_scaling or ()) or None)
+        scaling = dict(c.rope_scaling or ()) or None
+        inv_freq = rope_frequencies(c.head_dim, c.rope_theta, scaling, positions, c.max_position_embeddings)
         layer_args = {}
         if c.layer_windows is not None:
             layer_args["window"] = np.array([NO_WINDOW if w is None else w for w in c.layer_windows], np.int32)
         if not c.scan_layers and c.moe_layers is not None:
             layer_args["moe"] = np.array(c.moe_layers, bool)
-        x, kv = run_layers(
+        x, cache = run_decoder(
             Qwen3Block,
             c,
-            c.scan_layers,
             x,
-            kv,
+            positions,
+            cache,
             layer_args=layer_args,
-            positions=positions,
-            k_positions=k_positions,
-            index=index,
             inv_freq=inv_freq,
         )
         x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
         logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        cache = close_cache(cache, kv)
         return logits, x, cache
 
 
@@ -251,7 +246,8 @@ def convert_layers(config: Qwen3Config, w: HFWeights, mlp_prefix: str = "mlp", e
 
     ``mlp_prefix``: the HF module of the MLP (``block_sparse_moe`` for Mixtral); ``expert_names(e)``
     maps ``gate_proj``/``up_proj``/``down_proj`` to expert ``e``'s linear under it (default: Qwen's
-    ``experts.{e}.gate_proj`` ...). Checkpoints with fused 3-D expert tensors are refused.
+    ``experts.{e}.gate_proj`` ...), or fused 3-D ``experts.gate_up_proj`` / ``experts.down_proj`` tensors
+    (:func:`~infodec.models.moe.fused_expert_params`, both layouts).
     """
     c = config
     expert_names = expert_names or (lambda e: {k: f"experts.{e}.{k}" for k in ("gate_proj", "up_proj", "down_proj")})
@@ -271,12 +267,10 @@ def convert_layers(config: Qwen3Config, w: HFWeights, mlp_prefix: str = "mlp", e
             attn["k_norm"] = w.norm(f"{p}.self_attn.k_norm", c.head_dim)
         m = f"{p}.{mlp_prefix}"
         if c.is_moe(i):
-            if f"{m}.experts.gate_up_proj" in w.tensors:
-                raise CheckpointMismatchError(
-                    f"{m}.experts.gate_up_proj: fused 3-D expert tensors are not read yet; save the model with "
-                    "transformers' save_pretrained, which writes one tensor per expert"
-                )
-            experts = expert_params(lambda name, o, n, m=m: w.dense(f"{m}.{name}", o, n), expert_names, c)
+            if f"{m}.experts.gate_up_proj" in w.tensors:  # fused 3-D tensors, either layout
+                experts = fused_expert_params(w.tensors, f"{m}.experts", c)
+            else:
+                experts = expert_params(lambda name, o, n, m=m: w.dense(f"{m}.{name}", o, n), expert_names, c)
             mlp = {"gate": w.dense(f"{m}.gate", c.num_experts, c.hidden_size), "experts": experts}
         else:
             mlp = {

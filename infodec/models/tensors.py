@@ -3,9 +3,10 @@
 A :class:`TensorRef` names one tensor of a safetensors file (its byte offset, stored shape and dtype)
 without reading it. Architectures convert HF names into Flax parameter trees of references exactly as
 they would of arrays (``.T`` for a ``[out, in]`` linear, :func:`split_columns` for a fused projection,
-:func:`stack_layers` for scanned layers), and the loader then reads each leaf, or each device's slice
-of it, straight into the target dtype: bytes are read with ``readinto`` into a fresh buffer (not
-memory-mapped, so the page cache never counts as the process's memory) and only the rows a slice needs.
+:func:`stack_layers` for scanned layers, :func:`select` for one expert of a fused 3-D tensor), and the
+loader then reads each leaf, or each device's slice of it, straight into the target dtype: bytes are read
+with ``readinto`` into a fresh buffer (not memory-mapped, so the page cache never counts as the process's
+memory) and only the rows a slice needs.
 
 The safetensors layout: an 8-byte little-endian header size, a JSON header mapping each name to
 ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into the data section that follows), then
@@ -198,6 +199,21 @@ def split_rows(x: Any, sizes: Iterable[int]) -> list[Any]:
         raise ValueError(f"{x.name}: split a tensor's rows before transposing or slicing it")
     start = x.rows[0] if x.rows else 0
     return [dataclasses.replace(x, rows=(start + a, start + b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def select(x: Any, index: int) -> Any:
+    """``x[index]``, one entry of the first axis (e.g. one expert of a fused ``[E, ...]`` tensor): an array
+    view, or a reference to that entry's bytes alone (the entries of a row-major tensor are contiguous), so
+    reading it reads that entry only. Select before splitting or transposing."""
+    if not isinstance(x, TensorRef):
+        return np.asarray(x)[index]
+    if x.transposed or x.columns is not None or x.rows is not None or x.ndim < 2:
+        raise ValueError(f"{x.name}: select an entry of a stored tensor of 2 or more axes before slicing it")
+    if not 0 <= index < x.stored_shape[0]:
+        raise IndexError(f"{x.name}: entry {index} of a first axis of {x.stored_shape[0]}")
+    inner = x.stored_shape[1:]
+    offset = x.offset + index * math.prod(inner) * x.stored_dtype.itemsize
+    return dataclasses.replace(x, offset=offset, stored_shape=inner, name=f"{x.name}[{index}]")
 
 
 def stack_layers(leaves: Iterable[Any]) -> Any:
