@@ -7,7 +7,7 @@ The curated public API::
                            jax.random.key(0), max_new_tokens=32, tokenizer=tokenizer)
 """
 
-from infodec import daemon, sharding, theory
+from infodec import daemon, sharding, smc, theory
 from infodec.compilation import enable_compilation_cache
 from infodec.decoding import (
     GenerateOutput,
@@ -84,5 +84,6 @@ __all__ = [
     "ClassifierGuidance",
     "daemon",
     "sharding",
+    "smc",
     "theory",
 ]

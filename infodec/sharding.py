@@ -168,11 +168,6 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
     return jax.tree.map(leaf, state, is_leaf=lambda x: isinstance(x, KVCache))
 
 
-def constrain_state(state: Any, mesh: Mesh) -> Any:
-    """``with_sharding_constraint`` of ``state`` to :func:`state_shardings` (inside jit)."""
-    return jax.lax.with_sharding_constraint(state, state_shardings(state, mesh))
-
-
 def with_shardings(shapes: Any, shardings: Any) -> Any:
     """``ShapeDtypeStruct``s of ``shapes`` carrying ``shardings`` (for ``jit(...).lower``)."""
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)

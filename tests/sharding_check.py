@@ -15,7 +15,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -129,26 +128,19 @@ def tiny_results() -> dict:
         results["sampled"][name] = decode(model, placed, sampled_policy(), mesh, num_samples=2)
         # The state as the jitted loop leaves it: one generate's worth, kept on device.
         policy = engine.canonical_policy(sampled_policy())
-        stops = engine.stop_array((), None)
-        state, _, policy = engine._start(
+        state = engine.prefill(
             model,
             placed,
             PROMPTS,
-            policy,
             jax.random.key(0),
-            NEW_TOKENS,
-            None,
-            2,
-            4,
-            0,
-            None,
-            engine._decode_loop,
-            stops,
-            mesh,
+            max_new_tokens=NEW_TOKENS,
+            num_samples=2,
+            policy=policy,
+            stop_tokens=(),
+            mesh=mesh,
+            chunk=4,
         )
-        state = engine._decode_loop(
-            model, placed, policy, state, stops, jnp.int32(NEW_TOKENS), 4, 0, engine.policy_structure(policy), mesh
-        )
+        state = engine._decode_loop(model, placed, policy, state, chunk=4, structure=engine.policy_structure(policy))
         results["state_specs"][name] = {
             "rows": int(state.tokens.shape[0]),
             "cache_k": spec(state.cache.k),
@@ -188,11 +180,29 @@ def tiny_results() -> dict:
                 axis=1,
             ).tolist(),
         ],
+        "user_loop": [
+            decode(model, params, cfg, evidence=evidence, num_samples=2)["tokens"],
+            user_loop(model, params, cfg, sharding.make_mesh(4, 2), evidence=evidence, num_samples=2),
+        ],
     }
     run_daemon(sharding.make_mesh(4, 2), "4x2")
     run_daemon(sharding.make_mesh(8, 1), "8x1")
     results["loop"] = loop_on_device(model, params)
     return results
+
+
+def user_loop(model, params, policy, mesh, **kwargs) -> list:
+    """A hand-written prefill -> step x n -> finish on ``mesh`` (``select`` reverses and restores the rows)."""
+    placed = sharding.shard_params(model, params, mesh)
+    state = engine.prefill(
+        model, placed, PROMPTS, jax.random.key(0), max_new_tokens=NEW_TOKENS, policy=policy, mesh=mesh, **kwargs
+    )
+    backwards = np.arange(state.num_rows)[::-1]
+    for t in range(NEW_TOKENS):
+        state = engine.step(model, placed, policy, state)
+        if t == 2:
+            state = engine.select(engine.select(state, backwards), backwards)
+    return engine.finish(state).tokens.tolist()
 
 
 def recompilation(model, params) -> dict:
@@ -222,54 +232,37 @@ def loop_on_device(model, params) -> dict:
     placed = sharding.shard_params(model, params, mesh)
     replicated = NamedSharding(mesh, P())
     policy = jax.device_put(engine.canonical_policy(sampled_policy()), replicated)
-    stops = jax.device_put(engine.stop_array((), None), replicated)
-    limit = jax.device_put(jnp.int32(NEW_TOKENS), replicated)
+    loop_options = {"chunk": 4, "structure": engine.policy_structure(policy)}
 
     def args(state):
-        return model, placed, policy, state, stops, limit, 4, 0, engine.policy_structure(policy), mesh
+        return model, placed, policy, state
 
-    state, _, _ = engine._start(
-        model,
-        placed,
-        PROMPTS,
-        policy,
-        jax.random.key(3),
-        NEW_TOKENS,
-        None,
-        2,
-        4,
-        0,
-        None,
-        engine._decode_loop,
-        stops,
-        mesh,
-    )
+    def start():
+        return engine.prefill(
+            model,
+            placed,
+            PROMPTS,
+            jax.random.key(3),
+            max_new_tokens=NEW_TOKENS,
+            num_samples=2,
+            policy=policy,
+            stop_tokens=(),
+            mesh=mesh,
+            chunk=4,
+        )
+
+    state = start()
     jax.block_until_ready(state)
     error = None
     try:
         with jax.transfer_guard("disallow"):
-            state = jax.block_until_ready(engine._decode_loop(*args(state)))
+            state = jax.block_until_ready(engine._decode_loop(*args(state), **loop_options))
     except Exception as e:  # reported, asserted by the test
         error = f"{type(e).__name__}: {e}"[:500]
     steps = int(state.step)
     # The loop's program: the top level of the jitted function's jaxpr, and every primitive inside it.
-    state, _, _ = engine._start(
-        model,
-        placed,
-        PROMPTS,
-        policy,
-        jax.random.key(3),
-        NEW_TOKENS,
-        None,
-        2,
-        4,
-        0,
-        None,
-        engine._decode_loop,
-        stops,
-        mesh,
-    )
-    jaxpr = engine._decode_loop.trace(*args(state)).jaxpr.jaxpr
+    state = start()
+    jaxpr = engine._decode_loop.trace(*args(state), **loop_options).jaxpr.jaxpr
     top = [eqn.primitive.name for eqn in jaxpr.eqns]
     return {"guard_error": error, "steps": steps, "top_level": top, "primitives": sorted(primitives(jaxpr))}
 

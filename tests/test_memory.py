@@ -120,21 +120,13 @@ def test_decode_loop_matches_xla_memory_analysis(policy):
             num_samples=1,
             policy=policy,
             real_rows=rows,
+            max_new_tokens=new,
         ),
         logits,
         cache,
     )
     compiled = engine._decode_loop.lower(
-        model,
-        params,
-        policy,
-        state,
-        engine.stop_array((), None),
-        jnp.int32(0),
-        16,
-        0,
-        engine.policy_structure(policy),
-        None,
+        model, params, policy, state, chunk=16, structure=engine.policy_structure(policy)
     ).compile()
     stats = compiled.memory_analysis()
     assert stats is not None  # XLA:CPU reports it

@@ -94,13 +94,14 @@ def test_sampled_tokens_equal_single_device(report, mesh):
     assert len({tuple(row) for row in single["tokens"]}) == 6
 
 
-@pytest.mark.parametrize("case", ["two_stream", "per_row", "stream"])
+@pytest.mark.parametrize("case", ["two_stream", "per_row", "stream", "user_loop"])
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_two_stream_per_row_and_stream_equal_single_device(report, case):
-    """ClassifierFreeGuidance on (4, 2), per-row temperatures on (8, 1), ``stream`` on (2, 4)."""
+    """ClassifierFreeGuidance on (4, 2), per-row temperatures on (8, 1), ``stream`` on (2, 4), and a
+    hand-written prefill/step/select/finish loop of ClassifierFreeGuidance with two samples on (4, 2)."""
     single, sharded = report["more"][case]
-    assert np.shape(single) == (3, 8)
+    assert np.shape(single) == ((6, 8) if case == "user_loop" else (3, 8))
     assert sharded == single
 
 

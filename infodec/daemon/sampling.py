@@ -23,7 +23,7 @@ from infodec.decoding.engine import StopTokens, encode_prompts
 Array = jax.Array
 
 
-def _sanitize(log_weights: Array) -> Array:
+def sanitize_log_weights(log_weights: Array) -> Array:
     """Finite-safe log weights: NaN -> -inf; if a row has +inf entries, those share the mass equally;
     a row with no finite entry (all -inf) becomes uniform."""
     lw = jnp.asarray(log_weights, jnp.float32)
@@ -36,7 +36,7 @@ def _sanitize(log_weights: Array) -> Array:
 
 @jax.jit
 def _resample(key, log_weights):
-    lw = _sanitize(log_weights)
+    lw = sanitize_log_weights(log_weights)
     index = jax.random.categorical(key, lw, axis=-1)
     w = jax.nn.softmax(lw, axis=-1)
     return index.astype(jnp.int32), 1.0 / jnp.sum(w * w, axis=-1)

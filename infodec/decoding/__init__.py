@@ -1,13 +1,19 @@
-"""The decoding engine: ``generate`` and ``stream`` over any ``CausalLM`` and ``Policy``, beam and contrastive
+"""The decoding engine: the functional primitives ``prefill``, ``step``, ``select``, ``finish`` and ``score``;
+``generate`` and ``stream`` built on them over any ``CausalLM`` and ``Policy``; beam and contrastive
 search, teacher-forced scoring of given continuations, and the memory plan they check before allocating."""
 
-from infodec.decoding.engine import compile_count, generate, stream
+from infodec.decoding.engine import compile_count, finish, generate, prefill, select, step, stream
 from infodec.decoding.memory import MemoryPlan, MemoryPlanError, memory_plan
-from infodec.decoding.scoring import continuation_log_probs, scored_log_probs
+from infodec.decoding.scoring import continuation_log_probs, score, scored_log_probs
 from infodec.decoding.search import beam_search, contrastive_search
 from infodec.decoding.state import DecodeState, GenerateOutput
 
 __all__ = [
+    "prefill",
+    "step",
+    "select",
+    "finish",
+    "score",
     "generate",
     "stream",
     "compile_count",

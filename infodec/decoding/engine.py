@@ -1,18 +1,23 @@
-"""The functional decoding engine: prefill once, then chunks of ``lax.scan`` steps in a ``while_loop``.
+"""The functional decoding engine: ``prefill``, ``step``, ``select`` and ``finish``, and ``generate`` and
+``stream`` built from them.
 
-``generate`` is the public entry point. Its structure, and why:
+The primitives are the public contract (``docs/decode_loop.md`` shows user loops built on them):
 
-* Prompts are left-padded to a power-of-two bucket (padding has position ``-1``, so it is never
-  attended to), so a new prompt length rarely recompiles.
-* Prefill runs once per prompt; ``num_samples`` copies of the prefilled cache are made by broadcasting
-  rows, not by re-running prefill (DAEMON's M candidates share one prefix).
-* Decoding runs ``chunk`` steps per ``lax.scan`` inside a ``lax.while_loop`` that stops once every row
-  is done: the loop never returns to the host, and finished batches stop early.
-* The loop is jitted once per (model, policy structure, shapes); numeric policy fields are traced, so
-  a new temperature, top-p or seed reuses the compiled code. The state is donated.
-* With a ``mesh`` (``infodec.sharding``), the mesh is one more static argument; the state's rows stay
-  on its data axis and the parameters on its model axis through ``with_sharding_constraint`` inside
-  the loop, and the tokens equal one device's (``_placed``).
+* ``prefill`` encodes and left-pads the prompts to a power-of-two bucket (padding has position ``-1``, so
+  it is never attended to, and a new prompt length rarely recompiles), runs each prompt once, and
+  broadcasts its cache to ``num_samples`` rows (DAEMON's M candidates share one prefix): a ``DecodeState``.
+* ``step`` adds one token to every live row: policy, sample, record, one model call. Pure and jit-able.
+* ``select`` gathers rows of a state (cache, context, buffers, key lineage): forks, resampling, beams.
+* ``finish`` fetches the outputs to the host as a ``GenerateOutput``.
+
+``generate`` runs ``chunk`` steps per ``lax.scan`` inside a ``lax.while_loop`` that stops once every row
+is done: the loop never returns to the host, and finished batches stop early. The loop is jitted once per
+(model, policy structure, shapes); numeric policy fields are traced, so a new temperature, top-p or seed
+reuses the compiled code. The state is donated.
+
+With a ``mesh`` (``infodec.sharding``), the mesh is a static field of the state; its rows stay on the data
+axis and the parameters on the model axis through ``with_sharding_constraint`` inside the loop, and the
+tokens equal one device's (``_placed``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
+from jax.sharding import NamedSharding, PartitionSpec
 
 from infodec import sharding
 from infodec.decoding import memory
@@ -73,7 +80,8 @@ def generate(
     pad_id: int = 0,
     mesh=None,
 ) -> GenerateOutput:
-    """Decodes continuations of ``prompts`` with ``policy``.
+    """Decodes continuations of ``prompts`` with ``policy``: ``finish(loop(prefill(...)))`` where the loop
+    runs ``step`` in chunks of ``chunk`` under one jitted ``while_loop``.
 
     Args:
       model, params: from ``infodec.load``.
@@ -100,29 +108,29 @@ def generate(
         and dropped from the output. Results equal the single-device results (module docstring).
     """
     policy = canonical_policy(policy)
-    stops = stop_array(stop_tokens, tokenizer)
     if mesh is not None:
         params = sharding.shard_params(model, params, mesh)
-    state, prompt_tokens, policy = _start(
+    state, policy = _prefill(
         model,
         params,
         prompts,
-        policy,
         key,
-        max_new_tokens,
-        tokenizer,
-        num_samples,
-        chunk,
-        pad_id,
-        evidence,
-        _decode_loop,
-        stops,
-        mesh,
+        policy=policy,
+        max_new_tokens=max_new_tokens,
+        tokenizer=tokenizer,
+        evidence=evidence,
+        stop_tokens=stop_tokens,
+        num_samples=num_samples,
+        chunk=chunk,
+        pad_id=pad_id,
+        mesh=mesh,
+        what="generate",
+        next_call=lambda policy, state: _decode_loop.lower(
+            model, params, policy, state, chunk=chunk, structure=policy_structure(policy)
+        ),
     )
-    state = _decode_loop(
-        model, params, policy, state, stops, jnp.int32(max_new_tokens), chunk, pad_id, policy_structure(policy), mesh
-    )
-    return _output(state, prompt_tokens, max_new_tokens, tokenizer)
+    state = _decode_loop(model, params, policy, state, chunk=chunk, structure=policy_structure(policy))
+    return finish(state, tokenizer)
 
 
 def stream(
@@ -147,34 +155,161 @@ def stream(
     ``mesh`` as for ``generate``.
     """
     policy = canonical_policy(policy)
-    stops = stop_array(stop_tokens, tokenizer)
     if mesh is not None:
         params = sharding.shard_params(model, params, mesh)
-    state, prompt_tokens, policy = _start(
+    state, policy = _prefill(
         model,
         params,
         prompts,
-        policy,
         key,
-        max_new_tokens,
-        tokenizer,
-        num_samples,
-        chunk,
-        pad_id,
-        evidence,
-        _decode_chunk,
-        stops,
-        mesh,
+        policy=policy,
+        max_new_tokens=max_new_tokens,
+        tokenizer=tokenizer,
+        evidence=evidence,
+        stop_tokens=stop_tokens,
+        num_samples=num_samples,
+        chunk=chunk,
+        pad_id=pad_id,
+        mesh=mesh,
+        what="stream",
+        next_call=lambda policy, state: _decode_chunk.lower(
+            model, params, policy, state, chunk=chunk, structure=policy_structure(policy)
+        ),
     )
-    rows = len(prompt_tokens)  # without the rows that only pad the data axis
-    limit = jnp.int32(max_new_tokens)
+    rows = int(np.sum(np.asarray(state.real)))  # without the rows that only pad the data axis
     while True:
         start = int(state.step)
         if start >= max_new_tokens or bool(np.all(np.asarray(state.done))):
             return
-        state = _decode_chunk(model, params, policy, state, stops, limit, chunk, pad_id, policy_structure(policy), mesh)
+        state = _decode_chunk(model, params, policy, state, chunk=chunk, structure=policy_structure(policy))
         stop = min(int(state.step), max_new_tokens)
         yield np.asarray(state.tokens[:rows, start:stop])
+
+
+# --- the primitives ---------------------------------------------------------------------------------
+
+
+def prefill(
+    model: CausalLM,
+    params: Any,
+    prompts,
+    key: Array,
+    *,
+    max_new_tokens: int,
+    tokenizer=None,
+    evidence=None,
+    num_samples: int = 1,
+    policy: Policy | None = None,
+    stop_tokens: StopTokens = ...,
+    mesh=None,
+    chunk: int = 1,
+    pad_id: int = 0,
+) -> DecodeState:
+    """Encodes, buckets and left-pads ``prompts``, runs them through the model once, and broadcasts each
+    prompt's cache to ``num_samples`` rows: the ``DecodeState`` that ``step`` advances.
+
+    Args:
+      model: as for ``generate``; so are ``params``, ``prompts``, ``key``, ``max_new_tokens``,
+        ``tokenizer``, ``evidence``, ``num_samples``, ``stop_tokens``, ``mesh`` and ``pad_id``. With a
+        ``mesh``, ``params`` must already be placed (``sharding.shard_params``).
+      policy: the policy ``step`` will be called with, or one with the same ``num_streams``,
+        ``needs_hidden`` and diagnostics: it fixes the streams (two need ``evidence``), whether the
+        state carries hidden states, and which diagnostics are recorded. None: one stream, no hidden
+        state, no diagnostics beyond none (``step`` then records tokens and log-probabilities only).
+      chunk: the output buffer holds ``max_new_tokens`` rounded up to a multiple of ``chunk``
+        (``generate`` steps in whole chunks; a hand-written loop needs 1).
+
+    Returns:
+      A ``DecodeState`` with ``N = len(prompts) * num_samples`` rows (more on a mesh whose data axis
+      does not divide ``N``: the extra rows are done from the start and dropped by ``finish``).
+    """
+    policy = canonical_policy(_NO_POLICY if policy is None else policy)
+    state, _ = _prefill(
+        model,
+        params,
+        prompts,
+        key,
+        policy=policy,
+        max_new_tokens=max_new_tokens,
+        tokenizer=tokenizer,
+        evidence=evidence,
+        stop_tokens=stop_tokens,
+        num_samples=num_samples,
+        chunk=chunk,
+        pad_id=pad_id,
+        mesh=mesh,
+        what="prefill",
+    )
+    return state
+
+
+def step(model: CausalLM, params: Any, policy: Policy, state: DecodeState, *, donate: bool = False) -> DecodeState:
+    """One token for every live row: the policy maps the logits to ``log π``, a token is sampled from it
+    with the row's key for this step, recorded (with ``log p_θ``, ``log π`` and the diagnostics), and
+    fed to the model in one call that extends the cache. Done rows receive ``pad_id`` and stay done.
+
+    Pure and jit-able (``jax.jit(step, static_argnums=0)``, inside ``lax.scan``/``while_loop``). Called
+    eagerly it runs a jitted step; ``donate=True`` hands it ``state``'s buffers, so the cache is updated
+    in place and ``state`` must not be used again (the default keeps ``state`` and copies the cache:
+    pure, but a copy per token). Inside a trace ``donate`` is ignored. Raises ValueError if ``policy``
+    has another number of streams than ``state``, needs hidden states the state does not carry, or
+    (outside a trace) every row of ``state`` is done.
+    """
+    policy = canonical_policy(policy)
+    _check_step(policy, state)
+    run = _step_donated if donate and not isinstance(state.done, Tracer) else _step_jit
+    return run(model, params, policy, state, structure=policy_structure(policy))
+
+
+def select(state: DecodeState, rows, *, key: Array | None = None) -> DecodeState:
+    """The state of rows ``rows`` of ``state``: row ``i`` of the result is row ``rows[i]`` of ``state``,
+    with its KV cache (all its streams), context, logits, hidden state, output buffers, done flag and
+    key lineage. Forks a candidate (``rows=[0, 0, 1]``), resamples particles, reorders beams.
+
+    Args:
+      state: a ``DecodeState``.
+      rows: ``[N']`` int indices in ``[0, N)``; ``N'`` may differ from ``N`` (on a mesh it must keep
+        dividing the data axis).
+      key: None: every row keeps its parent's key lineage, so a forked row continues exactly as its
+        parent would (same draws). A key: the rows get fresh, independent key streams from it
+        (resampled particles that must diverge).
+    """
+    rows = _check_rows(state, rows)
+    picked = _select_jit(state, rows)
+    if key is None:
+        return picked
+    return dataclasses.replace(picked, key=jnp.copy(key), lineage=jnp.arange(len(rows), dtype=jnp.int32))
+
+
+def finish(state: DecodeState, tokenizer=None) -> GenerateOutput:
+    """Fetches the outputs (not the cache) to the host: a ``GenerateOutput`` over the real rows, in row
+    order, with ``max_new_tokens`` columns and each row's prompt (stream 0's context: the evidence and
+    the prompt for two-stream policies) right-padded with -1; ``text`` decoded when ``tokenizer`` is given."""
+    fields = (state.tokens, state.lengths, state.logp_model, state.logp_policy, state.diagnostics)
+    host = jax.device_get((*fields, state.real, state.context, state.max_new_tokens))
+    tokens, lengths, logp_model, logp_policy, diagnostics, real, context, max_new = host
+    real = np.asarray(real, bool)
+    width = int(max_new)
+    trim = lambda x: np.asarray(x)[real, :width]
+    lengths = np.asarray(lengths)[real]
+    tokens = trim(tokens)
+    prompts = np.asarray(context)[real, : context.shape[1] - state.tokens.shape[1]]
+    kept = [row[row >= 0] for row in prompts]
+    prompt_tokens = np.full((len(kept), max((len(ids) for ids in kept), default=0)), -1, np.int32)
+    for row, ids in enumerate(kept):
+        prompt_tokens[row, : len(ids)] = ids
+    text = None
+    if tokenizer is not None:
+        text = tokenizer.decode_batch([row[:n] for row, n in zip(tokens, lengths)])
+    return GenerateOutput(
+        tokens=tokens,
+        lengths=lengths,
+        logp_model=trim(logp_model),
+        logp_policy=trim(logp_policy),
+        diagnostics={k: trim(v) for k, v in diagnostics.items()},
+        prompt_tokens=prompt_tokens,
+        text=text,
+    )
 
 
 # --- set-up -----------------------------------------------------------------------------------------
@@ -194,39 +329,53 @@ def canonical_policy(policy: Policy) -> Policy:
     return jax.tree.map(canonical, policy)
 
 
-def _start(
+class _NoDiagnostics(Policy):
+    """What ``prefill(policy=None)`` lays the state out for: one stream, no hidden state, no diagnostics."""
+
+    def __call__(self, logits, step=None):
+        return jax.nn.log_softmax(logits[:, 0]), {}
+
+
+_NO_POLICY = _NoDiagnostics()
+jax.tree_util.register_static(_NoDiagnostics)
+
+
+def _prefill(
     model,
     params,
     prompts,
-    policy,
     key,
+    *,
+    policy,
     max_new_tokens,
     tokenizer,
+    evidence,
+    stop_tokens,
     num_samples,
     chunk,
     pad_id,
-    evidence,
-    loop,
-    stops,
-    mesh=None,
-):
-    """Validates, encodes and prefills; returns ``(state, prompt_tokens, policy)``.
+    mesh,
+    what,
+    next_call=None,
+) -> tuple[DecodeState, Policy]:
+    """Validates, encodes and prefills: ``(state, policy)``, the policy with per-row fields padded to the
+    state's rows.
 
-    ``loop`` (the jitted decode function that will run next) is compiled in a background thread from
-    the state's abstract shapes while this thread compiles and runs prefill: XLA compiles release the
-    GIL, so on a cold start the two compilations overlap instead of adding up.
+    ``next_call(policy, state)`` (the ``lower`` of the jitted decode function that will run next, given
+    the padded policy and the abstract state) is compiled in a background thread while this thread
+    compiles and runs prefill: XLA compiles release the GIL, so on a cold start the two compilations
+    overlap instead of adding up.
 
     With a ``mesh``, prompts are padded with copies of the last one until the rows split evenly over
-    the data axis (``sharding.padded_prompt_count``); the extra rows start as done, so they neither
-    change the real rows (their sampling keys are ``split(..., N')[n]``, equal to ``split(..., N)[n]``
-    for ``n < N`` under jax's partitionable threefry) nor keep the loop running. ``prompt_tokens``
-    covers the real rows only, and per-row ``[N]`` policy fields are padded to ``[N']`` (the returned
-    policy).
+    the data axis (``sharding.padded_prompt_count``); the extra rows start as done and not ``real``, so
+    they neither change the real rows (their sampling keys are ``split(..., N')[n]``, equal to
+    ``split(..., N)[n]`` for ``n < N`` under jax's partitionable threefry) nor keep the loop running.
+    Per-row ``[N]`` policy fields are padded to ``[N']`` (the returned policy).
     """
     streams = policy.num_streams
     if streams == 2 and evidence is None:
         raise ValueError(
-            f"{type(policy).__name__} compares the prompt with and without evidence: pass evidence=... to generate()"
+            f"{type(policy).__name__} compares the prompt with and without evidence: pass evidence=... to {what}()"
         )
     if streams == 1 and evidence is not None:
         raise ValueError(
@@ -240,6 +389,7 @@ def _start(
     num_samples = int(num_samples)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    stops = stop_array(stop_tokens, tokenizer)
     token_lists = encode_prompts(prompts, tokenizer)
     evidence_lists = encode_prompts(evidence, tokenizer) if streams == 2 else None
     if evidence_lists is not None and len(evidence_lists) != len(token_lists):
@@ -260,11 +410,8 @@ def _start(
         if evidence_lists is not None:
             evidence_lists = evidence_lists + evidence_lists[-1:] * extra
         policy = _pad_per_row(policy, real_rows, len(token_lists) * num_samples)
-    conditioned = token_lists[: len(token_lists) - extra]  # what stream 0 (the anchor) reads, real rows
-    if evidence_lists is not None:  # two streams
-        # Model rows 2n (evidence + prompt) and 2n + 1 (prompt alone).
+    if evidence_lists is not None:  # two streams: model rows 2n (evidence + prompt) and 2n + 1 (prompt alone)
         token_lists = [row for ev, ids in zip(evidence_lists, token_lists) for row in (ev + ids, ids)]
-        conditioned = token_lists[: len(conditioned) * 2 : 2]
     longest = max(len(t) for t in token_lists)
     if longest + max_new_tokens > model.max_length:
         raise ValueError(
@@ -282,7 +429,7 @@ def _start(
         mesh=mesh,
         chunk=chunk,
         num_diagnostics=memory.DEFAULT_DIAGNOSTICS,
-        what="generate" if loop is _decode_loop else "stream",
+        what=what,
     )
     bucket = prompt_bucket(longest)
     buffer = output_slots(int(max_new_tokens), chunk)  # whole chunks
@@ -303,6 +450,10 @@ def _start(
         num_samples=num_samples,
         policy=policy,
         real_rows=real_rows,
+        max_new_tokens=int(max_new_tokens),
+        stops=stops,
+        pad_id=pad_id,
+        mesh=mesh,
     )
     logits_shape = jax.ShapeDtypeStruct((len(token_lists), model.vocab_size), jnp.float32)
     hidden_shape = (
@@ -310,23 +461,19 @@ def _start(
     )
     state_shape = jax.eval_shape(initial, logits_shape, cache, hidden_shape)
     if mesh is not None:  # lower for the placement the state will have, so the call reuses this compile
-        placement = sharding.state_shardings(state_shape, mesh)
+        placement = _state_shardings(state_shape, mesh)
         state_shape = sharding.with_shardings(state_shape, placement)
-    compiling = threading.Thread(
-        target=loop.lower(
-            model, params, policy, state_shape, stops, jnp.int32(0), chunk, pad_id, policy_structure(policy), mesh
-        ).compile
-    )
-    compiling.start()
+    compiling = None
+    if next_call is not None:
+        compiling = threading.Thread(target=next_call(policy, state_shape).compile)
+        compiling.start()
     logits, cache, hidden = run_prompt(model, params, tokens, positions, cache, with_hidden=policy.needs_hidden)
     state = initial(logits, cache, None if hidden is None else hidden[:, -1])
     if mesh is not None:
         state = jax.device_put(state, placement)
-    compiling.join()
-    prompt_tokens = np.full((len(conditioned), max(len(t) for t in conditioned)), -1, np.int32)
-    for row, ids in enumerate(conditioned):
-        prompt_tokens[row, : len(ids)] = ids
-    return state, np.repeat(prompt_tokens, num_samples, axis=0), policy
+    if compiling is not None:
+        compiling.join()
+    return state, policy
 
 
 def _pad_per_row(policy: Policy, rows: int, padded: int) -> Policy:
@@ -405,18 +552,32 @@ run_prompt = jax.jit(_prefill_impl, static_argnums=0, static_argnames="with_hidd
 
 
 def _initial_state(
-    logits, cache, hidden=None, *, positions, tokens, key, buffer, num_samples, policy, real_rows=None
+    logits,
+    cache,
+    hidden=None,
+    *,
+    positions,
+    tokens,
+    key,
+    buffer,
+    num_samples,
+    policy,
+    real_rows=None,
+    max_new_tokens=1,
+    stops=None,
+    pad_id=0,
+    mesh=None,
 ) -> DecodeState:
     """The state after prefill. Model rows come in groups of ``S`` streams per prompt; ``num_samples``
     copies of each group are made by broadcasting the prefilled cache (no second prefill). ``hidden``
     (``[P * S, D]``, policies with ``needs_hidden``) keeps stream 0 of each group. Rows from
-    ``real_rows`` on (padding for the mesh's data axis) start as done."""
+    ``real_rows`` on (padding for the mesh's data axis) start as done and not real."""
     streams = policy.num_streams
 
     def repeat(x, axis=0):  # [P * S, ...] -> [P * M * S, ...], copying each prompt's group of streams
         return x if num_samples == 1 else _repeat_groups(x, num_samples, streams, axis)
 
-    cache = cache.replace(k=repeat(cache.k, 1), v=repeat(cache.v, 1), positions=repeat(cache.positions))
+    cache = dataclasses.replace(cache, k=repeat(cache.k, 1), v=repeat(cache.v, 1), positions=repeat(cache.positions))
     anchor = slice(0, None, streams)  # stream 0 rows: what the context (and repetition penalties) see
     context = jnp.concatenate(
         [
@@ -439,21 +600,28 @@ def _initial_state(
     )
     names = [*names, *(["pmi"] if streams == 2 else [])]
     zeros = lambda: jnp.zeros((rows, buffer), jnp.float32)  # distinct buffers: all donated
+    real = jnp.arange(rows) < (rows if real_rows is None else real_rows)
     return DecodeState(
-        # A copy: the state is donated to the decode loop, which would otherwise delete the caller's key.
         step=jnp.int32(0),
+        # A copy: the state is donated to the decode loop, which would otherwise delete the caller's key.
         key=jnp.copy(key),
+        lineage=jnp.arange(rows, dtype=jnp.int32),
         cache=cache,
         logits=logits,
         next_position=repeat(jnp.max(positions, axis=1) + 1),
-        done=jnp.arange(rows) >= (rows if real_rows is None else real_rows),
+        done=~real,
         lengths=jnp.zeros((rows,), jnp.int32),
         context=context,
         tokens=jnp.zeros((rows, buffer), jnp.int32),
         logp_model=zeros(),
         logp_policy=zeros(),
         diagnostics={name: zeros() for name in names},
+        max_new_tokens=jnp.int32(max_new_tokens),
+        stop_tokens=stop_array((), None) if stops is None else jnp.copy(stops),
+        real=real,
         hidden=hidden,
+        pad_id=int(pad_id),
+        mesh=mesh,
     )
 
 
@@ -468,37 +636,69 @@ def _repeat_groups_impl(x, num_samples, streams, axis):
 _repeat_groups = jax.jit(_repeat_groups_impl, static_argnums=(1, 2, 3))
 
 
-# --- the loop ---------------------------------------------------------------------------------------
+# --- the step ---------------------------------------------------------------------------------------
 
 
-def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> DecodeState:
-    """One token for every row: policy, sample, record, then one model call on the sampled tokens."""
-    rows, streams, _ = state.logits.shape
+def _check_step(policy: Policy, state: DecodeState) -> None:
+    if not isinstance(state, DecodeState):
+        raise TypeError(f"state must be a DecodeState (from prefill), got {type(state).__name__}")
+    if policy.num_streams != state.num_streams:
+        raise ValueError(
+            f"{type(policy).__name__} reads {policy.num_streams} stream(s) but the state was prefilled with "
+            f"{state.num_streams}; prefill with this policy (two streams need evidence=...)"
+        )
+    if policy.needs_hidden and state.hidden is None:
+        raise ValueError(
+            f"{type(policy).__name__} needs hidden states, which the state does not carry; "
+            "pass this policy to prefill(policy=...)"
+        )
+    done = state.done
+    if not isinstance(done, Tracer) and bool(np.all(np.asarray(done))):
+        raise ValueError(
+            f"every row of the state is done (stop token or max_new_tokens={int(state.max_new_tokens)} reached "
+            f"at step {int(state.step)}); call finish(state)"
+        )
+
+
+def _step(model, params, policy, state: DecodeState) -> DecodeState:
+    """One token for every row: policy, sample, then :func:`advance` (record, one model call)."""
     log_pi, diagnostics = policy(state.logits, StepInfo(state.context, state.step, state.hidden))
-    keys = jax.random.split(jax.random.fold_in(state.key, state.step), rows)
+    keys = jax.random.split(jax.random.fold_in(state.key, state.step), state.num_rows)[state.lineage]
     token = sample_tokens(keys, log_pi)
-    token = jnp.where(state.done, pad_id, token)
-    log_p = jax.nn.log_softmax(state.logits[:, 0])
     pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]
-    if streams == 2:  # attribution of the chosen token: log P(a | s, c) - log P(a | s)
-        diagnostics = {**diagnostics, "pmi": pick(log_p) - pick(jax.nn.log_softmax(state.logits[:, 1]))}
+    if state.num_streams == 2:  # attribution of the chosen token: log P(a | s, c) - log P(a | s)
+        log_p = jax.nn.log_softmax(state.logits)
+        diagnostics = {**diagnostics, "pmi": pick(log_p[:, 0]) - pick(log_p[:, 1])}
+    return advance(model, params, state, token, logp_policy=pick(log_pi), diagnostics=diagnostics)
+
+
+def advance(model, params, state: DecodeState, token: Array, *, logp_policy=None, diagnostics=None) -> DecodeState:
+    """The second half of ``step`` for decoders that choose tokens themselves (beam search): records
+    ``token [N]`` for every live row (done rows get ``pad_id``) with its ``log p_θ`` (and ``logp_policy``,
+    ``log p_θ`` when None, and the ``diagnostics`` the state records), updates ``done``, and runs one
+    model call on the tokens of every stream."""
+    rows, streams = state.num_rows, state.num_streams
+    token = jnp.where(state.done, state.pad_id, token).astype(jnp.int32)
+    logp_model = jnp.take_along_axis(jax.nn.log_softmax(state.logits[:, 0]), token[:, None], axis=-1)[:, 0]
+    logp_policy = logp_model if logp_policy is None else logp_policy
+    diagnostics = diagnostics or {}
 
     def record(buffer, value):
         return jax.lax.dynamic_update_slice(buffer, value[:, None].astype(buffer.dtype), (0, state.step))
 
     live = ~state.done
     step = state.step + 1
-    done = state.done | jnp.any(token[:, None] == stops[None, :], axis=-1) | (step >= max_new)
+    stops = state.stop_tokens
+    done = state.done | jnp.any(token[:, None] == stops[None, :], axis=-1) | (step >= state.max_new_tokens)
     prompt_slots = state.context.shape[1] - state.tokens.shape[1]
     feed_positions = jnp.where(jnp.repeat(live, streams), state.next_position, -1)
+    feed = (params, jnp.repeat(token, streams)[:, None], feed_positions[:, None], state.cache)
     hidden = None
-    if policy.needs_hidden:  # static: other policies compile exactly the call they always did
-        logits, cache, hidden = model.apply(
-            params, jnp.repeat(token, streams)[:, None], feed_positions[:, None], state.cache, return_hidden=True
-        )
+    if state.hidden is not None:  # static: other policies compile exactly the call they always did
+        logits, cache, hidden = model.apply(*feed, return_hidden=True)
         hidden = hidden[:, 0].astype(jnp.float32).reshape(rows, streams, -1)[:, 0]
     else:
-        logits, cache = model.apply(params, jnp.repeat(token, streams)[:, None], feed_positions[:, None], state.cache)
+        logits, cache = model.apply(*feed)
     return dataclasses.replace(
         state,
         step=step,
@@ -512,10 +712,11 @@ def _step(model, params, policy, state: DecodeState, stops, max_new, pad_id) -> 
             state.context, jnp.where(live, token, -1)[:, None], (0, prompt_slots + state.step)
         ),
         tokens=record(state.tokens, token),
-        logp_model=record(state.logp_model, jnp.where(live, pick(log_p), 0.0)),
-        logp_policy=record(state.logp_policy, jnp.where(live, pick(log_pi), 0.0)),
+        logp_model=record(state.logp_model, jnp.where(live, logp_model, 0.0)),
+        logp_policy=record(state.logp_policy, jnp.where(live, logp_policy, 0.0)),
         diagnostics={
-            name: record(buf, jnp.where(live, diagnostics[name], 0.0)) for name, buf in state.diagnostics.items()
+            name: record(buf, jnp.where(live, diagnostics.get(name, 0.0), 0.0))
+            for name, buf in state.diagnostics.items()
         },
     )
 
@@ -532,9 +733,83 @@ def sample_tokens(keys: Array, log_pi: Array) -> Array:
     return jnp.minimum(jnp.sum(cdf < u[:, None], axis=-1), log_pi.shape[-1] - 1).astype(jnp.int32)
 
 
-def _chunk(model, params, policy, state, stops, max_new, chunk, pad_id, mesh=None):
+def _step_impl(model, params, policy, state, structure):
+    count_trace("step")
+    return _placed(_step(model, params, policy, _placed(state, state.mesh)), state.mesh)
+
+
+# ``structure`` only keys the compiled code (policy_structure); ``step(..., donate=True)`` takes the donating one.
+_step_jit = jax.jit(_step_impl, static_argnums=0, static_argnames="structure")
+_step_donated = jax.jit(_step_impl, static_argnums=0, static_argnames="structure", donate_argnums=3)
+
+
+# --- select -----------------------------------------------------------------------------------------
+
+
+def _check_rows(state: DecodeState, rows) -> Array:
+    if not isinstance(state, DecodeState):
+        raise TypeError(f"state must be a DecodeState (from prefill), got {type(state).__name__}")
+    if isinstance(rows, Tracer):
+        return rows.astype(jnp.int32)
+    array = np.asarray(rows)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"rows must be a non-empty 1-D array of integer row indices, got {array.dtype} {array.shape}")
+    bad = array[(array < 0) | (array >= state.num_rows)]
+    if bad.size:
+        raise ValueError(
+            f"rows {bad[:8].tolist()} are out of range: the state has {state.num_rows} rows (0..{state.num_rows - 1})"
+        )
+    data = 1 if state.mesh is None else sharding.axis_size(state.mesh, sharding.DATA)
+    if array.size % data:
+        raise ValueError(f"{array.size} rows do not split over the mesh's data axis of {data}; select a multiple")
+    return jnp.asarray(array, jnp.int32)
+
+
+def _select_impl(state: DecodeState, rows: Array) -> DecodeState:
+    count_trace("select")
+    return gather_rows(state, rows)
+
+
+def gather_rows(state: DecodeState, rows: Array) -> DecodeState:
+    """``select``'s gather, for use inside jitted decoders (no checks; ``rows`` int32 ``[N']``)."""
+    streams = state.num_streams
+    model_rows = (rows[:, None] * streams + jnp.arange(streams)[None, :]).reshape(-1)  # each row's streams
+    per_row = lambda x: None if x is None else jnp.take(x, rows, axis=0)
+    cache = state.cache
+    cache = dataclasses.replace(
+        cache,
+        k=jnp.take(cache.k, model_rows, axis=1),
+        v=jnp.take(cache.v, model_rows, axis=1),
+        positions=jnp.take(cache.positions, model_rows, axis=0),
+    )
+    picked = dataclasses.replace(
+        state,
+        lineage=per_row(state.lineage),
+        cache=cache,
+        logits=per_row(state.logits),
+        next_position=jnp.take(state.next_position, model_rows, axis=0),
+        done=per_row(state.done),
+        lengths=per_row(state.lengths),
+        context=per_row(state.context),
+        tokens=per_row(state.tokens),
+        logp_model=per_row(state.logp_model),
+        logp_policy=per_row(state.logp_policy),
+        diagnostics={name: per_row(buf) for name, buf in state.diagnostics.items()},
+        real=per_row(state.real),
+        hidden=per_row(state.hidden),
+    )
+    return _placed(picked, state.mesh)
+
+
+_select_jit = jax.jit(_select_impl)
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+
+def _chunk(model, params, policy, state, chunk):
     def body(carry, _):
-        return _placed(_step(model, params, policy, carry, stops, max_new, pad_id), mesh), None
+        return _placed(_step(model, params, policy, carry), carry.mesh), None
 
     return jax.lax.scan(body, state, None, length=chunk)[0]
 
@@ -547,7 +822,12 @@ def _placed(state: DecodeState, mesh) -> DecodeState:
     ``sample`` run the single-device computation. A cumulative sum over a split vocabulary adds in a
     different order (CDFs differ by ~1e-7), which could move a sampled token at a boundary.
     """
-    return state if mesh is None else sharding.constrain_state(state, mesh)
+    return state if mesh is None else jax.lax.with_sharding_constraint(state, _state_shardings(state, mesh))
+
+
+def _state_shardings(state: DecodeState, mesh) -> DecodeState:
+    """``sharding.state_shardings`` (rows on "data"), with the stop ids replicated: they are not rows."""
+    return dataclasses.replace(sharding.state_shardings(state, mesh), stop_tokens=NamedSharding(mesh, PartitionSpec()))
 
 
 def policy_structure(policy: Policy) -> tuple:
@@ -570,48 +850,21 @@ def policy_structure(policy: Policy) -> tuple:
     return key(jax.tree.structure(policy))
 
 
-def _decode_loop_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure, mesh=None):
+def _decode_loop_impl(model, params, policy, state, chunk, structure):
     count_trace("decode_loop")
 
     def keep_going(s):
-        return (s.step < max_new) & ~jnp.all(s.done)
+        return (s.step < s.max_new_tokens) & ~jnp.all(s.done)
 
-    return jax.lax.while_loop(
-        keep_going,
-        lambda s: _chunk(model, params, policy, s, stops, max_new, chunk, pad_id, mesh),
-        _placed(state, mesh),
-    )
+    return jax.lax.while_loop(keep_going, lambda s: _chunk(model, params, policy, s, chunk), _placed(state, state.mesh))
 
 
-def _decode_chunk_impl(model, params, policy, state, stops, max_new, chunk, pad_id, structure, mesh=None):
+def _decode_chunk_impl(model, params, policy, state, chunk, structure):
     count_trace("decode_chunk")
-    return _chunk(model, params, policy, _placed(state, mesh), stops, max_new, chunk, pad_id, mesh)
+    return _chunk(model, params, policy, _placed(state, state.mesh), chunk)
 
 
-# ``structure`` (argument 8) is unused in the body: it only keys the compiled code (policy_structure).
-# ``mesh`` (argument 9, a hashable ``jax.sharding.Mesh`` or None) is static too: one compile per mesh.
-_decode_loop = jax.jit(_decode_loop_impl, static_argnums=(0, 6, 7, 8, 9), donate_argnums=3)
-_decode_chunk = jax.jit(_decode_chunk_impl, static_argnums=(0, 6, 7, 8, 9), donate_argnums=3)
-
-
-def _output(state: DecodeState, prompt_tokens, max_new_tokens, tokenizer) -> GenerateOutput:
-    """Fetches the outputs (not the cache) to the host; rows past ``len(prompt_tokens)`` (padding for
-    a mesh's data axis) are dropped."""
-    rows = len(prompt_tokens)
-    host = jax.device_get((state.tokens, state.lengths, state.logp_model, state.logp_policy, state.diagnostics))
-    tokens, lengths, logp_model, logp_policy, diagnostics = host
-    trim = lambda x: np.asarray(x)[:rows, :max_new_tokens]
-    lengths = np.asarray(lengths)[:rows]
-    tokens = trim(tokens)
-    text = None
-    if tokenizer is not None:
-        text = tokenizer.decode_batch([row[:n] for row, n in zip(tokens, lengths)])
-    return GenerateOutput(
-        tokens=tokens,
-        lengths=lengths,
-        logp_model=trim(logp_model),
-        logp_policy=trim(logp_policy),
-        diagnostics={k: trim(v) for k, v in diagnostics.items()},
-        prompt_tokens=prompt_tokens,
-        text=text,
-    )
+# ``structure`` is unused in the body: it only keys the compiled code (policy_structure). The mesh is a
+# static field of the state, so each mesh compiles once.
+_decode_loop = jax.jit(_decode_loop_impl, static_argnums=0, static_argnames=("chunk", "structure"), donate_argnums=3)
+_decode_chunk = jax.jit(_decode_chunk_impl, static_argnums=0, static_argnames=("chunk", "structure"), donate_argnums=3)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.batching import map_in_chunks
-from infodec.decoding.engine import prompt_bucket
+from infodec.decoding.engine import encode_prompts, prompt_bucket
 
 
 def prefix_lists(prefix, batch: int) -> list[list[int]]:
@@ -128,6 +128,33 @@ def scored_log_probs(
         min(batch_size, len(tokens)),
     )
     return logp.astype(np.float64), mask
+
+
+def score(
+    model, params, prefixes, continuations, *, tokenizer=None, batch_size: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forced scoring: ``(logp [N, L], mask [N, L])``, ``logp[n, t] = log p(y_t | x, y_<t)`` of
+    each token of ``continuations[n]`` given ``prefixes[n]`` (float64, 0 where ``mask`` is False; ``L``
+    the longest continuation). ``logp.sum(1)`` is each continuation's log-likelihood.
+
+    Args:
+      model, params: from ``infodec.load``.
+      prefixes: N non-empty prefixes: strings (with ``tokenizer``; encoded with its BOS convention) or
+        token-id lists.
+      continuations: N continuations: strings (encoded without BOS) or token-id lists; may be empty.
+      batch_size: rows per forward pass (one cache-free ``apply`` over prefix + continuation).
+    """
+    prefix_ids = encode_prompts(prefixes, tokenizer)
+    continuation_ids = encode_prompts(continuations, tokenizer, add_bos=False, allow_empty=True)
+    if len(prefix_ids) != len(continuation_ids):
+        raise ValueError(f"got {len(prefix_ids)} prefixes for {len(continuation_ids)} continuations; pass one each")
+    lengths = np.array([len(c) for c in continuation_ids], np.int32)
+    tokens = np.zeros((len(continuation_ids), max(1, int(lengths.max()))), np.int32)
+    for row, ids in enumerate(continuation_ids):
+        tokens[row, : len(ids)] = ids
+    logp, mask = scored_log_probs(model, params, tokens, lengths, prefix_ids, batch_size=batch_size)
+    width = int(lengths.max())
+    return logp[:, :width], mask[:, :width]
 
 
 def check_continuations(tokens, lengths) -> tuple[jax.Array, jax.Array]:

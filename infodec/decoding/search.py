@@ -38,14 +38,18 @@ from infodec.decoding import memory
 from infodec.decoding.engine import (
     DEFAULT_CHUNK,
     StopTokens,
+    advance,
     count_trace,
     encode_prompts,
+    finish,
+    gather_rows,
     left_pad,
+    prefill,
     prompt_bucket,
     run_prompt,
     stop_array,
 )
-from infodec.decoding.state import GenerateOutput
+from infodec.decoding.state import DecodeState, GenerateOutput
 from infodec.models.base import CausalLM
 from infodec.models.layers import KVCache
 
@@ -62,15 +66,12 @@ EARLY_STOPPING = (False, True, "never")
 
 @flax.struct.dataclass
 class BeamState:
-    """Beam-search loop state, ``B`` prompts x ``K`` beams, ``L`` output slots, ``V`` vocabulary.
+    """Beam-search loop state, ``B`` prompts x ``K`` beams, ``L`` output slots.
 
     Attributes:
-      step: int32 scalar, tokens generated so far.
-      cache: KV cache over ``B * K`` rows (row ``b * K + k``), reordered by beam origin every step.
-      logits: ``[B * K, V]`` next-token logits of the running beams.
-      next_position: ``[B * K]`` int32 position of each row's next token.
+      running: the engine's ``DecodeState`` of the ``B * K`` running beams (row ``b * K + k``): KV cache,
+        logits, tokens and their ``log p_θ``; ``select`` reorders it by beam origin every step.
       run_scores: ``[B, K]`` summed log-probabilities of the running beams (sorted, best first).
-      run_tokens, run_logp: ``[B, K, L]`` tokens and their log-probabilities of the running beams.
       fin_scores: ``[B, K]`` length-penalised scores of the finished hypotheses (sorted, best first;
         ``_NEG`` for empty slots).
       fin_tokens, fin_logp: ``[B, K, L]`` the finished hypotheses (``pad_id`` / 0 after their length).
@@ -79,13 +80,8 @@ class BeamState:
       open: ``[B]`` bool, prompts whose finished set can still change.
     """
 
-    step: Array
-    cache: KVCache
-    logits: Array
-    next_position: Array
+    running: DecodeState
     run_scores: Array
-    run_tokens: Array
-    run_logp: Array
     fin_scores: Array
     fin_tokens: Array
     fin_logp: Array
@@ -109,6 +105,10 @@ def beam_search(
     pad_id: int = 0,
 ) -> GenerateOutput:
     """Beam search with HF transformers' semantics; returns the best finished hypothesis per prompt.
+
+    Built on the engine's primitives: ``prefill`` with ``num_samples = K`` (the beams share the prompt's
+    cache), then per step ``select`` (reorder the beams' rows, cache included, by origin) and ``advance``
+    (feed the chosen tokens), inside one jitted ``while_loop``.
 
     Args:
       model, params: from ``infodec.load``.
@@ -152,18 +152,24 @@ def beam_search(
         raise ValueError(
             f"num_beams={num_beams} plus {num_stops} stop tokens exceeds the vocabulary of {model.vocab_size} tokens"
         )
-    token_lists, tokens, positions, buffer, prompt_tokens = _prepare(model, prompts, tokenizer, max_new_tokens, pad_id)
-    batch = len(token_lists)
+    token_lists = encode_prompts(prompts, tokenizer)
     _check_memory(model, params, token_lists, max_new_tokens, "beam", num_beams)
-    cache = model.init_cache(batch, tokens.shape[1] + buffer)
-    logits, cache, _ = run_prompt(model, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
-    state = _beam_initial_state(logits, cache, positions, num_beams, buffer, pad_id)
-    del logits, cache  # the prompt rows' cache: freed before the loop, not held beside the beams' (decoding.memory)
-    mode = EARLY_STOPPING.index(early_stopping) if isinstance(early_stopping, str) else int(bool(early_stopping))
-    state = _beam_loop(
-        model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(length_penalty), jnp.int32(mode)
+    running = prefill(
+        model,
+        params,
+        token_lists,
+        jax.random.key(0),  # unused: the search never samples
+        max_new_tokens=max_new_tokens,
+        num_samples=num_beams,
+        stop_tokens=[int(t) for t in np.asarray(stops) if t >= 0],
+        chunk=DEFAULT_CHUNK,  # whole chunks of output slots: fewer shapes to compile
+        pad_id=pad_id,
     )
-    host = jax.device_get(state.replace(cache=None, logits=None))  # the results, not the cache, to the host
+    state = _beam_initial_state(running, len(token_lists), num_beams, pad_id)
+    mode = EARLY_STOPPING.index(early_stopping) if isinstance(early_stopping, str) else int(bool(early_stopping))
+    state = _beam_loop(model, params, state, jnp.float32(length_penalty), jnp.int32(mode))
+    prompt_tokens = finish(state.running).prompt_tokens[::num_beams]
+    host = jax.device_get(dataclasses.replace(state, running=None))  # the results, not the cache, to the host
     lengths = np.asarray(host.fin_lengths[:, 0])
     out_tokens = np.asarray(host.fin_tokens[:, 0, :max_new_tokens])
     logp = np.asarray(host.fin_logp[:, 0, :max_new_tokens])
@@ -180,25 +186,13 @@ def beam_search(
     )
 
 
-def _beam_initial_state(logits, cache, positions, num_beams, buffer, pad_id) -> BeamState:
-    batch = logits.shape[0]
-    cache = dataclasses.replace(
-        cache,
-        k=jnp.repeat(cache.k, num_beams, axis=1),
-        v=jnp.repeat(cache.v, num_beams, axis=1),
-        positions=jnp.repeat(cache.positions, num_beams, axis=0),
-    )
+def _beam_initial_state(running: DecodeState, batch: int, num_beams: int, pad_id: int) -> BeamState:
     # Only the first beam starts live (HF: the others at -1e9), so step 0 expands one beam, not K copies.
     run_scores = jnp.full((batch, num_beams), _NEG, jnp.float32).at[:, 0].set(0.0)
-    shape = (batch, num_beams, buffer)
+    shape = (batch, num_beams, running.tokens.shape[1])
     return BeamState(
-        step=jnp.int32(0),
-        cache=cache,
-        logits=jnp.repeat(logits, num_beams, axis=0),
-        next_position=jnp.repeat(jnp.asarray(np.max(positions, axis=1) + 1, jnp.int32), num_beams),
+        running=running,
         run_scores=run_scores,
-        run_tokens=jnp.full(shape, pad_id, jnp.int32),
-        run_logp=jnp.zeros(shape),
         fin_scores=jnp.full((batch, num_beams), _NEG, jnp.float32),
         fin_tokens=jnp.full(shape, pad_id, jnp.int32),
         fin_logp=jnp.zeros(shape),
@@ -213,29 +207,29 @@ def _gather_beams(x: Array, index: Array) -> Array:
     return x[jnp.arange(x.shape[0])[:, None], index]
 
 
-def _beam_step(model, params, state: BeamState, stops, max_new, length_penalty, mode) -> BeamState:
-    batch, beams, _ = state.run_tokens.shape
-    vocab = state.logits.shape[-1]
-    step = state.step
-    logp = jax.nn.log_softmax(state.logits.astype(jnp.float32), axis=-1).reshape(batch, beams, vocab)
+def _beam_step(model, params, state: BeamState, length_penalty, mode) -> BeamState:
+    batch, beams = state.run_scores.shape
+    running = state.running
+    vocab = running.logits.shape[-1]
+    step, max_new = running.step, running.max_new_tokens
+    logp = jax.nn.log_softmax(running.logits[:, 0].astype(jnp.float32), axis=-1).reshape(batch, beams, vocab)
     scores = (logp + state.run_scores[:, :, None]).reshape(batch, beams * vocab)
     flat_logp = logp.reshape(batch, beams * vocab)
-    is_stop = jnp.any(jnp.arange(vocab)[:, None] == stops[None, :], axis=-1)  # [V]
+    is_stop = jnp.any(jnp.arange(vocab)[:, None] == running.stop_tokens[None, :], axis=-1)  # [V]
     last = step + 1 >= max_new
     generated = (step + 1).astype(jnp.float32)
-
-    def extend(index):
-        """Histories of the continuations ``index[B, K]`` (into ``K * V``): (tokens, logp, origin beam)."""
-        origin, token = index // vocab, (index % vocab).astype(jnp.int32)
-        write = lambda buf, value: jax.lax.dynamic_update_slice(
-            _gather_beams(buf, origin), value[:, :, None].astype(buf.dtype), (0, 0, step)
-        )
-        value = jnp.take_along_axis(flat_logp, index, axis=-1)
-        return write(state.run_tokens, token), write(state.run_logp, value), origin, token
+    run_tokens = running.tokens.reshape(batch, beams, -1)
+    run_logp = running.logp_model.reshape(batch, beams, -1)
 
     # 1. Finished hypotheses: only the top K continuations overall may finish (HF's top_num_beam_mask).
+    #    Their histories: the origin beam's, plus the new token at ``step``.
     top_scores, top_index = jax.lax.top_k(scores, beams)
-    top_tokens, top_logp, _, top_token = extend(top_index)
+    origin, top_token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+    write = lambda buf, value: jax.lax.dynamic_update_slice(
+        _gather_beams(buf, origin), value[:, :, None].astype(buf.dtype), (0, 0, step)
+    )
+    top_tokens = write(run_tokens, top_token)
+    top_logp = write(run_logp, jnp.take_along_axis(flat_logp, top_index, axis=-1))
     finishing = (is_stop[top_token] | last) & state.open[:, None]
     new_scores = jnp.where(finishing, top_scores / jnp.power(generated, length_penalty), _NEG)
     merged_scores = jnp.concatenate([state.fin_scores, new_scores], axis=1)
@@ -250,18 +244,11 @@ def _beam_step(model, params, state: BeamState, stops, max_new, length_penalty, 
     # 2. Running beams: the best K continuations that do not end in a stop token. (HF takes them from
     #    the top (1 + #stop) * K, which always holds K of them: the same set.)
     run_scores, run_index = jax.lax.top_k(jnp.where(jnp.tile(is_stop, beams)[None, :], _NEG, scores), beams)
-    run_tokens, run_logp, origin, token = extend(run_index)
+    origin, token = run_index // vocab, (run_index % vocab).astype(jnp.int32)
 
-    # 3. Reorder the cache rows by beam origin, then one model call on the K new tokens per prompt.
+    # 3. Reorder the rows (cache, logits, histories) by beam origin, then one model call on the new tokens.
     source = (jnp.arange(batch)[:, None] * beams + origin).reshape(-1)
-    cache = state.cache
-    cache = dataclasses.replace(
-        cache,
-        k=jnp.take(cache.k, source, axis=1),
-        v=jnp.take(cache.v, source, axis=1),
-        positions=jnp.take(cache.positions, source, axis=0),
-    )
-    logits, cache = model.apply(params, token.reshape(-1, 1), state.next_position[:, None], cache)
+    running = advance(model, params, gather_rows(running, source), token.reshape(-1))
 
     # 4. Can the finished set still change? (HF's _check_early_stop_heuristic, per prompt.) ``mode``
     #    indexes EARLY_STOPPING: 0 False, 1 True, 2 "never" (traced: no recompile per flag).
@@ -273,13 +260,8 @@ def _beam_step(model, params, state: BeamState, stops, max_new, length_penalty, 
     open_ = state.open & improvable & ~((mode == 1) & all_full)
     return dataclasses.replace(
         state,
-        step=step + 1,
-        cache=cache,
-        logits=logits[:, -1],
-        next_position=state.next_position + 1,
+        running=running,
         run_scores=run_scores,
-        run_tokens=run_tokens,
-        run_logp=run_logp,
         fin_scores=fin_scores,
         fin_tokens=fin_tokens,
         fin_logp=fin_logp,
@@ -289,15 +271,13 @@ def _beam_step(model, params, state: BeamState, stops, max_new, length_penalty, 
     )
 
 
-def _beam_loop_impl(model, params, state, stops, max_new, length_penalty, mode):
+def _beam_loop_impl(model, params, state, length_penalty, mode):
     count_trace("beam_search")
 
     def keep_going(s):
-        return (s.step < max_new) & jnp.any(s.open)
+        return (s.running.step < s.running.max_new_tokens) & jnp.any(s.open)
 
-    return jax.lax.while_loop(
-        keep_going, lambda s: _beam_step(model, params, s, stops, max_new, length_penalty, mode), state
-    )
+    return jax.lax.while_loop(keep_going, lambda s: _beam_step(model, params, s, length_penalty, mode), state)
 
 
 _beam_loop = jax.jit(_beam_loop_impl, static_argnums=0, donate_argnums=2)
@@ -389,7 +369,7 @@ def contrastive_search(
     state = _contrastive_loop(
         model, params, state, stops, jnp.int32(max_new_tokens), jnp.float32(penalty_alpha), pad_id
     )
-    host = jax.device_get(state.replace(cache=None, logits=None, context_hidden=None))  # not the cache
+    host = jax.device_get(dataclasses.replace(state, cache=None, logits=None, context_hidden=None))  # not the cache
     trim = lambda x: np.asarray(x)[:, :max_new_tokens]
     lengths, out_tokens, logp = np.asarray(host.lengths), trim(host.tokens), trim(host.logp_model)
     return GenerateOutput(

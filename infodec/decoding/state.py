@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.struct
 import jax
@@ -28,30 +29,41 @@ def output_slots(max_new_tokens: int, chunk: int = DEFAULT_CHUNK) -> int:
 
 @flax.struct.dataclass
 class DecodeState:
-    """Everything the decode loop carries from one step to the next (donated between calls).
+    """Everything the decode loop carries from one step to the next: what ``prefill`` returns, ``step``
+    advances, ``select`` gathers and ``finish`` reads. A pytree; jit-able and donatable.
 
     ``N`` sample rows (prompts x samples), ``S`` streams per row, ``L`` output slots, ``C = P + L``
     context slots (``P`` the bucketed prompt length), ``V`` the vocabulary.
 
     Attributes:
       step: int32 scalar, tokens generated so far (the output column written next).
-      key: the base PRNG key; step ``t`` of row ``n`` samples with ``split(fold_in(key, t), N)[n]``.
+      key: the base PRNG key. Step ``t`` of row ``n`` samples with ``split(fold_in(key, t), N)[lineage[n]]``.
+      lineage: ``[N]`` int32, the key stream each row samples with (``arange(N)`` after ``prefill``;
+        ``select`` carries it with the row, so a forked row draws what its parent would have drawn).
       cache: the model's KV cache over ``N * S`` model rows (row ``n * S + s``).
       logits: ``[N, S, V]`` float32 next-token logits of each stream.
       next_position: ``[N * S]`` int32 position at which each model row's next token goes.
       done: ``[N]`` bool, rows that produced a stop token or reached ``max_new_tokens``.
       lengths: ``[N]`` int32 tokens generated per row, the stop token included.
-      context: ``[N, C]`` int32 prompt (stream 0) then generated tokens, ``-1`` where empty.
+      context: ``[N, C]`` int32 prompt (stream 0, left-padded with ``-1``) then generated tokens, ``-1``
+        where empty.
       tokens: ``[N, L]`` int32 generated tokens, ``pad_id`` after a row is done.
       logp_model: ``[N, L]`` log P_G of each chosen token under the raw model (stream 0).
       logp_policy: ``[N, L]`` log π of each chosen token under the sampling policy.
-      diagnostics: name -> ``[N, L]`` per-step scalars reported by the policy.
+      diagnostics: name -> ``[N, L]`` per-step scalars reported by the policy (the names fixed by the
+        policy given to ``prefill``).
+      max_new_tokens: int32 scalar, the step at which every row is done.
+      stop_tokens: ``[8]`` int32 ids that end a row, ``-1`` where unused.
+      real: ``[N]`` bool, False on rows that only pad a mesh's data axis (``finish`` drops them).
       hidden: ``[N, D]`` float32 final hidden state of stream 0 at the decode position (the one that
         produced ``logits[:, 0]``), only for policies with ``needs_hidden``; None otherwise.
+      pad_id: (static) the token written after a row is done.
+      mesh: (static) the ``jax.sharding.Mesh`` the state lives on, or None for one device.
     """
 
     step: Array
     key: Array
+    lineage: Array
     cache: KVCache
     logits: Array
     next_position: Array
@@ -62,7 +74,20 @@ class DecodeState:
     logp_model: Array
     logp_policy: Array
     diagnostics: dict[str, Array]
+    max_new_tokens: Array
+    stop_tokens: Array
+    real: Array
     hidden: Array | None = None
+    pad_id: int = flax.struct.field(pytree_node=False, default=0)
+    mesh: Any = flax.struct.field(pytree_node=False, default=None)
+
+    @property
+    def num_rows(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def num_streams(self) -> int:
+        return self.logits.shape[1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,159 @@
+"""The public decode primitives (``prefill``, ``step``, ``select``, ``finish``, ``score``) as a user sees them.
+
+* A hand-written loop of ``prefill`` -> ``step`` x n -> ``finish`` equals ``generate`` token for token and
+  in every recorded buffer: one- and two-stream policies, ``num_samples > 1``, eager, jitted and under
+  ``lax.scan``. (The same on a mesh: ``tests/sharding_check.py``.)
+* ``select`` forks the cache, not only the tokens: a selected row continues exactly as its parent.
+* ``score`` equals the log-probabilities ``generate`` recorded for its own tokens.
+* Bad input gets one clear error each.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+import infodec
+from infodec.decoding import engine, finish, prefill, score, select, step
+from tests.tiny_models import tiny_llama
+
+PROMPTS = [[1, 2, 3], [4, 0, 2, 5, 1, 1, 2]]
+EVIDENCE = [[5, 5, 1], [2]]
+NEW = 6
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama(seed=1, scale=1.5)
+
+
+CASES = {
+    "temperature": (lambda: infodec.chain(infodec.Temperature(0.9), infodec.TopK(4)), None, 3),
+    "cfg": (lambda: infodec.ClassifierFreeGuidance(1.5), EVIDENCE, 2),
+    "kl_guided": (lambda: infodec.KLGuidedTemperature(), EVIDENCE, 1),
+}
+
+
+def user_loop(model, params, policy, evidence, samples, key, how):
+    state = prefill(
+        model, params, PROMPTS, key, max_new_tokens=NEW, evidence=evidence, num_samples=samples, policy=policy
+    )
+    if how == "eager":
+        for _ in range(NEW):
+            state = step(model, params, policy, state)
+    elif how == "jit":
+        jitted = jax.jit(step, static_argnums=0, donate_argnums=3)
+        for _ in range(NEW):
+            state = jitted(model, params, policy, state)
+    else:  # one jitted lax.scan over the steps
+
+        @jax.jit
+        def loop(params, policy, state):
+            return jax.lax.scan(lambda s, _: (step(model, params, policy, s), None), state, None, length=NEW)[0]
+
+        state = loop(params, policy, state)
+    return finish(state)
+
+
+@pytest.mark.parametrize("how", ["eager", "jit", "scan"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_user_loop_equals_generate(tiny, case, how):
+    model, params = tiny
+    make_policy, evidence, samples = CASES[case]
+    key = jax.random.key(7)
+    expected = infodec.generate(
+        model, params, PROMPTS, make_policy(), key, max_new_tokens=NEW, evidence=evidence, num_samples=samples
+    )
+    got = user_loop(model, params, make_policy(), evidence, samples, key, how)
+    np.testing.assert_array_equal(got.tokens, expected.tokens)
+    np.testing.assert_array_equal(got.lengths, expected.lengths)
+    np.testing.assert_array_equal(got.prompt_tokens, expected.prompt_tokens)
+    np.testing.assert_allclose(got.logp_model, expected.logp_model, atol=1e-6)
+    np.testing.assert_allclose(got.logp_policy, expected.logp_policy, atol=1e-6)
+    assert sorted(got.diagnostics) == sorted(expected.diagnostics)
+    for name in expected.diagnostics:
+        np.testing.assert_allclose(got.diagnostics[name], expected.diagnostics[name], atol=1e-5)
+
+
+def test_stop_tokens_end_rows_in_a_user_loop(tiny):
+    model, params = tiny
+    policy = infodec.Temperature(1.0)
+    key = jax.random.key(3)
+    expected = infodec.generate(
+        model, params, PROMPTS, policy, key, max_new_tokens=NEW, stop_tokens=(0, 1), num_samples=4
+    )
+    assert expected.lengths.min() < NEW  # the stops matter in this draw
+    state = prefill(model, params, PROMPTS, key, max_new_tokens=NEW, stop_tokens=(0, 1), num_samples=4, policy=policy)
+    while not np.all(np.asarray(state.done)):
+        state = step(model, params, policy, state)
+    got = finish(state)
+    np.testing.assert_array_equal(got.tokens, expected.tokens)
+    np.testing.assert_array_equal(got.lengths, expected.lengths)
+
+
+def test_select_forks_the_cache(tiny):
+    """Rows reordered and duplicated after 3 steps continue exactly as their parents do without the
+    selection: the same tokens and log-probabilities, which needs each parent's cache, logits and keys."""
+    model, params = tiny
+    policy = infodec.Temperature(1.2)
+    state = prefill(model, params, PROMPTS, jax.random.key(5), max_new_tokens=NEW, num_samples=2, policy=policy)
+    for _ in range(3):
+        state = step(model, params, policy, state)
+    rows = np.array([3, 0, 0, 2])
+    forked = select(state, rows)
+    for _ in range(NEW - 3):
+        state = step(model, params, policy, state)
+        forked = step(model, params, policy, forked)
+    parent, child = finish(state), finish(forked)
+    np.testing.assert_array_equal(child.tokens, parent.tokens[rows])
+    np.testing.assert_allclose(child.logp_model, parent.logp_model[rows], atol=1e-6)
+    np.testing.assert_array_equal(child.prompt_tokens, parent.prompt_tokens[rows])
+    np.testing.assert_array_equal(np.asarray(forked.cache.k), np.asarray(state.cache.k)[:, rows])
+
+
+def test_select_with_a_key_gives_forks_their_own_draws(tiny):
+    model, params = tiny
+    policy = infodec.Temperature(1.5)
+    state = prefill(model, params, PROMPTS[:1], jax.random.key(5), max_new_tokens=NEW, policy=policy)
+    state = step(model, params, policy, state)
+    same = select(state, np.zeros(16, int))
+    fresh = select(state, np.zeros(16, int), key=jax.random.key(9))
+    for _ in range(NEW - 1):
+        same, fresh = step(model, params, policy, same), step(model, params, policy, fresh)
+    assert len({tuple(row) for row in finish(same).tokens}) == 1
+    assert len({tuple(row) for row in finish(fresh).tokens}) > 1
+
+
+def test_score_equals_the_log_probs_generate_records(tiny):
+    model, params = tiny
+    out = infodec.generate(model, params, PROMPTS, infodec.Temperature(1.0), jax.random.key(2), max_new_tokens=NEW)
+    continuations = [row[:n].tolist() for row, n in zip(out.tokens, out.lengths)]
+    logp, mask = score(model, params, PROMPTS, continuations)
+    assert logp.shape == mask.shape == (2, out.lengths.max())
+    np.testing.assert_allclose(logp, np.where(out.mask(), out.logp_model, 0.0)[:, : logp.shape[1]], atol=1e-5)
+
+
+def test_steps_do_not_recompile_across_calls(tiny):
+    model, params = tiny
+    for temperature in (0.7, 1.3):
+        policy = infodec.Temperature(temperature)
+        state = prefill(model, params, PROMPTS, jax.random.key(0), max_new_tokens=NEW, policy=policy)
+        state = step(model, params, policy, state)
+        state = select(state, np.array([1, 0]))
+        if temperature == 0.7:
+            before = engine.compile_count()
+    assert engine.compile_count() == before
+
+
+def test_clear_errors(tiny):
+    model, params = tiny
+    policy = infodec.Temperature(1.0)
+    state = prefill(model, params, PROMPTS, jax.random.key(0), max_new_tokens=1, policy=policy)
+    with pytest.raises(ValueError, match=r"rows \[2, -1\] are out of range: the state has 2 rows"):
+        select(state, np.array([0, 2, -1]))
+    with pytest.raises(ValueError, match="reads 2 stream"):
+        step(model, params, infodec.ClassifierFreeGuidance(1.0), state)
+    state = step(model, params, policy, state)
+    with pytest.raises(ValueError, match="every row of the state is done"):
+        step(model, params, policy, state)
+    with pytest.raises(ValueError, match="one each"):
+        score(model, params, PROMPTS, [[1]])
