@@ -23,6 +23,7 @@ from absl import app, flags
 
 import infodec
 from infodec import smc as smc_lib
+from infodec.studies.daemon import study as daemon_study
 
 PROMPTS = (
     "The history of the city begins in the",
@@ -72,7 +73,8 @@ def main(argv):
     model, params, tokenizer = infodec.load(_MODEL.value)
     num_prompts, m, new = (2, 2, 8) if _SMOKE.value else (_NUM_PROMPTS.value, _M.value, _MAX_NEW.value)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_prompts)]
-    potential = smc_lib.DaemonPotential(mu, _METRICS.value)
+    deps = metric_deps(model, params, tokenizer)
+    potential = smc_lib.DaemonPotential(mu, _METRICS.value, **deps)
     proposal = infodec.Temperature(1.0)
     key = jax.random.key(_SEED.value)
 
@@ -103,6 +105,7 @@ def main(argv):
             max_new_tokens=new,
             key=key,
             tokenizer=tokenizer,
+            **deps,
         )
 
     decoders = {"smc": lambda: run_smc(_THRESHOLD.value), "sir": lambda: run_smc(0.0), "daemon.sample": run_daemon}
@@ -133,6 +136,16 @@ def main(argv):
         writer.writeheader()
         writer.writerows(rows)
     print(f"µ = {mu.tolist()} on {_METRICS.value}; wrote {_OUT.value}")
+
+
+def metric_deps(model, params, tokenizer) -> dict:
+    """``coh`` and ``info`` need models (the sentence encoder, the evaluator): built as the DAEMON study builds
+    them."""
+    names = [n for n in _METRICS.value if n in ("coh", "info")]
+    if not names:
+        return {}
+    functions = daemon_study.metric_functions(model, params, tokenizer, names)
+    return dict(zip(names, functions))
 
 
 def out_tokens(out):
