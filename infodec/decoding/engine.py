@@ -107,27 +107,22 @@ def generate(
         of the data-axis size, copies of the last prompt fill it up; they are decoded as finished rows
         and dropped from the output. Results equal the single-device results (module docstring).
     """
-    policy = canonical_policy(policy)
-    if mesh is not None:
-        params = sharding.shard_params(model, params, mesh)
-    state, policy = _prefill(
+    state, policy, params = _start(
         model,
         params,
         prompts,
+        policy,
         key,
-        policy=policy,
+        _decode_loop,
+        what="generate",
+        chunk=chunk,
+        mesh=mesh,
         max_new_tokens=max_new_tokens,
         tokenizer=tokenizer,
         evidence=evidence,
         stop_tokens=stop_tokens,
         num_samples=num_samples,
-        chunk=chunk,
         pad_id=pad_id,
-        mesh=mesh,
-        what="generate",
-        next_call=lambda policy, state: _decode_loop.lower(
-            model, params, policy, state, chunk=chunk, structure=policy_structure(policy)
-        ),
     )
     state = _decode_loop(model, params, policy, state, chunk=chunk, structure=policy_structure(policy))
     return finish(state, tokenizer)
@@ -154,27 +149,22 @@ def stream(
     Rows that are done yield ``pad_id``. Same compiled step as ``generate``; the host sees each chunk.
     ``mesh`` as for ``generate``.
     """
-    policy = canonical_policy(policy)
-    if mesh is not None:
-        params = sharding.shard_params(model, params, mesh)
-    state, policy = _prefill(
+    state, policy, params = _start(
         model,
         params,
         prompts,
+        policy,
         key,
-        policy=policy,
+        _decode_chunk,
+        what="stream",
+        chunk=chunk,
+        mesh=mesh,
         max_new_tokens=max_new_tokens,
         tokenizer=tokenizer,
         evidence=evidence,
         stop_tokens=stop_tokens,
         num_samples=num_samples,
-        chunk=chunk,
         pad_id=pad_id,
-        mesh=mesh,
-        what="stream",
-        next_call=lambda policy, state: _decode_chunk.lower(
-            model, params, policy, state, chunk=chunk, structure=policy_structure(policy)
-        ),
     )
     rows = int(np.sum(np.asarray(state.real)))  # without the rows that only pad the data axis
     while True:
@@ -184,6 +174,29 @@ def stream(
         state = _decode_chunk(model, params, policy, state, chunk=chunk, structure=policy_structure(policy))
         stop = min(int(state.step), max_new_tokens)
         yield np.asarray(state.tokens[:rows, start:stop])
+
+
+def _start(model, params, prompts, policy, key, loop, *, what, chunk, mesh, **options):
+    """``generate``'s and ``stream``'s set-up: ``(state, policy, params)`` with the policy canonical and
+    padded to the rows, the parameters placed on ``mesh``, and ``loop`` compiled while prefill runs."""
+    policy = canonical_policy(policy)
+    if mesh is not None:
+        params = sharding.shard_params(model, params, mesh)
+    state, policy = _prefill(
+        model,
+        params,
+        prompts,
+        key,
+        policy=policy,
+        chunk=chunk,
+        mesh=mesh,
+        what=what,
+        next_call=lambda policy, state: loop.lower(
+            model, params, policy, state, chunk=chunk, structure=policy_structure(policy)
+        ),
+        **options,
+    )
+    return state, policy, params
 
 
 # --- the primitives ---------------------------------------------------------------------------------
