@@ -155,5 +155,7 @@ def test_clear_errors(tiny):
     state = step(model, params, policy, state)
     with pytest.raises(ValueError, match="every row of the state is done"):
         step(model, params, policy, state)
+    with pytest.raises(TypeError, match="must be a DecodeState"):
+        finish({"tokens": None})  # pyright: ignore[reportArgumentType] (a dict is not a state)
     with pytest.raises(ValueError, match="one each"):
         score(model, params, PROMPTS, [[1]])

@@ -298,6 +298,7 @@ def finish(state: DecodeState, tokenizer=None) -> GenerateOutput:
     """Fetches the outputs (not the cache) to the host: a ``GenerateOutput`` over the real rows, in row
     order, with ``max_new_tokens`` columns and each row's prompt (stream 0's context: the evidence and
     the prompt for two-stream policies) right-padded with -1; ``text`` decoded when ``tokenizer`` is given."""
+    _check_state(state)
     fields = (state.tokens, state.lengths, state.logp_model, state.logp_policy, state.diagnostics)
     host = jax.device_get((*fields, state.real, state.context, state.max_new_tokens))
     tokens, lengths, logp_model, logp_policy, diagnostics, real, context, max_new = host
@@ -652,9 +653,13 @@ _repeat_groups = jax.jit(_repeat_groups_impl, static_argnums=(1, 2, 3))
 # --- the step ---------------------------------------------------------------------------------------
 
 
-def _check_step(policy: Policy, state: DecodeState) -> None:
+def _check_state(state) -> None:
     if not isinstance(state, DecodeState):
         raise TypeError(f"state must be a DecodeState (from prefill), got {type(state).__name__}")
+
+
+def _check_step(policy: Policy, state: DecodeState) -> None:
+    _check_state(state)
     if policy.num_streams != state.num_streams:
         raise ValueError(
             f"{type(policy).__name__} reads {policy.num_streams} stream(s) but the state was prefilled with "
@@ -679,20 +684,26 @@ def _step(model, params, policy, state: DecodeState) -> DecodeState:
     keys = jax.random.split(jax.random.fold_in(state.key, state.step), state.num_rows)[state.lineage]
     token = sample_tokens(keys, log_pi)
     pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]
+    logp_model = pick(jax.nn.log_softmax(state.logits[:, 0]))
     if state.num_streams == 2:  # attribution of the chosen token: log P(a | s, c) - log P(a | s)
-        log_p = jax.nn.log_softmax(state.logits)
-        diagnostics = {**diagnostics, "pmi": pick(log_p[:, 0]) - pick(log_p[:, 1])}
-    return advance(model, params, state, token, logp_policy=pick(log_pi), diagnostics=diagnostics)
+        diagnostics = {**diagnostics, "pmi": logp_model - pick(jax.nn.log_softmax(state.logits[:, 1]))}
+    return advance(
+        model, params, state, token, logp_model=logp_model, logp_policy=pick(log_pi), diagnostics=diagnostics
+    )
 
 
-def advance(model, params, state: DecodeState, token: Array, *, logp_policy=None, diagnostics=None) -> DecodeState:
+def advance(
+    model, params, state: DecodeState, token: Array, *, logp_model=None, logp_policy=None, diagnostics=None
+) -> DecodeState:
     """The second half of ``step`` for decoders that choose tokens themselves (beam search): records
-    ``token [N]`` for every live row (done rows get ``pad_id``) with its ``log p_θ`` (and ``logp_policy``,
-    ``log p_θ`` when None, and the ``diagnostics`` the state records), updates ``done``, and runs one
-    model call on the tokens of every stream."""
+    ``token [N]`` for every live row (done rows get ``pad_id``) with its ``log p_θ`` (``logp_model``;
+    computed from the state's logits when None), ``logp_policy`` (``log p_θ`` when None) and the
+    ``diagnostics`` the state records, updates ``done``, and runs one model call on the tokens of every
+    stream. Values of done rows are recorded as 0."""
     rows, streams = state.num_rows, state.num_streams
     token = jnp.where(state.done, state.pad_id, token).astype(jnp.int32)
-    logp_model = jnp.take_along_axis(jax.nn.log_softmax(state.logits[:, 0]), token[:, None], axis=-1)[:, 0]
+    if logp_model is None:
+        logp_model = jnp.take_along_axis(jax.nn.log_softmax(state.logits[:, 0]), token[:, None], axis=-1)[:, 0]
     logp_policy = logp_model if logp_policy is None else logp_policy
     diagnostics = diagnostics or {}
 
@@ -760,8 +771,7 @@ _step_donated = jax.jit(_step_impl, static_argnums=0, static_argnames="structure
 
 
 def _check_rows(state: DecodeState, rows) -> Array:
-    if not isinstance(state, DecodeState):
-        raise TypeError(f"state must be a DecodeState (from prefill), got {type(state).__name__}")
+    _check_state(state)
     if isinstance(rows, Tracer):
         return rows.astype(jnp.int32)
     array = np.asarray(rows)
