@@ -43,6 +43,7 @@ from infodec.decoding import GenerateOutput, finish, prefill, select, step
 from infodec.decoding.engine import StopTokens, encode_prompts
 from infodec.policies import Policy
 from infodec.theory import PrefixTree, Solution, reward_tables, sequence_index
+from infodec.theory.tree import logsumexp
 
 Array = jax.Array
 
@@ -116,13 +117,11 @@ def resample_groups(key: Array, log_weights: Array, scheme: str = "systematic") 
 
 
 def log_mean_exp(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Float64 ``log mean exp`` over ``axis`` (``-inf`` when every entry is ``-inf``)."""
+    """Float64 ``log mean exp`` over ``axis`` (``-inf`` when every entry is ``-inf``): the theory module's
+    ``logsumexp`` less ``log n``."""
     x = np.asarray(x, np.float64)
-    top = np.max(x, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore"):
-        out = np.log(np.mean(np.exp(x - top), axis=axis, keepdims=True)) + top
-    return np.squeeze(out, axis=axis)
+        return logsumexp(x, axis) - np.log(x.shape[axis])
 
 
 def effective_sample_size(log_weights: np.ndarray) -> np.ndarray:
