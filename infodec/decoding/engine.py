@@ -307,6 +307,7 @@ def finish(state: DecodeState, tokenizer=None) -> GenerateOutput:
     trim = lambda x: np.asarray(x)[real, :width]
     lengths = np.asarray(lengths)[real]
     tokens = trim(tokens)
+    _check_no_nan(trim(logp_model), trim(logp_policy), lengths)
     prompts = np.asarray(context)[real, : context.shape[1] - state.tokens.shape[1]]
     kept = [row[row >= 0] for row in prompts]
     prompt_tokens = np.full((len(kept), max((len(ids) for ids in kept), default=0)), -1, np.int32)
@@ -324,6 +325,19 @@ def finish(state: DecodeState, tokenizer=None) -> GenerateOutput:
         prompt_tokens=prompt_tokens,
         text=text,
     )
+
+
+def _check_no_nan(logp_model: np.ndarray, logp_policy: np.ndarray, lengths: np.ndarray) -> None:
+    """NaN logits cannot be caught inside the jitted loop; a NaN log-probability of a chosen token is
+    their trace, so the boundary where the results reach the host raises instead of returning them."""
+    generated = np.arange(logp_model.shape[1])[None, :] < lengths[:, None]
+    bad = generated & (np.isnan(logp_model) | np.isnan(logp_policy))
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise ValueError(
+            f"NaN log-probability at row {row}, step {column} ({int(bad.sum())} positions in all): the model's "
+            "logits (or a policy's scores) were NaN; check the weights, the dtype and any custom score"
+        )
 
 
 # --- set-up -----------------------------------------------------------------------------------------

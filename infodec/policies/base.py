@@ -11,6 +11,13 @@ structural fields are static.
 
 Masked (truncated) tokens get the large finite logit ``MASK_VALUE`` rather than ``-inf``, so
 entropies and KLs never see ``0 * inf = NaN``.
+
+Logits may contain ``-inf`` (a banned token, a masked vocabulary slot): ``__call__`` treats a token that is
+``-inf`` in any stream as impossible, gives it ``MASK_VALUE`` in every stream before the policy sees the
+logits, and ``log_pi = MASK_VALUE`` (probability exactly 0) afterwards, so no policy can give it mass and
+the diagnostics stay finite. A row must keep at least one possible token. NaN logits are an error: called
+on concrete arrays, a policy raises ``ValueError``; inside the engine (traced), ``finish`` raises when a
+row's chosen token had a NaN log-probability.
 """
 
 from __future__ import annotations
@@ -61,7 +68,9 @@ class Policy:
 
     def __call__(self, logits: Array, step: StepInfo | None = None) -> tuple[Array, Diagnostics]:
         logits = as_streams(logits, self.num_streams, type(self).__name__)
+        logits, impossible = mask_impossible(logits)
         log_pi, extra = self.log_probs(logits, step)
+        log_pi = jnp.where(impossible, MASK_VALUE, log_pi)
         return log_pi, {**information_diagnostics(log_pi, jax.nn.log_softmax(logits[:, 0])), **extra}
 
     def log_probs(self, logits: Array, step: StepInfo | None) -> tuple[Array, Diagnostics]:
@@ -92,14 +101,38 @@ def as_streams(logits: Array, num_streams: int, name: str) -> Array:
             f"{name} needs {num_streams} streams (with and without evidence) but got "
             f"{logits.shape[1]}; pass evidence=... to generate()"
         )
-    return logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    if not isinstance(logits, Tracer):
+        check_logits(np.asarray(logits), name)
+    return logits
+
+
+def check_logits(logits: np.ndarray, name: str) -> None:
+    """Raises ValueError for NaN logits or a row with no possible token (every entry ``-inf``)."""
+    nan_rows = np.flatnonzero(np.isnan(logits).reshape(logits.shape[0], -1).any(-1))
+    if nan_rows.size:
+        raise ValueError(
+            f"{name}: logits contain NaN (rows {nan_rows[:8].tolist()}); logits must be finite or -inf "
+            "(-inf marks an impossible token)"
+        )
+    dead = np.flatnonzero(np.isneginf(logits).all(-1).any(-1))
+    if dead.size:
+        raise ValueError(f"{name}: every logit of rows {dead[:8].tolist()} is -inf; a row needs a possible token")
+
+
+def mask_impossible(logits: Array) -> tuple[Array, Array]:
+    """``logits[B, S, V]`` -> (the logits with every token that is ``-inf`` in any stream at ``MASK_VALUE`` in
+    all streams, ``impossible[B, V]`` bool). Finite ``MASK_VALUE`` keeps ``0 * log 0`` terms at 0, not NaN."""
+    impossible = jnp.any(jnp.isneginf(logits), axis=1)
+    return jnp.where(impossible[:, None, :], MASK_VALUE, logits), impossible
 
 
 def information_diagnostics(log_pi: Array, log_p: Array) -> Diagnostics:
     """Entropy ``H(π)`` and ``KL(π ‖ P_G)`` per row (nats), from log-probabilities ``[B, V]``."""
     pi = jnp.exp(log_pi)
-    entropy = jnp.maximum(-jnp.sum(pi * log_pi, axis=-1), 0.0)
-    kl = jnp.sum(pi * (log_pi - log_p), axis=-1)
+    # Terms of zero-probability tokens are 0 even where a transform pushed log π to -inf (0 * -inf = NaN).
+    entropy = jnp.maximum(-jnp.sum(jnp.where(pi > 0, pi * log_pi, 0.0), axis=-1), 0.0)
+    kl = jnp.sum(jnp.where(pi > 0, pi * (log_pi - log_p), 0.0), axis=-1)
     return {"entropy": entropy, "kl_to_model": jnp.maximum(kl, 0.0)}
 
 
