@@ -40,7 +40,14 @@ from infodec import sharding
 from infodec.decoding import memory
 from infodec.decoding.state import DEFAULT_CHUNK, DecodeState, GenerateOutput, output_slots, prompt_bucket
 from infodec.models.base import CausalLM
-from infodec.policies.base import Policy, StepInfo
+from infodec.policies.base import (
+    Policy,
+    StepInfo,
+    bind_policy_state,
+    initial_policy_state,
+    next_policy_state,
+    stateful_nodes,
+)
 
 Array = jax.Array
 
@@ -619,12 +626,15 @@ def _initial_state(
     rows = logits.shape[0]
     if hidden is not None:
         hidden = repeat(hidden).reshape(rows, streams, -1)[:, 0]
+    policy_state = initial_policy_state(policy, rows)
     # Abstract evaluation at the real batch size (free), so per-row [N] policy fields broadcast.
     names = jax.eval_shape(
-        lambda x, c, h: policy(x, StepInfo(c, jnp.int32(0), h))[1],
+        lambda x, c, h, k, p: bind_policy_state(policy, p)(x, StepInfo(c, jnp.int32(0), h, k))[1],
         jax.ShapeDtypeStruct((rows, streams, logits.shape[-1]), jnp.float32),
         jax.ShapeDtypeStruct((rows, context.shape[1]), jnp.int32),
         None if hidden is None else jax.ShapeDtypeStruct((rows, hidden.shape[-1]), jnp.float32),
+        jax.eval_shape(lambda k: jax.random.split(k, rows), key),
+        policy_state,
     )
     names = [*names, *(["pmi"] if streams == 2 else [])]
     zeros = lambda: jnp.zeros((rows, buffer), jnp.float32)  # distinct buffers: all donated
@@ -648,6 +658,7 @@ def _initial_state(
         stop_tokens=stop_array((), None) if stops is None else jnp.copy(stops),
         real=real,
         hidden=hidden,
+        policy_state=policy_state,
         pad_id=int(pad_id),
         mesh=mesh,
     )
@@ -684,6 +695,11 @@ def _check_step(policy: Policy, state: DecodeState) -> None:
             f"{type(policy).__name__} needs hidden states, which the state does not carry; "
             "pass this policy to prefill(policy=...)"
         )
+    if len(stateful_nodes(policy)) != (0 if state.policy_state is None else len(state.policy_state)):
+        raise ValueError(
+            f"{type(policy).__name__} carries per-row state (MirostatV2, ...) laid out differently from the "
+            "state's policy_state; pass this policy to prefill(policy=...)"
+        )
     done = state.done
     if not isinstance(done, Tracer) and bool(np.all(np.asarray(done))):
         raise ValueError(
@@ -693,10 +709,16 @@ def _check_step(policy: Policy, state: DecodeState) -> None:
 
 
 def _step(model, params, policy, state: DecodeState) -> DecodeState:
-    """One token for every row: policy, sample, then :func:`advance` (record, one model call)."""
-    log_pi, diagnostics = policy(state.logits, StepInfo(state.context, state.step, state.hidden))
+    """One token for every row: policy, sample, advance the policy's state, then :func:`advance` (record,
+    one model call)."""
     keys = jax.random.split(jax.random.fold_in(state.key, state.step), state.num_rows)[state.lineage]
+    bound = bind_policy_state(policy, state.policy_state)
+    log_pi, diagnostics = bound(state.logits, StepInfo(state.context, state.step, state.hidden, keys))
     token = sample_tokens(keys, log_pi)
+    if state.policy_state is not None:  # static: stateless policies compile the step they always did
+        live = lambda new, old: jnp.where(jnp.reshape(state.done, (-1,) + (1,) * (new.ndim - 1)), old, new)
+        new = next_policy_state(policy, state.policy_state, log_pi, token)
+        state = dataclasses.replace(state, policy_state=jax.tree.map(live, new, state.policy_state))
     pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]
     logp_model = pick(jax.nn.log_softmax(state.logits[:, 0]))
     if state.num_streams == 2:  # attribution of the chosen token: log P(a | s, c) - log P(a | s)
@@ -834,6 +856,7 @@ def gather_rows(state: DecodeState, rows: Array) -> DecodeState:
         diagnostics={name: per_row(buf) for name, buf in state.diagnostics.items()},
         real=per_row(state.real),
         hidden=per_row(state.hidden),
+        policy_state=jax.tree.map(per_row, state.policy_state),
     )
     return _placed(picked, state.mesh)
 

@@ -57,6 +57,10 @@ class DecodeState:
       real: ``[N]`` bool, False on rows that only pad a mesh's data axis (``finish`` drops them).
       hidden: ``[N, D]`` float32 final hidden state of stream 0 at the decode position (the one that
         produced ``logits[:, 0]``), only for policies with ``needs_hidden``; None otherwise.
+      policy_state: the per-row state of a stateful policy (``infodec.policies.base``: a tuple with one
+        entry per stateful node of the policy, each a pytree of ``[N, ...]`` arrays, e.g. MirostatV2's
+        running µ ``[N]``), made by ``prefill`` from the policy it is given, advanced by ``step`` after
+        sampling (live rows only) and gathered with its rows by ``select``; None for stateless policies.
       pad_id: (static) the token written after a row is done.
       mesh: (static) the ``jax.sharding.Mesh`` the state lives on, or None for one device.
     """
@@ -78,6 +82,7 @@ class DecodeState:
     stop_tokens: Array
     real: Array
     hidden: Array | None = None
+    policy_state: Any = None
     pad_id: int = flax.struct.field(pytree_node=False, default=0)
     mesh: Any = flax.struct.field(pytree_node=False, default=None)
 

@@ -2,6 +2,7 @@
 
 from infodec.policies.base import Policy, StepInfo, Transform, information_diagnostics
 from infodec.policies.guidance import ClassifierGuidance, TopicDiscriminator
+from infodec.policies.llamacpp import DRY, XTC, DynamicTemperature, MirostatV2, TopNSigma, dry_sequence_breakers
 from infodec.policies.standard import (
     Chain,
     Epsilon,
@@ -40,6 +41,12 @@ __all__ = [
     "TopP",
     "Typical",
     "chain",
+    "TopNSigma",
+    "XTC",
+    "DRY",
+    "DynamicTemperature",
+    "MirostatV2",
+    "dry_sequence_breakers",
     "PMI",
     "FunctionScore",
     "ValuePolicy",

@@ -18,6 +18,21 @@ logits, and ``log_pi = MASK_VALUE`` (probability exactly 0) afterwards, so no po
 the diagnostics stay finite. A row must keep at least one possible token. NaN logits are an error: called
 on concrete arrays, a policy raises ``ValueError``; inside the engine (traced), ``finish`` raises when a
 row's chosen token had a NaN log-probability.
+
+Per-row policy state (stateful policies such as ``MirostatV2``; every other policy is stateless and
+unaffected). A policy node with ``stateful = True`` implements:
+
+* ``initial_state(rows) -> state``: a pytree of ``[rows, ...]`` arrays, made at prefill;
+* ``with_state(state) -> policy``: a copy of the node that reads ``state`` in its ``transform``;
+* ``next_state(state, log_pi[B, V], token[B]) -> state``: the state after ``token`` was sampled from the
+  final ``log_pi`` of the step (so a chain's stateful member sees the chain's law, not its own).
+
+Stateful nodes may sit anywhere in a policy's pytree (inside a ``chain``, say): ``initial_policy_state``,
+``bind_policy_state`` and ``next_policy_state`` find them in pytree order, and the whole policy's state
+is a tuple with one entry per stateful node, or None when there are none (the engine's compiled step then
+stays exactly what it was). The engine keeps it in ``DecodeState.policy_state``, binds it before the
+policy runs, advances it after sampling (live rows only) and gathers it with its rows in ``select``.
+Called outside the engine, a stateful node uses its documented default state.
 """
 
 from __future__ import annotations
@@ -49,11 +64,15 @@ class StepInfo:
       hidden: ``[B, D]`` float32, the model's final (post-norm) hidden state of stream 0 at the current
         decode position (the state whose logits the policy is scoring), or None. The engine computes it
         only for policies with ``needs_hidden = True``.
+      key: ``[B]`` PRNG keys, each row's sampling key for this step (the engine samples the token with
+        it), or None. Policies that draw random numbers (``XTC``) fold a constant of their own into it, so
+        their draws are independent of the token's and a forked row (``select``) repeats its parent's.
     """
 
     context: Array
     index: Array
     hidden: Array | None = None
+    key: Array | None = None
 
 
 class Policy:
@@ -65,6 +84,19 @@ class Policy:
 
     num_streams: ClassVar[int] = 1
     needs_hidden: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False  # carries per-row state across steps (module docstring)
+
+    def initial_state(self, rows: int) -> Any:
+        """Stateful policies: the state at prefill, a pytree of ``[rows, ...]`` arrays."""
+        raise NotImplementedError(f"{type(self).__name__} is stateless")
+
+    def with_state(self, state: Any) -> Policy:
+        """Stateful policies: a copy that reads ``state`` (from ``initial_state``/``next_state``)."""
+        return self
+
+    def next_state(self, state: Any, log_pi: Array, token: Array) -> Any:
+        """Stateful policies: the state after ``token [B]`` was sampled from ``log_pi [B, V]``."""
+        return state
 
     def __call__(self, logits: Array, step: StepInfo | None = None) -> tuple[Array, Diagnostics]:
         logits = as_streams(logits, self.num_streams, type(self).__name__)
@@ -171,3 +203,36 @@ def check_range(
     bad = np.isnan(array) | (array <= low if low_open else array < low) | (array >= high if high_open else array > high)
     if np.any(bad):
         raise ValueError(f"{name} must be {allowed}, got {value}")
+
+
+# --- per-row policy state (module docstring) ----------------------------------------------------------
+
+
+def _is_stateful(node: Any) -> bool:
+    return isinstance(node, Policy) and node.stateful
+
+
+def stateful_nodes(policy: Policy) -> list[Policy]:
+    """The stateful nodes of ``policy`` (itself, members of a chain, ...) in pytree order."""
+    return [node for node in jax.tree.leaves(policy, is_leaf=_is_stateful) if _is_stateful(node)]
+
+
+def initial_policy_state(policy: Policy, rows: int) -> tuple | None:
+    """The state of every stateful node of ``policy`` (pytree order) for ``rows`` rows; None if none."""
+    nodes = stateful_nodes(policy)
+    return tuple(node.initial_state(rows) for node in nodes) if nodes else None
+
+
+def bind_policy_state(policy: Policy, state: tuple | None) -> Policy:
+    """``policy`` with each stateful node reading its entry of ``state`` (None: ``policy`` itself)."""
+    if state is None:
+        return policy
+    states = iter(state)
+    return jax.tree.map(lambda n: n.with_state(next(states)) if _is_stateful(n) else n, policy, is_leaf=_is_stateful)
+
+
+def next_policy_state(policy: Policy, state: tuple | None, log_pi: Array, token: Array) -> tuple | None:
+    """Every stateful node's ``next_state`` after ``token [B]`` was sampled from ``log_pi [B, V]``."""
+    if state is None:
+        return None
+    return tuple(node.next_state(s, log_pi, token) for node, s in zip(stateful_nodes(policy), state, strict=True))
