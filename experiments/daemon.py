@@ -7,7 +7,8 @@ r"""The DAEMON paper's studies on the default model: main table, SR-4 study, M s
 Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
 
 * ``main``: human continuations, the baselines (greedy, top-k, top-p, typical, η, contrastive, beam,
-  and ancestral sampling, DAEMON's proposal) and DAEMON (µ fitted on every ``--metrics`` metric, SIR
+  ancestral sampling, DAEMON's proposal, and with ``--baselines=...,contrastive_decoding --amateur=NAME``
+  contrastive decoding against that smaller model) and DAEMON (µ fitted on every ``--metrics`` metric, SIR
   over ``--num_candidates``), each with every metric (mean ± SE over prompts), pooled diversity, MAUVE
   against human text, perplexity of the continuations under the model, and the human text's
   perplexity under the model and under DAEMON. A rerun may add baselines, studies or M values to a
@@ -45,7 +46,15 @@ _CORPORA = flags.DEFINE_list("corpora", list(_D.corpora), "Corpora (infodec.data
 _STUDIES = flags.DEFINE_list("studies", list(_D.studies), "Which studies to run.")
 _METRICS = flags.DEFINE_list("metrics", list(_D.metrics), "Metrics µ is fitted on and reported.")
 _BASELINES = flags.DEFINE_list(
-    "baselines", list(_D.baselines), "Baseline decoders of the main table: " + ", ".join(BASELINES) + "."
+    "baselines",
+    list(_D.baselines),
+    "Baseline decoders of the main table: " + ", ".join(BASELINES) + " (contrastive_decoding needs --amateur).",
+)
+_AMATEUR = flags.DEFINE_string(
+    "amateur",
+    _D.amateur,
+    "Registry name, HF directory or .gguf of the smaller LM (same tokenizer as --model) that the "
+    "contrastive_decoding baseline contrasts --model with.",
 )
 _FIT_PREFIXES = flags.DEFINE_integer("num_fit_prefixes", _D.num_fit_prefixes, "J: fit-split prefixes.")
 _FIT_SAMPLES = flags.DEFINE_integer("num_fit_samples", _D.num_fit_samples, "N: proposal samples per fit prefix.")
@@ -152,6 +161,7 @@ def main(argv):
     start = time.perf_counter()
     log = lambda text: print(text, flush=True)
     model, params, tokenizer = infodec.load(config.model)  # before the folder: --rows_per_call may depend on it
+    amateur = infodec.load(config.amateur)[:2] if config.amateur else None
     if not flags.FLAGS["rows_per_call"].present:  # the default (or --smoke's), lowered to what the device holds
         fitted = rows_per_call_that_fits(model, params, config)
         if fitted is not None and fitted < config.rows_per_call:
@@ -161,7 +171,7 @@ def main(argv):
     folder = common.results_folder(
         __name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"), **s
     )
-    records = run_studies(folder, model, params, tokenizer, config, log=log)
+    records = run_studies(folder, model, params, tokenizer, config, log=log, amateur=amateur)
     path = report.write_report(folder.path)
     log(report.summary(records, config))
     log(f"done in {time.perf_counter() - start:.0f} s; results in {folder.path} (summary: {path})")

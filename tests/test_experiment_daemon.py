@@ -59,10 +59,14 @@ def _settings(**changes):
         ({"l2_values": ["ridge"]}, "--l2_values must be comma-separated numbers"),
         ({"l2_values": ["0", "1"], "l2_folds": 5}, "--l2_folds must be between 2 and --num_fit_prefixes \\(4\\)"),
         ({"max_human_windows": -1}, "--max_human_windows must be >= 0"),
+        ({"baselines": ["greedy", "contrastive_decoding"]}, "contrastive_decoding .* pass --amateur=NAME"),
+        ({"amateur": "smollm2-135m"}, "--amateur is only used by the contrastive_decoding baseline"),
     ],
 )
 def test_bad_settings_are_named(changes, message):
     DaemonConfig(**_settings())  # the baseline settings are valid
+    DaemonConfig(**_settings(baselines=["greedy", "contrastive_decoding"], amateur="smollm2-135m"))
+    assert "contrastive_decoding" not in DaemonConfig().baselines  # by default only what needs no amateur
     with pytest.raises(ValueError, match=message):
         DaemonConfig(**_settings(**changes))
 

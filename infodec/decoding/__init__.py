@@ -1,7 +1,9 @@
 """The decoding engine: the functional primitives ``prefill``, ``step``, ``select``, ``finish`` and ``score``;
 ``generate`` and ``stream`` built on them over any ``CausalLM`` and ``Policy``; beam and contrastive
-search, teacher-forced scoring of given continuations, and the memory plan they check before allocating."""
+search, contrastive decoding (an expert and an amateur model), teacher-forced scoring of given
+continuations, and the memory plan they check before allocating."""
 
+from infodec.decoding.contrastive_decoding import contrastive_decoding
 from infodec.decoding.engine import compile_count, finish, generate, prefill, select, step, stream
 from infodec.decoding.memory import MemoryPlan, MemoryPlanError, memory_plan
 from infodec.decoding.scoring import continuation_log_probs, score, scored_log_probs
@@ -19,6 +21,7 @@ __all__ = [
     "compile_count",
     "beam_search",
     "contrastive_search",
+    "contrastive_decoding",
     "DecodeState",
     "GenerateOutput",
     "memory_plan",

@@ -165,9 +165,15 @@ def beam_search(
         chunk=DEFAULT_CHUNK,  # whole chunks of output slots: fewer shapes to compile
         pad_id=pad_id,
     )
-    state = _beam_initial_state(running, len(token_lists), num_beams, pad_id)
+    state = beam_initial_state(running, len(token_lists), num_beams, pad_id)
     mode = EARLY_STOPPING.index(early_stopping) if isinstance(early_stopping, str) else int(bool(early_stopping))
     state = _beam_loop(model, params, state, jnp.float32(length_penalty), jnp.int32(mode))
+    return beam_output(state, num_beams, max_new_tokens, tokenizer)
+
+
+def beam_output(state: BeamState, num_beams: int, max_new_tokens: int, tokenizer=None) -> GenerateOutput:
+    """The best finished hypothesis of each prompt of a finished search as a ``GenerateOutput`` (what
+    ``beam_search`` returns: ``logp_policy == logp_model``, ``diagnostics["beam_score"]``)."""
     prompt_tokens = finish(state.running).prompt_tokens[::num_beams]
     host = jax.device_get(dataclasses.replace(state, running=None))  # the results, not the cache, to the host
     lengths = np.asarray(host.fin_lengths[:, 0])
@@ -186,7 +192,9 @@ def beam_search(
     )
 
 
-def _beam_initial_state(running: DecodeState, batch: int, num_beams: int, pad_id: int) -> BeamState:
+def beam_initial_state(running: DecodeState, batch: int, num_beams: int, pad_id: int) -> BeamState:
+    """The search state over ``running``, the prefilled ``DecodeState`` of ``batch`` prompts x ``num_beams``
+    rows (``prefill(..., num_samples=num_beams)``): no finished hypotheses yet, every prompt open."""
     # Only the first beam starts live (HF: the others at -1e9), so step 0 expands one beam, not K copies.
     run_scores = jnp.full((batch, num_beams), _NEG, jnp.float32).at[:, 0].set(0.0)
     shape = (batch, num_beams, running.tokens.shape[1])
@@ -208,12 +216,29 @@ def _gather_beams(x: Array, index: Array) -> Array:
 
 
 def _beam_step(model, params, state: BeamState, length_penalty, mode) -> BeamState:
+    """One step of beam search: log p_θ ranks the continuations (:func:`beam_choose`), then the rows are
+    reordered by beam origin and the new tokens fed in one model call."""
+    logp = jax.nn.log_softmax(state.running.logits[:, 0].astype(jnp.float32), axis=-1)
+    state, source, token = beam_choose(state, logp, logp, length_penalty, mode)
+    return dataclasses.replace(state, running=advance(model, params, gather_rows(state.running, source), token))
+
+
+def beam_choose(state: BeamState, scores: Array, logp: Array, length_penalty, mode) -> tuple[BeamState, Array, Array]:
+    """The bookkeeping of one beam-search step, for any per-token log-score: ``(state, source, token)``.
+
+    ``scores[B * K, V]`` is what a beam's score accumulates for each next token (log p_θ for
+    ``beam_search``; a contrastive decoding score, ``MASK_VALUE`` where a token is not allowed),
+    ``logp[B * K, V]`` the log p_θ recorded for the finished hypotheses' tokens. The returned state has
+    the new beam scores and finished hypotheses but still the old ``running`` rows: the caller reorders
+    them (``gather_rows(running, source)``, ``source [B * K]`` row indices) and feeds ``token [B * K]``
+    (``advance``), so a decoder with a second model (contrastive decoding's amateur) reorders and feeds
+    that one the same way. ``length_penalty`` and ``mode`` as for ``beam_search`` (traced).
+    """
     batch, beams = state.run_scores.shape
     running = state.running
-    vocab = running.logits.shape[-1]
+    vocab = scores.shape[-1]
     step, max_new = running.step, running.max_new_tokens
-    logp = jax.nn.log_softmax(running.logits[:, 0].astype(jnp.float32), axis=-1).reshape(batch, beams, vocab)
-    scores = (logp + state.run_scores[:, :, None]).reshape(batch, beams * vocab)
+    scores = (scores.reshape(batch, beams, vocab) + state.run_scores[:, :, None]).reshape(batch, beams * vocab)
     flat_logp = logp.reshape(batch, beams * vocab)
     is_stop = jnp.any(jnp.arange(vocab)[:, None] == running.stop_tokens[None, :], axis=-1)  # [V]
     last = step + 1 >= max_new
@@ -245,12 +270,9 @@ def _beam_step(model, params, state: BeamState, length_penalty, mode) -> BeamSta
     #    the top (1 + #stop) * K, which always holds K of them: the same set.)
     run_scores, run_index = jax.lax.top_k(jnp.where(jnp.tile(is_stop, beams)[None, :], _NEG, scores), beams)
     origin, token = run_index // vocab, (run_index % vocab).astype(jnp.int32)
-
-    # 3. Reorder the rows (cache, logits, histories) by beam origin, then one model call on the new tokens.
     source = (jnp.arange(batch)[:, None] * beams + origin).reshape(-1)
-    running = advance(model, params, gather_rows(running, source), token.reshape(-1))
 
-    # 4. Can the finished set still change? (HF's _check_early_stop_heuristic, per prompt.) ``mode``
+    # 3. Can the finished set still change? (HF's _check_early_stop_heuristic, per prompt.) ``mode``
     #    indexes EARLY_STOPPING: 0 False, 1 True, 2 "never" (traced: no recompile per flag).
     never = (mode == 2) & (length_penalty > 0)
     best_length = jnp.where(never, max_new.astype(jnp.float32), generated)
@@ -258,9 +280,8 @@ def _beam_step(model, params, state: BeamState, length_penalty, mode) -> BeamSta
     all_full = jnp.all(fin_full, axis=1)
     improvable = ~all_full | (best_running > jnp.min(fin_scores, axis=1))
     open_ = state.open & improvable & ~((mode == 1) & all_full)
-    return dataclasses.replace(
+    state = dataclasses.replace(
         state,
-        running=running,
         run_scores=run_scores,
         fin_scores=fin_scores,
         fin_tokens=fin_tokens,
@@ -269,6 +290,7 @@ def _beam_step(model, params, state: BeamState, length_penalty, mode) -> BeamSta
         fin_full=fin_full,
         open=open_,
     )
+    return state, source, token.reshape(-1)
 
 
 def _beam_loop_impl(model, params, state, length_penalty, mode):

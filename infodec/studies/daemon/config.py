@@ -31,14 +31,17 @@ class Baseline:
     Attributes:
       description: what it is, with its settings (the paper's where it states them).
       policy: an ``infodec.policies.named`` name, sampled with ``generate``; None for a search.
-      search: ``"beam"`` or ``"contrastive"`` (``beam_search`` / ``contrastive_search``); None for a policy.
+      search: ``"beam"``, ``"contrastive"`` or ``"contrastive_decoding"`` (``beam_search`` /
+        ``contrastive_search`` / ``contrastive_decoding``); None for a policy.
       settings: keyword arguments of ``named.build(policy, ...)`` or of the search.
+      needs_amateur: decodes with a second, smaller model (``--amateur``); runs only when one is given.
     """
 
     description: str
     policy: str | None = None
     search: str | None = None
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    needs_amateur: bool = False
 
 
 # The baselines of [P3]'s main table. The order is part of the results: a baseline's PRNG key is folded
@@ -56,7 +59,17 @@ BASELINES = {
     "sampling": Baseline(
         "ancestral sampling (T = 1): DAEMON's proposal", policy="temperature", settings={"temperature": 1.0}
     ),
+    # Li et al. 2023's main runs (submit_decoding.py): 5 beams, α = 0.1, β = 1, amateur τ = 0.5, and the
+    # amateur reading only the prompt's last token (--ignore_prefix yes).
+    "contrastive_decoding": Baseline(
+        "contrastive decoding (expert vs --amateur), 5 beams, α = 0.1, β = 1, τ = 0.5, amateur context 1",
+        search="contrastive_decoding",
+        settings={"num_beams": 5, "alpha": 0.1, "beta": 1.0, "amateur_temperature": 0.5, "amateur_context": 1},
+        needs_amateur=True,
+    ),
 }
+# What runs by default: every baseline that needs no second model.
+DEFAULT_BASELINES = tuple(name for name, b in BASELINES.items() if not b.needs_amateur)
 
 
 def check_fit_target(fit_target: str) -> None:
@@ -74,7 +87,9 @@ class DaemonConfig:
       corpora: ``infodec.data.corpora`` names; fit and eval prompts come from disjoint documents.
       studies: which of :data:`STUDIES` to run.
       metrics: the metrics µ is fitted on and reported (``infodec.daemon.metrics`` names).
-      baselines: the main table's decoders (:data:`BASELINES` names).
+      baselines: the main table's decoders (:data:`BASELINES` names; by default those needing no amateur).
+      amateur: registry name, HF directory or .gguf of the amateur LM of ``contrastive_decoding`` (it must
+        share ``model``'s tokenizer); None for none (the default keeps older results folders resumable).
       num_fit_prefixes, num_fit_samples: ``J`` prefixes and ``N`` proposal samples each (Algorithm 1).
       num_eval_prompts, num_candidates: eval-split prompts and DAEMON's ``M`` (Algorithm 2).
       max_new_tokens, prompt_tokens: continuation and prompt lengths in tokens.
@@ -94,7 +109,7 @@ class DaemonConfig:
     corpora: tuple[str, ...] = ("wiki", "news")
     studies: tuple[str, ...] = ("main", "sr4", "m_sweep", "temperature")
     metrics: tuple[str, ...] = METRICS
-    baselines: tuple[str, ...] = tuple(BASELINES)
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
     num_fit_prefixes: int = 24
     num_fit_samples: int = 16
     num_eval_prompts: int = 24
@@ -113,6 +128,7 @@ class DaemonConfig:
     sweep_prompts: int = 4
     rows_per_call: int = 100
     seed: int = 0
+    amateur: str | None = None
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any]) -> DaemonConfig:
@@ -138,6 +154,15 @@ class DaemonConfig:
         _require(not unknown, f"--studies: unknown {sorted(unknown)}; choose from {', '.join(STUDIES)}")
         bad = set(self.baselines) - set(BASELINES)
         _require(not bad, f"--baselines: unknown {sorted(bad)}; choose from {', '.join(BASELINES)}")
+        needing = [name for name in self.baselines if BASELINES[name].needs_amateur]
+        _require(
+            not needing or bool(self.amateur),
+            f"--baselines: {', '.join(needing)} contrasts the model with a smaller one: pass --amateur=NAME",
+        )
+        _require(
+            not self.amateur or bool(needing),
+            "--amateur is only used by the contrastive_decoding baseline: add it to --baselines",
+        )
         _reraise("metrics", self.metrics, lambda n: metrics_lib.get_metric(n, coh=_unused, info=_unused))
         _reraise("corpora", self.corpora, corpora.check_name)
         for name in (
@@ -201,4 +226,13 @@ def _numbers(name: str, values: str | Iterable[Any], *, allow_empty: bool = Fals
     return parsed
 
 
-__all__ = ["DaemonConfig", "Baseline", "BASELINES", "METRICS", "STUDIES", "FIT_TARGETS", "check_fit_target"]
+__all__ = [
+    "DaemonConfig",
+    "Baseline",
+    "BASELINES",
+    "DEFAULT_BASELINES",
+    "METRICS",
+    "STUDIES",
+    "FIT_TARGETS",
+    "check_fit_target",
+]

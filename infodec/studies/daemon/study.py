@@ -41,7 +41,7 @@ from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import sampling as sampling_lib
 from infodec.data import corpora
-from infodec.decoding import beam_search, contrastive_search, generate, memory
+from infodec.decoding import beam_search, contrastive_decoding, contrastive_search, generate, memory
 from infodec.decoding.scoring import prefix_lists, scored_log_probs
 from infodec.eval import mauve as mauve_lib
 from infodec.eval.stats import clustered_mean_se, mean_se
@@ -171,6 +171,8 @@ class Pipeline:
       rows_per_call: decoded rows per call (``chunk * N`` or ``chunk * M`` stays at or below it; bounds the
         KV-cache memory).
       log: progress messages.
+      amateur: ``(model, params)`` of the amateur LM that baselines with ``needs_amateur`` (contrastive
+        decoding) contrast the LM with; None if there is none.
     """
 
     model: Any
@@ -180,6 +182,7 @@ class Pipeline:
     max_new_tokens: int
     rows_per_call: int
     log: Log = print
+    amateur: tuple[Any, Any] | None = None
 
     def fit_samples(
         self, prompts: Prompts, num_samples: int, key: jax.Array, *, proposal_temperature: float = 1.0
@@ -213,7 +216,11 @@ class Pipeline:
         if name not in BASELINES:
             raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(BASELINES)}")
         baseline = BASELINES[name]
-        searches = {"beam": beam_search, "contrastive": contrastive_search}
+        searches = {
+            "beam": beam_search,
+            "contrastive": contrastive_search,
+            "contrastive_decoding": self._contrastive_decoding,
+        }
         common: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, stop_tokens=())
 
         def chunk(rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,6 +236,12 @@ class Pipeline:
 
         per_call = self.rows_per_call // (SEARCH_ROWS_DIVISOR if baseline.search is not None else 1)
         return map_in_chunks(chunk, len(prompts), max(1, min(per_call, len(prompts))))
+
+    def _contrastive_decoding(self, model, params, prompts, **kwargs):
+        """``contrastive_decoding`` with the pipeline's amateur, called as the other searches are."""
+        if self.amateur is None:
+            raise ValueError("the contrastive_decoding baseline needs an amateur model: pass amateur=(model, params)")
+        return contrastive_decoding(model, params, *self.amateur, prompts, **kwargs)
 
     def daemon(
         self,
@@ -293,7 +306,8 @@ def rows_per_call_that_fits(model, params, config: DaemonConfig, *, limit: int |
     (``infodec.decoding.memory``, against ``limit`` bytes per device or the device's own): a baseline's
     ``generate`` over that many prompts (every proposal and DAEMON decode has as many rows or fewer, and a
     shorter prefill), and in the main study the searches over ``rows_per_call // 4`` prompts with their
-    beams or candidates. None when no limit is known (the launcher keeps its default then)."""
+    beams or candidates (contrastive decoding counted as the LM's beam search: its amateur, a smaller model,
+    is left out). None when no limit is known (the launcher keeps its default then)."""
     sizes: dict[str, Any] = dict(
         max_len=config.prompt_tokens + config.max_new_tokens, prompt_len=config.prompt_tokens, params=params
     )
@@ -305,7 +319,8 @@ def rows_per_call_that_fits(model, params, config: DaemonConfig, *, limit: int |
         baseline = BASELINES[name]
         if baseline.search is not None:
             width = int(baseline.settings.get("num_beams", baseline.settings.get("top_k", 1)))
-            prompts = memory.largest_rows(model, limit=limit, decoder=baseline.search, width=width, **sizes) or 0
+            decoder = "beam" if baseline.search == "contrastive_decoding" else baseline.search
+            prompts = memory.largest_rows(model, limit=limit, decoder=decoder, width=width, **sizes) or 0
             found.append(SEARCH_ROWS_DIVISOR * prompts + SEARCH_ROWS_DIVISOR - 1)  # rows // 4 <= prompts
     return min(found)
 
@@ -540,6 +555,7 @@ def prepare(
     seed: int = 0,
     encoder=None,
     log: Log = print,
+    amateur: tuple[Any, Any] | None = None,
 ) -> DaemonStudy:
     """Loads the corpus windows and builds the metric functions of a :class:`DaemonStudy`.
 
@@ -548,7 +564,8 @@ def prepare(
     ``"prefixes"`` to that of the ``J`` fit prefixes. The decoders are compared with the human mean over
     the eval-split windows. ``max_human_windows``: at most this many windows (a random subset) for either
     split's human mean (``coh`` and ``info`` of thousands of windows take minutes on a CPU); None = all.
-    ``encoder``: as for :func:`metric_functions`.
+    ``encoder``: as for :func:`metric_functions`. ``amateur``: ``(model, params)`` for the baselines that
+    need one (``Pipeline.amateur``).
     """
     if max_human_windows is not None and max_human_windows < 1:
         raise ValueError(f"max_human_windows must be >= 1 or None (every window), got {max_human_windows}")
@@ -575,7 +592,7 @@ def prepare(
     eval_prompts = [list(w.prompt) for w in eval_windows]
     human_tokens, human_lengths = fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens)
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
-    pipeline = Pipeline(model, params, names, functions, max_new_tokens, rows_per_call, log)
+    pipeline = Pipeline(model, params, names, functions, max_new_tokens, rows_per_call, log, amateur)
     return DaemonStudy(
         pipeline=pipeline,
         tokenizer=tokenizer,
@@ -977,12 +994,24 @@ def _temperature_point(study: DaemonStudy, config: DaemonConfig, tau: float, rec
 
 
 def run_studies(
-    folder: ResultsFolder, model, params, tokenizer, config: DaemonConfig, *, log: Log = print
+    folder: ResultsFolder,
+    model,
+    params,
+    tokenizer,
+    config: DaemonConfig,
+    *,
+    log: Log = print,
+    amateur: tuple[Any, Any] | None = None,
 ) -> dict[str, dict]:
     """Runs the studies of ``config`` as points of the results folder ``folder``, skipping finished ones;
     returns ``{key: record}``. Every study but ``sr4`` fits µ first (the point ``<corpus>/fit/tau=1``);
-    the SR-4 study fits its own µ. The SR-4 study and the sweeps run on the first corpus only."""
+    the SR-4 study fits its own µ. The SR-4 study and the sweeps run on the first corpus only.
+    ``amateur``: ``(model, params)`` of ``config.amateur``, loaded here when not given and a baseline of
+    the main study needs it."""
     records: dict[str, dict] = {}
+    needed = "main" in config.studies and any(BASELINES[b].needs_amateur for b in config.baselines)
+    if amateur is None and needed and config.amateur:
+        amateur = load(config.amateur)[:2]
 
     def run(points: Points) -> None:
         records.update(zip([k for k, _ in points], folder.run(points, log)))
@@ -1006,6 +1035,7 @@ def run_studies(
             rows_per_call=config.rows_per_call,
             seed=config.seed,
             log=log,
+            amateur=amateur,
         )
         log(
             f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
