@@ -1,5 +1,7 @@
 """What the benchmarks share."""
 
+import platform
+
 import numpy as np
 
 # Ordinary prose: prompts and evidence are windows of it.
@@ -39,3 +41,22 @@ def write_results(out: str, name: str, meta: dict, rows: list[dict], table: str,
     (folder / f"{name}.md").write_text(table)
     if not quiet:
         print(table)
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its widest vector extensions (``/proc/cpuinfo``), e.g. ``AMD EPYC (avx2)``:
+    CPU results are only comparable between machines with the same vector units."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    vector = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "avx2", "neon") if f in flags]
+    return f"{name} ({', '.join(vector) or 'no AVX2'})"

@@ -16,8 +16,11 @@ import pytest
 import infodec
 from infodec.models.layers import MASK_VALUE
 from infodec.policies import (
+    DRY,
     PMI,
+    XTC,
     ClassifierFreeGuidance,
+    DynamicTemperature,
     DynamicValuePolicy,
     Epsilon,
     Eta,
@@ -25,11 +28,13 @@ from infodec.policies import (
     Greedy,
     KLGuidedTemperature,
     MinP,
+    MirostatV2,
     RepetitionPenalty,
     SigmoidSchedule,
     StepInfo,
     Temperature,
     TopK,
+    TopNSigma,
     TopP,
     Typical,
     ValuePolicy,
@@ -180,6 +185,12 @@ POLICIES = {
     "dynamic_temperature": DynamicValuePolicy(),
     "dynamic_guidance": DynamicValuePolicy(SigmoidSchedule(), target="guidance"),
     "classifier_guidance": _guidance(),
+    "top_n_sigma": TopNSigma(1.0),
+    "xtc": XTC(0.05, 1.0),
+    "dry": DRY(0.8, 1.75, 2, -1, ((3,),)),
+    "dynamic_temperature_entropy": DynamicTemperature(1.0, 0.5, 1.0),
+    "mirostat_v2": MirostatV2(3.0, 0.1),
+    "llama_cpp_chain": chain(DRY(0.8), TopNSigma(1.5), XTC(0.1, 0.5), DynamicTemperature(0.8, 0.3), MirostatV2()),
 }
 
 
@@ -207,6 +218,7 @@ def test_minus_inf_never_gives_mass_or_nan(name):
         jnp.asarray(np.random.default_rng(1).integers(-1, V, size=(rows, 5)), jnp.int32),
         jnp.int32(2),
         jax.random.normal(jax.random.key(3), (rows, WIDTH)),
+        jax.random.split(jax.random.key(4), rows),
     )
     log_pi, diagnostics = jax.jit(lambda x, s: policy(x, s))(jnp.asarray(logits), step)
     log_pi = np.asarray(log_pi, np.float64)
