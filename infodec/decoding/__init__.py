@@ -2,6 +2,7 @@
 ``generate`` and ``stream`` built on them over any ``CausalLM`` and ``Policy``; beam and contrastive
 search, teacher-forced scoring of given continuations, and the memory plan they check before allocating."""
 
+from infodec.decoding.dola import dola
 from infodec.decoding.engine import compile_count, finish, generate, prefill, select, step, stream
 from infodec.decoding.memory import MemoryPlan, MemoryPlanError, memory_plan
 from infodec.decoding.scoring import continuation_log_probs, score, scored_log_probs
@@ -19,6 +20,7 @@ __all__ = [
     "compile_count",
     "beam_search",
     "contrastive_search",
+    "dola",
     "DecodeState",
     "GenerateOutput",
     "memory_plan",
