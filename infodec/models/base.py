@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import flax.linen as nn
@@ -80,6 +80,8 @@ class CausalLM:
         cache: KVCache | None = None,
         *,
         return_hidden: bool = False,
+        return_layers: Sequence[int] | None = None,
+        norm_layers: bool = False,
     ):
         """Runs the model on ``tokens[B, T]`` at ``positions[B, T]`` (``-1`` = padding).
 
@@ -88,13 +90,43 @@ class CausalLM:
         None. Returns ``(logits[B, T, V] float32, cache)``, plus the final hidden states ``[B, T, D]``
         float32 (after the final norm) as a third element when ``return_hidden``, whatever the model
         dtype: everything handed to policies, searches and metrics is float32.
+
+        ``return_layers`` (static layer indices ``0 <= i < num_layers``) appends, last, the early-exit
+        logits ``[B, K, V]`` float32 at the last position ``T - 1``: the LM head applied to the residual
+        stream after the first ``i`` blocks (``i = 0``: the embeddings), HF's
+        ``lm_head(hidden_states[i][:, -1])``, in the order given. As in HF and the DoLa authors' code, the
+        final norm is not applied to them unless ``norm_layers``. Families whose module sets
+        ``RETURNS_LAYERS`` support it (Llama / Mistral / Qwen2, GPT-2); others raise ValueError.
         """
         self._check_inputs(tokens, positions, cache)
+        extra = {}
+        if return_layers is not None:
+            extra = {"return_layers": self.check_layers(return_layers), "norm_layers": bool(norm_layers)}
         outputs = self.module(self.config).apply(
-            {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), cache
+            {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), cache, **extra
         )
-        logits, hidden, cache = cast(tuple[Array, Array, KVCache | None], outputs)
-        return (logits, cache, hidden.astype(jnp.float32)) if return_hidden else (logits, cache)
+        logits, hidden, new_cache, *layer_logits = cast(tuple[Any, ...], outputs)
+        result = (logits, new_cache, hidden.astype(jnp.float32)) if return_hidden else (logits, new_cache)
+        return (*result, *layer_logits)
+
+    def check_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
+        """``layers`` as a tuple of ints after checking the family can return early-exit logits and each
+        index is a layer ``0 <= i < num_layers``; one clear ValueError otherwise."""
+        family = getattr(self.config, "model_type", self.module.__name__)
+        if not getattr(self.module, "RETURNS_LAYERS", False):
+            raise ValueError(
+                f"{family} models cannot return early-exit layer logits (return_layers); supported: "
+                "the llama family (llama, mistral, qwen2) and gpt2"
+            )
+        layers = tuple(layers)
+        bad = [i for i in layers if not isinstance(i, (int, np.integer)) or isinstance(i, bool)]
+        bad += [i for i in layers if i not in bad and not 0 <= i < self.config.num_layers]
+        if not layers or bad:
+            raise ValueError(
+                f"layers must be a non-empty list of layer indices 0 <= i < {self.config.num_layers} "
+                f"(0 = the embeddings, i = after i blocks), got {list(layers)}"
+            )
+        return tuple(int(i) for i in layers)
 
     def _check_inputs(self, tokens, positions, cache) -> None:
         if np.ndim(tokens) != 2:

@@ -24,6 +24,7 @@ from infodec.models.layers import (
     default_scan_layers,
     layer_norm,
     lm_logits,
+    logits_with_layers,
     run_decoder,
 )
 from infodec.models.tensors import split_columns
@@ -142,16 +143,24 @@ class GPT2Block(nn.Module):
 
 class GPT2(nn.Module):
     config: GPT2Config
+    RETURNS_LAYERS = True  # CausalLM.apply(..., return_layers=...): early-exit logits
 
     @nn.compact
-    def __call__(self, tokens, positions, cache):
+    def __call__(self, tokens, positions, cache, return_layers=None, norm_layers=False):
         c = self.config
         wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="wte")
         wpe = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="wpe")
         x = wte(tokens) + wpe(jnp.clip(positions, 0, c.max_position_embeddings - 1))
-        x, cache = run_decoder(GPT2Block, c, x, positions, cache, layer_args={"scale": c.attention_scales()})
-        x = _layer_norm(c, "ln_f")(x)
-        return lm_logits(x, wte if c.tie_word_embeddings else None, c.vocab_size, c.dtype), x, cache
+        x, cache, *states = run_decoder(
+            GPT2Block, c, x, positions, cache, layer_args={"scale": c.attention_scales()}, return_layers=return_layers
+        )
+        norm = _layer_norm(c, "ln_f")
+        x = norm(x)
+        head = lambda h: lm_logits(h, wte if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
+        if not states:
+            return head(x), x, cache
+        logits, layer_logits = logits_with_layers(head, x, norm(states[0]) if norm_layers else states[0])
+        return logits, x, cache, layer_logits
 
 
 def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) -> dict:

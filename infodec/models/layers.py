@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -436,22 +437,41 @@ ACTIVATIONS = {
 }
 
 
-def run_layers(block: type[nn.Module], config: Any, scan: bool, x: Array, kv, *, layer_args: dict, **shared):
+def run_layers(
+    block: type[nn.Module],
+    config: Any,
+    scan: bool,
+    x: Array,
+    kv,
+    *,
+    layer_args: dict,
+    return_layers: tuple[int, ...] | None = None,
+    **shared,
+):
     """Runs ``config.num_layers`` instances of ``block`` (unrolled, or as one ``nn.scan``).
 
     ``block(config, name=...)(x, kv, layer, **layer_args[i], **shared) -> (x, kv)``. ``layer_args``
     maps a keyword to a per-layer numpy array: unrolled, block ``i`` gets the Python scalar ``[i]``
     (static, e.g. a fixed window); scanned, it gets the traced element. Parameters are named
     ``layers_{i}`` unrolled and ``layers`` (stacked on axis 0) scanned.
+
+    Returns ``(x, kv)``; with ``return_layers`` (static layer indices ``0 <= i < num_layers``) also the
+    residual stream at the last position after the first ``i`` blocks, ``[K, B, D]`` in the order given
+    (``i = 0``: the embeddings as block 0 receives them; HF's ``hidden_states[i]`` at position ``-1``).
     """
     num_layers = config.num_layers
     if not scan:
+        states = [x[:, -1]]
         for i in range(num_layers):
             per_layer = {key: value[i].item() for key, value in layer_args.items()}
             x, kv = block(config, name=f"layers_{i}")(x, kv, i, **per_layer, **shared)
-        return x, kv
+            states.append(x[:, -1])
+        if return_layers is None:
+            return x, kv
+        return x, kv, jnp.stack([states[i] for i in return_layers])
 
     keys = tuple(layer_args)
+    want_states = return_layers is not None
 
     class Step(nn.Module):
         @nn.compact
@@ -459,15 +479,19 @@ def run_layers(block: type[nn.Module], config: Any, scan: bool, x: Array, kv, *,
             x, kv = carry
             layer, *values = xs
             x, kv = block(config, name="block")(x, kv, layer, **dict(zip(keys, values)), **shared)
-            return (x, kv), None
+            return (x, kv), (x[:, -1] if want_states else None)
 
     in_axes: Any = (0, nn.broadcast)  # one entry per argument after the carry (flax annotates it as int)
     scanned = nn.scan(
         Step, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes, length=num_layers
     )
     xs = (jnp.arange(num_layers), *(jnp.asarray(layer_args[key]) for key in keys))
-    (x, kv), _ = scanned(name="layers")((x, kv), xs, shared)
-    return x, kv
+    first = x[:, -1]
+    (x, kv), after = scanned(name="layers")((x, kv), xs, shared)
+    if after is None:
+        return x, kv
+    states = jnp.concatenate([first[None], after], axis=0)  # [L + 1, B, D]: after 0, 1, ..., L blocks
+    return x, kv, states[np.asarray(return_layers, np.int32)]
 
 
 def run_decoder(
@@ -478,23 +502,34 @@ def run_decoder(
     cache: KVCache | None,
     *,
     layer_args: dict | None = None,
+    return_layers: tuple[int, ...] | None = None,
     **shared,
-) -> tuple[Array, KVCache | None]:
+):
     """:func:`run_layers` of a decoder (scanned when ``config.scan_layers``) over ``cache``: besides
     ``layer_args`` and ``shared``, every block gets the keywords ``positions``, ``k_positions`` and ``index``
     (:func:`open_cache`). Returns ``(x, cache)``, the cache holding the layers' new keys and values (None
-    without one)."""
+    without one); with ``return_layers``, ``(x, cache, states [K, B, D])`` (:func:`run_layers`)."""
     cache, kv, k_positions, index = open_cache(cache, positions)
-    x, kv = run_layers(
+    x, kv, *states = run_layers(
         block,
         config,
         config.scan_layers,
         x,
         kv,
         layer_args=layer_args or {},
+        return_layers=return_layers,
         positions=positions,
         k_positions=k_positions,
         index=index,
         **shared,
     )
-    return x, close_cache(cache, kv)
+    return (x, close_cache(cache, kv), *states)
+
+
+def logits_with_layers(head: Callable[[Array], Array], x: Array, states: Array) -> tuple[Array, Array]:
+    """One call of the LM ``head`` on the final states ``x[B, T, D]`` and the early-exit states
+    ``states[K, B, D]`` (:func:`run_layers`' ``return_layers``): ``(logits [B, T, V], layer_logits [B, K, V])``.
+    One call, so the head's parameters are created (and read) once."""
+    length = x.shape[1]
+    logits = head(jnp.concatenate([x, jnp.swapaxes(states, 0, 1).astype(x.dtype)], axis=1))
+    return logits[:, :length], logits[:, length:]

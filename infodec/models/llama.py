@@ -30,6 +30,7 @@ from infodec.models.layers import (
     RMSNorm,
     default_scan_layers,
     lm_logits,
+    logits_with_layers,
     rope_attention_factor,
     rope_frequencies,
     rope_inv_freq,
@@ -216,27 +217,33 @@ class LlamaBlock(nn.Module):
 
 class Llama(nn.Module):
     config: LlamaConfig
+    RETURNS_LAYERS = True  # CausalLM.apply(..., return_layers=...): early-exit logits
 
     @nn.compact
-    def __call__(self, tokens, positions, cache):
+    def __call__(self, tokens, positions, cache, return_layers=None, norm_layers=False):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed_tokens")
         x = embed(tokens)
         scaling = dict(c.rope_scaling or ()) or None
         inv_freq = rope_frequencies(c.head_dim, c.rope_theta, scaling, positions, c.max_position_embeddings)
         windows = c.layer_windows()
-        x, cache = run_decoder(
+        x, cache, *states = run_decoder(
             LlamaBlock,
             c,
             x,
             positions,
             cache,
             layer_args={} if windows is None else {"window": windows},
+            return_layers=return_layers,
             inv_freq=inv_freq,
         )
-        x = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")(x)
-        logits = lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
-        return logits, x, cache
+        norm = RMSNorm(c.rms_norm_eps, dtype=c.dtype, name="norm")
+        x = norm(x)
+        head = lambda h: lm_logits(h, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype)
+        if not states:
+            return head(x), x, cache
+        logits, layer_logits = logits_with_layers(head, x, norm(states[0]) if norm_layers else states[0])
+        return logits, x, cache, layer_logits
 
 
 def convert_hf_weights(config: LlamaConfig, tensors: Mapping[str, np.ndarray]) -> dict:
