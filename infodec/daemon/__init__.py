@@ -7,11 +7,12 @@
   :func:`cross_validate_l2` picks its ridge by held-out prefixes.
 * :func:`resample` / :func:`sample`: Algorithm 2 (conditional SIR over M shared-prefix candidates).
 * :func:`perplexity_under_q` / :func:`perplexity`: human-text perplexity under p_θ and q_µ.
+* :mod:`~infodec.daemon.rerank`: best-of-N and MBR reranking of M candidates drawn once per prompt.
 
 The paper's studies (DAEMON against the standard decoders on human text) are ``infodec.studies.daemon``.
 """
 
-from infodec.daemon import metrics
+from infodec.daemon import metrics, rerank
 from infodec.daemon.fitting import (
     FitReport,
     RidgeSelection,
@@ -34,6 +35,7 @@ from infodec.daemon.tilted_perplexity import (
 
 __all__ = [
     "metrics",
+    "rerank",
     "METRICS",
     "compute",
     "get_metric",

@@ -133,7 +133,7 @@ class Bert(nn.Module):
         x = _layer_norm(c, "embeddings_norm")(x)
         # Keys are masked, queries are not (padded rows compute values nobody reads), as in HF.
         attention = jnp.broadcast_to(mask[:, None, :], (tokens.shape[0], length, length))
-        x, _ = run_layers(BertLayer, c, c.scan_layers, x, None, layer_args={}, mask=attention)
+        x = run_layers(BertLayer, c, c.scan_layers, x, None, layer_args={}, mask=attention)[0]
         return x
 
 
