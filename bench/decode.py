@@ -6,9 +6,10 @@ r"""Decode throughput of infodec (against HF transformers' generate, or at real 
     python -m bench.decode --random_model=llama-3.1-8b --dry_run    # sizes and memory plan only
     bash bench/gpu_check.sh                       # the accelerator run: 1B and 8B shapes, bf16
 
-For each configuration (batch x policy) infodec (and HF with ``--vs_hf``) take turns on the same
-prompts, ``--repeats`` times each after a warm-up; medians are compared. Also reported: compile time
-of infodec's first call, compilations during the timed calls (should be 0), peak memory (device
+For each configuration (batch x policy) infodec (and HF with ``--vs_hf``, in a child process of its own
+so the two libraries' thread pools never share the cores) take turns on the same prompts, ``--repeats``
+times each after a warm-up; medians are compared. Also reported: the CPU's model and vector extensions,
+the compile time of infodec's first call, compilations during the timed calls (should be 0), peak memory (device
 memory where the backend reports it, else the peak RSS of an infodec-only child process), and the
 fraction of this machine's limit: ``min(bandwidth roofline, matmul limit)``. The bandwidth roofline
 is ``batch x bandwidth / bytes read per step``, the bytes being the parameters (less an untied input
@@ -41,7 +42,7 @@ import infodec
 from bench import daemon as daemon_bench
 from bench import shapes
 from bench import two_stream as two_stream_bench
-from bench.common import prompts, random_tokens, write_results
+from bench.common import cpu_description, prompts, random_tokens, write_results
 from infodec.decoding import memory
 from infodec.decoding.engine import DEFAULT_CHUNK, prompt_bucket
 from infodec.models import checkpoints
@@ -71,6 +72,7 @@ _DRY_RUN = flags.DEFINE_boolean(
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and prompts.")
 _OUT = flags.DEFINE_string("out", "bench/results", "Output folder.")
 _MEMORY_CHILD = flags.DEFINE_string("memory_child", None, "Internal: batch,policy for the peak-memory child.")
+_HF_WORKER = flags.DEFINE_boolean("hf_worker", False, "Internal: serve HF generate timings over stdin/stdout.")
 
 # Nominal memory bandwidth (GB/s) by a substring of ``device.device_kind`` (vendors' data sheets), the first
 # match in this order. The measured probe is the limit used; this is printed beside it.
@@ -154,6 +156,59 @@ def time_infodec(model, params, tokens, policy, seed: int) -> float:
     return time.perf_counter() - start
 
 
+class HFWorker:
+    """HF transformers' ``generate`` in a child process (``--hf_worker``), timed there on request.
+
+    The two libraries take turns (the parent waits while the child runs, the child waits for the next
+    request), but each keeps its own process: in one process torch's and XLA's thread pools share the
+    cores, and whichever ran last can leave the other's workers spinning or starved.
+    """
+
+    def __init__(self):
+        command = [
+            sys.executable,
+            "-m",
+            "bench.decode",
+            "--hf_worker",
+            f"--model={_MODEL.value}",
+            f"--dtype={_DTYPE.value}",
+            f"--new_tokens={_NEW_TOKENS.value}",
+            f"--threads={_THREADS.value}",
+        ]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def time(self, tokens: np.ndarray, policy: str, seed: int) -> float:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        request = {"tokens": np.asarray(tokens).tolist(), "policy": policy, "seed": seed}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        reply = self.process.stdout.readline()
+        if not reply:
+            raise RuntimeError(f"the HF worker exited (code {self.process.wait()})")
+        return float(json.loads(reply)["seconds"])
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait()
+
+
+def hf_worker() -> None:
+    """The child side of :class:`HFWorker`: loads the same weights once, then answers requests."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(_THREADS.value)
+    directory = checkpoints.hf_directory(_MODEL.value)  # the same weights infodec loads
+    torch_dtype = torch.bfloat16 if resolved_dtype() == jnp.bfloat16 else torch.float32
+    hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype).eval()
+    for line in sys.stdin:
+        request = json.loads(line)
+        tokens = np.asarray(request["tokens"], np.int64)
+        seconds = time_hf(hf_model, tokens, request["policy"], request["seed"])
+        print(json.dumps({"seconds": seconds}), flush=True)
+
+
 def time_hf(hf_model, tokens, policy: str, seed: int) -> float:
     import torch
 
@@ -207,6 +262,7 @@ def machine_limits(dtype) -> dict:
         "matmul_gflop_s": 2 * size**3 / matmul_seconds / 1e9,
         "matmul_dtype": jnp.dtype(dtype).name,
         "device_kind": device.device_kind,
+        "cpu": cpu_description(),
         "nominal_bandwidth_gb_s": nominal_bandwidth(device),
         "device_memory_limit_mb": stats["bytes_limit"] / 2**20 if "bytes_limit" in stats else None,
         "probe_peak_device_mb": _device_peak_mb(),
@@ -374,6 +430,8 @@ def main(argv):
     del argv
     if _MEMORY_CHILD.value:
         return memory_child(_MEMORY_CHILD.value)
+    if _HF_WORKER.value:
+        return hf_worker()
     if _DRY_RUN.value:
         return dry_run()
     if _VS_HF.value and _RANDOM_MODEL.value:
@@ -382,7 +440,9 @@ def main(argv):
     limits = machine_limits(dtype)  # first: its probe arrays are freed before the model is built
     nominal = limits["nominal_bandwidth_gb_s"]
     print(
-        f"machine: {limits['device_kind']}, {limits['bandwidth_gb_s']:.1f} GB/s read (measured"
+        f"machine: {limits['device_kind']}"
+        + (f" [{limits['cpu']}]" if limits.get("cpu") else "")
+        + f", {limits['bandwidth_gb_s']:.1f} GB/s read (measured"
         + (f"; nominal {nominal:.0f} GB/s" if nominal else "")
         + f"), {limits['matmul_gflop_s']:.0f} GFLOP/s {limits['matmul_dtype']}",
         flush=True,
@@ -392,15 +452,7 @@ def main(argv):
     read_bytes = shapes.tree_bytes(params_read(params))
     flops_per_token = 2 * shapes.tree_size(params_read(params))  # a multiply-add per weight read
     print(f"{model_label()}: {param_bytes / 1e9:.3f} GB of {dtype.name} parameters, built in {build_seconds:.1f} s")
-    hf_model = None
-    if _VS_HF.value:
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(_THREADS.value)
-        directory = checkpoints.hf_directory(_MODEL.value)  # the same weights infodec loaded
-        torch_dtype = torch.bfloat16 if dtype == jnp.bfloat16 else torch.float32
-        hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype).eval()
+    hf = HFWorker() if _VS_HF.value else None
     slots = cache_slots(_PROMPT_TOKENS.value, _NEW_TOKENS.value)
     on_cpu = jax.default_backend() == "cpu"
     rows = []
@@ -415,14 +467,14 @@ def main(argv):
             compiles_before = infodec.compile_count()
             first = time_infodec(model, params, tokens, pol, seed=0)
             compiles_first = infodec.compile_count() - compiles_before
-            if hf_model is not None:
-                time_hf(hf_model, tokens, policy, seed=0)  # warm-up
+            if hf is not None:
+                hf.time(tokens, policy, seed=0)  # warm-up
             ours, theirs = [], []
             compiles_before = infodec.compile_count()
             for repeat in range(_REPEATS.value):  # take turns so machine noise hits both sides alike
                 ours.append(time_infodec(model, params, tokens, pol, seed=repeat + 1))
-                if hf_model is not None:
-                    theirs.append(time_hf(hf_model, tokens, policy, seed=repeat + 1))
+                if hf is not None:
+                    theirs.append(hf.time(tokens, policy, seed=repeat + 1))
             new_tokens = batch * _NEW_TOKENS.value
             tps = new_tokens / statistics.median(ours)
             # Small batches are bound by reading the weights (and cache) every step; large ones by arithmetic.
@@ -457,6 +509,8 @@ def main(argv):
             rows.append(row)
             print(json.dumps(row), flush=True)
             write(rows, limits, dtype, build_seconds, {}, quiet=True)  # what is done survives a timeout
+    if hf is not None:
+        hf.close()
     extra = ratios(model, params, tokenizer) if ratios_enabled() else {}
     write(rows, limits, dtype, build_seconds, extra)
 
