@@ -6,7 +6,9 @@
 * :func:`fit_coefficients` / :func:`fit`: Algorithm 1 (weighted importance sampling, optax L-BFGS);
   :func:`cross_validate_l2` picks its ridge by held-out prefixes.
 * :func:`resample` / :func:`sample`: Algorithm 2 (conditional SIR over M shared-prefix candidates).
-* :func:`perplexity_under_q` / :func:`perplexity`: human-text perplexity under p_θ and q_µ.
+* :func:`perplexity_under_q` / :func:`perplexity`: human-text perplexity under p_θ and q_µ;
+  :func:`paired_log_perplexity_ci` (clustered CI over human texts), :func:`n_sweep` (the 1/N bias of
+  ``log Ẑ``), :func:`epsilon_perplexity` (Martins et al. 2020's ε-perplexity).
 * :mod:`~infodec.daemon.rerank`: best-of-N and MBR reranking of M candidates drawn once per prompt.
 
 The paper's studies (DAEMON against the standard decoders on human text) are ``infodec.studies.daemon``.
@@ -25,8 +27,14 @@ from infodec.daemon.fitting import (
 from infodec.daemon.metrics import METRICS, compute, get_metric, pooled_diversity, register
 from infodec.daemon.sampling import DaemonOutput, log_weights, resample, sample
 from infodec.daemon.tilted_perplexity import (
+    NSweep,
     PerplexityReport,
     Spread,
+    epsilon_log_probs,
+    epsilon_log_ratios,
+    epsilon_perplexity,
+    n_sweep,
+    paired_log_perplexity_ci,
     perplexity,
     perplexity_over_seeds,
     perplexity_under_q,
@@ -58,4 +66,10 @@ __all__ = [
     "perplexity_under_q",
     "perplexity_over_seeds",
     "spread",
+    "paired_log_perplexity_ci",
+    "NSweep",
+    "n_sweep",
+    "epsilon_perplexity",
+    "epsilon_log_probs",
+    "epsilon_log_ratios",
 ]

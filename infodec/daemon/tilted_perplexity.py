@@ -7,6 +7,26 @@ Token-level normalisation: ``ppl = exp(−Σ_j log q(x_j|c_j) / Σ_j T_j)`` with
 of human continuation ``j`` (pass ``num_tokens``; without it every continuation counts as one unit, i.e.
 a per-sequence perplexity). Since ``E[log Ẑ] ≤ log Z`` (Jensen), a small ``N`` makes q's perplexity look
 optimistic: report ``N`` and the spread over seeds (:func:`spread`, :func:`perplexity_over_seeds`).
+
+Uncertainty and bias (issue 19):
+
+* :func:`paired_log_perplexity_ci`: the log-perplexity difference ``log ppl(q) − log ppl(p_θ)`` over the
+  same human texts, with a cluster-robust (by document) t interval. Each text's ``log Ẑ`` is a Monte
+  Carlo estimate from its own ``N`` samples, so that noise is inside the per-text spread and the
+  interval covers it; the ``O(1/N)`` bias it does not, which :func:`n_sweep` measures.
+* :func:`n_sweep`: the estimate at several ``N`` (the mean over disjoint groups of ``N`` of the samples)
+  and the least-squares fit ``nll_q(N) = a + b / N`` (``E[log Ẑ_N] = log Z − Var(w) / (2 N Z²) + O(N⁻²)``
+  by the delta method), so ``a`` is the ``N → ∞`` extrapolation and ``b / N`` the remaining bias at ``N``.
+* :func:`epsilon_perplexity` / :func:`epsilon_log_probs`: the ε-perplexity of Martins, Marinho & Martins,
+  "Sparse Text Generation" (EMNLP 2020, §4), which truncation-sampling comparisons (and the DAEMON paper's
+  perplexity column, per issue 19) report so that a distribution giving a human token probability zero
+  does not have infinite perplexity: every token's probability is smoothed as
+  ``p_ε(x_t) = (p(x_t) + ε) / (1 + ε |V|)`` and ``ε-ppl = exp(−Σ_t log p_ε(x_t) / T)``. (The DAEMON
+  paper's own text could not be retrieved offline here; its exact ε is not known to us, so ε is a
+  parameter.) For q, which is defined per sequence, the smoothing is applied to the tokens of the base LM
+  inside the tilt: ``q_ε(x) ∝ p_ε(x) exp(−µᵀf(x))`` with ``p_ε(x) = Π_t p_ε(x_t|x_<t)``; ``Ẑ_ε`` is estimated
+  from the same p_θ samples with the importance ratios ``log p_ε(x_i) − log p_θ(x_i)``
+  (:func:`epsilon_log_ratios`). With ``µ = 0`` and exact ``Z`` this is the ε-perplexity of p_θ itself.
 """
 
 from __future__ import annotations
@@ -22,6 +42,7 @@ from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import sampling as sampling_lib
 from infodec.decoding.engine import StopTokens
 from infodec.decoding.scoring import continuation_log_probs
+from infodec.eval.stats import clustered_ratio, confidence_interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,3 +203,187 @@ def perplexity(
         functions=functions,
     )
     return perplexity_under_q(logp.sum(1), human, feats, mu, num_tokens=mask.sum(1), standardization=standardization)
+
+
+# --- uncertainty over human texts, the 1/N bias of log Ẑ, the ε-perplexity ----------------------------
+
+
+def paired_log_perplexity_ci(log_p, log_q, num_tokens, clusters=None, *, level: float = 0.95) -> dict[str, float]:
+    """The token-level log-perplexity difference ``Δ = log ppl(q) − log ppl(p_θ) = Σ_j (log p_j − log q_j)
+    / Σ_j T_j`` over the same ``J`` human texts, with its cluster-robust SE (``eval.stats.clustered_ratio``:
+    texts of one document share a cluster) and a ``level`` t interval on ``G − 1`` degrees of freedom.
+
+    Args:
+      log_p, log_q: ``[J]`` summed log-probabilities of each human text under p_θ and q (e.g.
+        ``PerplexityReport.log_p`` / ``.log_q``).
+      num_tokens: ``[J]`` tokens per text.
+      clusters: ``[J]`` document labels (None: every text its own cluster).
+
+    Returns ``{"log_ppl_difference", "se", "low", "high", "ppl_ratio", "ppl_ratio_low", "ppl_ratio_high",
+    "level", "dof", "n", "clusters"}``; ``ppl_ratio = ppl(q) / ppl(p_θ) = exp(Δ)`` and its bounds are the
+    exponentiated bounds of ``Δ`` (below 1: q gives the human texts higher likelihood).
+    """
+    lp = np.asarray(log_p, np.float64).reshape(-1)
+    lq = np.asarray(log_q, np.float64).reshape(-1)
+    tokens = np.asarray(num_tokens, np.float64).reshape(-1)
+    if not (lp.shape == lq.shape == tokens.shape):
+        raise ValueError(f"log_p, log_q and num_tokens must all be [J], got {lp.shape}, {lq.shape}, {tokens.shape}")
+    est = clustered_ratio(lp - lq, tokens, clusters)
+    ci = confidence_interval(est["ratio"], est["se"], int(est["clusters"]), level=level)
+    return {
+        "log_ppl_difference": est["ratio"],
+        "se": est["se"],
+        "low": ci["low"],
+        "high": ci["high"],
+        "ppl_ratio": float(np.exp(est["ratio"])),
+        "ppl_ratio_low": float(np.exp(ci["low"])),
+        "ppl_ratio_high": float(np.exp(ci["high"])),
+        "level": level,
+        "dof": ci["dof"],
+        "n": est["n"],
+        "clusters": est["clusters"],
+    }
+
+
+def fit_inverse_n(sizes, values) -> tuple[float, float]:
+    """Least-squares ``(a, b)`` of ``values ≈ a + b / sizes`` (``a``: the ``N → ∞`` extrapolation, ``b``:
+    the leading bias coefficient). Needs at least two distinct sizes."""
+    n = np.asarray(sizes, np.float64).reshape(-1)
+    v = np.asarray(values, np.float64).reshape(-1)
+    if n.shape != v.shape or len(np.unique(n)) < 2 or np.any(n <= 0):
+        raise ValueError(f"fit_inverse_n needs matching values at >= 2 distinct positive sizes, got {n} and {v}")
+    design = np.stack([np.ones_like(n), 1.0 / n], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, v, rcond=None)
+    return float(a), float(b)
+
+
+@dataclasses.dataclass(frozen=True)
+class NSweep:
+    """``nll_q`` (per-token NLL of the human texts under q) against the number ``N`` of samples behind ``Ẑ``.
+
+    Attributes:
+      sizes: ``[S]`` the ``N`` values, ascending; groups: ``[S]`` disjoint groups of that size averaged.
+      nll_q: ``[S]`` the mean over the groups of each group's ``nll_q``; nll_p: under p_θ (no ``Ẑ``).
+      intercept, slope: :func:`fit_inverse_n` of ``nll_q`` on ``sizes``: ``nll_q(∞) ≈ intercept``.
+      bias_at_largest: ``slope / max(sizes)``, the estimated ``E[nll_q(N_max)] − nll_q(∞)`` (negative:
+        a finite ``N`` makes q look better).
+      ppl_q_extrapolated: ``exp(intercept)``.
+    """
+
+    sizes: np.ndarray
+    groups: np.ndarray
+    nll_q: np.ndarray
+    nll_p: float
+    intercept: float
+    slope: float
+    bias_at_largest: float
+    ppl_q_extrapolated: float
+
+    def to_json(self) -> dict:
+        return {
+            "sizes": self.sizes.tolist(),
+            "groups": self.groups.tolist(),
+            "nll_q": self.nll_q.tolist(),
+            "nll_p": self.nll_p,
+            "intercept": self.intercept,
+            "slope": self.slope,
+            "bias_at_largest": self.bias_at_largest,
+            "ppl_q_extrapolated": self.ppl_q_extrapolated,
+        }
+
+
+def default_sweep_sizes(num_samples: int, steps: int = 4) -> tuple[int, ...]:
+    """``N, N/2, N/4, ...`` (``steps`` values at least 1, ascending, distinct): ``200 -> (25, 50, 100, 200)``."""
+    if num_samples < 2:
+        raise ValueError(f"an N sweep needs num_samples >= 2, got {num_samples}")
+    return tuple(sorted({max(1, num_samples >> i) for i in range(steps)}))
+
+
+def n_sweep(
+    human_logp_model,
+    human_features,
+    sample_features,
+    mu,
+    *,
+    sizes: Sequence[int] | None = None,
+    num_tokens=None,
+    sample_log_ratios=None,
+    standardization=None,
+) -> NSweep:
+    """:func:`perplexity_under_q`'s ``nll_q`` at each ``N`` in ``sizes`` (default
+    :func:`default_sweep_sizes`), each the mean over the ``N_max // N`` disjoint groups of ``N`` of the
+    ``N_max`` samples per prefix in ``sample_features [J, N_max, K]`` (``sample_log_ratios [J, N_max]``), and
+    the ``a + b / N`` fit. Arguments otherwise as :func:`perplexity_under_q`."""
+    sf = np.asarray(sample_features, np.float64)
+    if sf.ndim != 3:
+        raise ValueError(f"sample_features must be [J, N, K], got {sf.shape}")
+    total = sf.shape[1]
+    sizes = tuple(sorted(int(n) for n in (default_sweep_sizes(total) if sizes is None else sizes)))
+    if not sizes or sizes[0] < 1 or sizes[-1] > total:
+        raise ValueError(f"sizes must lie in [1, {total}] (the samples per prefix), got {list(sizes)}")
+    rho = None if sample_log_ratios is None else np.asarray(sample_log_ratios, np.float64)
+    nll_q, groups, nll_p = [], [], float("nan")
+    for size in sizes:
+        count = total // size
+        values = []
+        for g in range(count):
+            part = slice(g * size, (g + 1) * size)
+            report = perplexity_under_q(
+                human_logp_model,
+                human_features,
+                sf[:, part],
+                mu,
+                num_tokens=num_tokens,
+                sample_log_ratios=None if rho is None else rho[:, part],
+                standardization=standardization,
+            )
+            values.append(report.nll_q)
+            nll_p = report.nll_p
+        nll_q.append(float(np.mean(values)))
+        groups.append(count)
+    intercept, slope = fit_inverse_n(sizes, nll_q)
+    return NSweep(
+        sizes=np.asarray(sizes),
+        groups=np.asarray(groups),
+        nll_q=np.asarray(nll_q),
+        nll_p=nll_p,
+        intercept=intercept,
+        slope=slope,
+        bias_at_largest=slope / sizes[-1],
+        ppl_q_extrapolated=float(np.exp(intercept)),
+    )
+
+
+def epsilon_log_probs(token_log_probs, mask, *, epsilon: float, vocab_size: int) -> np.ndarray:
+    """``[..., ]`` per-row ``Σ_t log p_ε(x_t)`` with ``p_ε = (p + ε) / (1 + ε |V|)`` (module docstring) over the
+    real tokens (``mask``) of ``token_log_probs [..., L]``."""
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    logp = np.asarray(token_log_probs, np.float64)
+    m = np.asarray(mask, bool)
+    if logp.shape != m.shape:
+        raise ValueError(f"token_log_probs and mask must have one shape, got {logp.shape} and {m.shape}")
+    # log(p + ε) as logaddexp(log p, log ε): exact for p = 0 (log p = -inf) and for tiny ε
+    smoothed = np.logaddexp(logp, np.log(epsilon)) if epsilon > 0 else logp
+    return np.where(m, smoothed - np.log1p(epsilon * vocab_size), 0.0).sum(-1)
+
+
+def epsilon_perplexity(token_log_probs, mask, *, epsilon: float, vocab_size: int) -> float:
+    """Martins et al. (2020)'s ε-perplexity ``exp(−Σ_t log p_ε(x_t) / T)`` over every real token of
+    ``token_log_probs [B, L]`` (``mask [B, L]``); ``ε = 0`` is the plain token-level perplexity."""
+    total = float(np.asarray(mask, bool).sum())
+    if total == 0:
+        raise ValueError("epsilon_perplexity needs at least one token")
+    return float(
+        np.exp(-epsilon_log_probs(token_log_probs, mask, epsilon=epsilon, vocab_size=vocab_size).sum() / total)
+    )
+
+
+def epsilon_log_ratios(token_log_probs, mask, *, epsilon: float, vocab_size: int) -> np.ndarray:
+    """Per row ``log p_ε(x) − log p_θ(x)`` of samples from p_θ (``token_log_probs [..., L]`` their per-token
+    ``log p_θ``): the importance ratios that turn p_θ samples into an estimate of ``Ẑ_ε`` for ``q_ε``
+    (module docstring). Pass as ``perplexity_under_q``'s ``sample_log_ratios`` (added to any proposal's)."""
+    raw = np.where(np.asarray(mask, bool), np.asarray(token_log_probs, np.float64), 0.0).sum(-1)
+    return epsilon_log_probs(token_log_probs, mask, epsilon=epsilon, vocab_size=vocab_size) - raw

@@ -1,8 +1,15 @@
-"""Summary statistics with uncertainty, shared by every study: mean ± standard error and bootstrap CIs."""
+"""Summary statistics with uncertainty, shared by every study: mean ± standard error and bootstrap CIs.
+
+Texts cut from shared documents are not independent, so most estimates here take ``clusters`` (one
+label per value, e.g. the document id) and use the CR1 cluster-robust standard error; a ``None`` label
+vector means every value is its own cluster (the ordinary i.i.d. SE). Intervals use Student's t with
+``G − 1`` degrees of freedom for ``G`` clusters (:func:`confidence_interval`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 
 def mean_se(values) -> dict[str, float]:
@@ -58,4 +65,82 @@ def bootstrap_ci(
     }
 
 
-__all__ = ["mean_se", "clustered_mean_se", "bootstrap_ci"]
+def _labels(clusters, n: int):
+    """``clusters`` or, for None, one cluster per value."""
+    return np.arange(n) if clusters is None else clusters
+
+
+def paired_difference(values, reference, clusters=None) -> dict[str, float]:
+    """``{"mean", "se", "n", "clusters"}`` of ``values − reference``, paired row by row.
+
+    For two measurements of the same rows (a decoder's and the human continuation's metric on the same
+    prompts): the SE of the mean difference, clustered by ``clusters`` (default: one per row), counts
+    the covariance of the pair, which the combined SE ``hypot(se_a, se_b)`` of two separate means ignores
+    (it overstates the SE when the pair is positively correlated).
+    """
+    a = np.asarray(values, np.float64).reshape(-1)
+    b = np.asarray(reference, np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_difference needs as many values as reference values, got {len(a)} and {len(b)}")
+    return clustered_mean_se(a - b, _labels(clusters, len(a)))
+
+
+def clustered_ratio(numerators, denominators, clusters=None) -> dict[str, float]:
+    """``{"ratio", "se", "n", "clusters"}``: ``R = Σ a_i / Σ b_i`` with its cluster-robust (CR1)
+    delta-method SE.
+
+    For per-token quantities pooled over texts of different lengths (``a_i`` a text's summed NLL, ``b_i``
+    its token count): ``R`` is linearised as ``R + Σ_i (a_i − R b_i) / Σ b``, so
+    ``se = sqrt(G / (G − 1) · Σ_g (Σ_{i∈g} (a_i − R b_i))²) / Σ_i b_i``. With equal ``b_i`` it is
+    :func:`clustered_mean_se` of ``a_i / b``.
+    """
+    a = np.asarray(numerators, np.float64).reshape(-1)
+    b = np.asarray(denominators, np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"clustered_ratio needs as many numerators as denominators, got {len(a)} and {len(b)}")
+    if len(a) == 0 or b.sum() <= 0:
+        raise ValueError("clustered_ratio needs at least one value and a positive total denominator")
+    ratio = float(a.sum() / b.sum())
+    # the linearised residuals, scaled so their plain mean's clustered SE is the ratio's
+    residual = (a - ratio * b) * len(b) / b.sum()
+    spread = clustered_mean_se(residual, _labels(clusters, len(a)))
+    return {"ratio": ratio, "se": spread["se"], "n": spread["n"], "clusters": spread["clusters"]}
+
+
+def confidence_interval(estimate: float, se: float, clusters: int, *, level: float = 0.95) -> dict[str, float]:
+    """``{"low", "high", "level", "dof"}``: ``estimate ± t_{G−1} · se``, Student's t with ``G − 1`` degrees of
+    freedom for ``G = clusters`` (the usual small-sample choice for a cluster-robust SE). NaN bounds when
+    ``G < 2`` or the SE is NaN."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    dof = int(clusters) - 1
+    if dof < 1 or not np.isfinite(se):
+        return {"low": float("nan"), "high": float("nan"), "level": level, "dof": dof}
+    half = float(scipy_stats.t.ppf(0.5 + level / 2.0, dof)) * float(se)
+    return {"low": float(estimate) - half, "high": float(estimate) + half, "level": level, "dof": dof}
+
+
+def in_se_units(difference: float, se: float) -> float:
+    """``difference / se``; ±inf for a nonzero difference over a zero SE, NaN for 0/0 or a NaN SE."""
+    if not np.isfinite(se):
+        return float("nan")
+    if se == 0:
+        return float("nan") if difference == 0 else float(np.copysign(np.inf, difference))
+    return float(difference / se)
+
+
+def combined_se(*ses: float) -> float:
+    """``sqrt(Σ se²)``: the SE of a sum or difference of independent estimates."""
+    return float(np.sqrt(np.sum(np.square(np.asarray(ses, np.float64)))))
+
+
+__all__ = [
+    "mean_se",
+    "clustered_mean_se",
+    "bootstrap_ci",
+    "paired_difference",
+    "clustered_ratio",
+    "confidence_interval",
+    "in_se_units",
+    "combined_se",
+]

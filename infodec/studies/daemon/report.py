@@ -7,6 +7,13 @@
   under the model and under ``q_µ`` and the ESS), with ``human_split`` (the eval-split windows, SE
   clustered by document) after ``human`` and ``daemon_expected`` / ``sampling_expected`` (expectations
   over the resampling step, from DAEMON's candidates) after ``daemon``;
+* ``gaps.csv``: per corpus × decoder × metric, the gap to human in standard-error units, two ways (see
+  :func:`gap_rows`): paired against the same prompts' human continuations (SE of the per-prompt
+  difference, clustered by document), and against the reference human row (``human_split`` when
+  measured) in units of the combined SE ``sqrt(se_decoder² + se_human²)``;
+* ``human_perplexity.csv``: the human texts' perplexity under p_θ and ``q_µ`` from the
+  ``human_perplexity`` point (``Ẑ`` from N fresh samples per prompt): the ratio with its clustered CI,
+  the N sweep's 1/N extrapolation, and the ε-perplexities;
 * ``sweeps.csv``: the M sweep and the proposal-temperature sweep;
 * ``main_gaps.png``, ``m_sweep.png``, ``temperature.png``;
 * ``report.md``: the settings, the fit, the main table with the decoder closest to human per metric, the
@@ -24,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from infodec.eval.stats import combined_se, in_se_units
 from infodec.results import ResultsFolder, plot_series
 from infodec.studies.daemon.config import DaemonConfig
 
@@ -137,6 +145,76 @@ def sweep_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def gap_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
+    """One ``gaps.csv`` row per corpus × decoder × metric of the main table.
+
+    Two SEs, because two human references exist. ``paired_*``: the decoder's continuation minus the human
+    continuation of the same prompt, averaged over prompts, with the SE of that paired difference
+    clustered by document (``eval.stats.paired_difference``; it counts the covariance the shared prompts
+    induce, so it is the SE of the gap actually measured); only in points that stored ``paired_gap``.
+    ``combined_*``: decoder mean minus the reference human row's mean (the eval-split windows when
+    measured, else the prompts' continuations) in units of ``sqrt(se_decoder² + se_reference²)``, which
+    treats the two means as independent (conservative when they share windows)."""
+    rows, names = [], config.metrics
+    table = main_rows(records, config)
+    for corpus in dict.fromkeys(r["corpus"] for r in table):
+        reference, decoders = _reference_and_decoders([r for r in table if r["corpus"] == corpus])
+        by_decoder = {r["decoder"]: r for r in _in_order(records, config, "main") if r["corpus"] == corpus}
+        for d in decoders:
+            paired = by_decoder.get(d["decoder"], {}).get("paired_gap", {})
+            for n in names:
+                row: dict[str, Any] = {"corpus": corpus, "decoder": d["decoder"], "metric": n}
+                if reference is not None:
+                    se = combined_se(d[n + "_se"], reference[n + "_se"])
+                    row.update(
+                        reference=reference["decoder"],
+                        combined_gap=d[n] - reference[n],
+                        combined_se=se,
+                        gap_in_combined_se=in_se_units(d[n] - reference[n], se),
+                    )
+                if n in paired:
+                    p = paired[n]
+                    row.update(
+                        paired_gap=p["mean"],
+                        paired_se=p["se"],
+                        gap_in_paired_se=in_se_units(p["mean"], p["se"]),
+                        clusters=p.get("clusters"),
+                    )
+                rows.append(row)
+    return rows
+
+
+def perplexity_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
+    """One ``human_perplexity.csv`` row per ``human_perplexity`` point (corpora in the settings' order)."""
+    rows = []
+    for r in _in_order(records, config, "human_perplexity"):
+        paired, eps, sweep = r["paired"], r["eps_paired"], r["n_sweep"]
+        rows.append(
+            {
+                "corpus": r["corpus"],
+                "N": r["num_samples"],
+                "texts": r["num_texts"],
+                "clusters": paired["clusters"],
+                "ppl_model": r["ppl_model"],
+                "ppl_q": r["ppl_q"],
+                "ppl_ratio": paired["ppl_ratio"],
+                "ppl_ratio_low": paired["ppl_ratio_low"],
+                "ppl_ratio_high": paired["ppl_ratio_high"],
+                "level": paired["level"],
+                "ppl_q_extrapolated": sweep["ppl_q_extrapolated"],
+                "slope_1_over_n": sweep["slope"],
+                "bias_at_N": sweep["bias_at_largest"],
+                "epsilon": r["epsilon"],
+                "eps_ppl_model": r["eps_ppl_model"],
+                "eps_ppl_q": r["eps_ppl_q"],
+                "eps_ppl_ratio": eps["ppl_ratio"],
+                "eps_ppl_ratio_low": eps["ppl_ratio_low"],
+                "eps_ppl_ratio_high": eps["ppl_ratio_high"],
+            }
+        )
+    return rows
+
+
 def _reference_and_decoders(group: list[dict]) -> tuple[dict | None, list[dict]]:
     """The human row decoders are compared with (the eval-split windows when measured, else the
     prompts' own continuations) and the decoders' rows."""
@@ -156,6 +234,12 @@ def write_tables_and_plots(folder: ResultsFolder, records: Records, config: Daem
     if main:
         folder.write_csv("main.csv", main)
         plot_gaps(folder.path / "main_gaps.png", main, config.metrics)
+        gaps = gap_rows(records, config)
+        if gaps:
+            folder.write_csv("gaps.csv", gaps)
+    ppl = perplexity_rows(records, config)
+    if ppl:
+        folder.write_csv("human_perplexity.csv", ppl)
     sweeps = sweep_rows(records, config)
     if sweeps:
         folder.write_csv("sweeps.csv", sweeps)
@@ -333,6 +417,71 @@ def _sweep_sections(records: Records, config: DaemonConfig, folder: Path) -> lis
     return lines
 
 
+def _gap_section(records: Records, config: DaemonConfig) -> list[str]:
+    """Per corpus: each decoder's gap to human per metric in SE units, paired (the SE of the per-prompt
+    difference, clustered by document) and, in brackets, against the reference row in combined-SE units."""
+    rows, lines = gap_rows(records, config), []
+    names = list(config.metrics)
+    for corpus in dict.fromkeys(r["corpus"] for r in rows):
+        group = [r for r in rows if r["corpus"] == corpus]
+        reference = next((r["reference"] for r in group if "reference" in r), "human")
+
+        def cell(r: dict) -> str:
+            paired = f"{r['gap_in_paired_se']:+.2f}" if "gap_in_paired_se" in r else "–"
+            combined = f"{r['gap_in_combined_se']:+.2f}" if "gap_in_combined_se" in r else "–"
+            return f"{paired} ({combined})"
+
+        decoders = list(dict.fromkeys(r["decoder"] for r in group))
+        table = [
+            [d, *(cell(next(r for r in group if r["decoder"] == d and r["metric"] == n)) for n in names)]
+            for d in decoders
+        ]
+        lines += [
+            f"### {corpus}: gap to human in standard errors",
+            "",
+            "Each cell: (decoder − the same prompts' human continuations) / the SE of that paired difference, "
+            f"clustered by document; in brackets (decoder − {reference}) / sqrt(se_decoder² + se_{reference}²). "
+            "|value| > 2 is a gap the eval prompts resolve. `gaps.csv` holds the gaps and SEs.",
+            "",
+            *_table(["decoder", *names], table),
+            "",
+        ]
+    return lines
+
+
+def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
+    """The ``human_perplexity`` points: ratio ppl(q)/ppl(p_θ) with its CI, the N sweep, the ε-perplexity."""
+    lines = []
+    for r in _in_order(records, config, "human_perplexity"):
+        paired, eps, sweep = r["paired"], r["eps_paired"], r["n_sweep"]
+        level = f"{100 * paired['level']:g}%"
+        sweep_rows = [
+            [str(n), str(g), f"{np.exp(v):.4g}"] for n, g, v in zip(sweep["sizes"], sweep["groups"], sweep["nll_q"])
+        ]
+        sweep_rows.append(["∞ (a + b/N fit)", "–", f"{sweep['ppl_q_extrapolated']:.4g}"])
+        lines += [
+            f"## Human-text perplexity under q_µ ({r['corpus']})",
+            "",
+            f"{r['num_texts']} human continuations ({paired['clusters']} documents, {r['num_tokens']:.0f} tokens); "
+            f"Ẑ from N = {r['num_samples']} fresh samples per prompt. Perplexity {r['ppl_model']:.4g} under the "
+            f"model, {r['ppl_q']:.4g} under q_µ: ratio {paired['ppl_ratio']:.4f}, {level} CI "
+            f"[{paired['ppl_ratio_low']:.4f}, {paired['ppl_ratio_high']:.4f}] (paired over texts, clustered by "
+            f"document, t with {paired['dof']} d.o.f.; covers the Monte Carlo noise of Ẑ, not its 1/N bias).",
+            "",
+            f"1/N bias of log Ẑ: fitted nll_q(N) = a + b/N with b = {sweep['slope']:.3g}, so at N = "
+            f"{r['num_samples']} the estimate sits {sweep['bias_at_largest']:+.2g} nats/token from N → ∞ "
+            f"(ratio at N → ∞: {np.exp(sweep['intercept'] - sweep['nll_p']):.4f}).",
+            "",
+            *_table(["N", "groups averaged", "ppl under q"], sweep_rows),
+            "",
+            f"ε-perplexity (Martins et al. 2020, ε = {r['epsilon']:g}): {r['eps_ppl_model']:.4g} under the model, "
+            f"{r['eps_ppl_q']:.4g} under q_µ (ratio {eps['ppl_ratio']:.4f}, {level} CI "
+            f"[{eps['ppl_ratio_low']:.4f}, {eps['ppl_ratio_high']:.4f}]).",
+            "",
+        ]
+    return lines
+
+
 def _sr4_section(records: Records) -> list[str]:
     lines = []
     for r in (r for r in records.values() if r.get("study") == "sr4"):
@@ -354,6 +503,11 @@ def _sr4_section(records: Records) -> list[str]:
             f" (target {r['fit']['target'][0]:.4g}, fitted {r['fit']['fitted_moments'][0]:.4g}); "
             f"ESS {r['daemon_ess']['mean']:.3g} of {r['sizes']['num_candidates']}.",
         ]
+        for who, gap in r.get("paired_gap_to_human_prompts", {}).items():
+            lines.append(
+                f"{who} − human (same prompts, paired, SE clustered by document): {gap['mean']:+.4g} ± "
+                f"{gap['se']:.2g} ({in_se_units(gap['mean'], gap['se']):+.2f} SE, {gap['clusters']} documents)."
+            )
         if "perplexity" in r:
             lines.append(
                 f"Perplexity under the model: plain {r['perplexity']['plain']['ppl']:.2f}, DAEMON "
@@ -380,12 +534,15 @@ def markdown(folder: Path, records: Records, config: DaemonConfig) -> str:
         lines += [
             "## Main table",
             "",
-            "Each metric's mean ± SE over the eval prompts; MAUVE against the human "
+            "Each metric's mean ± SE over the eval prompts (SE clustered by the prompts' documents in runs "
+            "that record clusters); MAUVE against the human "
             "continuations of the same prompts; the text's perplexity under the model.",
             "",
             table,
         ]
         lines += ["![gap to human per metric](main_gaps.png)", ""] if (folder / "main_gaps.png").exists() else []
+        lines += _gap_section(records, config)
+    lines += _perplexity_section(records, config)
     lines += _sweep_sections(records, config, folder) + _sr4_section(records)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -395,6 +552,8 @@ __all__ = [
     "load",
     "main_rows",
     "sweep_rows",
+    "gap_rows",
+    "perplexity_rows",
     "write_tables_and_plots",
     "plot_gaps",
     "summary",

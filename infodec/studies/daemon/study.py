@@ -40,11 +40,12 @@ from infodec.daemon import cross_validate_l2, fit_coefficients, perplexity_over_
 from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import sampling as sampling_lib
+from infodec.daemon import tilted_perplexity as ppl_lib
 from infodec.data import corpora
 from infodec.decoding import beam_search, contrastive_decoding, contrastive_search, generate, memory
 from infodec.decoding.scoring import prefix_lists, scored_log_probs
 from infodec.eval import mauve as mauve_lib
-from infodec.eval.stats import clustered_mean_se, mean_se
+from infodec.eval.stats import clustered_mean_se, mean_se, paired_difference
 from infodec.models.checkpoints import load
 from infodec.policies import named
 from infodec.results import ResultsFolder
@@ -55,6 +56,8 @@ Prompts = Sequence[Sequence[int]]
 
 # A search decodes rows_per_call // 4 prompts per call: its beams or candidates multiply the rows.
 SEARCH_ROWS_DIVISOR = 4
+# Martins et al. (2020)'s ε for the ε-perplexity of the human texts (tilted_perplexity module docstring).
+EPSILON = 1e-6
 
 
 # --- windows: prompts and human continuations ------------------------------------------------------
@@ -209,6 +212,32 @@ class Pipeline:
 
         return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples))
 
+    def epsilon_samples(
+        self, prompts: Prompts, num_samples: int, key: jax.Array, *, epsilon: float = EPSILON
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(features [P, N, K], epsilon_log_ratios [P, N])`` of ``num_samples`` samples per prompt from p_θ,
+        the ratios ``log p_ε(x) − log p_θ(x)`` of ``tilted_perplexity.epsilon_log_ratios``."""
+        start = time.perf_counter()
+        vocab = int(self.model.vocab_size)
+
+        def chunk(rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+            out, feats, _ = fit_lib.draw_candidates(
+                self.model,
+                self.params,
+                [prompts[r] for r in rows],
+                self.metric_names,
+                num_samples=num_samples,
+                max_new_tokens=self.max_new_tokens,
+                key=jax.random.fold_in(key, i),
+                stop_tokens=(),
+                functions=list(self.functions),
+            )
+            ratios = ppl_lib.epsilon_log_ratios(out.logp_model, out.mask(), epsilon=epsilon, vocab_size=vocab)
+            self._progress("perplexity samples", i, len(rows), len(prompts), "prompts", start)
+            return feats, ratios.reshape(len(rows), num_samples)
+
+        return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples))
+
     def decode(self, prompts: Prompts, name: str, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens [P, L], lengths [P])`` of baseline ``name`` (a :data:`~config.BASELINES` key): its named
         policy sampled with ``generate`` (key folded per chunk), or its search (a quarter of the rows per
@@ -343,6 +372,8 @@ class DaemonStudy:
       human_tokens: ``[P, L]`` their human continuations; human_lengths: ``[P]``.
       prefix: ``[P, W]`` the eval prompts right-padded with -1.
       human_features: ``[P, K]`` float64 metrics of the human continuations.
+      eval_documents: ``[P]`` the document of each eval prompt: the clusters of every SE over prompts
+        (empty: every prompt its own cluster).
     """
 
     pipeline: Pipeline
@@ -356,6 +387,7 @@ class DaemonStudy:
     human_lengths: np.ndarray
     prefix: np.ndarray
     human_features: np.ndarray
+    eval_documents: list = dataclasses.field(default_factory=list)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -436,21 +468,36 @@ class DaemonStudy:
         )
 
     # --- evaluation -------------------------------------------------------------------------------
+    def documents(self, rows: int) -> np.ndarray:
+        """``[rows]`` cluster labels of the first ``rows`` eval prompts: their documents (windows of one
+        document are not independent), or one cluster per prompt when the documents are not known."""
+        return np.asarray(self.eval_documents[:rows]) if self.eval_documents else np.arange(rows)
+
     def features(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """``[R, K]`` float64 metrics of continuations of the first ``R = len(tokens)`` eval prompts."""
         rows = len(tokens)
         return self.pipeline.metrics(tokens, lengths, self.prefix[:rows]).astype(np.float64)
 
-    def evaluate(self, tokens: np.ndarray, lengths: np.ndarray, *, mauve: bool = True) -> dict[str, Any]:
-        """Every metric (mean ± SE over prompts), pooled diversity, MAUVE against the human continuations
-        of the same prompts, and the continuations' perplexity under the model."""
+    def evaluate(
+        self, tokens: np.ndarray, lengths: np.ndarray, *, mauve: bool = True, paired: bool = True
+    ) -> dict[str, Any]:
+        """Every metric (mean ± SE over prompts, clustered by document), pooled diversity, MAUVE against the
+        human continuations of the same prompts, and the continuations' perplexity under the model. With
+        ``paired``, ``paired_gap``: per metric the mean of (continuation − the same prompt's human
+        continuation) with its SE clustered by document (``eval.stats.paired_difference``)."""
         rows = len(tokens)
         feats = self.features(tokens, lengths)
+        docs = self.documents(rows)
         result = {
-            "metrics": {n: mean_se(feats[:, k]) for k, n in enumerate(self.metric_names)},
+            "metrics": {n: clustered_mean_se(feats[:, k], docs) for k, n in enumerate(self.metric_names)},
             "pooled_diversity": metrics_lib.pooled_diversity(tokens, lengths),
             "perplexity": self.pipeline.perplexity(tokens, lengths, self.prefix[:rows]),
         }
+        if paired:
+            human = self.human_features[:rows]
+            result["paired_gap"] = {
+                n: paired_difference(feats[:, k], human[:, k], docs) for k, n in enumerate(self.metric_names)
+            }
         if mauve:
             ours = mauve_lib.features(self.pipeline.model, self.pipeline.params, tokens, lengths, self.prefix[:rows])
             result["mauve"] = mauve_lib.mauve_score(self.mauve_human_features[:rows], ours)
@@ -515,6 +562,48 @@ class DaemonStudy:
                 "max": spread.max,
             }
         return result
+
+    def human_perplexity(
+        self,
+        mu: np.ndarray,
+        num_samples: int,
+        key: jax.Array,
+        *,
+        prompts: int | None = None,
+        sizes: Sequence[int] | None = None,
+        epsilon: float = EPSILON,
+        level: float = 0.95,
+    ) -> dict[str, Any]:
+        """The human continuations' perplexity under p_θ and ``q_µ`` with ``Ẑ`` from ``num_samples`` fresh
+        p_θ samples per prompt (first ``prompts`` eval prompts, all by default): ``ppl_model`` / ``ppl_q``,
+        ``paired`` (``tilted_perplexity.paired_log_perplexity_ci``: ``log ppl(q) − log ppl(p_θ)`` over the
+        texts, clustered by document, ``level`` t interval), ``n_sweep`` (``tilted_perplexity.n_sweep`` over
+        ``sizes``, default ``N, N/2, N/4, N/8``), and the ε-perplexities ``eps_ppl_model`` / ``eps_ppl_q``
+        with their own ``eps_paired`` interval (``epsilon``; module docstring of ``tilted_perplexity``)."""
+        rows = len(self.eval_prompts) if prompts is None else prompts
+        feats, eps_ratios = self.pipeline.epsilon_samples(self.eval_prompts[:rows], num_samples, key, epsilon=epsilon)
+        logp, mask = self.pipeline.scored(self.human_tokens[:rows], self.human_lengths[:rows], self.prefix[:rows])
+        tokens, human, docs = mask.sum(1), self.human_features[:rows], self.documents(rows)
+        report = perplexity_under_q(logp.sum(1), human, feats, mu, num_tokens=tokens)
+        vocab = int(self.pipeline.model.vocab_size)
+        eps_logp = ppl_lib.epsilon_log_probs(logp, mask, epsilon=epsilon, vocab_size=vocab)
+        eps = perplexity_under_q(eps_logp, human, feats, mu, num_tokens=tokens, sample_log_ratios=eps_ratios)
+        sweep = ppl_lib.n_sweep(
+            logp.sum(1), human, feats, mu, sizes=sizes or ppl_lib.default_sweep_sizes(num_samples), num_tokens=tokens
+        )
+        return {
+            "num_samples": num_samples,
+            "num_texts": rows,
+            "num_tokens": report.num_tokens,
+            "ppl_model": report.ppl_p,
+            "ppl_q": report.ppl_q,
+            "paired": ppl_lib.paired_log_perplexity_ci(report.log_p, report.log_q, tokens, docs, level=level),
+            "n_sweep": sweep.to_json(),
+            "epsilon": epsilon,
+            "eps_ppl_model": eps.ppl_p,
+            "eps_ppl_q": eps.ppl_q,
+            "eps_paired": ppl_lib.paired_log_perplexity_ci(eps.log_p, eps.log_q, tokens, docs, level=level),
+        }
 
     def gap_to_human(self, features: np.ndarray) -> dict[str, float]:
         """Per metric, ``(mean(features) − mean(human)) / std(human)`` on the same prompts, and the mean
@@ -605,6 +694,7 @@ def prepare(
         human_lengths=human_lengths,
         prefix=prefix,
         human_features=pipeline.metrics(human_tokens, human_lengths, prefix).astype(np.float64),
+        eval_documents=[w.doc_id for w in eval_windows],
     )
 
 
@@ -749,6 +839,12 @@ def single_metric_study(
     plain, daemon = clustered_mean_se(plain_metric, documents), clustered_mean_se(daemon_metric, documents)
     expected_plain, expected_daemon = (clustered_mean_se(expected[k], documents) for k in ("plain", "daemon"))
     expected_ratio = float(np.exp(expected["nll_daemon"].mean() - expected["nll_plain"].mean()))
+    human_prompts = window_features(pipeline.functions, eval_windows, max_new_tokens)[:, 0]
+    # the decoders against the same prompts' own human continuations: paired, clustered by document
+    paired = {
+        k: paired_difference(v, human_prompts, documents)
+        for k, v in (("plain", plain_metric), ("daemon", daemon_metric))
+    }
     return {
         "metric": metric,
         "corpus": corpus,
@@ -765,9 +861,8 @@ def single_metric_study(
             "seed": seed,
         },
         "human": human,
-        "human_prompts": clustered_mean_se(
-            window_features(pipeline.functions, eval_windows, max_new_tokens)[:, 0], documents
-        ),
+        "human_prompts": clustered_mean_se(human_prompts, documents),
+        "paired_gap_to_human_prompts": paired,
         "plain": plain,
         "daemon": daemon,
         "human_fit_split": human_pool["fit"],
@@ -876,7 +971,7 @@ def _main_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey:
                 "corpus": corpus,
                 "study": "main",
                 "decoder": "human",
-                **study.evaluate(study.human_tokens, study.human_lengths, mauve=False),
+                **study.evaluate(study.human_tokens, study.human_lengths, mauve=False, paired=False),
                 "human_split": {"windows": len(study.human_split_windows), "metrics": study.human_split},
             },
         )
@@ -903,6 +998,7 @@ def _main_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey:
         out = study.daemon(mu, config.num_candidates, jax.random.fold_in(ckey, 200))
         decode_s = time.perf_counter() - start
         nll = {who: out[f"expected_nll_{who}"] for who in ("daemon", "plain")}
+        docs = study.documents(len(out["tokens"]))
         return {
             "corpus": corpus,
             "study": "main",
@@ -913,16 +1009,37 @@ def _main_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey:
             **study.evaluate(out["tokens"], out["lengths"]),
             "expected_over_resampling": {
                 **{
-                    who: {n: mean_se(out[f"expected_{who}"][:, k]) for k, n in enumerate(study.metric_names)}
+                    who: {
+                        n: clustered_mean_se(out[f"expected_{who}"][:, k], docs)
+                        for k, n in enumerate(study.metric_names)
+                    }
                     for who in ("daemon", "plain")
                 },
-                "nll_per_row": {who: mean_se(v) for who, v in nll.items()},
+                "nll_per_row": {who: clustered_mean_se(v, docs) for who, v in nll.items()},
                 "ppl_ratio_daemon_vs_plain": float(np.exp(nll["daemon"].mean() - nll["plain"].mean())),
             },
             "human_perplexity": study.perplexity_under_q(mu, out["features"]),
         }
 
     return points + [(f"{corpus}/main/daemon", daemon_main)]
+
+
+def perplexity_samples(config: DaemonConfig) -> int:
+    """``N`` of the human-perplexity point (``config.perplexity_samples``; 0 = no such point). A config
+    without the field (older code) has none, so older folders keep their points and meaning."""
+    return int(getattr(config, "perplexity_samples", 0) or 0)
+
+
+def _human_perplexity_point(study: DaemonStudy, mu: np.ndarray, num_samples: int, ckey: jax.Array) -> Points:
+    """The human texts' perplexity under ``q_µ`` with ``Ẑ`` from ``num_samples`` fresh samples per eval
+    prompt (:meth:`DaemonStudy.human_perplexity`): paired CI, N sweep, ε-perplexity."""
+
+    def compute() -> dict:
+        start = time.perf_counter()
+        result = study.human_perplexity(mu, num_samples, jax.random.fold_in(ckey, 600))
+        return {"corpus": study.corpus, "study": "human_perplexity", **result, "decode_s": time.perf_counter() - start}
+
+    return [(f"{study.corpus}/human_perplexity/N={num_samples}", compute)]
 
 
 def _sr4_point(study: DaemonStudy, config: DaemonConfig) -> Points:
@@ -1048,6 +1165,8 @@ def run_studies(
         points: Points = []
         if "main" in config.studies:
             points += _main_points(study, config, mu, ckey)
+            if perplexity_samples(config):
+                points += _human_perplexity_point(study, mu, perplexity_samples(config), ckey)
         if first and "sr4" in config.studies:
             points += _sr4_point(study, config)
         if first and "m_sweep" in config.studies:
@@ -1075,4 +1194,6 @@ __all__ = [
     "window_features",
     "expected_over_resampling",
     "perplexity_summary",
+    "perplexity_samples",
+    "EPSILON",
 ]

@@ -1,0 +1,291 @@
+"""Issue 19's statistics for the DAEMON study: clustered and paired SEs, the paired perplexity CI, the 1/N
+bias of log Ẑ, the ε-perplexity, and the report's new tables. References are written from the formulas
+(sandwich estimators with explicit loops, the delta method on cluster totals, Martins et al.'s smoothing),
+never from the code under test."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from infodec import daemon
+from infodec.daemon import metrics as metrics_lib
+from infodec.daemon import tilted_perplexity as tp
+from infodec.eval import stats
+from infodec.studies.daemon import report, study
+from tests import tiny_models
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "daemon" / "full_wiki_fit128"
+
+
+def _toy(seed=0, n=40, groups=9):
+    rng = np.random.default_rng(seed)
+    clusters = rng.integers(0, groups, n)
+    shared = rng.normal(size=groups)[clusters]  # a per-document effect: rows of one cluster correlate
+    return rng, clusters, shared
+
+
+def _sandwich_se(y, clusters, weights=None):
+    """CR1 SE of the (weighted) mean of ``y`` as a regression on a constant, with explicit loops:
+    ``V = G/(G−1) · (Σ w)⁻² · Σ_g (Σ_{i∈g} w_i (y_i − β))²``."""
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, float)
+    beta = sum(wi * yi for wi, yi in zip(w, y)) / sum(w)
+    labels = sorted(set(clusters.tolist()))
+    meat = 0.0
+    for g in labels:
+        score = sum(w[i] * (y[i] - beta) for i in range(len(y)) if clusters[i] == g)
+        meat += score * score
+    big_g = len(labels)
+    return beta, np.sqrt(big_g / (big_g - 1) * meat) / sum(w)
+
+
+def test_clustered_mean_se_is_the_cr1_sandwich():
+    rng, clusters, shared = _toy()
+    y = shared + rng.normal(size=len(clusters))
+    got = stats.clustered_mean_se(y, clusters)
+    beta, se = _sandwich_se(y, clusters)
+    assert got["mean"] == pytest.approx(beta, rel=1e-12)
+    assert got["se"] == pytest.approx(se, rel=1e-10)
+    assert got["clusters"] == len(set(clusters.tolist()))
+    # one value per cluster: the i.i.d. SE
+    assert stats.clustered_mean_se(y, np.arange(len(y)))["se"] == pytest.approx(np.std(y, ddof=1) / np.sqrt(len(y)))
+
+
+def test_paired_difference_is_the_clustered_se_of_the_differences_and_beats_the_combined_se():
+    rng, clusters, shared = _toy(1)
+    human = shared + rng.normal(size=len(clusters))
+    decoder = human + 0.3 + 0.2 * rng.normal(size=len(clusters))  # strongly paired with the human value
+    got = stats.paired_difference(decoder, human, clusters)
+    beta, se = _sandwich_se(decoder - human, clusters)
+    assert got["mean"] == pytest.approx(beta, rel=1e-12) and got["se"] == pytest.approx(se, rel=1e-10)
+    separate = stats.combined_se(
+        stats.clustered_mean_se(decoder, clusters)["se"], stats.clustered_mean_se(human, clusters)["se"]
+    )
+    assert got["se"] < separate  # the pair's covariance is counted
+    unclustered = stats.paired_difference(decoder, human)
+    d = decoder - human
+    assert unclustered["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(len(d)))
+    with pytest.raises(ValueError, match="as many values"):
+        stats.paired_difference([1.0, 2.0], [1.0])
+
+
+def test_clustered_ratio_is_the_delta_method_on_cluster_totals():
+    rng, clusters, _ = _toy(2)
+    tokens = rng.integers(5, 30, len(clusters)).astype(float)
+    nll = tokens * (3.0 + 0.5 * rng.normal(size=len(clusters)))
+    got = stats.clustered_ratio(nll, tokens, clusters)
+    labels = sorted(set(clusters.tolist()))
+    a_g = np.array([nll[clusters == g].sum() for g in labels])
+    b_g = np.array([tokens[clusters == g].sum() for g in labels])
+    ratio = a_g.sum() / b_g.sum()
+    # ∂(A/B)/∂A = 1/B, ∂(A/B)/∂B = −A/B²; CR1 variance of the cluster totals' contributions
+    grad = a_g / b_g.sum() - ratio * b_g / b_g.sum()
+    se = np.sqrt(len(labels) / (len(labels) - 1) * np.sum(grad**2))
+    assert got["ratio"] == pytest.approx(ratio, rel=1e-12) and got["se"] == pytest.approx(se, rel=1e-10)
+    # equal lengths: the clustered SE of the per-text means
+    equal = stats.clustered_ratio(nll, np.full(len(nll), 7.0), clusters)
+    assert equal["se"] == pytest.approx(stats.clustered_mean_se(nll / 7.0, clusters)["se"], rel=1e-10)
+    # and the weighted-mean sandwich (Σa/Σb is the b-weighted mean of a/b)
+    assert got["se"] == pytest.approx(_sandwich_se(nll / tokens, clusters, tokens)[1], rel=1e-10)
+
+
+def test_confidence_interval_uses_t_with_g_minus_one_dof():
+    ci = stats.confidence_interval(1.0, 0.5, 10, level=0.95)
+    assert ci["dof"] == 9 and ci["high"] - 1.0 == pytest.approx(0.5 * 2.2621571627982053, rel=1e-9)
+    assert np.isnan(stats.confidence_interval(1.0, 0.5, 1)["low"])
+    with pytest.raises(ValueError, match="level"):
+        stats.confidence_interval(1.0, 0.5, 10, level=1.5)
+    assert stats.in_se_units(1.0, 0.0) == np.inf and np.isnan(stats.in_se_units(0.0, 0.0))
+
+
+def test_paired_log_perplexity_ci_against_brute_force():
+    rng, clusters, shared = _toy(3, n=30, groups=7)
+    tokens = rng.integers(10, 20, len(clusters)).astype(float)
+    log_p = -3.0 * tokens + shared + rng.normal(size=len(clusters))
+    log_q = log_p + 0.05 * tokens + 0.3 * rng.normal(size=len(clusters))
+    got = tp.paired_log_perplexity_ci(log_p, log_q, tokens, clusters, level=0.9)
+    delta = (np.sum(-log_q) - np.sum(-log_p)) / tokens.sum()  # nll_q − nll_p per token
+    labels = sorted(set(clusters.tolist()))
+    resid = [
+        sum((log_p[i] - log_q[i]) - delta * tokens[i] for i in range(len(tokens)) if clusters[i] == g) for g in labels
+    ]
+    se = np.sqrt(len(labels) / (len(labels) - 1) * np.sum(np.square(resid))) / tokens.sum()
+    half = scipy_stats.t.ppf(0.95, len(labels) - 1) * se
+    assert got["log_ppl_difference"] == pytest.approx(delta, rel=1e-12)
+    assert got["se"] == pytest.approx(se, rel=1e-10)
+    assert (got["low"], got["high"]) == pytest.approx((delta - half, delta + half), rel=1e-10)
+    assert got["ppl_ratio"] == pytest.approx(
+        np.exp(np.sum(-log_q) / tokens.sum()) / np.exp(np.sum(-log_p) / tokens.sum())
+    )
+    assert got["ppl_ratio_low"] == pytest.approx(np.exp(delta - half)) and got["clusters"] == len(labels)
+
+
+def test_fit_inverse_n_recovers_an_exact_line():
+    sizes = np.array([25, 50, 100, 200])
+    assert tp.fit_inverse_n(sizes, 2.0 - 3.0 / sizes) == pytest.approx((2.0, -3.0), rel=1e-10)
+    assert tp.default_sweep_sizes(200) == (25, 50, 100, 200)
+    with pytest.raises(ValueError, match="distinct"):
+        tp.fit_inverse_n([10, 10], [1.0, 1.0])
+
+
+@pytest.mark.slow
+def test_n_sweep_recovers_the_known_1_over_n_bias_of_log_z():
+    """Log-normal weights: lw = f ~ N(0, σ²) (µ = −1), so log Z = σ²/2 and, by the delta method,
+    E[log Ẑ_N] = log Z − (e^{σ²} − 1) / (2N) + O(N⁻²). With human features 0 and log p = 0, the
+    per-sequence nll_q is the mean log Ẑ over prefixes."""
+    sigma, prefixes, total = 0.5, 20000, 200
+    rng = np.random.default_rng(0)
+    feats = rng.normal(0.0, sigma, (prefixes, total, 1))
+    sweep = tp.n_sweep(np.zeros(prefixes), np.zeros((prefixes, 1)), feats, np.array([-1.0]))
+    assert sweep.sizes.tolist() == [25, 50, 100, 200] and sweep.groups.tolist() == [8, 4, 2, 1]
+    log_z, slope = sigma**2 / 2, -(np.exp(sigma**2) - 1) / 2
+    # MC error of each point is about sqrt((e^{σ²}−1)/N / (prefixes·groups)) ≈ 3e-4; the O(N⁻²) term < 2e-4
+    assert sweep.intercept == pytest.approx(log_z, abs=2e-3)
+    assert sweep.slope == pytest.approx(slope, rel=0.1)
+    assert sweep.bias_at_largest == pytest.approx(sweep.slope / 200)
+    assert sweep.ppl_q_extrapolated == pytest.approx(np.exp(sweep.intercept))
+    with pytest.raises(ValueError, match="sizes must lie"):
+        tp.n_sweep(np.zeros(3), np.zeros((3, 1)), feats[:3, :10], np.array([-1.0]), sizes=(5, 20))
+
+
+def test_epsilon_perplexity_is_martins_smoothing():
+    p = np.array([[0.5, 0.25, 0.0], [0.1, 0.6, 0.9]])
+    mask = np.array([[True, True, True], [True, True, False]])
+    with np.errstate(divide="ignore"):
+        logp = np.log(p)
+    eps, vocab = 0.01, 4
+    smoothed = [(p[b, t] + eps) / (1 + eps * vocab) for b in range(2) for t in range(3) if mask[b, t]]
+    expected = np.exp(-np.mean(np.log(smoothed)))
+    assert daemon.epsilon_perplexity(logp, mask, epsilon=eps, vocab_size=vocab) == pytest.approx(expected, rel=1e-12)
+    # ε = 0 is the plain token-level perplexity (finite rows only)
+    assert daemon.epsilon_perplexity(logp[1:], mask[1:], epsilon=0.0, vocab_size=vocab) == pytest.approx(
+        np.exp(-np.mean(np.log([0.1, 0.6])))
+    )
+    ratios = daemon.epsilon_log_ratios(logp[1:], mask[1:], epsilon=eps, vocab_size=vocab)
+    assert ratios[0] == pytest.approx(np.log((0.1 + eps) / 1.04) + np.log((0.6 + eps) / 1.04) - np.log(0.06))
+    with pytest.raises(ValueError, match="epsilon"):
+        daemon.epsilon_perplexity(logp, mask, epsilon=-1.0, vocab_size=vocab)
+
+
+def _tiny_study(documents):
+    model, params = tiny_models.tiny_llama()
+    names = ("sr2", "div")
+    functions = tuple(metrics_lib.metric_functions(names))
+    pipeline = study.Pipeline(model, params, names, functions, max_new_tokens=4, rows_per_call=64, log=lambda _: None)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, tiny_models.VOCAB, 3).tolist() for _ in documents]
+    tokens = rng.integers(0, tiny_models.VOCAB, (len(documents), 4)).astype(np.int32)
+    lengths = np.full(len(documents), 4, np.int32)
+    prefix = np.asarray(prompts, np.int32)
+    return study.DaemonStudy(
+        pipeline=pipeline,
+        tokenizer=None,
+        corpus="toy",
+        fit_prompts=prompts,
+        fit_target_windows=[],
+        human_split_windows=[],
+        eval_prompts=prompts,
+        human_tokens=tokens,
+        human_lengths=lengths,
+        prefix=prefix,
+        human_features=pipeline.metrics(tokens, lengths, prefix).astype(np.float64),
+        eval_documents=list(documents),
+    )
+
+
+@pytest.mark.slow
+def test_study_clusters_decoder_rows_and_reports_the_paired_perplexity():
+    documents = ["a", "a", "b", "c", "c", "c"]
+    s = _tiny_study(documents)
+    tokens, lengths = s.decode("sampling", jax.random.key(1))
+    result = s.evaluate(tokens, lengths, mauve=False)
+    feats = s.features(tokens, lengths)
+    clusters = np.asarray(documents)
+    for k, name in enumerate(s.metric_names):
+        assert result["metrics"][name]["se"] == pytest.approx(_sandwich_se(feats[:, k], clusters)[1], rel=1e-9)
+        diff = feats[:, k] - s.human_features[:, k]
+        assert result["paired_gap"][name]["mean"] == pytest.approx(diff.mean())
+        assert result["paired_gap"][name]["clusters"] == 3
+    out = s.human_perplexity(np.array([0.5, -0.5]), 8, jax.random.key(2), sizes=(2, 4, 8), epsilon=1e-3)
+    paired = out["paired"]
+    assert paired["clusters"] == 3 and paired["ppl_ratio"] == pytest.approx(out["ppl_q"] / out["ppl_model"])
+    assert out["n_sweep"]["sizes"] == [2, 4, 8] and out["n_sweep"]["groups"] == [4, 2, 1]
+    logp, mask = s.pipeline.scored(s.human_tokens, s.human_lengths, s.prefix)
+    assert out["eps_ppl_model"] == pytest.approx(
+        daemon.epsilon_perplexity(logp, mask, epsilon=1e-3, vocab_size=tiny_models.VOCAB), rel=1e-9
+    )
+    assert out["ppl_model"] == pytest.approx(np.exp(-np.where(mask, logp, 0).sum() / mask.sum()), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path):
+    """An old folder (no paired gaps, no clusters) plus synthetic new records: the new tables appear and
+    their numbers are the records' own."""
+    folder = tmp_path / "run"
+    shutil.copytree(RESULTS, folder)
+    lines = (folder / "points.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    sampling = next(r for r in records if r.get("decoder") == "sampling")
+    sampling["paired_gap"] = {n: {"mean": 0.2, "se": 0.05, "n": 96, "clusters": 34} for n in sampling["metrics"]}
+    sweep = {
+        "sizes": [25, 50],
+        "groups": [2, 1],
+        "nll_q": [3.0, 3.01],
+        "nll_p": 3.05,
+        "intercept": 3.02,
+        "slope": -0.5,
+        "bias_at_largest": -0.01,
+        "ppl_q_extrapolated": float(np.exp(3.02)),
+    }
+    paired = {
+        "log_ppl_difference": -0.01,
+        "se": 0.004,
+        "low": -0.018,
+        "high": -0.002,
+        "ppl_ratio": float(np.exp(-0.01)),
+        "ppl_ratio_low": float(np.exp(-0.018)),
+        "ppl_ratio_high": float(np.exp(-0.002)),
+        "level": 0.95,
+        "dof": 33,
+        "n": 96,
+        "clusters": 34,
+    }
+    records.append(
+        {
+            "key": "wiki/human_perplexity/N=50",
+            "corpus": "wiki",
+            "study": "human_perplexity",
+            "num_samples": 50,
+            "num_texts": 96,
+            "num_tokens": 12288.0,
+            "ppl_model": 22.8,
+            "ppl_q": 22.6,
+            "paired": paired,
+            "n_sweep": sweep,
+            "epsilon": 1e-6,
+            "eps_ppl_model": 22.9,
+            "eps_ppl_q": 22.7,
+            "eps_paired": paired,
+        }
+    )
+    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    path = report.write_report(folder)
+    with (folder / "gaps.csv").open() as f:
+        gaps = list(csv.DictReader(f))
+    row = next(r for r in gaps if r["decoder"] == "sampling" and r["metric"] == "div")
+    assert float(row["gap_in_paired_se"]) == pytest.approx(4.0) and row["clusters"] == "34"
+    main = {r["decoder"]: r for r in report.main_rows(report.load(folder)[2], report.load(folder)[1])}
+    se = np.hypot(main["sampling"]["div_se"], main["human_split"]["div_se"])
+    assert float(row["gap_in_combined_se"]) == pytest.approx(
+        (main["sampling"]["div"] - main["human_split"]["div"]) / se
+    )
+    with (folder / "human_perplexity.csv").open() as f:
+        (ppl,) = list(csv.DictReader(f))
+    assert float(ppl["ppl_ratio_low"]) == pytest.approx(np.exp(-0.018)) and ppl["N"] == "50"
+    text = path.read_text()
+    assert "Human-text perplexity under q_µ (wiki)" in text and "gap to human in standard errors" in text
