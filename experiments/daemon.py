@@ -1,4 +1,5 @@
-r"""The DAEMON paper's studies on the default model: main table, SR-4 study, M sweep, proposal-τ sweep.
+r"""The DAEMON paper's studies on the default model (``gemma3-270m``, a base model; ``info`` scored by the
+fixed evaluator ``smollm2-135m``): main table, SR-4 study, M sweep, proposal-τ sweep.
 
     python -m experiments.daemon --smoke                  # < 1 min: wiki, greedy vs DAEMON, tiny sizes
     python -m experiments.daemon                          # the README's run (wiki + news, every study)
@@ -38,10 +39,20 @@ from absl import app, flags
 import infodec
 from experiments import common
 from infodec.studies.daemon import BASELINES, DaemonConfig, report, rows_per_call_that_fits, run_studies
+from infodec.studies.daemon.config import AUTO_EVALUATOR
 
 _D = DaemonConfig()  # the flags' defaults
 
-_MODEL = flags.DEFINE_string("model", _D.model, "Registry name, HF directory or .gguf of the LM.")
+_MODEL = flags.DEFINE_string(
+    "model", _D.model, "Registry name, HF directory or .gguf of the LM that decodes (default: a base model)."
+)
+_EVALUATOR = flags.DEFINE_string(
+    "evaluator",
+    AUTO_EVALUATOR,  # not _D.evaluator, which DaemonConfig() already resolved for the default --model
+    "Registry name, HF directory or .gguf of the fixed LM that scores the info metric (the continuation's "
+    "text re-tokenised). auto: smollm2-135m, or gemma3-270m when --model is smollm2-135m; model: --model "
+    "itself (what results folders written before this flag used).",
+)
 _CORPORA = flags.DEFINE_list("corpora", list(_D.corpora), "Corpora (infodec.data.corpora names).")
 _STUDIES = flags.DEFINE_list("studies", list(_D.studies), "Which studies to run.")
 _METRICS = flags.DEFINE_list("metrics", list(_D.metrics), "Metrics µ is fitted on and reported.")
@@ -160,8 +171,12 @@ def main(argv):
     infodec.enable_compilation_cache()
     start = time.perf_counter()
     log = lambda text: print(text, flush=True)
+    # the folder records the model that scores info ("auto" resolved), or null -- as folders written before
+    # --evaluator, which stay resumable -- when info is not computed or the decoding model scores it
+    s["evaluator"] = config.evaluator if "info" in config.metrics else None
     model, params, tokenizer = infodec.load(config.model)  # before the folder: --rows_per_call may depend on it
     amateur = infodec.load(config.amateur)[:2] if config.amateur else None
+    evaluator = infodec.load(config.evaluator) if config.evaluator and "info" in config.metrics else None
     if not flags.FLAGS["rows_per_call"].present:  # the default (or --smoke's), lowered to what the device holds
         fitted = rows_per_call_that_fits(model, params, config)
         if fitted is not None and fitted < config.rows_per_call:
@@ -171,7 +186,7 @@ def main(argv):
     folder = common.results_folder(
         __name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"), **s
     )
-    records = run_studies(folder, model, params, tokenizer, config, log=log, amateur=amateur)
+    records = run_studies(folder, model, params, tokenizer, config, log=log, amateur=amateur, evaluator=evaluator)
     path = report.write_report(folder.path)
     log(report.summary(records, config))
     log(f"done in {time.perf_counter() - start:.0f} s; results in {folder.path} (summary: {path})")

@@ -9,7 +9,8 @@ Every metric has the signature ``f(tokens[B, L], lengths[B], prefix[B, P] | None
 Token-level metrics (``sr{n}``, ``tr{l}``, ``div``) are jitted and exact (no hashing): distinct
 n-grams are counted on device by a lexicographic multi-key ``lax.sort`` of the n-gram columns, so two
 n-grams are the same only if all their tokens are. ``coh`` and ``info`` are built by the factories
-:func:`coherence` and :func:`model_nll`, since they need a model.
+:func:`coherence` and :func:`evaluator_nll` (a fixed evaluator LM, text re-tokenised; what the DAEMON
+study uses) or :func:`model_nll` (an evaluator sharing the LM's token ids), since they need a model.
 
 The registry maps names to metrics: ``get_metric("sr4")``, ``get_metric("tr32")``, ``"div"``,
 ``"coh"``, ``"info"`` (``n``/``l`` parsed from the name; ``sr``/``tr`` alone mean the defaults 4 and 32);
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.decoding.engine import prompt_bucket
-from infodec.decoding.scoring import check_continuations, continuation_log_probs, prefix_lists
+from infodec.decoding.scoring import check_continuations, continuation_log_probs, prefix_lists, score
 
 Array = jax.Array
 Metric = Callable[..., Array]
@@ -200,6 +201,45 @@ def model_nll(model, params) -> Metric:
     return info
 
 
+def evaluator_nll(evaluator, evaluator_params, evaluator_tokenizer, lm_tokenizer, *, batch_size: int = 8) -> Metric:
+    """Builds ``info`` scored by a fixed evaluator LM that need not share the decoding LM's tokenizer.
+
+    Each row is turned back into text with ``lm_tokenizer.decode`` (prefix ids without the -1 padding, and
+    the continuation's first ``lengths`` ids; special tokens are dropped, as in ``coh``), re-encoded with
+    ``evaluator_tokenizer`` -- the prefix with the evaluator's BOS convention, the continuation on its own
+    without BOS, so the boundary between them is the text's -- and scored teacher-forced
+    (``infodec.decoding.scoring.score``): the value is the mean negative log-likelihood per *evaluator*
+    token of the continuation given the prefix, 0 for a continuation whose text has no evaluator token.
+
+    Args:
+      evaluator, evaluator_params: the evaluator LM (``infodec.load``), kept fixed whatever decodes.
+      evaluator_tokenizer: its tokenizer (``encode``); every prefix must encode to at least one token.
+      lm_tokenizer: the decoding LM's tokenizer (``decode``).
+      batch_size: rows per evaluator forward pass.
+    Returns ``info(tokens [B, L], lengths [B], prefix [B, P]) -> Float[B]``.
+    """
+    if evaluator_tokenizer is None or lm_tokenizer is None:
+        raise ValueError("evaluator_nll needs both tokenizers: evaluator_tokenizer= and lm_tokenizer=")
+
+    def info(tokens, lengths, prefix=None) -> Array:
+        tokens, lengths = check_continuations(tokens, lengths)
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        prefix_text = [lm_tokenizer.decode(p) for p in prefix_lists(prefix, len(tokens))]
+        continuation_text = [lm_tokenizer.decode(tokens[b, : lengths[b]]) for b in range(len(tokens))]
+        logp, mask = score(
+            evaluator,
+            evaluator_params,
+            prefix_text,
+            continuation_text,
+            tokenizer=evaluator_tokenizer,
+            batch_size=batch_size,
+        )
+        count = mask.sum(1)
+        return jnp.asarray(np.where(count > 0, -logp.sum(1) / np.maximum(count, 1), 0.0), jnp.float32)
+
+    return info
+
+
 # --- registry --------------------------------------------------------------------------------------
 
 
@@ -217,12 +257,27 @@ def _coh_factory(
     return coherence(encoder, encoder_params, encoder_tokenizer, lm_tokenizer)
 
 
-def _info_factory(*, info=None, evaluator=None, evaluator_params=None, **_):
+def _info_factory(
+    *,
+    info=None,
+    evaluator=None,
+    evaluator_params=None,
+    evaluator_tokenizer=None,
+    lm_tokenizer=None,
+    tokenizer=None,
+    **_,
+):
     if info is not None:
         return info
     if evaluator is None or evaluator_params is None:
-        raise ValueError("metric 'info' needs info=model_nll(model, params) or evaluator= and evaluator_params=")
-    return model_nll(evaluator, evaluator_params)
+        raise ValueError(
+            "metric 'info' needs info=evaluator_nll(...) / model_nll(...), or evaluator= and evaluator_params= "
+            "(with evaluator_tokenizer= and lm_tokenizer= when the evaluator's tokenizer is not the LM's)"
+        )
+    lm_tokenizer = lm_tokenizer or tokenizer
+    if evaluator_tokenizer is None and lm_tokenizer is None:  # same token ids: score them directly
+        return model_nll(evaluator, evaluator_params)
+    return evaluator_nll(evaluator, evaluator_params, evaluator_tokenizer, lm_tokenizer)
 
 
 # name pattern -> factory(argument or None, **deps) -> metric
@@ -253,7 +308,8 @@ def get_metric(name: str, **deps: Any) -> Metric:
 
     ``deps`` feed the model-based metrics: ``coh=`` / ``info=`` (prebuilt functions), or
     ``encoder, encoder_params, encoder_tokenizer, lm_tokenizer`` for ``coh`` and ``evaluator,
-    evaluator_params`` for ``info``.
+    evaluator_params`` for ``info`` (scored on the LM's token ids, :func:`model_nll`), plus
+    ``evaluator_tokenizer, lm_tokenizer`` to score re-tokenised text (:func:`evaluator_nll`).
     """
     match = _NAME.match(name)
     if match and match.group(1) in METRICS:
@@ -303,4 +359,5 @@ __all__ = [
     "pooled_diversity",
     "coherence",
     "model_nll",
+    "evaluator_nll",
 ]

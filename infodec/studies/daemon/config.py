@@ -15,11 +15,19 @@ from typing import Any
 
 from infodec.daemon import metrics as metrics_lib
 from infodec.data import corpora
+from infodec.models import registry
 
 METRICS = ("sr2", "sr3", "sr4", "tr32", "div", "coh", "info")
 STUDIES = ("main", "sr4", "m_sweep", "temperature", "fit")
 # The human moments µ is fitted to: every fit-split window ("split") or the J fit prefixes' own ("prefixes").
 FIT_TARGETS = ("split", "prefixes")
+# The DAEMON studies decode with a base model ([P3] continues Wikipedia and news text with base LMs).
+DEFAULT_MODEL = "gemma3-270m"
+# ``evaluator="auto"`` scores ``info`` with the other registry LM: an evaluator that is not the decoder.
+AUTO_EVALUATOR = "auto"
+# ``evaluator`` values meaning "score ``info`` with the decoding model itself": what every results folder
+# written before the field existed did. They are stored as None (JSON null), like a folder without the field.
+SELF_EVALUATOR = ("", "model")
 # Flags of the launcher that choose how it runs, not what it computes (stored in flags.json all the same).
 LAUNCHER_FLAGS = ("smoke",)
 
@@ -83,7 +91,13 @@ class DaemonConfig:
     """Settings of the DAEMON studies (``experiments.daemon``'s flags; see that module for the studies).
 
     Attributes:
-      model: registry name, HF directory or .gguf of the LM.
+      model: registry name, HF directory or .gguf of the LM that decodes (default :data:`DEFAULT_MODEL`, a
+        base model; folders written before hold their own model in ``flags.json``).
+      evaluator: the fixed LM that scores ``info`` (mean NLL of the continuation's text, re-tokenised,
+        given the prompt's: ``metrics.evaluator_nll``), a registry name, HF directory or .gguf. "auto"
+        (the default) resolves to :func:`default_evaluator` of ``model``; None (or "" / "model" / the
+        model's own name) scores ``info`` with the decoding model itself, which is what a results folder
+        without this field used. Unused (and "auto" left unresolved) when ``metrics`` has no ``info``.
       corpora: ``infodec.data.corpora`` names; fit and eval prompts come from disjoint documents.
       studies: which of :data:`STUDIES` to run.
       metrics: the metrics µ is fitted on and reported (``infodec.daemon.metrics`` names).
@@ -105,7 +119,7 @@ class DaemonConfig:
       seed: window choice and every PRNG key derive from it.
     """
 
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     corpora: tuple[str, ...] = ("wiki", "news")
     studies: tuple[str, ...] = ("main", "sr4", "m_sweep", "temperature")
     metrics: tuple[str, ...] = METRICS
@@ -129,22 +143,36 @@ class DaemonConfig:
     rows_per_call: int = 100
     seed: int = 0
     amateur: str | None = None
+    evaluator: str | None = AUTO_EVALUATOR
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any]) -> DaemonConfig:
         """The config of a flag dict (the launcher's flags, or a results folder's ``flags.json``); flags
-        missing from it keep their defaults and :data:`LAUNCHER_FLAGS` are ignored."""
-        return cls(**{k: v for k, v in flags.items() if k not in LAUNCHER_FLAGS})
+        missing from it keep their defaults and :data:`LAUNCHER_FLAGS` are ignored, except ``evaluator``:
+        a folder written before it existed scored ``info`` with the decoding model, so a missing
+        ``evaluator`` reads as None (the decoding model), never as "auto"."""
+        return cls(**{"evaluator": None, **{k: v for k, v in flags.items() if k not in LAUNCHER_FLAGS}})
 
     def __post_init__(self) -> None:
+        _require(bool(self.model), "--model must name a model (registry name, HF directory or .gguf)")
         for name in ("corpora", "studies", "metrics", "baselines"):
             self._set(name, tuple(getattr(self, name)))
+        self._set("evaluator", self._resolved_evaluator())
         self._set("l2_values", _numbers("l2_values", self.l2_values, allow_empty=True))
         self._set("proposal_temperatures", _numbers("proposal_temperatures", self.proposal_temperatures))
         ms = _numbers("m_values", self.m_values)
         _require(all(m >= 1 and m == int(m) for m in ms), f"--m_values must be positive integers, got {list(ms)}")
         self._set("m_values", tuple(int(m) for m in ms))
         self._validate()
+
+    def _resolved_evaluator(self) -> str | None:
+        """``evaluator`` as stored: a model name, None for the decoding model, or "auto" while ``metrics``
+        has no ``info`` (so ``dataclasses.replace`` adding ``info`` later still resolves it)."""
+        if self.evaluator is None or self.evaluator in SELF_EVALUATOR or self.evaluator == self.model:
+            return None
+        if self.evaluator == AUTO_EVALUATOR and "info" in self.metrics:
+            return default_evaluator(self.model)
+        return self.evaluator  # "auto" stays unresolved while no metric needs an evaluator
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen dataclass's own field, once
@@ -192,9 +220,27 @@ class DaemonConfig:
             f"--proposal_temperatures must be > 0, got {list(self.proposal_temperatures)}",
         )
 
+    def describe_models(self) -> str:
+        """One sentence naming the decoding model and the evaluator of ``info`` exactly
+        (``registry.describe``), for reports, results pages and launchers' headers."""
+        line = f"Decoding model `{self.model}`: {registry.describe(self.model)}."
+        if "info" not in self.metrics:
+            return line
+        if self.evaluator is None:
+            return f"{line} `info` is scored by the decoding model itself (its own NLL), not a fixed evaluator."
+        return (
+            f"{line} `info` is scored by the fixed evaluator `{self.evaluator}`: {registry.describe(self.evaluator)}."
+        )
+
     def flags(self) -> dict[str, Any]:
         """The settings as a JSON-able dict (a ``ResultsFolder``'s settings; ``from_flags`` reads it back)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def default_evaluator(model: str) -> str:
+    """The evaluator ``evaluator="auto"`` picks for ``model``: a registry LM that is not ``model`` --
+    ``smollm2-135m`` (SmolLM2-135M-Instruct) for any model but itself, ``gemma3-270m`` (base) for it."""
+    return "gemma3-270m" if model == "smollm2-135m" else "smollm2-135m"
 
 
 def _require(condition: bool, message: str) -> None:
@@ -235,4 +281,7 @@ __all__ = [
     "STUDIES",
     "FIT_TARGETS",
     "check_fit_target",
+    "default_evaluator",
+    "DEFAULT_MODEL",
+    "AUTO_EVALUATOR",
 ]

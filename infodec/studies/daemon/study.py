@@ -614,15 +614,24 @@ class DaemonStudy:
         return {**{n: float(g) for n, g in zip(self.metric_names, gaps)}, "mean_abs": float(np.abs(gaps).mean())}
 
 
-def metric_functions(model, params, tokenizer, names: Sequence[str], encoder=None) -> list[metrics_lib.Metric]:
+def metric_functions(
+    model, params, tokenizer, names: Sequence[str], encoder=None, evaluator=None
+) -> list[metrics_lib.Metric]:
     """The metric functions of ``names``: ``coh`` with ``encoder`` (``(encoder, params, tokenizer)``, default
-    ``infodec.load("minilm-l6")``), ``info`` as the NLL under the LM itself."""
+    ``infodec.load("minilm-l6")``); ``info`` as the mean NLL of the continuation's text, re-tokenised, under
+    the fixed ``evaluator`` (``(model, params, tokenizer)``; ``metrics.evaluator_nll``), or with
+    ``evaluator=None`` under the LM itself on its own ids (``metrics.model_nll``: what results folders
+    without an ``evaluator`` setting used)."""
     deps: dict[str, Any] = {}
     if "coh" in names:
         enc, enc_params, enc_tokenizer = encoder or load("minilm-l6")
         deps["coh"] = metrics_lib.coherence(enc, enc_params, enc_tokenizer, tokenizer)
     if "info" in names:
-        deps["info"] = metrics_lib.model_nll(model, params)
+        if evaluator is None:
+            deps["info"] = metrics_lib.model_nll(model, params)
+        else:
+            ev_model, ev_params, ev_tokenizer = evaluator
+            deps["info"] = metrics_lib.evaluator_nll(ev_model, ev_params, ev_tokenizer, tokenizer)
     return metrics_lib.metric_functions(names, **deps)
 
 
@@ -645,6 +654,7 @@ def prepare(
     encoder=None,
     log: Log = print,
     amateur: tuple[Any, Any] | None = None,
+    evaluator: tuple[Any, Any, Any] | None = None,
 ) -> DaemonStudy:
     """Loads the corpus windows and builds the metric functions of a :class:`DaemonStudy`.
 
@@ -653,14 +663,14 @@ def prepare(
     ``"prefixes"`` to that of the ``J`` fit prefixes. The decoders are compared with the human mean over
     the eval-split windows. ``max_human_windows``: at most this many windows (a random subset) for either
     split's human mean (``coh`` and ``info`` of thousands of windows take minutes on a CPU); None = all.
-    ``encoder``: as for :func:`metric_functions`. ``amateur``: ``(model, params)`` for the baselines that
-    need one (``Pipeline.amateur``).
+    ``encoder``, ``evaluator``: as for :func:`metric_functions` (``evaluator=None``: ``info`` under the LM
+    itself). ``amateur``: ``(model, params)`` for the baselines that need one (``Pipeline.amateur``).
     """
     if max_human_windows is not None and max_human_windows < 1:
         raise ValueError(f"max_human_windows must be >= 1 or None (every window), got {max_human_windows}")
     check_fit_target(fit_target)
     names = tuple(metric_names)
-    functions = tuple(metric_functions(model, params, tokenizer, names, encoder))
+    functions = tuple(metric_functions(model, params, tokenizer, names, encoder, evaluator))
     pools, fit_windows, eval_windows = prompt_windows(
         corpus,
         tokenizer,
@@ -1119,16 +1129,22 @@ def run_studies(
     *,
     log: Log = print,
     amateur: tuple[Any, Any] | None = None,
+    evaluator: tuple[Any, Any, Any] | None = None,
 ) -> dict[str, dict]:
     """Runs the studies of ``config`` as points of the results folder ``folder``, skipping finished ones;
     returns ``{key: record}``. Every study but ``sr4`` fits µ first (the point ``<corpus>/fit/tau=1``);
     the SR-4 study fits its own µ. The SR-4 study and the sweeps run on the first corpus only.
     ``amateur``: ``(model, params)`` of ``config.amateur``, loaded here when not given and a baseline of
-    the main study needs it."""
+    the main study needs it. ``evaluator``: ``(model, params, tokenizer)`` of ``config.evaluator``, which
+    scores ``info``; loaded here when not given, ``config.evaluator`` is set and ``info`` is a metric
+    (``config.evaluator`` None: ``info`` under ``model`` itself)."""
     records: dict[str, dict] = {}
     needed = "main" in config.studies and any(BASELINES[b].needs_amateur for b in config.baselines)
     if amateur is None and needed and config.amateur:
         amateur = load(config.amateur)[:2]
+    if evaluator is None and config.evaluator and "info" in config.metrics:
+        evaluator = load(config.evaluator)
+    log(config.describe_models())
 
     def run(points: Points) -> None:
         records.update(zip([k for k, _ in points], folder.run(points, log)))
@@ -1153,6 +1169,7 @@ def run_studies(
             seed=config.seed,
             log=log,
             amateur=amateur,
+            evaluator=evaluator,
         )
         log(
             f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
