@@ -16,11 +16,14 @@ def settings(module_name: str) -> dict:
     return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module_name) if f.name not in _NOT_SETTINGS}
 
 
-def results_folder(module_name: str, out: str, overwrite: bool, growable=(), **extra) -> ResultsFolder:
+def results_folder(module_name: str, out: str, overwrite: bool, growable=(), added=None, **extra) -> ResultsFolder:
     """The launcher's results folder, bound to its flag values (plus ``extra`` resolved settings);
-    ``growable`` names list flags a rerun may extend (``ResultsFolder``)."""
+    ``growable`` names list flags a rerun may extend, ``added`` flags newer than some folders with the
+    value that means the old behaviour (``ResultsFolder``)."""
     try:
-        return ResultsFolder(out, {**settings(module_name), **extra}, overwrite=overwrite, growable=growable)
+        return ResultsFolder(
+            out, {**settings(module_name), **extra}, overwrite=overwrite, growable=growable, added=added
+        )
     except ValueError as e:
         raise app.UsageError(str(e)) from None
 

@@ -39,7 +39,7 @@ from absl import app, flags
 import infodec
 from experiments import common
 from infodec.studies.daemon import BASELINES, DaemonConfig, report, rows_per_call_that_fits, run_studies
-from infodec.studies.daemon.config import AUTO_EVALUATOR
+from infodec.studies.daemon.config import ADDED_SETTINGS, AUTO_EVALUATOR
 
 _D = DaemonConfig()  # the flags' defaults
 
@@ -124,6 +124,12 @@ _ROWS_PER_CALL = flags.DEFINE_integer(
     "Decode rows per call (bounds cache memory). Left unset, the default is lowered to the most the "
     "device's memory holds (infodec.decoding.memory).",
 )
+_PERPLEXITY_SAMPLES = flags.DEFINE_integer(
+    "perplexity_samples",
+    _D.perplexity_samples,
+    "N fresh p_θ samples per eval prompt behind Ẑ for the human-perplexity point (paired CI, N sweep, "
+    "ε-perplexity); 0 = no such point.",
+)
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of window choice and every PRNG key.")
 _SMOKE = flags.DEFINE_boolean(
     "smoke", False, "Tiny settings that finish in about a minute (for the flags not given on the command line)."
@@ -184,7 +190,12 @@ def main(argv):
             config = dataclasses.replace(config, rows_per_call=max(1, fitted))
             s["rows_per_call"] = config.rows_per_call
     folder = common.results_folder(
-        __name__, _OUT.value, _OVERWRITE.value, growable=("baselines", "studies", "m_values"), **s
+        __name__,
+        _OUT.value,
+        _OVERWRITE.value,
+        growable=("baselines", "studies", "m_values"),
+        added=ADDED_SETTINGS,
+        **s,
     )
     records = run_studies(folder, model, params, tokenizer, config, log=log, amateur=amateur, evaluator=evaluator)
     path = report.write_report(folder.path)

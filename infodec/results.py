@@ -33,10 +33,19 @@ class ResultsFolder:
       overwrite: start afresh, deleting previous points, tables and plots.
       growable: settings that list which points to run (decoders, sweep values) rather than how each
         is computed: a rerun may add entries to them (the finished points stay valid), not drop any.
+      added: settings introduced after folders were first written, each with the value that reproduces
+        the behaviour from before it existed: a stored ``flags.json`` without the key reads as holding that
+        value, so old folders resume under the new defaults where those mean the same computation.
     """
 
     def __init__(
-        self, path: str | Path, settings: Mapping[str, Any], *, overwrite: bool = False, growable: Sequence[str] = ()
+        self,
+        path: str | Path,
+        settings: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        growable: Sequence[str] = (),
+        added: Mapping[str, Any] | None = None,
     ):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -47,7 +56,7 @@ class ResultsFolder:
                 for old in self.path.glob(pattern):
                     old.unlink()
         elif flags_file.exists() and self.points_file.exists():
-            previous = json.loads(flags_file.read_text())
+            previous = {**json.loads(json.dumps(dict(added or {}))), **json.loads(flags_file.read_text())}
             changed = sorted(
                 k
                 for k in set(previous) | set(self.settings)

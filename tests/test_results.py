@@ -60,6 +60,18 @@ def test_growable_settings_may_gain_entries_but_not_lose_them(tmp_path):
         ResultsFolder(tmp_path, {"decoders": ["greedy", "top_p", "beam"], "n": 5}, growable=["decoders"])
 
 
+def test_a_setting_added_later_reads_as_its_old_meaning_in_older_folders(tmp_path):
+    ResultsFolder(tmp_path, {"n": 4}).append("k", {"x": 1})  # written before "evaluator" existed
+    with pytest.raises(ValueError, match="differing: \\['evaluator'\\]"):
+        ResultsFolder(tmp_path, {"n": 4, "evaluator": "other-lm"}, added={"evaluator": None})
+    folder = ResultsFolder(tmp_path, {"n": 4, "evaluator": None}, added={"evaluator": None})
+    assert set(folder.points()) == {"k"}
+    ResultsFolder(tmp_path / "old", {"n": 4}).append("k", {})
+    with pytest.raises(ValueError, match="differing: \\['samples'\\]"):  # undeclared: a new key differs
+        ResultsFolder(tmp_path / "old", {"n": 4, "samples": 0})
+    assert set(ResultsFolder(tmp_path / "old", {"n": 4, "samples": 0}, added={"samples": 0}).points()) == {"k"}
+
+
 def test_csv_and_plot(tmp_path):
     folder = ResultsFolder(tmp_path, {})
     path = folder.write_csv("t.csv", [{"a": 1, "b": 0.123456789}, {"a": 2, "c": "x"}])

@@ -79,6 +79,10 @@ BASELINES = {
 # What runs by default: every baseline that needs no second model.
 DEFAULT_BASELINES = tuple(name for name, b in BASELINES.items() if not b.needs_amateur)
 
+# Settings added after results folders were first written, with the value that reproduces what those folders
+# computed (``ResultsFolder(added=...)``): an older folder resumes when a rerun keeps these values.
+ADDED_SETTINGS = {"amateur": None, "evaluator": None, "perplexity_samples": 0}
+
 
 def check_fit_target(fit_target: str) -> None:
     """Raises ValueError unless ``fit_target`` is one of :data:`FIT_TARGETS`."""
@@ -144,14 +148,15 @@ class DaemonConfig:
     seed: int = 0
     amateur: str | None = None
     evaluator: str | None = AUTO_EVALUATOR
+    perplexity_samples: int = 0
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any]) -> DaemonConfig:
         """The config of a flag dict (the launcher's flags, or a results folder's ``flags.json``); flags
-        missing from it keep their defaults and :data:`LAUNCHER_FLAGS` are ignored, except ``evaluator``:
-        a folder written before it existed scored ``info`` with the decoding model, so a missing
-        ``evaluator`` reads as None (the decoding model), never as "auto"."""
-        return cls(**{"evaluator": None, **{k: v for k, v in flags.items() if k not in LAUNCHER_FLAGS}})
+        missing from it keep their defaults and :data:`LAUNCHER_FLAGS` are ignored, except
+        :data:`ADDED_SETTINGS`: a folder written before one existed computed what its old value means (a
+        missing ``evaluator`` reads as None, the decoding model, never as "auto")."""
+        return cls(**{**ADDED_SETTINGS, **{k: v for k, v in flags.items() if k not in LAUNCHER_FLAGS}})
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "--model must name a model (registry name, HF directory or .gguf)")
@@ -211,6 +216,7 @@ class DaemonConfig:
             not self.l2_values or 2 <= self.l2_folds <= self.num_fit_prefixes,
             f"--l2_folds must be between 2 and --num_fit_prefixes ({self.num_fit_prefixes}), got {self.l2_folds}",
         )
+        _require(self.perplexity_samples >= 0, f"--perplexity_samples must be >= 0, got {self.perplexity_samples}")
         for name in ("max_human_windows", "max_per_document"):
             _require(getattr(self, name) >= 0, f"--{name} must be >= 0 (0 = every window), got {getattr(self, name)}")
         _reraise("", [self.fit_target], check_fit_target)

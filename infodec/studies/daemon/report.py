@@ -360,7 +360,7 @@ def _settings_text(config: DaemonConfig) -> str:
     values = ", ".join(f"{v:g}" for v in config.l2_values)
     ridge = f"chosen by {config.l2_folds}-fold cross-validation among {values}" if values else f"{config.l2:g}"
     return (
-        f"Model `{config.model}`; corpora {', '.join(config.corpora)}; metrics {', '.join(config.metrics)}. "
+        f"{config.describe_models()} Corpora {', '.join(config.corpora)}; metrics {', '.join(config.metrics)}. "
         f"Algorithm 1 on J = {config.num_fit_prefixes} fit prefixes × N = {config.num_fit_samples} samples "
         f"(target: the human mean over the {'fit split' if config.fit_target == 'split' else 'fit prefixes'}; "
         f"ridge {ridge}); {config.num_eval_prompts} eval prompts, M = {config.num_candidates} candidates; "

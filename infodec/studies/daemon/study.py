@@ -1035,9 +1035,8 @@ def _main_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey:
 
 
 def perplexity_samples(config: DaemonConfig) -> int:
-    """``N`` of the human-perplexity point (``config.perplexity_samples``; 0 = no such point). A config
-    without the field (older code) has none, so older folders keep their points and meaning."""
-    return int(getattr(config, "perplexity_samples", 0) or 0)
+    """``N`` of the human-perplexity point (``config.perplexity_samples``; 0 = no such point)."""
+    return config.perplexity_samples
 
 
 def _human_perplexity_point(study: DaemonStudy, mu: np.ndarray, num_samples: int, ckey: jax.Array) -> Points:
