@@ -19,7 +19,12 @@ Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
 * ``fit``: only Algorithm 1 (µ, its report and, with ``--l2_values``, the cross-validation), which
   every study but ``sr4`` runs first anyway.
 * ``temperature``: proposal temperature τ (``--proposal_temperatures``): µ refitted with samples from
-  ``Temperature(τ)`` (with the proposal correction), then diversity against coherence.
+  ``Temperature(τ)`` (with the proposal correction), then diversity against coherence; with
+  ``--temperature_forms=corrected,uncorrected`` also the paper's uncorrected heuristic (µ fitted at τ = 1,
+  weights −µᵀf on the same candidates).
+
+Algorithm 1's fit is the per-prefix dual by default; ``--fit_normalization=global --fit_objective=relative_error``
+is the paper's pooled, relative-error Adam fit as third-party reconstructions describe it.
 
 The SR-4 study and the sweeps run on the first corpus only. Results go to ``--out`` (default ``results/daemon``):
 ``flags.json``, ``points.jsonl`` (one line per finished point; a rerun resumes), ``main.csv``,
@@ -116,6 +121,34 @@ _FIT_TARGET = flags.DEFINE_enum(
 _M_VALUES = flags.DEFINE_list("m_values", [str(m) for m in _D.m_values], "M sweep values.")
 _TAUS = flags.DEFINE_string(
     "proposal_temperatures", ",".join(repr(t) for t in _D.proposal_temperatures), "Proposal temperature sweep."
+)
+_TEMPERATURE_FORMS = flags.DEFINE_list(
+    "temperature_forms",
+    None,
+    "Forms of DAEMON the τ sweep runs: corrected (µ refitted on Temperature(τ) samples, proposal "
+    "correction in the weights) and/or uncorrected (the paper's heuristic as reconstructed: µ fitted at "
+    "τ = 1, weights −µᵀf only). Unset: corrected.",
+)
+_FIT_NORMALIZATION = flags.DEFINE_enum(
+    "fit_normalization",
+    None,
+    ["prefix", "global"],
+    "Algorithm 1's normaliser: per prefix, or global (one pooled sample bank, the paper's form as "
+    "reconstructed). Unset: prefix.",
+)
+_FIT_OBJECTIVE = flags.DEFINE_enum(
+    "fit_objective",
+    None,
+    ["dual", "relative_error"],
+    "Algorithm 1's objective: the convex dual (L-BFGS), or the RMS relative moment error with Adam (the "
+    "paper's as reconstructed; no ridge, --l2 unused). Unset: dual.",
+)
+_FIT_LEARNING_RATE = flags.DEFINE_float(
+    "fit_learning_rate", None, "Algorithm 1's learning rate (unset: L-BFGS line search; Adam 0.005)."
+)
+_FIT_STEPS = flags.DEFINE_integer("fit_steps", None, "Algorithm 1's maximum steps (unset: dual 200, Adam 5000).")
+_FIT_TOL = flags.DEFINE_float(
+    "fit_tol", None, "Algorithm 1's tolerance (unset: dual gradient 1e-6, RMS relative error 1e-3)."
 )
 _SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", _D.sweep_prompts, "Eval prompts per sweep point.")
 _ROWS_PER_CALL = flags.DEFINE_integer(

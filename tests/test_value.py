@@ -311,3 +311,43 @@ def test_two_stream_samples_follow_the_exact_distribution(tiny, policy):
     index = sequence_index(out.tokens)
     np.testing.assert_allclose(out.logp_policy, log_pi[index], atol=5e-4)
     np.testing.assert_allclose(out.diagnostics["pmi"], pmi[index], atol=5e-4)
+
+
+# --- provenance: h = 0 and top-p ties (docs/math.md §2) ----------------------------------------------------
+
+
+def softmax_np(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_half_life_zero_means_t0_for_the_schedule_and_the_policy():
+    """h = 0 disables the rule in both forms (T = t0: plain temperature), for any KL."""
+    kl = jnp.asarray([0.0, 0.3, 5.0, jnp.inf])
+    np.testing.assert_array_equal(HalfLifeSchedule(0.9, 0.0)(kl), np.full(4, 0.9, np.float32))
+    np.testing.assert_array_equal(KLGuidedTemperature(0.9, 0.0).temperature(kl), np.full(4, 0.9, np.float32))
+    logits = _random_streams(9)
+    want = softmax_np(np.asarray(logits[:, 0], np.float64) / 0.9)
+    np.testing.assert_allclose(probs(DynamicValuePolicy(HalfLifeSchedule(0.9, 0.0)), logits), want, atol=1e-5)
+    np.testing.assert_allclose(probs(KLGuidedTemperature(0.9, 0.0), logits), want, atol=1e-5)
+    with pytest.raises(ValueError, match="half_life must be >= 0"):
+        HalfLifeSchedule(1.0, -1.0)
+
+
+def test_official_ties_keep_every_token_tied_with_the_crossing_one():
+    """p = 0.5 over [0.2, 0.1, 0.4, 0.2, 0.1]: 0.4 (id 2) then the 0.2s at ids 0 and 3 tie; id 0 crosses 0.5.
+    The official rule keeps every token whose logit reaches the crossing one's (ids 0, 2, 3); infodec's
+    TopP keeps the tied tokens in id order only while the mass before them is below p (ids 0, 2)."""
+    row = np.log([0.2, 0.1, 0.4, 0.2, 0.1])
+    same = jnp.asarray(np.stack([row, row])[None])  # identical streams: KL = 0, T = t0 = 1
+    official = probs(KLGuidedTemperature(1.0, 1.0, top_p=0.5, official_ties=True), same)[0]
+    np.testing.assert_allclose(official, [0.25, 0.0, 0.5, 0.25, 0.0], atol=1e-6)
+    lower_ids = probs(KLGuidedTemperature(1.0, 1.0, top_p=0.5), same)[0]
+    np.testing.assert_allclose(lower_ids, [1 / 3, 0.0, 2 / 3, 0.0, 0.0], atol=1e-6)
+    # away from ties the two rules agree (and p = 1 keeps everything)
+    logits = _random_streams(10)
+    for top_p in (0.3, 0.9, 1.0):
+        np.testing.assert_array_equal(
+            probs(KLGuidedTemperature(0.8, 1.0, top_p=top_p, official_ties=True), logits),
+            probs(KLGuidedTemperature(0.8, 1.0, top_p=top_p), logits),
+        )

@@ -14,7 +14,22 @@ reweighted samples match the target moments. The samples are reused: only the we
   ``L̂(µ) = logsumexp_{j,i}(lw) − log(J N) + µᵀ F`` and ``Ê_µ[f] = Σ_{j,i} w_{j,i} f_{j,i}`` with
   ``w = softmax`` over all ``(j, i)``. This is the projection of the *joint* ``p(c) p_θ(x|c)``, which
   may also reweight prefixes (prefixes whose samples look more like the target get more mass); with
-  one prefix the two coincide.
+  one prefix the two coincide. It is also the **paper's pooled form** as third-party reconstructions
+  read [P3]: the ``J·N`` samples are one pooled sample bank, weighted by ``softmax(ρ − µᵀ f)`` over the
+  whole bank (a reconstruction: [P3]'s own code is not public).
+
+Two objectives pick µ (``objective=``):
+
+* ``"dual"`` (default): the convex dual above, minimised with L-BFGS and polished with Newton steps.
+* ``"relative_error"``: the paper's objective as third-party reconstructions describe it, the root mean
+  squared *relative* moment error ``E(µ) = sqrt(mean_k ((Ê_µ[f]_k − F_k) / F_k)²)``, minimised with
+  Adam (``optax.adam``; learning rate :data:`RELATIVE_ERROR_LEARNING_RATE`) until ``E < tol``
+  (:data:`RELATIVE_ERROR_TOL`) or ``steps``; the lowest-``E`` µ seen is returned. Where ``F`` is
+  attainable both objectives vanish at the same moment match, so they reach the same µ (the dual's
+  minimiser is unique when the features' weighted covariance is non-singular); where it is not, the
+  dual's µ diverges (without a ridge) while Adam's stops wherever the step cap leaves it. The learning
+  rate 0.005 and tolerance 0.001 are the reconstruction's reading of [P3]'s implementation details
+  (Appendix J), not checked against the paper's text here.
 
 Metrics are standardised (zero mean, unit variance over all samples of the proposal) before fitting
 (``standardize=True``): the fit finds ``ν`` on ``g = (f − m)/s``, and ``µ = ν / s`` on the raw scale (the
@@ -26,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +56,14 @@ from infodec.policies.standard import Temperature
 Array = jax.Array
 
 NORMALIZATIONS = ("prefix", "global")
+OBJECTIVES = ("dual", "relative_error")
+# The relative-error objective's Adam learning rate and stopping tolerance (module docstring: the
+# reconstruction's reading of [P3]'s implementation details).
+RELATIVE_ERROR_LEARNING_RATE = 0.005
+RELATIVE_ERROR_TOL = 1e-3
+# Maximum optimiser steps when ``fit_coefficients(steps=None)``: L-BFGS converges in tens of steps,
+# Adam at a fixed small learning rate needs thousands.
+DEFAULT_STEPS = {"dual": 200, "relative_error": 5000}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +83,13 @@ class FitReport:
       ess_global: ``1/Σ w²`` of the weights normalised over all ``(j, i)``.
       weights: ``[J, N]`` the normalised weights (per prefix, or over all pairs for "global").
       loss_history: ``[steps + 1]`` L̂ (standardised parametrisation, same value) before each step.
-      steps: optax steps taken; converged: whether the dual's gradient norm (``residual_norm_standardized``
-        when ``l2 = 0``) is below ``tol``.
-      normalization: "prefix" or "global".
+      steps: optax steps taken; converged: for ``objective="dual"`` whether the dual's gradient norm
+        (``residual_norm_standardized`` when ``l2 = 0``) is below ``tol``, for ``"relative_error"`` whether
+        ``relative_error`` is.
+      normalization: "prefix" or "global" (the pooled bank).
+      objective: "dual" or "relative_error" (module docstring).
+      relative_error: ``sqrt(mean_k (residual_k / F_k)²)`` at the returned µ, whichever the objective
+        (nan when some ``F_k = 0``).
       metric_names, human_features ``[J, K]``, sample_features ``[J, N, K]``, log_ratios ``[J, N]``:
         filled in by :func:`fit` (None from :func:`fit_coefficients`).
     """
@@ -83,6 +110,8 @@ class FitReport:
     steps: int
     converged: bool
     normalization: str
+    objective: str = "dual"
+    relative_error: float = float("nan")
     metric_names: tuple[str, ...] | None = None
     human_features: np.ndarray | None = None
     sample_features: np.ndarray | None = None
@@ -120,32 +149,53 @@ def moments(mu: Array, features: Array, log_ratios: Array | None = None, normali
     return total / features.shape[0] if normalization == "prefix" else total
 
 
-def _run(optimizer, nu0, g, rho, target, normalization, steps, tol, l2):
-    """Minimises the dual in a ``while_loop`` (stops at ``steps`` or once ‖∇‖ < tol)."""
-    loss = lambda nu: dual_loss(nu, g, rho, target, normalization, l2)
+def relative_error_loss(nu: Array, g: Array, rho: Array, target: Array, normalization: str, scale: Array) -> Array:
+    """``sqrt(mean_k ((Ê_ν[f]_k − F_k) / F_k)²)`` for standardised features ``g[J, N, K]`` (``f = m + s·g``),
+    log ratios ``rho[J, N]`` and the standardised target ``target[K]`` (``(F − m) / s``): the raw moment
+    error ``F_k − Ê[f]_k`` is ``s_k (G_k − Ê[g]_k)``, so ``scale[K] = s / F``."""
+    relative = (moments(nu, g, rho, normalization) - target) * scale
+    return jnp.sqrt(jnp.mean(relative**2) + 1e-30)  # + tiny: a finite gradient at an exact match
+
+
+def _run(optimizer, nu0, g, rho, target, normalization, steps, tol, l2, objective, scale):
+    """Minimises ``objective`` in a ``while_loop``. The dual stops at ``steps`` or once ‖∇‖ < tol and returns
+    the last ν; the relative error stops once it is below tol and returns the lowest-error ν seen (Adam
+    does not descend monotonically)."""
+    if objective == "dual":
+        loss = lambda nu: dual_loss(nu, g, rho, target, normalization, l2)
+        criterion = lambda nu: jnp.linalg.norm(jax.grad(loss)(nu))
+    else:
+        loss = lambda nu: relative_error_loss(nu, g, rho, target, normalization, scale)
+        criterion = loss
     value_and_grad = jax.value_and_grad(loss)
     history = jnp.full((steps + 1,), jnp.nan, jnp.float32)
 
     def cond(carry):
-        step, _, _, _, grad_norm = carry
-        return (step < steps) & (grad_norm >= tol)
+        step, _, _, _, value, _, _ = carry
+        return (step < steps) & (value >= tol)
 
     def body(carry):
-        step, nu, state, history, _ = carry
+        step, nu, state, history, _, best_nu, best = carry
         value, grad = value_and_grad(nu)
         history = history.at[step].set(value)
         updates, state = optimizer.update(grad, state, nu, value=value, grad=grad, value_fn=loss)
-        nu = optax.apply_updates(nu, updates)
-        return step + 1, nu, state, history, jnp.linalg.norm(jax.grad(loss)(nu))
+        nu = cast(Array, optax.apply_updates(nu, updates))
+        now = criterion(nu)
+        better = now < best
+        best_nu, best = jnp.where(better, nu, best_nu), jnp.where(better, now, best)
+        return step + 1, nu, state, history, now, best_nu, best
 
     state = optimizer.init(nu0)
-    start = (jnp.int32(0), nu0, state, history, jnp.linalg.norm(jax.grad(loss)(nu0)))
-    step, nu, _, history, grad_norm = jax.lax.while_loop(cond, body, start)
+    first = criterion(nu0)
+    start = (jnp.int32(0), nu0, state, history, first, nu0, first)
+    step, nu, _, history, value, best_nu, _ = jax.lax.while_loop(cond, body, start)
+    if objective != "dual":
+        nu = best_nu
     history = history.at[step].set(loss(nu))
-    return nu, step, history, grad_norm
+    return nu, step, history, value
 
 
-_run_jit = jax.jit(_run, static_argnums=(0, 5, 6))
+_run_jit = jax.jit(_run, static_argnums=(0, 5, 6, 9))
 
 
 @functools.lru_cache(maxsize=16)
@@ -154,48 +204,73 @@ def _default_optimizer(learning_rate):
     return optax.with_extra_args_support(optax.lbfgs(learning_rate=learning_rate))
 
 
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate):
+    """The relative-error objective's Adam, cached like :func:`_default_optimizer`."""
+    return optax.with_extra_args_support(optax.adam(learning_rate))
+
+
 def fit_coefficients(
     features,
     log_ratios,
     target,
     *,
     normalization: str = "prefix",
+    objective: str = "dual",
     standardize: bool = True,
-    steps: int = 200,
+    steps: int | None = None,
     learning_rate: float | None = None,
     optimizer: optax.GradientTransformation | None = None,
-    tol: float = 1e-6,
+    tol: float | None = None,
     mu_init=None,
-    polish: bool = True,
+    polish: bool | None = None,
     l2: float = 0.0,
 ) -> tuple[np.ndarray, FitReport]:
-    """Algorithm 1 on arrays: ``µ = argmin L̂(µ)`` (module docstring), no model needed.
+    """Algorithm 1 on arrays: ``µ = argmin L̂(µ)``, or the relative-error fit (module docstring), no model needed.
 
     Args:
       features: ``[J, N, K]`` metrics of ``N`` proposal samples for each of ``J`` prefixes.
       log_ratios: ``[J, N]`` ``ρ = log p_θ(x|c) − log r(x|c)`` (zeros when sampling from p_θ), or None.
       target: ``[K]`` ``F``, the human metric means.
-      normalization: "prefix" (per-prefix normalisers, the spec's) or "global" (module docstring).
+      normalization: "prefix" (per-prefix normalisers, the spec's) or "global" (one pooled bank, the
+        paper's form as reconstructed; module docstring).
+      objective: "dual" (the convex dual, default) or "relative_error" (the paper's RMS relative moment
+        error with Adam, as reconstructed; needs every ``F_k != 0`` and ``l2 = 0``).
       standardize: fit on standardised metrics (zero mean, unit variance over the samples); a metric
-        with zero variance keeps scale 1.
-      steps: maximum optimiser steps. tol: target for ‖∇L̂‖ = ‖(F − Ê_µ[f]) / s‖ (standardised scale);
-        ``converged`` reports whether it was met. The float32 optax loop stops at ``max(tol, 1e-4)``
-        when ``polish`` (float32 line searches cannot resolve much less), the float64 polish goes on.
-      learning_rate: for the default optimiser, L-BFGS (``optax.lbfgs``): None uses its line search.
+        with zero variance keeps scale 1. (The relative error is on the raw scale either way; this only
+        changes the parametrisation Adam steps in.)
+      steps: maximum optimiser steps (None: :data:`DEFAULT_STEPS` of the objective).
+      tol: the dual's target for ‖∇L̂‖ = ‖(F − Ê_µ[f]) / s‖ (standardised scale; None: 1e-6), or the
+        relative error's target (None: :data:`RELATIVE_ERROR_TOL`); ``converged`` reports whether it was
+        met. For the dual the float32 optax loop stops at ``max(tol, 1e-4)`` when ``polish`` (float32
+        line searches cannot resolve much less), the float64 polish goes on.
+      learning_rate: for the default optimiser: the dual's L-BFGS (``optax.lbfgs``; None uses its line
+        search), or the relative error's Adam (None: :data:`RELATIVE_ERROR_LEARNING_RATE`).
       optimizer: any optax transformation instead (e.g. ``optax.adam(0.05)``); it is called with
         ``value``, ``grad`` and ``value_fn`` extra arguments (``optax.with_extra_args_support``).
       mu_init: ``[K]`` starting µ on the raw scale (default zeros).
-      polish: after the (float32, on-device) optax loop, take damped Newton steps in float64 on the host
-        (Hessian = the weighted feature covariance, K x K), so the moments match to float64 precision.
-      l2: ridge ``l2/2 ‖ν‖²`` on the standardised coefficients. 0 (default) is the exact moment match;
-        a small value (1e-3) keeps µ finite when ``F`` is outside the samples' hull (finite-sample
-        fits of many metrics), at a moment residual of ``l2·ν`` in standard deviations.
+      polish: dual only (None: True): after the (float32, on-device) optax loop, take damped Newton steps
+        in float64 on the host (Hessian = the weighted feature covariance, K x K), so the moments match
+        to float64 precision. The relative-error fit is the paper's Adam loop alone (None: False).
+      l2: ridge ``l2/2 ‖ν‖²`` on the standardised coefficients (dual only). 0 (default) is the exact
+        moment match; a small value (1e-3) keeps µ finite when ``F`` is outside the samples' hull
+        (finite-sample fits of many metrics), at a moment residual of ``l2·ν`` in standard deviations.
 
     Returns ``(mu [K], FitReport)``. If ``F`` lies outside the convex hull of the samples' features, no
     finite µ matches it; the optimiser then stops at ``steps`` with ``converged=False``.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    dual = objective == "dual"
+    if not dual and polish:
+        raise ValueError("polish refines the dual's optimum; the relative-error fit takes polish=None or False")
+    if not dual and l2 != 0:
+        raise ValueError(f"the relative-error objective has no ridge (its step cap bounds µ): pass l2=0, got {l2}")
+    steps = DEFAULT_STEPS[objective] if steps is None else steps
+    tol = (1e-6 if dual else RELATIVE_ERROR_TOL) if tol is None else tol
+    polish = dual if polish is None else polish
     f = np.asarray(features, np.float64)
     if f.ndim != 3:
         raise ValueError(f"features must be [J prefixes, N samples, K metrics], got shape {f.shape}")
@@ -212,6 +287,8 @@ def fit_coefficients(
         raise ValueError("features, target and log_ratios must be finite (log_ratios may be -inf)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not dual and np.any(target == 0):
+        raise ValueError(f"the relative moment error divides by the target; target {target.tolist()} has a zero")
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
     if standardize:
@@ -222,8 +299,13 @@ def fit_coefficients(
     big_f = jnp.asarray((target - mean) / std, jnp.float32)
     rho_j = jnp.asarray(np.nan_to_num(rho, neginf=-1e30), jnp.float32)
     nu0 = jnp.zeros(k, jnp.float32) if mu_init is None else jnp.asarray(np.asarray(mu_init) * std, jnp.float32)
-    optimizer = _default_optimizer(learning_rate) if optimizer is None else optax.with_extra_args_support(optimizer)
-    nu, taken, history, grad_norm = _run_jit(
+    if optimizer is not None:
+        optimizer = optax.with_extra_args_support(optimizer)
+    elif dual:
+        optimizer = _default_optimizer(learning_rate)
+    else:
+        optimizer = _adam(RELATIVE_ERROR_LEARNING_RATE if learning_rate is None else learning_rate)
+    nu, taken, history, _ = _run_jit(
         optimizer,
         nu0,
         g,
@@ -233,6 +315,8 @@ def fit_coefficients(
         int(steps),
         jnp.float32(max(tol, 1e-4) if polish else tol),
         jnp.float32(l2),
+        objective,
+        jnp.asarray(std / np.where(target == 0, 1.0, target), jnp.float32),
     )
     nu = np.asarray(nu, np.float64)
     if polish:
@@ -246,6 +330,7 @@ def fit_coefficients(
     fitted = np.einsum("jn,jnk->k", weights, f) / (num_prefixes if normalization == "prefix" else 1)
     joint = softmax(lw.reshape(-1))
     residual = target - fitted
+    relative_error = float(np.sqrt(np.mean((residual / target) ** 2))) if np.all(target != 0) else float("nan")
     report = FitReport(
         mu=mu,
         mu_standardized=nu,
@@ -261,8 +346,10 @@ def fit_coefficients(
         weights=weights,
         loss_history=np.asarray(history[: int(taken) + 1], np.float64),
         steps=int(taken),
-        converged=float(np.linalg.norm(residual / std + l2 * nu)) < tol,
+        converged=(float(np.linalg.norm(residual / std + l2 * nu)) if dual else relative_error) < tol,
         normalization=normalization,
+        objective=objective,
+        relative_error=relative_error,
     )
     return mu, report
 
@@ -322,6 +409,8 @@ def cross_validate_l2(
         raise ValueError(f"folds must be between 2 and the number of prefixes ({num_prefixes}), got {folds}")
     if fit_kwargs.get("normalization", "prefix") != "prefix":
         raise ValueError("cross_validate_l2 scores per-prefix moments; it needs normalization='prefix'")
+    if fit_kwargs.get("objective", "dual") != "dual":
+        raise ValueError("cross_validate_l2 chooses the dual's ridge; the relative-error objective has none")
     rho = np.zeros(f.shape[:2]) if log_ratios is None else np.asarray(log_ratios, np.float64)
     target = np.asarray(target, np.float64).reshape(-1)
     fold_of = np.random.default_rng(seed).permutation(num_prefixes) % folds
@@ -522,8 +611,9 @@ def fit(
     tokenizer=None,
     stop_tokens: StopTokens = ...,
     normalization: str = "prefix",
+    objective: str = "dual",
     standardize: bool = True,
-    steps: int = 200,
+    steps: int | None = None,
     learning_rate: float | None = None,
     optimizer=None,
     mesh=None,
@@ -536,7 +626,8 @@ def fit(
     2. ``N = num_samples`` continuations per prefix, drawn once with ``infodec.generate(...,
        num_samples=N)`` from ``Temperature(proposal_temperature)``; ``ρ`` from the per-token
        ``logp_model − logp_policy`` (0 when τ = 1);
-    3. :func:`fit_coefficients` on the features.
+    3. :func:`fit_coefficients` on the features (``normalization``, ``objective``, ``standardize``,
+       ``steps``, ``learning_rate``, ``optimizer`` as there).
 
     ``prefixes`` / ``human_continuations``: strings (with ``tokenizer``) or token-id lists. Prefix
     strings are encoded with BOS, continuations without. ``metric_deps`` feed ``coh``/``info``
@@ -578,6 +669,7 @@ def fit(
         rho,
         human.mean(0),
         normalization=normalization,
+        objective=objective,
         standardize=standardize,
         steps=steps,
         learning_rate=learning_rate,

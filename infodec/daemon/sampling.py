@@ -5,6 +5,13 @@ prompt's prefilled KV cache via ``generate(..., num_samples=M)``), log weights
 ``lw_i = ρ_i − µᵀ f(x_i, c)`` with ``ρ_i = log p_θ(x_i|c) − log r(x_i|c)`` (dropped when
 ``correct_proposal=False``), and ``x_{i*}`` with ``i* ~ Categorical(lw)``. ``M = 1`` is plain
 proposal sampling; as ``M → ∞`` the output follows ``q_µ`` with a point-wise relative error O(1/M).
+
+**The paper's τ < 1 heuristic** (as third-party reconstructions describe [P3]; its code is not public):
+µ fitted at τ = 1, candidates from ``Temperature(τ)`` and log weights ``lw_i = −µᵀ f(x_i, c)`` with no
+``ρ`` term, i.e. ``sample(..., proposal_temperature=τ, correct_proposal=False)`` with that µ. As
+``M → ∞`` it follows ``r_τ(x|c) · exp(−µᵀ f) / Z`` with ``r_τ = Π_t softmax(ℓ_t / τ)[x_t]``, not ``q_µ``:
+the temperature's sharpening stays in the output, and µ (fitted against ``p_θ``'s moments) no longer
+matches the target moments.
 """
 
 from __future__ import annotations
@@ -136,7 +143,8 @@ def sample(
         ``M = 1`` returns exactly ``generate(..., Temperature(τ), split(key)[0])``.
       proposal_temperature: ``τ`` of the proposal ``r``.
       correct_proposal: include ``ρ = log p_θ − log r`` in the weights (targets ``q_µ``); False targets
-        ``r · exp(−µᵀ f)`` instead. Irrelevant at ``τ = 1`` (``ρ = 0``).
+        ``r · exp(−µᵀ f)`` instead (with µ fitted at τ = 1: the paper's τ < 1 heuristic, module
+        docstring). Irrelevant at ``τ = 1`` (``ρ = 0``).
       standardization: ``FitReport`` or ``(mean, std)`` when ``mu`` is on the standardised scale.
       mesh: a ``jax.sharding.Mesh`` (``infodec.sharding``): the ``P * M`` candidates on its data axis,
         parameters on its model axis; the candidates, weights and choices equal one device's.

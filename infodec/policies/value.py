@@ -37,7 +37,7 @@ from infodec.policies.base import (
     greedy_logits,
     per_row,
 )
-from infodec.policies.standard import TopK, TopP
+from infodec.policies.standard import TopK, TopP, mass_prefix_keep
 from infodec.policies.value_policy import PMI, FunctionScore, ValuePolicy, stream_diagnostics
 
 Array = jax.Array
@@ -71,16 +71,23 @@ class ClassifierFreeGuidance(Policy):
 
 @flax.struct.dataclass
 class KLGuidedTemperature(Policy):
-    """KL-divergence guided temperature [P2], the official rule (``docs/math.md`` §2)::
+    """KL-divergence guided temperature [P2], the official code's rule (``docs/math.md`` §2)::
 
         KL = max(0, Σ p (log p − log p'))     p, p' = clip(softmax(ℓ), 1e-7, 1), unrenormalised
-        T  = t0 · 2^(−KL / half_life)         (half_life = 0: T = t0)
+        T  = t0 · 2^(−KL / half_life)         (half_life = 0 disables the rule: T = t0)
         π  = softmax(truncate(ℓ / max(T, 1e-4)))   top-k then top-p, after the temperature
 
     ``exact=False`` computes the KL from log-softmax differences without clipping (the textbook KL;
     it differs from the official one only where some probability is below 1e-7). ``top_k = 0`` and
     ``top_p = 1`` disable truncation (the defaults: the official code's ``topk=1`` default is greedy
     and is not copied). ``t0 <= 1e-4`` is greedy on ``ℓ``. Fields are traced.
+
+    One difference from the official code by default: top-p keeps the tokens before the crossing token
+    in descending order with **ties broken toward lower ids** (``TopP``'s rule, shared by every infodec
+    decoder), so of several tokens tied with the crossing one only the lowest-id ones are kept. The
+    official (T5X) code keeps every token whose logit reaches the crossing token's (``logits <
+    cutoff_logit`` are masked); ``official_ties=True`` does that. The two differ only where logits tie
+    exactly at the boundary.
     """
 
     t0: float | Array = 1.0
@@ -88,6 +95,7 @@ class KLGuidedTemperature(Policy):
     top_k: int | Array = 0
     top_p: float | Array = 1.0
     exact: bool = flax.struct.field(pytree_node=False, default=True)
+    official_ties: bool = flax.struct.field(pytree_node=False, default=False)
 
     num_streams = 2
 
@@ -128,8 +136,18 @@ class KLGuidedTemperature(Policy):
         scaled = jax.lax.cond(
             jnp.all(k <= 0), lambda x: x, lambda x: TopK(jnp.where(k > 0, k, x.shape[-1])).transform(x, step), scaled
         )
-        scaled = jax.lax.cond(jnp.all(p >= 1), lambda x: x, lambda x: TopP(p).transform(x, step), scaled)
+        top_p = (lambda x: official_top_p(x, p)) if self.official_ties else (lambda x: TopP(p).transform(x, step))
+        scaled = jax.lax.cond(jnp.all(p >= 1), lambda x: x, top_p, scaled)
         return jax.nn.log_softmax(scaled), {"kl_streams": kl, "temperature": t}
+
+
+def official_top_p(logits: Array, p: Array) -> Array:
+    """Top-p as the official KL-guided (T5X) code applies it: every token whose logit reaches the crossing
+    token's is kept, ties included. ``logits [B, V]``, ``p [B]``; ``p >= 1`` keeps all, ``p <= 0`` keeps
+    the top token (and its ties); the rest become ``MASK_VALUE``."""
+    keep = mass_prefix_keep(logits, jax.nn.softmax(logits, axis=-1), p)  # the prefix up to the crossing token
+    crossing = jnp.min(jnp.where(keep, logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where((logits >= crossing) | (p >= 1)[:, None], logits, MASK_VALUE)
 
 
 # --- the open question: λ or T as a function of the streams' KL ------------------------------------
@@ -137,13 +155,23 @@ class KLGuidedTemperature(Policy):
 
 @flax.struct.dataclass
 class HalfLifeSchedule:
-    """The official mapping [P2]: ``value(KL) = base · 2^(−KL / half_life)`` (non-increasing in KL)."""
+    """The official mapping [P2]: ``value(KL) = base · 2^(−KL / half_life)`` (non-increasing in KL).
+
+    ``half_life = 0`` disables the schedule (``value = base``), as ``KLGuidedTemperature(half_life=0)``
+    means ``T = t0`` (``docs/math.md`` §2: h = 0 gives plain temperature sampling), so
+    ``DynamicValuePolicy(HalfLifeSchedule(t0, h))`` and ``KLGuidedTemperature(t0, h)`` agree for every
+    ``h >= 0``."""
 
     base: float | Array = 1.0
     half_life: float | Array = 1.0
 
+    def __post_init__(self):
+        check_range("half_life", self.half_life, 0.0, float("inf"), allowed=">= 0 nats (0 disables)")
+
     def __call__(self, kl: Array) -> Array:
-        return jnp.asarray(self.base, jnp.float32) * jnp.exp2(-kl / jnp.maximum(jnp.asarray(self.half_life), 1e-12))
+        h = jnp.asarray(self.half_life, jnp.float32)
+        decay = jnp.where(h > 0, jnp.exp2(-kl / jnp.where(h > 0, h, 1.0)), 1.0)
+        return jnp.asarray(self.base, jnp.float32) * decay
 
 
 @flax.struct.dataclass
@@ -200,5 +228,6 @@ __all__ = [
     "HalfLifeSchedule",
     "SigmoidSchedule",
     "DynamicValuePolicy",
+    "official_top_p",
     "MASK_VALUE",
 ]

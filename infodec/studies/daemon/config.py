@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.data import corpora
 from infodec.models import registry
@@ -28,6 +29,11 @@ AUTO_EVALUATOR = "auto"
 # ``evaluator`` values meaning "score ``info`` with the decoding model itself": what every results folder
 # written before the field existed did. They are stored as None (JSON null), like a folder without the field.
 SELF_EVALUATOR = ("", "model")
+# The proposal-temperature sweep's two forms of DAEMON at τ: "corrected" refits µ on Temperature(τ) samples
+# and keeps ρ = log p_θ − log r in the SIR weights (targets q_µ); "uncorrected" is the paper's τ < 1 heuristic
+# as third-party reconstructions describe it: µ fitted at τ = 1, candidates from Temperature(τ), weights
+# −µᵀf only (targets r_τ·exp(−µᵀf), not q_µ).
+TEMPERATURE_FORMS = ("corrected", "uncorrected")
 # Flags of the launcher that choose how it runs, not what it computes (stored in flags.json all the same).
 LAUNCHER_FLAGS = ("smoke",)
 
@@ -37,7 +43,10 @@ class Baseline:
     """One decoder of the main table.
 
     Attributes:
-      description: what it is, with its settings (the paper's where it states them).
+      description: what it is, with its settings.
+      source: where each setting comes from. [P3]'s appendix values for its baselines were not available
+        to this project (see :data:`BASELINES`), so none is said to be the paper's; each names what it does
+        follow (a library default, the method's own paper or code, or a common choice).
       policy: an ``infodec.policies.named`` name, sampled with ``generate``; None for a search.
       search: ``"beam"``, ``"contrastive"`` or ``"contrastive_decoding"`` (``beam_search`` /
         ``contrastive_search`` / ``contrastive_decoding``); None for a policy.
@@ -50,30 +59,62 @@ class Baseline:
     search: str | None = None
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     needs_amateur: bool = False
+    source: str = ""
 
 
 # The baselines of [P3]'s main table. The order is part of the results: a baseline's PRNG key is folded
-# from its position here, so new baselines go at the end.
+# from its position here, so new baselines go at the end. Settings: [P3]'s own values for its baselines (its
+# appendix) could not be read here, so they are NOT claimed to be the paper's; each ``source`` says what the
+# value follows.
 BASELINES = {
-    "greedy": Baseline("greedy", policy="greedy"),
-    "top_k": Baseline("top-k, k = 50", policy="top_k", settings={"top_k": 50}),
-    "top_p": Baseline("top-p (nucleus), p = 0.95", policy="top_p", settings={"top_p": 0.95}),
-    "typical": Baseline("typical, τ = 0.95", policy="typical", settings={"typical_p": 0.95}),
-    "eta": Baseline("η-sampling, η = 0.0009", policy="eta", settings={"eta": 0.0009}),
+    "greedy": Baseline("greedy", policy="greedy", source="no setting"),
+    "top_k": Baseline(
+        "top-k, k = 50",
+        policy="top_k",
+        settings={"top_k": 50},
+        source="k = 50: HF transformers' default top_k (GenerationConfig), a common choice",
+    ),
+    "top_p": Baseline(
+        "top-p (nucleus), p = 0.95",
+        policy="top_p",
+        settings={"top_p": 0.95},
+        source="p = 0.95: a common choice for open-ended generation (not checked against [P3])",
+    ),
+    "typical": Baseline(
+        "typical, τ = 0.95",
+        policy="typical",
+        settings={"typical_p": 0.95},
+        source="τ = 0.95: a common choice (not checked against [P3] or Meister et al.'s recommendations)",
+    ),
+    "eta": Baseline(
+        "η-sampling, η = 0.0009",
+        policy="eta",
+        settings={"eta": 0.0009},
+        source="η = 0.0009: inside the range Hewitt et al. 2022 suggest (3e-4 to 2e-3 by model size, as HF's "
+        "eta_cutoff documentation states)",
+    ),
     "contrastive": Baseline(
-        "contrastive search, k = 4, α = 0.6", search="contrastive", settings={"top_k": 4, "penalty_alpha": 0.6}
+        "contrastive search, k = 4, α = 0.6",
+        search="contrastive",
+        settings={"top_k": 4, "penalty_alpha": 0.6},
+        source="k = 4, α = 0.6: the example setting of HF's generation guide for contrastive search, a common choice",
     ),
-    "beam": Baseline("beam search, 4 beams", search="beam", settings={"num_beams": 4}),
+    "beam": Baseline(
+        "beam search, 4 beams", search="beam", settings={"num_beams": 4}, source="4 beams: a common choice"
+    ),
     "sampling": Baseline(
-        "ancestral sampling (T = 1): DAEMON's proposal", policy="temperature", settings={"temperature": 1.0}
+        "ancestral sampling (T = 1): DAEMON's proposal",
+        policy="temperature",
+        settings={"temperature": 1.0},
+        source="T = 1: the proposal of DAEMON's Algorithms 1 and 2 (docs/math.md §3)",
     ),
-    # Li et al. 2023's main runs (submit_decoding.py): 5 beams, α = 0.1, β = 1, amateur τ = 0.5, and the
-    # amateur reading only the prompt's last token (--ignore_prefix yes).
     "contrastive_decoding": Baseline(
         "contrastive decoding (expert vs --amateur), 5 beams, α = 0.1, β = 1, τ = 0.5, amateur context 1",
         search="contrastive_decoding",
         settings={"num_beams": 5, "alpha": 0.1, "beta": 1.0, "amateur_temperature": 0.5, "amateur_context": 1},
         needs_amateur=True,
+        source="Li et al. 2023's main runs (their submit_decoding.py): 5 beams, α = 0.1, β = 1, amateur τ = 0.5, "
+        "the amateur reading only the prompt's last token (--ignore_prefix yes)",
     ),
 }
 # What runs by default: every baseline that needs no second model.
@@ -119,6 +160,16 @@ class DaemonConfig:
       fit_target: one of :data:`FIT_TARGETS`.
       m_values: the M sweep; proposal_temperatures: the proposal-τ sweep; sweep_prompts: eval prompts
         per sweep point.
+      temperature_forms: which of :data:`TEMPERATURE_FORMS` the τ sweep runs (None: "corrected" only; the
+        uncorrected form is not run at τ = 1, where it is the corrected decode: ρ = 0, the same µ).
+      fit_normalization: Algorithm 1's ``fitting.fit_coefficients(normalization=)``: "prefix" or "global"
+        (one pooled sample bank, the paper's form as reconstructed); None: "prefix".
+      fit_objective: "dual" or "relative_error" (the paper's RMS relative moment error with Adam, as
+        reconstructed; it has no ridge, so ``l2`` is not used with it); None: "dual".
+      fit_learning_rate, fit_steps, fit_tol: ``fit_coefficients``' ``learning_rate`` / ``steps`` / ``tol``;
+        None: the objective's defaults (the dual's L-BFGS line search, 200 steps, 1e-6; the relative
+        error's Adam at 0.005, 5000 steps, 1e-3). The variants apply to every Algorithm 1 fit of the
+        main study and the sweeps; the SR-4 study fits its one metric with the dual.
       rows_per_call: decode rows per call (bounds the KV-cache memory).
       seed: window choice and every PRNG key derive from it.
     """
@@ -149,6 +200,14 @@ class DaemonConfig:
     amateur: str | None = None
     evaluator: str | None = AUTO_EVALUATOR
     perplexity_samples: int = 0
+    # Fields added after results folders were written: None or their ADDED_SETTINGS value means the behaviour
+    # from before them, so a rerun on such a folder finds its settings unchanged and resumes.
+    temperature_forms: tuple[str, ...] | None = None
+    fit_normalization: str | None = None
+    fit_objective: str | None = None
+    fit_learning_rate: float | None = None
+    fit_steps: int | None = None
+    fit_tol: float | None = None
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any]) -> DaemonConfig:
@@ -168,7 +227,56 @@ class DaemonConfig:
         ms = _numbers("m_values", self.m_values)
         _require(all(m >= 1 and m == int(m) for m in ms), f"--m_values must be positive integers, got {list(ms)}")
         self._set("m_values", tuple(int(m) for m in ms))
+        if self.temperature_forms is not None:
+            forms = self.temperature_forms
+            self._set("temperature_forms", tuple(forms.split(",") if isinstance(forms, str) else forms))
         self._validate()
+        self._validate_fit()
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """The τ sweep's forms (:data:`TEMPERATURE_FORMS`), resolved: ``("corrected",)`` when unset."""
+        return self.temperature_forms or ("corrected",)
+
+    def fit_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``fitting.fit_coefficients`` for Algorithm 1's fit (None fields left to its
+        defaults); the ridge is the caller's (``l2`` / ``l2_values``, dual only)."""
+        return {
+            "normalization": self.fit_normalization or "prefix",
+            "objective": self.fit_objective or "dual",
+            "learning_rate": self.fit_learning_rate,
+            "steps": self.fit_steps,
+            "tol": self.fit_tol,
+        }
+
+    def _validate_fit(self) -> None:
+        forms = self.forms
+        bad = set(forms) - set(TEMPERATURE_FORMS)
+        _require(
+            bool(forms) and not bad,
+            f"--temperature_forms must list some of {', '.join(TEMPERATURE_FORMS)}, got {list(forms)}",
+        )
+        norms, objectives = fit_lib.NORMALIZATIONS, fit_lib.OBJECTIVES
+        _require(
+            self.fit_normalization in (None, *norms),
+            f"--fit_normalization must be one of {', '.join(norms)}, got {self.fit_normalization!r}",
+        )
+        _require(
+            self.fit_objective in (None, *objectives),
+            f"--fit_objective must be one of {', '.join(objectives)}, got {self.fit_objective!r}",
+        )
+        for name in ("fit_learning_rate", "fit_tol"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"--{name} must be > 0, got {value}")
+        _require(self.fit_steps is None or self.fit_steps >= 1, f"--fit_steps must be >= 1, got {self.fit_steps}")
+        _require(
+            not (self.l2_values and self.fit_objective == "relative_error"),
+            "--l2_values cross-validates the dual's ridge; --fit_objective=relative_error has none",
+        )
+        _require(
+            not (self.l2_values and self.fit_normalization == "global"),
+            "--l2_values cross-validates per-prefix moments; it needs --fit_normalization=prefix",
+        )
 
     def _resolved_evaluator(self) -> str | None:
         """``evaluator`` as stored: a model name, None for the decoding model, or "auto" while ``metrics``
@@ -286,6 +394,7 @@ __all__ = [
     "METRICS",
     "STUDIES",
     "FIT_TARGETS",
+    "TEMPERATURE_FORMS",
     "check_fit_target",
     "default_evaluator",
     "DEFAULT_MODEL",

@@ -280,11 +280,13 @@ class Pipeline:
         key: jax.Array,
         *,
         proposal_temperature: float = 1.0,
+        correct_proposal: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Algorithm 2 (``sampling.sample``, ``M = num_candidates``) on every prompt: ``tokens [P, L]``,
-        ``lengths [P]``, ``ess [P]``, ``index [P]``, the candidates' ``features [P, M, K]`` / ``log_ratios
-        [P, M]``, and :func:`expected_over_resampling`'s values as ``expected_daemon`` / ``expected_plain``
-        ``[P, K]`` and ``expected_nll_daemon`` / ``expected_nll_plain`` ``[P]``."""
+        """Algorithm 2 (``sampling.sample``, ``M = num_candidates``, ``correct_proposal`` as there) on every
+        prompt: ``tokens [P, L]``, ``lengths [P]``, ``ess [P]``, ``index [P]``, the candidates' ``features
+        [P, M, K]`` / ``log_ratios [P, M]``, and :func:`expected_over_resampling`'s values as
+        ``expected_daemon`` / ``expected_plain`` ``[P, K]`` and ``expected_nll_daemon`` /
+        ``expected_nll_plain`` ``[P]``."""
         deps: dict[str, Any] = {n: f for n, f in zip(self.metric_names, self.functions) if n in ("coh", "info")}
         start = time.perf_counter()
 
@@ -299,6 +301,7 @@ class Pipeline:
                 max_new_tokens=self.max_new_tokens,
                 key=jax.random.fold_in(key, i),
                 proposal_temperature=proposal_temperature,
+                correct_proposal=correct_proposal,
                 stop_tokens=(),
                 **deps,
             )
@@ -417,22 +420,27 @@ class DaemonStudy:
         l2: float = 0.0,
         l2_values: Sequence[float] = (),
         folds: int = 4,
+        **fit_options: Any,
     ) -> tuple[np.ndarray, fit_lib.FitReport, fit_lib.RidgeSelection | None]:
         """Algorithm 1 on the fit split: ``num_samples`` proposal samples per prefix, drawn once; returns
         ``(mu [K], report, selection)``. ``l2`` is ``fit_coefficients``' ridge; given ``l2_values``, the ridge
         is chosen among them by ``folds``-fold cross-validation over the prefixes (``cross_validate_l2``,
-        returned as ``selection``; None otherwise)."""
+        returned as ``selection``; None otherwise). ``fit_options``: ``fit_coefficients``' ``normalization``,
+        ``objective``, ``steps``, ``learning_rate``, ``tol`` (``DaemonConfig.fit_options``); the
+        relative-error objective has no ridge, so ``l2`` is not used with it."""
         feats, rho = self.fit_samples(num_samples, key, proposal_temperature=proposal_temperature)
+        if fit_options.get("objective", "dual") != "dual":
+            return *fit_coefficients(feats, rho, self.fit_target, **fit_options), None
         selection = None
         if len(l2_values):
-            selection = cross_validate_l2(feats, rho, self.fit_target, l2_values, folds=folds)
+            selection = cross_validate_l2(feats, rho, self.fit_target, l2_values, folds=folds, **fit_options)
             l2 = selection.l2
             self.log(
                 f"  ridge by {folds}-fold cross-validation: l2 = {l2:g} (scores "
                 + ", ".join(f"{v:g}: {c:.3g}" for v, c in zip(selection.l2_values, selection.score))
                 + ")"
             )
-        mu, report = fit_coefficients(feats, rho, self.fit_target, l2=l2)
+        mu, report = fit_coefficients(feats, rho, self.fit_target, l2=l2, **fit_options)
         return mu, report, selection
 
     @functools.cached_property
@@ -459,12 +467,18 @@ class DaemonStudy:
         key: jax.Array,
         *,
         proposal_temperature: float = 1.0,
+        correct_proposal: bool = True,
         prompts: int | None = None,
     ) -> dict[str, np.ndarray]:
         """:meth:`Pipeline.daemon` on the first ``prompts`` eval prompts (all by default)."""
         count = len(self.eval_prompts) if prompts is None else prompts
         return self.pipeline.daemon(
-            self.eval_prompts[:count], mu, num_candidates, key, proposal_temperature=proposal_temperature
+            self.eval_prompts[:count],
+            mu,
+            num_candidates,
+            key,
+            proposal_temperature=proposal_temperature,
+            correct_proposal=correct_proposal,
         )
 
     # --- evaluation -------------------------------------------------------------------------------
@@ -722,6 +736,9 @@ def fit_summary(report: fit_lib.FitReport) -> dict[str, Any]:
         "steps": report.steps,
         "ess": mean_se(report.ess),
         "ess_min": float(report.ess.min()),
+        "normalization": report.normalization,
+        "objective": report.objective,
+        "relative_error": report.relative_error if np.isfinite(report.relative_error) else None,
     }
 
 
@@ -956,6 +973,7 @@ def _fit_point(study: DaemonStudy, config: DaemonConfig, tau: float, key: jax.Ar
             l2=config.l2,
             l2_values=config.l2_values,
             folds=config.l2_folds,
+            **config.fit_options(),
         )
         record = {"corpus": study.corpus, "study": "fit", "proposal_temperature": tau, **fit_summary(report)}
         if selection is not None:
@@ -1101,22 +1119,39 @@ def _m_sweep_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ck
     return [(f"{study.corpus}/m_sweep/M={m}", functools.partial(sweep_m, m)) for m in config.m_values]
 
 
-def _temperature_point(study: DaemonStudy, config: DaemonConfig, tau: float, records: dict, ckey: jax.Array) -> Points:
-    """DAEMON with proposal ``Temperature(tau)``, using µ of the point ``<corpus>/fit/tau=<tau>``."""
+def _temperature_point(
+    study: DaemonStudy, config: DaemonConfig, tau: float, records: dict, ckey: jax.Array, form: str = "corrected"
+) -> Points:
+    """DAEMON with proposal ``Temperature(tau)`` in one of ``config.TEMPERATURE_FORMS``: "corrected" uses µ of
+    the point ``<corpus>/fit/tau=<tau>`` and the proposal correction; "uncorrected" (the paper's heuristic
+    as reconstructed) uses µ of ``<corpus>/fit/tau=1`` and weights ``−µᵀf`` alone. Both forms draw with the
+    same key, so at one τ they resample the same candidates (a paired comparison)."""
     key = jax.random.fold_in(ckey, 500 + int(1000 * tau))
+    corrected = form == "corrected"
+    fit_key = f"{study.corpus}/fit/tau={tau:g}" if corrected else f"{study.corpus}/fit/tau=1"
 
     def sweep_tau() -> dict:
-        mu_t = np.asarray(records[f"{study.corpus}/fit/tau={tau:g}"]["mu"])
-        out = study.daemon(mu_t, config.num_candidates, key, proposal_temperature=tau, prompts=config.sweep_prompts)
+        mu_t = np.asarray(records[fit_key]["mu"])
+        out = study.daemon(
+            mu_t,
+            config.num_candidates,
+            key,
+            proposal_temperature=tau,
+            correct_proposal=corrected,
+            prompts=config.sweep_prompts,
+        )
         return {
             "corpus": study.corpus,
             "study": "temperature",
             "proposal_temperature": tau,
+            "form": form,
+            "mu_from": fit_key,
             "ess": mean_se(out["ess"]),
             **study.evaluate(out["tokens"], out["lengths"], mauve=False),
         }
 
-    return [(f"{study.corpus}/temperature/tau={tau:g}", sweep_tau)]
+    suffix = "" if corrected else f"/{form}"
+    return [(f"{study.corpus}/temperature/tau={tau:g}{suffix}", sweep_tau)]
 
 
 def run_studies(
@@ -1190,9 +1225,12 @@ def run_studies(
         run(points)
         if first and "temperature" in config.studies:
             for tau in config.proposal_temperatures:
-                if f"{corpus}/fit/tau={tau:g}" not in records:
-                    run(_fit_point(study, config, tau, jax.random.fold_in(ckey, 400 + int(1000 * tau))))
-                run(_temperature_point(study, config, tau, records, ckey))
+                if "corrected" in config.forms:
+                    if f"{corpus}/fit/tau={tau:g}" not in records:
+                        run(_fit_point(study, config, tau, jax.random.fold_in(ckey, 400 + int(1000 * tau))))
+                    run(_temperature_point(study, config, tau, records, ckey))
+                if "uncorrected" in config.forms and tau != 1.0:  # at τ = 1 it is the corrected decode
+                    run(_temperature_point(study, config, tau, records, ckey, form="uncorrected"))
     return records
 
 
