@@ -137,6 +137,7 @@ def sweep_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
                 "study": "temperature",
                 "corpus": r["corpus"],
                 "tau": r["proposal_temperature"],
+                "form": r.get("form", "corrected"),  # folders from before the uncorrected form hold only this
                 "ess": r["ess"]["mean"],
                 **{n: metrics[n]["mean"] for n in metrics},
                 **{f"{n}_se": metrics[n]["se"] for n in metrics},
@@ -264,7 +265,7 @@ def write_tables_and_plots(folder: ResultsFolder, records: Records, config: Daem
         plot_series(
             folder.path / "temperature.png",
             {
-                "DAEMON": [
+                f"DAEMON ({form})": [
                     {
                         "div": p["div"],
                         "coh": p["coh"],
@@ -273,7 +274,9 @@ def write_tables_and_plots(folder: ResultsFolder, records: Records, config: Daem
                         "tau": p["tau"],
                     }
                     for p in t_points
+                    if p["form"] == form
                 ]
+                for form in dict.fromkeys(p["form"] for p in t_points)
             },
             x="div",
             y="coh",
@@ -409,9 +412,10 @@ def _sweep_sections(records: Records, config: DaemonConfig, folder: Path) -> lis
     if t_points:
         names = [n for n in config.metrics if n in t_points[0]]
         rows = [
-            [f"{p['tau']:g}", f"{p['ess']:.3g}", *(f"{p[n]:.4g} ± {p[n + '_se']:.2g}" for n in names)] for p in t_points
+            [f"{p['tau']:g}", p["form"], f"{p['ess']:.3g}", *(f"{p[n]:.4g} ± {p[n + '_se']:.2g}" for n in names)]
+            for p in t_points
         ]
-        lines += ["## Proposal temperature", "", *_table(["τ", "ESS", *names], rows), ""]
+        lines += ["## Proposal temperature", "", *_table(["τ", "form", "ESS", *names], rows), ""]
         if (folder / "temperature.png").exists():
             lines += ["![diversity against coherence](temperature.png)", ""]
     return lines
