@@ -5,8 +5,11 @@ the registry-checkpoint fixtures below is marked ``download`` here, so the fast 
 (``-m "not slow and not download and not subprocess"``) never fetches a checkpoint.
 """
 
+import gc
 import os
+import tempfile
 
+import jax
 import pytest
 
 from infodec.compilation import enable_compilation_cache
@@ -16,14 +19,28 @@ _CHECKPOINT_FIXTURES = frozenset({"smollm2_gguf", "gemma3_gguf", "minilm_dir"})
 
 
 def pytest_configure(config):
-    # XLA compilation dominates the tiny-model tests on CPU; with the persistent cache ($INFODEC_CACHE/xla,
-    # shared with the launchers) a second run loads the executables instead (test_engine.py: 83 s -> 21 s).
-    # JAX still traces every function, so compile_count(), which counts traces, is unchanged. It is opt-in:
-    # twice a clean CI run died with SIGSEGV inside JAX's cache read/write (jax 0.10 compilation_cache.py,
-    # in tests/test_smc.py), which no local run reproduced; a crash that takes the whole suite down costs
-    # more than the warm-cache speed-up is worth on a machine that starts cold anyway.
-    if os.environ.get("INFODEC_TEST_XLA_CACHE") == "1":
+    # XLA compilation dominates the tiny-model tests on CPU. The persistent cache lets a program compiled by
+    # one module load from disk in the next, after ``_release_executables`` dropped it from memory. By
+    # default it lives in a fresh directory per run (nothing stale from another jax or CPU); with
+    # INFODEC_TEST_XLA_CACHE=1 it is the launchers' $INFODEC_CACHE/xla, so a second run loads the
+    # executables instead (test_engine.py: 83 s -> 21 s); =0 turns it off. JAX still traces every
+    # function, so compile_count(), which counts traces, is unchanged.
+    choice = os.environ.get("INFODEC_TEST_XLA_CACHE", "")
+    if choice == "1":
         enable_compilation_cache()
+    elif choice != "0":
+        enable_compilation_cache(tempfile.mkdtemp(prefix="infodec-test-xla-"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_executables():
+    """Frees every compiled executable after each test module. Each one keeps ~5 memory mappings, and a
+    whole run compiles over 10,000: the process then reached the kernel's 65,530-mapping limit, and XLA
+    crashed wherever it next mapped memory (three CI runs died with SIGSEGV or SIGABRT, in compilation and
+    in the persistent cache's reads and writes)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def pytest_collection_modifyitems(items):
