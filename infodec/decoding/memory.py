@@ -55,7 +55,7 @@ import numpy as np
 
 from infodec import sharding
 from infodec.decoding.state import DEFAULT_CHUNK, MIN_BUCKET, output_slots, prompt_bucket
-from infodec.policies import standard
+from infodec.policies import llamacpp, standard
 from infodec.policies.base import Policy, StepInfo
 from infodec.policies.value import ClassifierFreeGuidance, DynamicValuePolicy, KLGuidedTemperature
 from infodec.policies.value_policy import ValuePolicy
@@ -67,7 +67,8 @@ PHASES = ("prefill", "samples", "decode")
 # Full-vocabulary float32 temporaries ``[rows, V]`` that one step of ``generate``'s decode loop holds live
 # besides the state's logits, per sample row (the streams of a two-stream policy together): XLA:CPU's
 # ``temp_size_in_bytes`` of the compiled loop divided by ``rows x V x 4``, measured at a vocabulary large
-# enough for these to be all of the temporaries (tests/test_memory.py checks some of them).
+# enough for these to be all of the temporaries (V = 16384; tests/test_memory.py checks top-p and CFG). Every
+# policy holds one more than its arithmetic needs: ``Policy.__call__`` masks tokens that are -inf in any stream.
 VOCAB_TEMPORARIES: tuple[tuple[tuple[type, ...], float], ...] = (
     (
         (
@@ -77,14 +78,19 @@ VOCAB_TEMPORARIES: tuple[tuple[tuple[type, ...], float], ...] = (
             standard.Epsilon,
             standard.Eta,
             standard.RepetitionPenalty,
+            standard.TopK,
+            llamacpp.DynamicTemperature,
+            llamacpp.MirostatV2,
+            llamacpp.DRY,
         ),
-        4.0,
+        5.0,
     ),
-    ((standard.TopK,), 5.0),
-    ((standard.Typical,), 6.0),
-    ((standard.TopP,), 7.0),
-    ((ClassifierFreeGuidance, DynamicValuePolicy, ValuePolicy), 5.0),
-    ((KLGuidedTemperature,), 7.5),
+    ((llamacpp.TopNSigma,), 6.0),
+    ((llamacpp.XTC,), 6.25),
+    ((ClassifierFreeGuidance, DynamicValuePolicy, ValuePolicy), 6.25),
+    ((standard.Typical,), 7.0),
+    ((standard.TopP,), 7.3),
+    ((KLGuidedTemperature,), 7.6),
 )
 # Policies the table does not know (custom ones, classifier guidance): a bound above every measured one.
 DEFAULT_VOCAB_TEMPORARIES = 8.0
@@ -493,7 +499,7 @@ def vocab_temporaries(policy: Policy | None) -> float:
     if policy is None:
         return DEFAULT_VOCAB_TEMPORARIES
     if isinstance(policy, standard.Chain):
-        return max((vocab_temporaries(t) for t in policy.transforms), default=4.0)
+        return max((vocab_temporaries(t) for t in policy.transforms), default=5.0)
     for classes, count in VOCAB_TEMPORARIES:
         if type(policy) in classes:
             return count

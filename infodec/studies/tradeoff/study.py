@@ -95,16 +95,18 @@ from infodec.studies.tradeoff.report import interval, write_files
 EVIDENCE_SEPARATOR = "\n\n"  # appended to the evidence: the query starts a new paragraph
 QUERY_SUFFIX = "\n"  # appended to the query: the answer starts on a new line (plain prompts)
 WIKI_QUERY = "Tell me about {title}."
-# A model name (or its registry description) naming an instruct / chat fine-tune.
+# A hub id or path naming an instruct / chat fine-tune.
 _INSTRUCT = re.compile(r"instruct|chat|(^|[-_./ ])(it|sft|dpo|rlhf)($|[-_./ ])", re.IGNORECASE)
 
 
 def is_instruct(model: str) -> bool:
-    """Whether ``model`` (a registry name, hub id or path) names an instruct model: its name -- or, for a
-    registry name, its description -- says "instruct", "chat", "-it", "sft", "dpo" or "rlhf"
-    (``smollm2-135m`` is SmolLM2-135M-Instruct; ``gemma3-270m`` is a base model)."""
+    """Whether ``model`` names an instruct model: a registry name says so in its entry (``smollm2-135m`` is
+    SmolLM2-135M-Instruct; ``gemma3-270m`` is a base model); a hub id or path when its name says
+    "instruct", "chat", "-it", "sft", "dpo" or "rlhf"."""
     entry = registry.REGISTRY.get(model)
-    return bool(_INSTRUCT.search(model) or (entry is not None and _INSTRUCT.search(entry.description)))
+    if entry is not None:
+        return entry.instruct
+    return bool(_INSTRUCT.search(model))
 
 
 def use_chat_template(mode: str, model: str, tokenizer: Any) -> bool:
