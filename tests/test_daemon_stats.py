@@ -103,6 +103,32 @@ def test_confidence_interval_uses_t_with_g_minus_one_dof():
     assert stats.in_se_units(1.0, 0.0) == np.inf and np.isnan(stats.in_se_units(0.0, 0.0))
 
 
+def test_holm_adjust_matches_a_hand_computed_example():
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> 0.06 (running maximum)
+    got = stats.holm_adjust([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(got, [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    # capped at 1; NaN (no test) stays NaN and does not count towards m = 2
+    got = stats.holm_adjust([0.6, np.nan, 0.2])
+    np.testing.assert_allclose(got, [0.6, np.nan, 0.4], rtol=1e-12)
+    np.testing.assert_allclose(stats.holm_adjust([0.5, 0.9, 0.7]), [1.0, 1.0, 1.0])
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=30) ** 3
+    adjusted = stats.holm_adjust(p)
+    order = np.argsort(p)
+    assert np.all(np.diff(adjusted[order]) >= 0) and np.all(adjusted >= p) and np.all(adjusted <= 1)
+    assert np.all(adjusted <= np.minimum(1, len(p) * p))  # never more conservative than Bonferroni
+    assert stats.holm_adjust([]).shape == (0,)
+    with pytest.raises(ValueError, match="p-values must lie in"):
+        stats.holm_adjust([0.5, 1.5])
+
+
+def test_t_test_p_value_is_scipys_one_sample_t_test():
+    values = np.array([0.3, -0.1, 0.5, 0.2, 0.9, -0.4, 0.6])
+    assert stats.t_test_p_value(values) == pytest.approx(scipy_stats.ttest_1samp(values, 0.0)[1], rel=1e-10)
+    assert np.isnan(stats.t_test_p_value([1.0]))
+    assert stats.t_test_p_value([2.0, 2.0]) == 0.0 and stats.t_test_p_value([0.0, 0.0]) == 1.0
+
+
 def test_paired_log_perplexity_ci_against_brute_force():
     rng, clusters, shared = _toy(3, n=30, groups=7)
     tokens = rng.integers(10, 20, len(clusters)).astype(float)

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from infodec.policies.guidance import TopicDiscriminator
 from infodec.policies.guidance_training import save_discriminator
@@ -213,34 +214,36 @@ def test_launcher_usage_errors():
         assert "Traceback" not in done.stderr
 
 
-def test_verdict_classifies_paired_differences():
-    def record(key, family, setting, attr, div):
-        per_input = {"pmi": attr, "distinct2": div}
-        return {
-            "key": key,
-            "family": family,
-            "setting": setting,
-            "per_input": per_input,
-            "measures": {k: tradeoff.interval(v) for k, v in per_input.items()},
-        }
+def verdict_record(key, attr, div):
+    """A point record with per-input ``pmi`` and ``distinct2`` (family and setting from ``key``)."""
+    family, setting = key.split("/")
+    per_input = {"pmi": attr, "distinct2": div}
+    measures = {k: tradeoff.interval(v) for k, v in per_input.items()}
+    return {"key": key, "family": family, "setting": setting, "per_input": per_input, "measures": measures}
 
+
+def test_verdict_classifies_paired_differences():
     base = np.linspace(0, 1, 20)
     records = [
-        record("temperature/greedy", "temperature", "greedy", base, base * 0 + 0.2),
-        record("temperature/T=1", "temperature", "T=1", base, base * 0 + 0.8 + base / 100),
-        record("kl_guided/t0=1,h=1", "kl_guided", "t0=1,h=1", base + 0.5, base * 0 + 0.6 + base / 100),
-        record("kl_guided/t0=1,h=2", "kl_guided", "t0=1,h=2", base + 0.5, base * 0 + 0.9 + base / 100),
+        verdict_record("temperature/greedy", base, base * 0 + 0.2),
+        verdict_record("temperature/T=1", base, base * 0 + 0.8 + base / 100),
+        verdict_record("kl_guided/t0=1,h=1", base + 0.5, base * 0 + 0.6 + base / 100),
+        verdict_record("kl_guided/t0=1,h=2", base + 0.5, base * 0 + 0.9 + base / 100),
     ]
     lines = tradeoff.kl_guided_verdict(records, attribution_measures=("pmi",))
     text = "\n".join(lines)
     assert "h=1 vs T=1: Δpmi +0.5000" in text and "trades off (more attribution, less diversity)" in text
     assert "h=2 vs T=1" in text and "-> dominates" in text
-    assert "between greedy and T=1" in text and "above it" in text  # h=1 sits above the interpolated curve
-    assert "outside the static-temperature curve's range" in text  # h=2 is more diverse than T=1
-    assert lines[-1] == (
-        "  pmi: KL-guided dominates static temperature at matched t0 in 1 of 2 settings and lies "
-        "significantly above the temperature frontier in 1 of 2"
-    )
+    assert "h=1 vs the temperature curve at equal distinct2 (between greedy and T=1): +0.5000" in text
+    assert "above it" in text  # h=1 sits above the interpolated curve
+    assert "h=2 vs the temperature curve: its distinct2 is outside the temperature curve's range" in text
+    assert "no top_k points in this sweep: skipped" in text and "no top_p points in this sweep: skipped" in text
+    assert "Holm–Bonferroni over m = 1 comparisons" in text  # the out-of-range point is not a test
+    assert lines[-2:] == [
+        "  pmi: KL-guided dominates static temperature at matched t0 in 1 of 2 settings",
+        "  pmi vs temperature: KL-guided significantly above the temperature curve at equal distinct2 in 1 of 1 "
+        "settings (Holm-adjusted), below in 0; 1 of 2 outside its distinct2 range",
+    ]
     assert (
         tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9})
         == "is indistinguishable (same attribution, same diversity within CIs)"
@@ -250,6 +253,55 @@ def test_verdict_classifies_paired_differences():
         == "is dominated (less attribution, same diversity within CIs)"
     )
     assert tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.2, "ci": 0.1, "n": 9}).startswith("dominates")
+
+
+def test_verdict_corrects_matched_diversity_comparisons_with_holm():
+    """Temperature and top-p curves, two KL-guided points inside both: m = 4 tests. h=2 lies above the
+    temperature curve at raw p ≈ 0.02 < 0.05, but its Holm-adjusted p (3 · p, second smallest of 4) is
+    ≈ 0.06, so it is "on" the curve at α = 0.05 and "above" it at α = 0.1."""
+    base = np.linspace(0, 1, 20)
+    e, f = np.tile([1.0, -1.0], 10), np.tile([1.0, 1.0, -1.0, -1.0], 5)  # zero-mean, orthogonal patterns
+
+    def sweep(sign):
+        return [
+            verdict_record("temperature/T=0.5", sign * base, 0.2 + base / 100),
+            verdict_record("temperature/T=1", sign * base, 0.8 + base / 100),
+            verdict_record("top_p/p=0.5", sign * (base + 0.55 + f), 0.4 + base / 100),
+            verdict_record("top_p/p=0.9", sign * (base + 0.55 + f), 0.7 + base / 100),
+            verdict_record("kl_guided/t0=1,h=1", sign * (base + 0.5 + 0.1 * e), 0.5 + base / 100),
+            verdict_record("kl_guided/t0=1,h=2", sign * (base + 0.58 + e), 0.6 + base / 100),
+        ]
+
+    raw = np.asarray(scipy_stats.ttest_1samp(0.58 + e, 0.0)).item(1)  # h=2 − the temperature curve, per input
+    assert 0.01 < raw < 0.05 and 3 * raw > 0.05  # significant alone, not after the correction
+    lines = tradeoff.kl_guided_verdict(sweep(1), attribution_measures=("pmi",))
+    text = "\n".join(lines)
+    assert lines[0].startswith("KL-guided vs static temperature at the same t0")
+    assert "Holm–Bonferroni over m = 4 comparisons, family-wise α = 0.05" in text
+    assert "(temperature, top_p)" in text and "no top_k points in this sweep: skipped" in text
+    assert (
+        f"h=2 vs the temperature curve at equal distinct2 (between T=0.5 and T=1): +0.5800 ± 0.4497, "
+        f"p = {raw:.3g}, Holm-adjusted p = {3 * raw:.3g} -> on it"
+    ) in text
+    assert "h=1 vs the temperature curve at equal distinct2 (between T=0.5 and T=1): +0.5000" in text
+    assert "h=1 vs the top_p curve at equal distinct2 (between p=0.5 and p=0.9): -0.0500" in text
+    assert text.count("-> above it") == 1 and text.count("-> on it") == 3  # only h=1 vs temperature
+    assert lines[-2:] == [
+        "  pmi vs temperature: KL-guided significantly above the temperature curve at equal distinct2 in 1 of 2 "
+        "settings (Holm-adjusted), below in 0",
+        "  pmi vs top_p: KL-guided significantly above the top_p curve at equal distinct2 in 0 of 2 settings "
+        "(Holm-adjusted), below in 0",
+    ]
+    looser = "\n".join(tradeoff.kl_guided_verdict(sweep(1), attribution_measures=("pmi",), alpha=0.1))
+    assert "family-wise α = 0.1" in looser and looser.count("-> above it") == 2
+    mirrored = tradeoff.kl_guided_verdict(sweep(-1), attribution_measures=("pmi",))
+    assert "in 0 of 2 settings (Holm-adjusted), below in 1" in mirrored[-2]
+    only = "\n".join(
+        tradeoff.kl_guided_verdict(sweep(1), attribution_measures=("pmi",), reference_families=("temperature",))
+    )
+    # two tests: h=2's p is the larger, so Holm leaves it at raw < 0.05 and h=2 is above the curve
+    assert "m = 2 comparisons" in only and only.count("-> above it") == 2 and "top_p" not in only
+    assert f"p = {raw:.3g}, Holm-adjusted p = {raw:.3g} -> above it" in only
 
 
 # --- chat templates ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Summary statistics with uncertainty, shared by every study: mean ± standard error and bootstrap CIs.
+"""Summary statistics with uncertainty, shared by every study: mean ± standard error, bootstrap CIs,
+t-test p-values and the Holm–Bonferroni correction for many of them.
 
 Texts cut from shared documents are not independent, so most estimates here take ``clusters`` (one
 label per value, e.g. the document id) and use the CR1 cluster-robust standard error; a ``None`` label
@@ -134,6 +135,43 @@ def combined_se(*ses: float) -> float:
     return float(np.sqrt(np.sum(np.square(np.asarray(ses, np.float64)))))
 
 
+def t_test_p_value(values) -> float:
+    """Two-sided p-value of Student's one-sample t-test of "the mean of ``values`` is 0" (``n − 1`` dof,
+    i.i.d. values; a paired t-test when ``values`` are per-row differences).
+
+    NaN for fewer than 2 values or any NaN value. With zero spread the test is degenerate: 0 for a
+    nonzero mean (no doubt about its sign), 1 for a zero mean.
+    """
+    v = np.asarray(values, np.float64).reshape(-1)
+    if len(v) < 2:
+        return float("nan")
+    s = mean_se(v)
+    if s["se"] == 0:
+        return 1.0 if s["mean"] == 0 else 0.0
+    return float(2.0 * scipy_stats.t.sf(abs(s["mean"]) / s["se"], len(v) - 1))
+
+
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values, in the order given.
+
+    With the ``m`` non-NaN p-values sorted ascending, ``p_(1) ≤ … ≤ p_(m)``, the ``i``-th adjusted value
+    is ``max_{j ≤ i} min(1, (m − j + 1) · p_(j))``. Rejecting the hypotheses whose adjusted value is
+    below ``α`` keeps the family-wise error rate (the chance of any false rejection) at most ``α`` under
+    any dependence between the tests, and rejects at least what Bonferroni (``m · p < α``) rejects.
+    NaN entries (tests not made) stay NaN and do not count towards ``m``.
+    """
+    p = np.asarray(p_values, np.float64).reshape(-1)
+    made = np.flatnonzero(~np.isnan(p))
+    if np.any((p[made] < 0) | (p[made] > 1)):
+        raise ValueError(f"p-values must lie in [0, 1], got {p[made].tolist()}")
+    order = made[np.argsort(p[made], kind="stable")]
+    m = len(order)
+    adjusted = np.full(p.shape, np.nan)
+    # the running maximum keeps the adjusted values in the order of the raw ones (the step-down rule)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return adjusted
+
+
 __all__ = [
     "mean_se",
     "clustered_mean_se",
@@ -143,4 +181,6 @@ __all__ = [
     "confidence_interval",
     "in_se_units",
     "combined_se",
+    "t_test_p_value",
+    "holm_adjust",
 ]

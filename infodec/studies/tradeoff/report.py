@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from infodec.eval.stats import mean_se
+from infodec.eval.stats import holm_adjust, mean_se, t_test_p_value
 from infodec.results import ResultsFolder, plot_series
 from infodec.studies.tradeoff.config import ATTRIBUTION, MEASURES, TradeoffConfig
 
@@ -160,13 +161,23 @@ def write_plots(records: Sequence[Mapping], folder: str | Path, *, diversity_mea
 # --- the verdict ------------------------------------------------------------------------------------
 
 
+def _values(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
+    """Per-input values as float64, ``None`` (undefined for that input) as NaN."""
+    return np.asarray([np.nan if x is None else x for x in values], np.float64)
+
+
 def paired_difference(
     a: Sequence[float | None] | np.ndarray, b: Sequence[float | None] | np.ndarray
 ) -> dict[str, float]:
     """``{"mean", "ci", "n"}`` of the per-input differences ``a − b`` (inputs where both are defined)."""
-    a_values = np.asarray([np.nan if x is None else x for x in a], np.float64)
-    b_values = np.asarray([np.nan if x is None else x for x in b], np.float64)
-    return interval(a_values - b_values)
+    return interval(_values(a) - _values(b))
+
+
+def paired_p_value(a: Sequence[float | None] | np.ndarray, b: Sequence[float | None] | np.ndarray) -> float:
+    """Two-sided p-value of the paired t-test of "mean(a − b) = 0" over the inputs where both are defined
+    (:func:`infodec.eval.stats.t_test_p_value`, Student's t with ``n − 1`` dof; NaN for ``n < 2``)."""
+    d = _values(a) - _values(b)
+    return t_test_p_value(d[np.isfinite(d)])
 
 
 def _sign(diff: Mapping[str, float]) -> int:
@@ -193,24 +204,85 @@ def compare(attr: Mapping[str, float], div: Mapping[str, float]) -> str:
     return "is indistinguishable " + reason
 
 
+REFERENCE_FAMILIES = ("temperature", "top_k", "top_p")
+
+
+class Gap(NamedTuple):
+    """One matched-diversity comparison: KL-guided point ``setting`` against the ``family`` curve in
+    ``measure``. ``diff`` (``{"mean", "ci", "n"}``, KL-guided − curve) and ``between`` (the two curve points
+    interpolated) are None when the point's diversity is outside the curve's range; ``p`` is the raw
+    two-sided paired t-test p-value (NaN when no test was made)."""
+
+    measure: str
+    setting: str
+    family: str
+    diff: dict[str, float] | None
+    between: str | None
+    p: float
+
+
 def kl_guided_verdict(
     records: Sequence[Mapping],
     *,
     attribution_measures: Sequence[str] = ATTRIBUTION,
     diversity_measure: str = "distinct2",
+    reference_families: Sequence[str] = REFERENCE_FAMILIES,
+    alpha: float = 0.05,
 ) -> list[str]:
-    """Lines of text: for each KL-guided point and attribution measure, (1) paired differences against
-    static temperature at the same ``t0`` and their classification (dominates / is dominated / trades off
-    / is indistinguishable, from 95% CIs of per-input differences), (2) the attribution gap to the
-    static-temperature curve interpolated (per input, linearly in mean diversity) at the KL-guided
-    point's diversity. Ends with a one-line summary per measure."""
-    by_key = {r["key"]: r for r in records}
+    """Lines of text comparing every KL-guided point with the static decoders, per attribution measure:
+
+    1. paired differences against static temperature at the same ``t0`` and their classification
+       (dominates / is dominated / trades off / is indistinguishable, from uncorrected 95% CIs of
+       per-input differences, :func:`compare`);
+    2. at matched diversity, against the curve of each of ``reference_families`` present in the sweep
+       (its points sorted by mean diversity, interpolated per input linearly in mean diversity at the
+       KL-guided point's mean diversity): the paired difference with its 95% CI and the two-sided paired
+       t-test p-value (scipy's Student's t, :func:`paired_p_value`; the CI is 1.96·SE, so with few inputs it
+       may exclude 0 at a raw p just above 0.05). Holm–Bonferroni runs over all ``m``
+       such tests (every KL-guided point × measure × family inside the curve's range) at family-wise
+       level ``alpha``; a point is "above" / "below" a curve only when its Holm-adjusted p is below
+       ``alpha``, else "on" it. Families with fewer than two points get one line saying they are skipped.
+
+    Ends with a summary per measure (1) and per measure and family (2)."""
     kl = [r for r in records if r["family"] == "kl_guided"]
-    temps = sorted(
-        (r for r in records if r["family"] == "temperature"), key=lambda r: r["measures"][diversity_measure]["mean"]
-    )
     if not kl:
         return ["no KL-guided points in this sweep: nothing to compare"]
+    curves = _curves(records, reference_families, diversity_measure)
+    compared = [family for family, curve in curves.items() if len(curve) > 1]
+    lines, summary = _same_t0(records, kl, attribution_measures, diversity_measure)
+    gaps = [
+        _frontier_gap(r, family, curves[family], measure, diversity_measure)
+        for measure in attribution_measures
+        for r in kl
+        for family in compared
+    ]
+    adjusted = holm_adjust([g.p for g in gaps])
+    sides = [_side(g, p, alpha) for g, p in zip(gaps, adjusted)]
+    lines.append(_matched_header(compared, int(np.sum(~np.isnan(adjusted))), diversity_measure, alpha))
+    lines += [_skip_line(family, curve) for family, curve in curves.items() if len(curve) < 2]
+    lines += [_gap_line(g, p, side, diversity_measure) for g, p, side in zip(gaps, adjusted, sides)]
+    for measure in attribution_measures:
+        for family in compared:
+            inside = [
+                s for g, s in zip(gaps, sides) if g.measure == measure and g.family == family and g.diff is not None
+            ]
+            summary.append(_gap_summary(measure, family, inside, len(kl), diversity_measure))
+    return lines + ["Verdict:"] + ["  " + s for s in summary]
+
+
+def _matched_header(families: Sequence[str], m: int, diversity_measure: str, alpha: float) -> str:
+    """The header of part (2) of :func:`kl_guided_verdict`: what is compared, the test and the correction."""
+    return (
+        f"KL-guided vs the static curves ({', '.join(families) or 'none'}) at equal {diversity_measure} (paired "
+        f"per-input differences against each curve interpolated linearly in mean {diversity_measure}, 95% CIs; "
+        f"two-sided paired t-tests; Holm–Bonferroni over m = {m} comparisons, family-wise α = {alpha:g}):"
+    )
+
+
+def _same_t0(records, kl, attribution_measures, diversity_measure) -> tuple[list[str], list[str]]:
+    """Part (1) of :func:`kl_guided_verdict`: its header and one line per measure and KL-guided point,
+    and one summary line per measure."""
+    by_key = {r["key"]: r for r in records}
     n = kl[0]["measures"][diversity_measure]["n"]
     lines = [
         f"KL-guided vs static temperature at the same t0 (diversity = {diversity_measure}; paired 95% CIs "
@@ -218,7 +290,7 @@ def kl_guided_verdict(
     ]
     summary = []
     for measure in attribution_measures:
-        dominates = above = 0
+        dominates = 0
         for r in kl:
             t0 = r["setting"].split(",")[0].split("=")[1]
             static = by_key.get(f"temperature/T={t0}")
@@ -229,46 +301,83 @@ def kl_guided_verdict(
             d_div = paired_difference(r["per_input"][diversity_measure], static["per_input"][diversity_measure])
             verdict = compare(d_attr, d_div)
             dominates += verdict.startswith("dominates")
-            text = (
+            lines.append(
                 f"  {measure}, {r['setting']} vs T={t0}: Δ{measure} {d_attr['mean']:+.4f} ± {d_attr['ci']:.4f}, "
                 f"Δ{diversity_measure} {d_div['mean']:+.4f} ± {d_div['ci']:.4f} -> {verdict}"
             )
-            gap = _frontier_gap(r, temps, measure, diversity_measure)
-            if gap is None:
-                text += f"; its {diversity_measure} is outside the static-temperature curve's range"
-            else:
-                diff, between = gap
-                side = _sign(diff)
-                above += side > 0
-                text += (
-                    f"; vs the temperature curve at equal {diversity_measure} ({between}): "
-                    f"{diff['mean']:+.4f} ± {diff['ci']:.4f} -> "
-                    + ("above" if side > 0 else "below" if side < 0 else "on")
-                    + " it"
-                )
-            lines.append(text)
         summary.append(
-            f"{measure}: KL-guided dominates static temperature at matched t0 in {dominates} of "
-            f"{len(kl)} settings and lies significantly above the temperature frontier in {above} of "
-            f"{len(kl)}"
+            f"{measure}: KL-guided dominates static temperature at matched t0 in {dominates} of {len(kl)} settings"
         )
-    return lines + ["Verdict:"] + ["  " + s for s in summary]
+    return lines, summary
 
 
-def _frontier_gap(point, temps, measure, diversity_measure):
-    """Paired difference between ``point`` and the temperature curve interpolated at its diversity, or None."""
+def _curves(records, families, diversity_measure) -> dict[str, list[Mapping]]:
+    """Each of ``families``' points, sorted by mean diversity (an empty list for a family not swept)."""
+    return {
+        family: sorted(
+            (r for r in records if r["family"] == family), key=lambda r: r["measures"][diversity_measure]["mean"]
+        )
+        for family in families
+    }
+
+
+def _frontier_gap(point, family, curve, measure, diversity_measure) -> Gap:
+    """``point`` against ``curve`` (sorted by mean diversity) interpolated per input at its mean
+    diversity, linearly between the two curve points around it."""
     x = point["measures"][diversity_measure]["mean"]
-    xs = [t["measures"][diversity_measure]["mean"] for t in temps]
-    for lo, hi, x_lo, x_hi in zip(temps, temps[1:], xs, xs[1:]):
+    xs = [c["measures"][diversity_measure]["mean"] for c in curve]
+    for lo, hi, x_lo, x_hi in zip(curve, curve[1:], xs, xs[1:]):
         if x_lo <= x <= x_hi:
             w = 0.0 if x_hi == x_lo else (x - x_lo) / (x_hi - x_lo)
-            a_lo = np.asarray([np.nan if v is None else v for v in lo["per_input"][measure]], np.float64)
-            a_hi = np.asarray([np.nan if v is None else v for v in hi["per_input"][measure]], np.float64)
-            return (
-                paired_difference(point["per_input"][measure], (1 - w) * a_lo + w * a_hi),
-                f"between {lo['setting']} and {hi['setting']}",
+            reference = (1 - w) * _values(lo["per_input"][measure]) + w * _values(hi["per_input"][measure])
+            attr = point["per_input"][measure]
+            between = f"between {lo['setting']} and {hi['setting']}"
+            return Gap(
+                measure,
+                point["setting"],
+                family,
+                paired_difference(attr, reference),
+                between,
+                paired_p_value(attr, reference),
             )
-    return None
+    return Gap(measure, point["setting"], family, None, None, float("nan"))
+
+
+def _side(gap: Gap, adjusted: float, alpha: float) -> int:
+    """+1 / −1 when the Holm-adjusted p is below ``alpha`` (the sign of the difference), 0 otherwise or
+    when no test was made."""
+    if gap.diff is None or not adjusted < alpha:
+        return 0
+    return 1 if gap.diff["mean"] > 0 else -1 if gap.diff["mean"] < 0 else 0
+
+
+def _skip_line(family: str, curve: Sequence[Mapping]) -> str:
+    """The line saying why ``family`` has no curve to compare against."""
+    if not curve:
+        return f"  no {family} points in this sweep: skipped"
+    return f"  {family} has a single point ({curve[0]['setting']}), no curve: skipped"
+
+
+def _gap_line(gap: Gap, adjusted: float, side: int, diversity_measure: str) -> str:
+    """One matched-diversity comparison: the difference ± 95% CI, raw and Holm-adjusted p, the side."""
+    head = f"  {gap.measure}, {gap.setting} vs the {gap.family} curve"
+    if gap.diff is None:
+        return f"{head}: its {diversity_measure} is outside the {gap.family} curve's range"
+    where = {1: "above", -1: "below", 0: "on"}[side]
+    return (
+        f"{head} at equal {diversity_measure} ({gap.between}): {gap.diff['mean']:+.4f} ± {gap.diff['ci']:.4f}, "
+        f"p = {gap.p:.3g}, Holm-adjusted p = {adjusted:.3g} -> {where} it"
+    )
+
+
+def _gap_summary(measure: str, family: str, sides: Sequence[int], settings: int, diversity_measure: str) -> str:
+    """How many of the KL-guided settings inside ``family``'s range lie significantly above / below it."""
+    outside = settings - len(sides)
+    return (
+        f"{measure} vs {family}: KL-guided significantly above the {family} curve at equal {diversity_measure} "
+        f"in {sides.count(1)} of {len(sides)} settings (Holm-adjusted), below in {sides.count(-1)}"
+        + (f"; {outside} of {settings} outside its {diversity_measure} range" if outside else "")
+    )
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -294,7 +403,7 @@ def render_markdown(
         "",
     ]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
-    lines += ["", "## KL-guided temperature against static temperature", "", "```", *verdict, "```"]
+    lines += ["", "## KL-guided temperature against static temperature, top-k and top-p", "", "```", *verdict, "```"]
     return "\n".join(lines) + "\n"
 
 
