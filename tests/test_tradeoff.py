@@ -242,7 +242,7 @@ def test_verdict_classifies_paired_differences():
     assert lines[-2:] == [
         "  pmi: KL-guided dominates static temperature at matched t0 in 1 of 2 settings",
         "  pmi vs temperature: KL-guided significantly above the temperature curve at equal distinct2 in 1 of 1 "
-        "settings (Holm-adjusted), below in 0; 1 of 2 outside its distinct2 range",
+        "settings (Holm-adjusted), below in 0; 1 of 2 outside its distinct2 range -> held",
     ]
     assert (
         tradeoff.compare({"mean": 0.1, "ci": 0.5, "n": 9}, {"mean": 0.0, "ci": 0.1, "n": 9})
@@ -277,6 +277,12 @@ def test_verdict_corrects_matched_diversity_comparisons_with_holm():
     lines = tradeoff.kl_guided_verdict(sweep(1), attribution_measures=("pmi",))
     text = "\n".join(lines)
     assert lines[0].startswith("KL-guided vs static temperature at the same t0")
+    assert [tradeoff.claim_status(s) for s in ([], [1, 1, 0], [1, 0], [1, 1, -1])] == [
+        "not tested",
+        "held",
+        "not shown",
+        "failed",
+    ]
     assert "Holm–Bonferroni over m = 4 comparisons, family-wise α = 0.05" in text
     assert "(temperature, top_p)" in text and "no top_k points in this sweep: skipped" in text
     assert (
@@ -288,14 +294,14 @@ def test_verdict_corrects_matched_diversity_comparisons_with_holm():
     assert text.count("-> above it") == 1 and text.count("-> on it") == 3  # only h=1 vs temperature
     assert lines[-2:] == [
         "  pmi vs temperature: KL-guided significantly above the temperature curve at equal distinct2 in 1 of 2 "
-        "settings (Holm-adjusted), below in 0",
+        "settings (Holm-adjusted), below in 0 -> not shown",  # 1 of 2 is not a majority
         "  pmi vs top_p: KL-guided significantly above the top_p curve at equal distinct2 in 0 of 2 settings "
-        "(Holm-adjusted), below in 0",
+        "(Holm-adjusted), below in 0 -> not shown",
     ]
     looser = "\n".join(tradeoff.kl_guided_verdict(sweep(1), attribution_measures=("pmi",), alpha=0.1))
     assert "family-wise α = 0.1" in looser and looser.count("-> above it") == 2
     mirrored = tradeoff.kl_guided_verdict(sweep(-1), attribution_measures=("pmi",))
-    assert "in 0 of 2 settings (Holm-adjusted), below in 1" in mirrored[-2]
+    assert "in 0 of 2 settings (Holm-adjusted), below in 1 -> failed" in mirrored[-2]
     only = "\n".join(
         tradeoff.kl_guided_verdict(sweep(1), attribution_measures=("pmi",), reference_families=("temperature",))
     )

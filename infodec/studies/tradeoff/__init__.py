@@ -19,6 +19,7 @@ from infodec.studies.tradeoff.config import (
     smoke_config,
 )
 from infodec.studies.tradeoff.report import (
+    claim_status,
     compare,
     interval,
     kl_guided_verdict,
@@ -73,6 +74,7 @@ __all__ = [
     "markdown_table",
     "write_plots",
     "paired_difference",
+    "claim_status",
     "compare",
     "kl_guided_verdict",
     "write_report",

@@ -371,13 +371,27 @@ def _gap_line(gap: Gap, adjusted: float, side: int, diversity_measure: str) -> s
 
 
 def _gap_summary(measure: str, family: str, sides: Sequence[int], settings: int, diversity_measure: str) -> str:
-    """How many of the KL-guided settings inside ``family``'s range lie significantly above / below it."""
+    """How many of the KL-guided settings inside ``family``'s range lie significantly above / below it, and
+    what that says of [P2]'s claim (:func:`claim_status`)."""
     outside = settings - len(sides)
     return (
         f"{measure} vs {family}: KL-guided significantly above the {family} curve at equal {diversity_measure} "
         f"in {sides.count(1)} of {len(sides)} settings (Holm-adjusted), below in {sides.count(-1)}"
         + (f"; {outside} of {settings} outside its {diversity_measure} range" if outside else "")
+        + f" -> {claim_status(sides)}"
     )
+
+
+def claim_status(sides: Sequence[int]) -> str:
+    """[P2]'s claim "KL-guided temperature attributes more than a static decoder at equal diversity" for one
+    measure and family, from the Holm-corrected sides (+1 above, −1 below, 0 on) of the KL-guided settings
+    inside the curve's range. Fixed before any run: "held" when a majority is above and none below,
+    "failed" when any is below, "not shown" otherwise, "not tested" when no setting is inside the range."""
+    if not sides:
+        return "not tested"
+    if -1 in sides:
+        return "failed"
+    return "held" if 2 * sides.count(1) > len(sides) else "not shown"
 
 
 # --- the report -------------------------------------------------------------------------------------
