@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from infodec.eval.stats import holm_adjust, mean_se, t_test_p_value
+from infodec.models import registry
 from infodec.results import ResultsFolder, plot_series
 from infodec.studies.tradeoff.config import ATTRIBUTION, MEASURES, TradeoffConfig
 
@@ -404,12 +405,17 @@ def render_markdown(
     sizes = (
         f"{config.num_inputs} {config.task} inputs × {config.num_samples} samples × at most "
         f"{config.max_new_tokens} tokens (evidence cut to {config.max_evidence_tokens} tokens), "
-        f"model {config.model}, evaluator {config.evaluator or config.model}, seed {config.seed}"
+        f"chat template {config.chat_template}, seed {config.seed}"
     )
+    evaluator = config.evaluator or config.model
     lines = [
         "# Tradeoff sweep: sensibleness, diversity and attribution",
         "",
         sizes + ".",
+        "",
+        f"Decoding model `{config.model}`: {registry.describe(config.model)}.",
+        f"PMI and the NLL are scored by `{evaluator}`"
+        + (" (the decoding model)." if evaluator == config.model else f": {registry.describe(evaluator)}."),
         "",
         f"{len(rows)} points; mean ± 1.96·SE over inputs (`{CSV_NAME}` holds every measure).",
         "",
