@@ -31,6 +31,9 @@ setup(
         "eval": ["torch==2.13.0", "mauve-text>=0.4", "faiss-cpu>=1.8", "scikit-learn>=1.4"],
         "test": [
             "pytest>=8",
+            # The suite runs on two workers (README's test command): it is compile-bound, and one process
+            # leaves a core idle while XLA compiles.
+            "pytest-xdist>=3.6",
             "chex>=0.1.87",
             "torch==2.13.0",
             "transformers>=4.50",

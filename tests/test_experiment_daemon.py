@@ -154,6 +154,7 @@ def test_the_fit_study_runs_algorithm_1_alone(tmp_path):
         "-m",
         "experiments.daemon",
         "--smoke",
+        "--model=smollm2-135m",  # Algorithm 1 alone needs no particular model; the default's 262k vocabulary is slower
         "--studies=fit",
         "--l2_values=0,1",
         "--l2_folds=2",
