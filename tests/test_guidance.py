@@ -2,6 +2,7 @@
 sampling against exact enumeration, training, persistence and errors."""
 
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -266,3 +267,25 @@ def test_generate_with_per_row_targets_and_scales():
     np.testing.assert_allclose(out.diagnostics["guidance"][:, 0], [0.0, 1.0, 3.0])
     # row 0 has λ = 0: its expected P_D(target) is the model's own
     np.testing.assert_allclose(out.diagnostics["p_target"][0], out.diagnostics["p_target_model"][0], atol=1e-6)
+
+
+def test_report_states_the_judge_shares_with_binomial_intervals(tmp_path):
+    from infodec.studies.guidance import report as guidance_report
+
+    row = {"n": 100, "accuracy": 0.7, "majority": 0.2}
+    metadata = {
+        "model": "m",
+        "topics": ["a", "b"],
+        "valid": {"by_position": {"1": row, "4": row}, "final": row, "all": row},
+    }
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    results = {
+        "judge_accuracy": 0.8,
+        "num_prompts": 100,
+        "top_k": 50,
+        "own/scale=0": {"judge_share": 0.5, "disc_p_target": 0.3},
+    }
+    (tmp_path / guidance_report.TOPIC_EVAL_FILE).write_text(json.dumps(results))
+    text = guidance_report.write_report(tmp_path).read_text()
+    assert "| own | 0 | 0.500 ± 0.098 | 0.300 |" in text  # 1.96 · √(0.25 / 100) = 0.098
+    assert guidance_report.share_ci(0.0, 10) == 0.0 and np.isnan(guidance_report.share_ci(0.5, 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,6 +48,11 @@ def topic_eval_rows(results: Mapping) -> list[dict]:
             target, scale = key.split("/scale=")
             rows.append({"target": target, "scale": float(scale), **value})
     return rows
+
+
+def share_ci(share: float, n: int) -> float:
+    """Half-width of the 95% normal-approximation interval of a binomial share ``share`` over ``n`` trials."""
+    return 1.96 * math.sqrt(share * (1.0 - share) / n) if n > 0 else float("nan")
 
 
 def plot_accuracy(path: Path, table: Mapping) -> Path:
@@ -94,12 +100,20 @@ def render_markdown(metadata: Mapping, results: Mapping | None) -> str:
             "",
             f"Judge (logistic regression on MiniLM) held-out accuracy {results['judge_accuracy']:.3f}.",
             "",
-            "| target | λ | judge share on target | mean P_D(target) under π |",
+            "| target | λ | judge share on target (± 95% CI) | mean P_D(target) under π |",
             "|---|---|---|---|",
         ]
+        n = results["num_prompts"]
         lines += [
-            f"| {r['target']} | {r['scale']:g} | {r['judge_share']:.3f} | {r['disc_p_target']:.3f} |"
+            f"| {r['target']} | {r['scale']:g} | {r['judge_share']:.3f} ± {share_ci(r['judge_share'], n):.3f} "
+            f"| {r['disc_p_target']:.3f} |"
             for r in topic_eval_rows(results)
+        ]
+        lines += [
+            "",
+            "The interval is the normal approximation to a binomial share over the prompts (one continuation "
+            "each), 1.96·√(s(1 − s)/n); conditions share prompts, so differences between them are paired and "
+            "these intervals are conservative for them.",
         ]
     return "\n".join(lines) + "\n"
 
