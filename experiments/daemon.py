@@ -18,6 +18,10 @@ Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
 * ``m_sweep``: DAEMON's standardised gap to human and ESS against M (``--m_values``), and time.
 * ``fit``: only Algorithm 1 (µ, its report and, with ``--l2_values``, the cross-validation), which
   every study but ``sr4`` runs first anyway.
+* ``perplexity``: the human continuations' perplexity under p_θ and under q_µ, with ``Ẑ`` from
+  ``--perplexity_samples`` fresh samples per prompt (first ``--perplexity_prompts`` eval prompts): the ratio
+  with a paired CI clustered by document, the N sweep with its 1/N extrapolation, and the ε-perplexity.
+  It runs last on each corpus (the costliest decode per prompt).
 * ``temperature``: proposal temperature τ (``--proposal_temperatures``): µ refitted with samples from
   ``Temperature(τ)`` (with the proposal correction), then diversity against coherence; with
   ``--temperature_forms=corrected,uncorrected`` also the paper's uncorrected heuristic (µ fitted at τ = 1,
@@ -160,8 +164,13 @@ _ROWS_PER_CALL = flags.DEFINE_integer(
 _PERPLEXITY_SAMPLES = flags.DEFINE_integer(
     "perplexity_samples",
     _D.perplexity_samples,
-    "N fresh p_θ samples per eval prompt behind Ẑ for the human-perplexity point (paired CI, N sweep, "
-    "ε-perplexity); 0 = no such point.",
+    "N fresh p_θ samples per eval prompt behind Ẑ in the perplexity study (paired CI, N sweep, "
+    "ε-perplexity); needed by --studies=perplexity.",
+)
+_PERPLEXITY_PROMPTS = flags.DEFINE_integer(
+    "perplexity_prompts",
+    _D.perplexity_prompts,
+    "Eval prompts (the first ones) of the perplexity study; 0 = every eval prompt.",
 )
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of window choice and every PRNG key.")
 _SMOKE = flags.DEFINE_boolean(

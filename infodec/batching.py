@@ -4,11 +4,26 @@ Every loop in infodec that runs more rows than fit in one call (prompts through 
 a scorer, windows through the metrics) does the same four things: cut the rows into chunks of one size,
 pad the last chunk by repeating its final row, run the chunk, and keep only the real rows' results. The
 two functions here are that pattern, once.
+
+Long studies run for hours in chunks, so :func:`checkpointed_chunks` makes the chunks survive an
+interruption: inside its block every outermost :func:`map_in_chunks` call labelled ``checkpoint=`` saves
+each finished chunk's result to a folder, and rerunning the same block after a crash loads the finished
+chunks instead of recomputing them. That is exact only for chunk functions that depend on nothing but
+their rows and chunk number (a PRNG key folded per chunk, not one carried from the previous chunk), which
+is how every chunked loop in infodec is written.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import contextvars
+import os
+import pickle
+import re
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +39,9 @@ def fixed_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
         yield np.concatenate([real, np.full(batch_size - len(real), real[-1])]), len(real)
 
 
-def map_in_chunks(fn: Callable[[np.ndarray, int], Any], n: int, size: int, *, rows_per_item: int = 1) -> Any:
+def map_in_chunks(
+    fn: Callable[[np.ndarray, int], Any], n: int, size: int, *, rows_per_item: int = 1, checkpoint: str | None = None
+) -> Any:
     """Runs ``fn(indices [size], chunk_number)`` over ``range(n)`` in fixed-size chunks and joins the results.
 
     The last chunk is padded by repeating its final index (``fixed_batches``), so ``fn`` always sees one
@@ -32,15 +49,91 @@ def map_in_chunks(fn: Callable[[np.ndarray, int], Any], n: int, size: int, *, ro
     returns an array, a list, or a tuple / dict of them, whose leading axis holds ``rows_per_item`` rows per
     index (e.g. ``num_samples`` rows per prompt); the padding rows are dropped and the chunks concatenated
     along that axis, so the result has ``n * rows_per_item`` rows in order.
+
+    ``checkpoint``: a label naming what the call computes (``"decode-greedy"``); inside a
+    :func:`checkpointed_chunks` block such a call saves every finished chunk and reuses the saved ones.
+    Unlabelled calls (cheap ones, whose position in a study may vary) are never saved.
     """
     if n < 1:
         raise ValueError(f"map_in_chunks needs at least one row, got n={n}")
     if size < 1:
         raise ValueError(f"map_in_chunks needs a chunk size >= 1, got size={size}")
-    parts = [
-        _head(fn(indices, chunk), kept * rows_per_item) for chunk, (indices, kept) in enumerate(fixed_batches(n, size))
-    ]
+    store = _CHECKPOINTS.get()
+    if store is None or checkpoint is None:
+        parts = [
+            _head(fn(indices, chunk), kept * rows_per_item)
+            for chunk, (indices, kept) in enumerate(fixed_batches(n, size))
+        ]
+        return _join(parts)
+    call = store.next_call(f"{checkpoint}-n{n}-size{size}-rows{rows_per_item}")
+    parts = []
+    for chunk, (indices, kept) in enumerate(fixed_batches(n, size)):
+        saved = store.folder / f"{call}-chunk{chunk:05d}.pkl"
+        if saved.exists():
+            parts.append(pickle.loads(saved.read_bytes()))
+            continue
+        token = _CHECKPOINTS.set(None)  # calls nested inside a chunk are part of that chunk's result
+        try:
+            part = _head(fn(indices, chunk), kept * rows_per_item)
+        finally:
+            _CHECKPOINTS.reset(token)
+        _write_atomically(saved, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+        parts.append(part)
     return _join(parts)
+
+
+class _ChunkStore:
+    """The folder of one :func:`checkpointed_chunks` block and how many calls of each signature (label,
+    rows, chunk size) it has made: the n-th such call's chunks are saved as ``<signature>-<n>-chunk<i>``."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.calls = folder, collections.Counter()
+
+    def next_call(self, signature: str) -> str:
+        self.calls[signature] += 1
+        return f"{_safe_name(signature)}-{self.calls[signature] - 1}"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9=.,_+-]", "_", text)
+
+
+_CHECKPOINTS: contextvars.ContextVar[_ChunkStore | None] = contextvars.ContextVar("chunk_checkpoints", default=None)
+
+
+@contextlib.contextmanager
+def checkpointed_chunks(folder: str | Path) -> Iterator[Path]:
+    """Within the block, every outermost :func:`map_in_chunks` call with a ``checkpoint`` label keeps each
+    finished chunk in ``folder``.
+
+    A chunk is saved (pickled, written atomically) as soon as it finishes, named by the call's signature
+    (label, ``n``, ``size``, ``rows_per_item``), how many calls of that signature the block made before it,
+    and the chunk's number; a rerun of the same block finds it and loads it instead of calling ``fn``. So
+    an interrupted block, rerun, repeats only the chunk that was running. Calls made inside a chunk are not
+    saved separately (they belong to that chunk's result and would not run once it is loaded). The block
+    must make its labelled calls in the same order each time, with chunk functions that depend only on
+    their rows and chunk number. Deleting ``folder`` once the block's result is stored is the caller's
+    job."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    token = _CHECKPOINTS.set(_ChunkStore(path))
+    try:
+        yield path
+    finally:
+        _CHECKPOINTS.reset(token)
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Writes ``data`` to ``target`` through a temporary file and a rename: a reader (or a rerun after a
+    crash) sees the whole file or none."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _head(result: Any, rows: int) -> Any:

@@ -9,13 +9,17 @@ Every launcher and notebook writes the same layout::
 
 A sweep is a list of ``(key, compute)`` pairs; :meth:`ResultsFolder.run` skips the keys already in
 ``points.jsonl``, so an interrupted run resumes where it stopped and never recomputes a finished point.
-A partially written last line (the process killed mid-write) is ignored and recomputed.
+A partially written last line (the process killed mid-write) is ignored and recomputed. A point that takes
+hours can keep its own partial work in :meth:`ResultsFolder.scratch` (``<out>/.partial/<point>/``), which
+:meth:`ResultsFolder.run` deletes once the point is stored.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -94,6 +98,12 @@ class ResultsFolder:
                 done[record["key"]] = record
         return done
 
+    def scratch(self, key: str) -> Path:
+        """``<out>/.partial/<key as a folder name>``: where point ``key`` may keep partial work (finished
+        chunks, ``infodec.batching.checkpointed_chunks``) while it runs. :meth:`run` deletes it once the point
+        is stored; it is not a result (``.partial`` is ignored by git)."""
+        return self.path / ".partial" / re.sub(r"[^A-Za-z0-9=.,_+-]", "_", key.replace("/", "__"))
+
     def append(self, key: str, record: Mapping[str, Any]) -> dict:
         """Appends one finished point (``record`` plus its ``key``) and flushes it to disk."""
         line = {"key": key, **record}
@@ -121,6 +131,7 @@ class ResultsFolder:
         for i, (key, compute) in enumerate(todo):
             point_start = time.perf_counter()
             done[key] = self.append(key, {**compute(), "seconds": time.perf_counter() - point_start})
+            shutil.rmtree(self.scratch(key), ignore_errors=True)
             elapsed = time.perf_counter() - start
             remaining = elapsed / (i + 1) * (len(todo) - i - 1)
             log(

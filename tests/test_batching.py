@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from infodec.batching import fixed_batches, map_in_chunks
+from infodec.batching import checkpointed_chunks, fixed_batches, map_in_chunks
 
 
 def test_fixed_batches_cover_every_row_once():
@@ -43,3 +43,47 @@ def test_map_in_chunks_with_a_chunk_larger_than_the_rows_pads_to_the_chunk_size(
         map_in_chunks(lambda rows, chunk: rows, 0, 4)
     with pytest.raises(ValueError, match="chunk size >= 1"):
         map_in_chunks(lambda rows, chunk: rows, 3, 0)
+
+
+def test_checkpointed_chunks_resume_an_interrupted_call_from_its_last_finished_chunk(tmp_path):
+    """The first run dies in chunk 2; the rerun loads chunks 0-1, computes only 2-3, and returns what an
+    uninterrupted run returns. Unlabelled and nested calls are never saved."""
+    calls: list[tuple[str, int]] = []
+
+    def chunk(rows, i):
+        calls.append(("outer", i))
+        inner = map_in_chunks(lambda r, j: r * 10, len(rows), 1, checkpoint="inner")  # nested: part of chunk i
+        if i == 2 and fail:
+            raise KeyboardInterrupt
+        return {"rows": rows, "tenfold": inner}
+
+    fail = True
+    with pytest.raises(KeyboardInterrupt), checkpointed_chunks(tmp_path):
+        map_in_chunks(lambda rows, i: rows, 5, 5)  # unlabelled: not saved
+        map_in_chunks(chunk, 7, 2, checkpoint="decode")
+    assert [c for c in calls if c[0] == "outer"] == [("outer", 0), ("outer", 1), ("outer", 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "decode-n7-size2-rows1-0-chunk00000.pkl",
+        "decode-n7-size2-rows1-0-chunk00001.pkl",
+    ]
+
+    fail, calls[:] = False, []
+    with checkpointed_chunks(tmp_path):
+        resumed = map_in_chunks(chunk, 7, 2, checkpoint="decode")
+    assert calls == [("outer", 2), ("outer", 3)]
+    fresh = map_in_chunks(chunk, 7, 2)
+    np.testing.assert_array_equal(resumed["rows"], np.arange(7))
+    np.testing.assert_array_equal(resumed["tenfold"], fresh["tenfold"])
+
+
+def test_checkpointed_calls_of_one_label_are_told_apart_by_order_and_shape(tmp_path):
+    """Two calls with the same label keep separate chunks (the n-th call of a signature); a call with
+    other rows or chunk size never reads another's chunks."""
+    with checkpointed_chunks(tmp_path):
+        first = map_in_chunks(lambda rows, i: rows + 100, 3, 3, checkpoint="decode")
+        second = map_in_chunks(lambda rows, i: rows + 200, 3, 3, checkpoint="decode")
+        other_size = map_in_chunks(lambda rows, i: rows + 300, 3, 1, checkpoint="decode")
+    assert (first.tolist(), second.tolist(), other_size.tolist()) == ([100, 101, 102], [200, 201, 202], [300, 301, 302])
+    with checkpointed_chunks(tmp_path):  # everything is loaded: the functions would give other values now
+        again = [map_in_chunks(lambda rows, i: rows, 3, 3, checkpoint="decode") for _ in range(2)]
+    assert [a.tolist() for a in again] == [[100, 101, 102], [200, 201, 202]]

@@ -315,3 +315,67 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     assert float(ppl["ppl_ratio_low"]) == pytest.approx(np.exp(-0.018)) and ppl["N"] == "50"
     text = path.read_text()
     assert "Human-text perplexity under q_µ (wiki)" in text and "gap to human in standard errors" in text
+
+
+@pytest.mark.parametrize(
+    "totals, daemon_z, status",
+    [
+        ({"daemon": 3.0, "top_p": 5.0, "greedy": 90.0}, [1.0, -1.0, 1.0], "held"),
+        ({"daemon": 3.0, "top_p": 5.0}, [1.0, -1.0, 2.0], "not shown"),  # |z| = 2 resolves a gap
+        ({"daemon": 6.0, "top_p": 5.0}, [1.0, 1.0, 2.0], "failed"),
+        ({"daemon": 6.0}, [0.0], "not tested"),
+        ({"top_p": 5.0}, [], "not tested"),
+    ],
+)
+def test_closest_to_human_follows_the_rule_fixed_before_the_runs(totals, daemon_z, status):
+    assert report.closest_to_human_status(totals, daemon_z) == status
+
+
+@pytest.mark.parametrize(
+    "low, high, extrapolated, status",
+    [
+        (0.97, 0.99, 0.98, "held"),
+        (0.97, 0.99, 1.01, "not shown"),  # the 1/N bias carries the whole "improvement"
+        (0.98, 1.01, 0.99, "not shown"),
+        (1.01, 1.03, 1.02, "failed"),
+    ],
+)
+def test_perplexity_claim_follows_the_rule_fixed_before_the_runs(low, high, extrapolated, status):
+    assert report.perplexity_status(low, high, extrapolated) == status
+
+
+def test_claims_table_computes_t_from_the_paired_gaps(tmp_path):
+    """DAEMON's and the baselines' T = Σ z² come from the records' paired gaps; the verdict follows."""
+    folder = tmp_path / "run"
+    shutil.copytree(RESULTS, folder)
+    records = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    z_of = {"daemon": 0.5, "sampling": 1.5}  # the folder's decoders
+    for r in records:
+        if r.get("study") == "main" and r.get("decoder") in z_of:
+            z = z_of[r["decoder"]]
+            r["paired_gap"] = {n: {"mean": z * 0.1, "se": 0.1, "n": 24, "clusters": 9} for n in r["metrics"]}
+    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report.write_report(folder)
+    with (folder / "claims.csv").open() as f:
+        rows = {r["corpus"]: r for r in csv.DictReader(f)}
+    k = len(report.load(folder)[1].metrics)
+    wiki = rows["wiki"]
+    assert float(wiki["daemon_T"]) == pytest.approx(k * 0.25) and float(wiki["T_sampling"]) == pytest.approx(k * 2.25)
+    assert (wiki["best_baseline"], wiki["status"]) == ("sampling", "held")
+    assert "**wiki, closest to human: held.**" in (folder / "report.md").read_text()
+
+
+def test_an_sr4_point_file_gets_its_own_generated_page(tmp_path):
+    """Early SR-4 runs kept one JSON line each; the report renders it beside the file, numbers from it."""
+    source = RESULTS.parent / "sr4_128_leads.jsonl"
+    record = json.loads(source.read_text())
+    copy = tmp_path / source.name
+    shutil.copy(source, copy)
+    text = report.write_report(copy).read_text()
+    assert (tmp_path / "sr4_128_leads.md").exists()
+    expected = record["expected_over_resampling"]["daemon"]
+    assert f"| DAEMON, expected | {expected['mean']:.4g} ± {expected['se']:.2g} | 48 |" in text
+    assert "num_fit_prefixes 48" in text
+    (tmp_path / "empty.jsonl").write_text('{"key": "wiki/fit/tau=1", "study": "fit"}\n')
+    with pytest.raises(FileNotFoundError, match="no SR-4 study point"):
+        report.write_report(tmp_path / "empty.jsonl")

@@ -98,6 +98,9 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
         "--l2_values=0,0.01,10",
         "--l2_folds=2",
         "--max_human_windows=50",
+        "--studies=main,m_sweep,perplexity",
+        "--perplexity_samples=4",
+        "--perplexity_prompts=2",
         f"--out={tmp_path}",
     ]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -109,7 +112,10 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
         "wiki/main/greedy",
         "wiki/main/daemon",
         "wiki/m_sweep/M=3",
+        "wiki/human_perplexity/N=4",  # last: the costliest decode per prompt
     ]
+    assert points[-1]["num_texts"] == 2 and points[-1]["num_samples"] == 4
+    assert not list((tmp_path / ".partial").iterdir())  # every point's finished chunks deleted once it is stored
     with (tmp_path / "main.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["decoder"] for r in rows] == [
@@ -130,7 +136,7 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming, 4 of 4 points already done" in second.stdout + second.stderr
-    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 5  # nothing recomputed
+    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 6  # nothing recomputed
 
 
 @pytest.mark.parametrize(

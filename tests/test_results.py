@@ -31,6 +31,21 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
     assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 4
 
 
+def test_a_points_scratch_folder_lives_until_the_point_is_stored(tmp_path):
+    folder = ResultsFolder(tmp_path, {})
+    scratch = folder.scratch("wiki/main/daemon")
+    assert scratch.parent == tmp_path / ".partial" and "/" not in scratch.name
+
+    def compute():
+        scratch.mkdir(parents=True)
+        (scratch / "chunk").write_text("partial work")
+        return {"value": 1}
+
+    folder.run([("wiki/main/daemon", compute)], log=lambda s: None)
+    assert not scratch.exists() and folder.points()["wiki/main/daemon"]["value"] == 1
+    assert folder.scratch("a/b") != folder.scratch("a_b")  # distinct keys, distinct folders
+
+
 def test_partial_last_line_is_recomputed(tmp_path):
     folder = ResultsFolder(tmp_path, {})
     folder.append("done", {"x": 1})

@@ -19,7 +19,7 @@ from infodec.data import corpora
 from infodec.models import registry
 
 METRICS = ("sr2", "sr3", "sr4", "tr32", "div", "coh", "info")
-STUDIES = ("main", "sr4", "m_sweep", "temperature", "fit")
+STUDIES = ("main", "sr4", "m_sweep", "temperature", "fit", "perplexity")
 # The human moments µ is fitted to: every fit-split window ("split") or the J fit prefixes' own ("prefixes").
 FIT_TARGETS = ("split", "prefixes")
 # The DAEMON studies decode with a base model ([P3] continues Wikipedia and news text with base LMs).
@@ -122,7 +122,7 @@ DEFAULT_BASELINES = tuple(name for name, b in BASELINES.items() if not b.needs_a
 
 # Settings added after results folders were first written, with the value that reproduces what those folders
 # computed (``ResultsFolder(added=...)``): an older folder resumes when a rerun keeps these values.
-ADDED_SETTINGS = {"amateur": None, "evaluator": None, "perplexity_samples": 0}
+ADDED_SETTINGS = {"amateur": None, "evaluator": None, "perplexity_samples": 0, "perplexity_prompts": 0}
 
 
 def check_fit_target(fit_target: str) -> None:
@@ -171,6 +171,9 @@ class DaemonConfig:
         error's Adam at 0.005, 5000 steps, 1e-3). The variants apply to every Algorithm 1 fit of the
         main study and the sweeps; the SR-4 study fits its one metric with the dual.
       rows_per_call: decode rows per call (bounds the KV-cache memory).
+      perplexity_samples: ``N`` fresh p_θ samples per eval prompt behind ``Ẑ`` for the ``perplexity`` study (the
+        human texts' perplexity under q_µ: paired CI, N sweep, ε-perplexity; each corpus's last point).
+      perplexity_prompts: that study's eval prompts, the first ones (0 = every eval prompt).
       seed: window choice and every PRNG key derive from it.
     """
 
@@ -200,6 +203,7 @@ class DaemonConfig:
     amateur: str | None = None
     evaluator: str | None = AUTO_EVALUATOR
     perplexity_samples: int = 0
+    perplexity_prompts: int = 0
     # Fields added after results folders were written: None or their ADDED_SETTINGS value means the behaviour
     # from before them, so a rerun on such a folder finds its settings unchanged and resumes.
     temperature_forms: tuple[str, ...] | None = None
@@ -325,6 +329,15 @@ class DaemonConfig:
             f"--l2_folds must be between 2 and --num_fit_prefixes ({self.num_fit_prefixes}), got {self.l2_folds}",
         )
         _require(self.perplexity_samples >= 0, f"--perplexity_samples must be >= 0, got {self.perplexity_samples}")
+        _require(
+            "perplexity" not in self.studies or self.perplexity_samples >= 1,
+            "--studies=perplexity draws Ẑ from --perplexity_samples samples per prompt: pass --perplexity_samples >= 1",
+        )
+        _require(
+            0 <= self.perplexity_prompts <= self.num_eval_prompts,
+            f"--perplexity_prompts must be between 0 (every eval prompt) and --num_eval_prompts "
+            f"({self.num_eval_prompts}), got {self.perplexity_prompts}",
+        )
         for name in ("max_human_windows", "max_per_document"):
             _require(getattr(self, name) >= 0, f"--{name} must be >= 0 (0 = every window), got {getattr(self, name)}")
         _reraise("", [self.fit_target], check_fit_target)

@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from infodec.batching import map_in_chunks
+from infodec.batching import checkpointed_chunks, map_in_chunks
 from infodec.daemon import cross_validate_l2, fit_coefficients, perplexity_over_seeds, perplexity_under_q
 from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
@@ -210,7 +210,12 @@ class Pipeline:
             self._progress("fit samples", i, len(rows), len(prompts), "prefixes", start)
             return feats, rho
 
-        return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples))
+        return map_in_chunks(
+            chunk,
+            len(prompts),
+            max(1, self.rows_per_call // num_samples),
+            checkpoint=f"fit_samples-N{num_samples}-tau{proposal_temperature:g}",
+        )
 
     def epsilon_samples(
         self, prompts: Prompts, num_samples: int, key: jax.Array, *, epsilon: float = EPSILON
@@ -236,7 +241,9 @@ class Pipeline:
             self._progress("perplexity samples", i, len(rows), len(prompts), "prompts", start)
             return feats, ratios.reshape(len(rows), num_samples)
 
-        return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples))
+        return map_in_chunks(
+            chunk, len(prompts), max(1, self.rows_per_call // num_samples), checkpoint=f"epsilon_samples-N{num_samples}"
+        )
 
     def decode(self, prompts: Prompts, name: str, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens [P, L], lengths [P])`` of baseline ``name`` (a :data:`~config.BASELINES` key): its named
@@ -264,7 +271,7 @@ class Pipeline:
             return np.asarray(out.tokens), np.asarray(out.lengths)
 
         per_call = self.rows_per_call // (SEARCH_ROWS_DIVISOR if baseline.search is not None else 1)
-        return map_in_chunks(chunk, len(prompts), max(1, min(per_call, len(prompts))))
+        return map_in_chunks(chunk, len(prompts), max(1, min(per_call, len(prompts))), checkpoint=f"decode-{name}")
 
     def _contrastive_decoding(self, model, params, prompts, **kwargs):
         """``contrastive_decoding`` with the pipeline's amateur, called as the other searches are."""
@@ -312,7 +319,10 @@ class Pipeline:
                 **{f"expected_{k}": v for k, v in expected.items()},
             }
 
-        return map_in_chunks(chunk, len(prompts), max(1, min(self.rows_per_call // num_candidates, len(prompts))))
+        per_call = max(1, min(self.rows_per_call // num_candidates, len(prompts)))
+        form = "corrected" if correct_proposal else "uncorrected"
+        label = f"daemon-M{num_candidates}-tau{proposal_temperature:g}-{form}"
+        return map_in_chunks(chunk, len(prompts), per_call, checkpoint=label)
 
     def metrics(self, tokens: np.ndarray, lengths: np.ndarray, prefix: np.ndarray) -> np.ndarray:
         """``[B, K]`` float32 metrics of continuations ``tokens [B, L]`` after ``prefix [B, W]`` (-1 padded)."""
@@ -1052,18 +1062,17 @@ def _main_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey:
     return points + [(f"{corpus}/main/daemon", daemon_main)]
 
 
-def perplexity_samples(config: DaemonConfig) -> int:
-    """``N`` of the human-perplexity point (``config.perplexity_samples``; 0 = no such point)."""
-    return config.perplexity_samples
-
-
-def _human_perplexity_point(study: DaemonStudy, mu: np.ndarray, num_samples: int, ckey: jax.Array) -> Points:
+def _human_perplexity_point(
+    study: DaemonStudy, mu: np.ndarray, num_samples: int, ckey: jax.Array, prompts: int = 0
+) -> Points:
     """The human texts' perplexity under ``q_µ`` with ``Ẑ`` from ``num_samples`` fresh samples per eval
-    prompt (:meth:`DaemonStudy.human_perplexity`): paired CI, N sweep, ε-perplexity."""
+    prompt (:meth:`DaemonStudy.human_perplexity`; the first ``prompts``, 0 = all): paired CI, N sweep,
+    ε-perplexity."""
 
     def compute() -> dict:
         start = time.perf_counter()
-        result = study.human_perplexity(mu, num_samples, jax.random.fold_in(ckey, 600))
+        key = jax.random.fold_in(ckey, 600)
+        result = study.human_perplexity(mu, num_samples, key, prompts=prompts or None)
         return {"corpus": study.corpus, "study": "human_perplexity", **result, "decode_s": time.perf_counter() - start}
 
     return [(f"{study.corpus}/human_perplexity/N={num_samples}", compute)]
@@ -1181,7 +1190,9 @@ def run_studies(
     log(config.describe_models())
 
     def run(points: Points) -> None:
-        records.update(zip([k for k, _ in points], folder.run(points, log)))
+        # a point's finished chunks survive an interruption (hours-long decodes resume mid-point)
+        resumable = [(k, functools.partial(_checkpointed, folder.scratch(k), compute)) for k, compute in points]
+        records.update(zip([k for k, _ in points], folder.run(resumable, log)))
 
     key = jax.random.key(config.seed)
     for c_index, corpus in enumerate(config.corpora):
@@ -1210,14 +1221,12 @@ def run_studies(
             f"{config.max_new_tokens} new tokens, metrics {', '.join(study.metric_names)}"
         )
         first = c_index == 0
-        if {"main", "m_sweep", "temperature", "fit"} & set(config.studies):
+        if {"main", "m_sweep", "temperature", "fit", "perplexity"} & set(config.studies):
             run(_fit_point(study, config, 1.0, jax.random.fold_in(ckey, 0)))
             mu = np.asarray(records[f"{corpus}/fit/tau=1"]["mu"])
         points: Points = []
         if "main" in config.studies:
             points += _main_points(study, config, mu, ckey)
-            if perplexity_samples(config):
-                points += _human_perplexity_point(study, mu, perplexity_samples(config), ckey)
         if first and "sr4" in config.studies:
             points += _sr4_point(study, config)
         if first and "m_sweep" in config.studies:
@@ -1231,7 +1240,17 @@ def run_studies(
                     run(_temperature_point(study, config, tau, records, ckey))
                 if "uncorrected" in config.forms and tau != 1.0:  # at τ = 1 it is the corrected decode
                     run(_temperature_point(study, config, tau, records, ckey, form="uncorrected"))
+        if "perplexity" in config.studies:  # last: the costliest decode per prompt
+            run(_human_perplexity_point(study, mu, config.perplexity_samples, ckey, config.perplexity_prompts))
     return records
+
+
+def _checkpointed(scratch, compute: Callable[[], dict]) -> dict:
+    """``compute()`` with every finished chunk of its chunked loops kept in ``scratch``, so a rerun after an
+    interruption repeats only the chunk that was running (``batching.checkpointed_chunks``; each chunk's
+    PRNG key is folded from its number, so a loaded chunk equals a recomputed one)."""
+    with checkpointed_chunks(scratch):
+        return compute()
 
 
 __all__ = [
@@ -1248,6 +1267,5 @@ __all__ = [
     "window_features",
     "expected_over_resampling",
     "perplexity_summary",
-    "perplexity_samples",
     "EPSILON",
 ]
