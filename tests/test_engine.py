@@ -8,6 +8,8 @@
   and the errors at the boundary.
 """
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -241,6 +243,31 @@ def test_no_recompilation_within_a_bucket(tiny):
     assert infodec.compile_count() == before, dict(engine._TRACES)
     run([17, 4, 2], 0.8, 0.9, 0, ())  # bucket 32: a new shape
     assert infodec.compile_count() > before
+
+
+def test_the_first_call_compiles_each_program_once(tiny):
+    """The decode loop is compiled ahead, while prefill runs, for the state prefill will hand it; the call
+    must then reuse that executable. XLA's cache key tells committed arrays from uncommitted ones, so a
+    state whose placement differs from the lowered one compiles the loop a second time (it did: prefill's
+    outputs mixed both)."""
+    model, params, _ = tiny
+    params = jax.device_put(params, jax.devices()[0])  # committed, as infodec.load's are
+    compiled: list[str] = []
+    listener = logging.Handler()
+    listener.emit = lambda record: compiled.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("jax")
+    logger.addHandler(listener)
+    jax.config.update("jax_log_compiles", True)  # globally: the loop compiles in another thread
+    try:  # a shape no other test uses (11 new tokens); num_samples > 1 repeats prefill's outputs per sample
+        infodec.generate(
+            model, params, [[1, 2], [3]], sampled_policy(), jax.random.key(0), max_new_tokens=11, num_samples=3
+        )
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(listener)
+    finished = [m for m in compiled if m.startswith("Finished XLA compilation")]
+    assert sum("_decode_loop_impl" in m for m in finished) == 1, finished
+    assert sum("_prefill_impl" in m for m in finished) == 1, finished
 
 
 # --- 5. jit == no jit ------------------------------------------------------------------------------------

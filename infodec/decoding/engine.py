@@ -495,20 +495,30 @@ def _prefill(
         jax.ShapeDtypeStruct((len(token_lists), model.config.hidden_size), jnp.float32) if policy.needs_hidden else None
     )
     state_shape = jax.eval_shape(initial, logits_shape, cache, hidden_shape)
-    if mesh is not None:  # lower for the placement the state will have, so the call reuses this compile
+    # Lower for the placement the state will have, so the call reuses this compile: on one device every
+    # leaf is committed to it (jit's cache key tells committed from uncommitted arrays, and prefill's
+    # outputs mix both), on a mesh each leaf gets its sharding.
+    if mesh is not None:
         placement = _state_shardings(state_shape, mesh)
-        state_shape = sharding.with_shardings(state_shape, placement)
+    else:
+        device = jax.sharding.SingleDeviceSharding(_default_device())
+        placement = jax.tree.map(lambda _: device, state_shape)
+    state_shape = sharding.with_shardings(state_shape, placement)
     compiling = None
     if next_call is not None:
         compiling = threading.Thread(target=next_call(policy, state_shape).compile)
         compiling.start()
     logits, cache, hidden = run_prompt(model, params, tokens, positions, cache, with_hidden=policy.needs_hidden)
-    state = initial(logits, cache, None if hidden is None else hidden[:, -1])
-    if mesh is not None:
-        state = jax.device_put(state, placement)
+    state = jax.device_put(initial(logits, cache, None if hidden is None else hidden[:, -1]), placement)
     if compiling is not None:
         compiling.join()
     return state, policy
+
+
+def _default_device():
+    """The device uncommitted arrays live on (``jax.default_device`` when set, else the first local one):
+    where a computation on them places its result."""
+    return jnp.zeros(()).devices().pop()
 
 
 def _pad_per_row(policy: Policy, rows: int, padded: int) -> Policy:
