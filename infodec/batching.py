@@ -18,15 +18,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
-import os
 import pickle
-import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from infodec.cache import atomic_file, path_part
 
 
 def fixed_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -77,7 +76,8 @@ def map_in_chunks(
             part = _head(fn(indices, chunk), kept * rows_per_item)
         finally:
             _CHECKPOINTS.reset(token)
-        _write_atomically(saved, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+        with atomic_file(saved, "wb") as f:
+            pickle.dump(part, f, protocol=pickle.HIGHEST_PROTOCOL)
         parts.append(part)
     return _join(parts)
 
@@ -91,11 +91,7 @@ class _ChunkStore:
 
     def next_call(self, signature: str) -> str:
         self.calls[signature] += 1
-        return f"{_safe_name(signature)}-{self.calls[signature] - 1}"
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9=.,_+-]", "_", text)
+        return f"{path_part(signature)}-{self.calls[signature] - 1}"
 
 
 _CHECKPOINTS: contextvars.ContextVar[_ChunkStore | None] = contextvars.ContextVar("chunk_checkpoints", default=None)
@@ -121,19 +117,6 @@ def checkpointed_chunks(folder: str | Path) -> Iterator[Path]:
         yield path
     finally:
         _CHECKPOINTS.reset(token)
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Writes ``data`` to ``target`` through a temporary file and a rename: a reader (or a rerun after a
-    crash) sees the whole file or none."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".part-")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _head(result: Any, rows: int) -> Any:

@@ -15,13 +15,17 @@ The cache lives under ``$INFODEC_CACHE`` (default ``~/.cache/infodec``)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 CACHE_ENV = "INFODEC_CACHE"
 
@@ -34,6 +38,29 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """``with atomic_file(path, mode) as f: ...`` writes ``path`` atomically: into a temporary file beside it,
+    renamed into place (mode 0644) when the block succeeds and deleted when it raises, so a reader (or a
+    rerun after a crash) sees the whole file or none. ``mode``: "w" (text, UTF-8) or "wb"."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(handle, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def path_part(text: str) -> str:
+    """``text`` usable as one file or folder name: every character other than letters, digits and
+    ``=.,_+-`` becomes ``_`` (one for one, so ``"tau=0.8"`` stays readable)."""
+    return re.sub(r"[^A-Za-z0-9=.,_+-]", "_", text)
 
 
 def download_wheel(package: str, version: str) -> Path:

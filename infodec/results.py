@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from infodec.cache import path_part
 
 
 class ResultsFolder:
@@ -102,7 +103,7 @@ class ResultsFolder:
         """``<out>/.partial/<key as a folder name>``: where point ``key`` may keep partial work (finished
         chunks, ``infodec.batching.checkpointed_chunks``) while it runs. :meth:`run` deletes it once the point
         is stored; it is not a result (``.partial`` is ignored by git)."""
-        return self.path / ".partial" / re.sub(r"[^A-Za-z0-9=.,_+-]", "_", key.replace("/", "__"))
+        return self.path / ".partial" / path_part(key.replace("/", "__"))
 
     def append(self, key: str, record: Mapping[str, Any]) -> dict:
         """Appends one finished point (``record`` plus its ``key``) and flushes it to disk."""

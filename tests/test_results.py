@@ -126,3 +126,17 @@ def test_clustered_se():
     assert clustered_mean_se([1.0, 2.0, 6.0], ["a", "a", "b"])["se"] == pytest.approx(np.sqrt(2 * 18) / 3)
     with pytest.raises(ValueError, match="cluster labels"):
         clustered_mean_se([1.0, 2.0], ["a"])
+
+
+def test_atomic_file_leaves_the_whole_file_or_none(tmp_path):
+    from infodec.cache import atomic_file, path_part
+
+    target = tmp_path / "deep" / "chunk.pkl"
+    with atomic_file(target, "wb") as f:
+        f.write(b"done")
+    assert target.read_bytes() == b"done" and (target.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(KeyboardInterrupt), atomic_file(target, "wb") as f:
+        f.write(b"half")
+        raise KeyboardInterrupt  # interrupted mid-write: the old file stays, no temporary is left
+    assert target.read_bytes() == b"done" and sorted(p.name for p in target.parent.iterdir()) == ["chunk.pkl"]
+    assert path_part("wiki/fit/tau=0.8 M,5") == "wiki_fit_tau=0.8_M,5"

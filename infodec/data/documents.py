@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from infodec.cache import atomic_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,17 +52,9 @@ class Window:
 
 def write_jsonl(documents: Iterable[Document], path: Path) -> None:
     """Writes documents as JSON lines, atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for doc in documents:
-                out.write(json.dumps(dataclasses.asdict(doc), ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as out:
+        for doc in documents:
+            out.write(json.dumps(dataclasses.asdict(doc), ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: Path) -> list[Document]:
