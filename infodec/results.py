@@ -89,15 +89,7 @@ class ResultsFolder:
 
     def points(self) -> dict[str, dict]:
         """The finished points, ``{key: record}``, in the order they finished."""
-        done = {}
-        if self.points_file.exists():
-            for line in self.points_file.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by an interruption: recompute that point
-                    continue
-                done[record["key"]] = record
-        return done
+        return read_points(self.points_file) if self.points_file.exists() else {}
 
     def scratch(self, key: str) -> Path:
         """``<out>/.partial/<key as a folder name>``: where point ``key`` may keep partial work (finished
@@ -152,6 +144,19 @@ class ResultsFolder:
             for r in rows:
                 writer.writerow({k: _cell(v) for k, v in r.items()})
         return target
+
+
+def read_points(path: str | Path) -> dict[str, dict]:
+    """``{key: record}`` of a JSON-lines file of points (``points.jsonl``), in file order. A line cut short by
+    an interruption is skipped (its point is recomputed by a rerun)."""
+    done = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[record["key"]] = record
+    return done
 
 
 def _extends(new, old) -> bool:
@@ -229,4 +234,4 @@ def plot_series(
     return path
 
 
-__all__ = ["ResultsFolder", "plot_series"]
+__all__ = ["ResultsFolder", "plot_series", "read_points"]

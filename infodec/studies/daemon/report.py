@@ -26,7 +26,6 @@ listed), not the order points finished in, so a resumed folder reads like a fres
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from infodec.eval.stats import combined_se, in_se_units
-from infodec.results import ResultsFolder, plot_series
+from infodec.results import ResultsFolder, plot_series, read_points
 from infodec.studies.daemon.config import DaemonConfig
 
 HUMAN_ROWS = ("human", "human_split")
@@ -64,11 +63,7 @@ def write_sr4_report(path: str | Path) -> Path:
     """``<stem>.md`` beside ``path``, a ``.jsonl`` file holding SR-4 study points (one JSON object a line):
     their sizes and the SR-4 section of :func:`markdown`. FileNotFoundError when it holds none."""
     path = Path(path)
-    records = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records[record["key"]] = record
+    records = read_points(path)
     if not any(r.get("study") == "sr4" for r in records.values()):
         raise FileNotFoundError(f'{path} holds no SR-4 study point (a line with "study": "sr4")')
     lines = [
@@ -302,7 +297,7 @@ def claim_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
             )
     for r in _in_order(records, config, "human_perplexity"):
         paired, sweep = r["paired"], r["n_sweep"]
-        extrapolated = float(np.exp(sweep["intercept"] - sweep["nll_p"]))
+        extrapolated = _extrapolated_ratio(sweep)
         rows.append(
             {
                 "corpus": r["corpus"],
@@ -318,6 +313,11 @@ def claim_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _extrapolated_ratio(sweep: dict) -> float:
+    """ppl_q / ppl_p at N → ∞: the N sweep's fitted intercept of the per-token NLL under q against p_θ's."""
+    return float(np.exp(sweep["intercept"] - sweep["nll_p"]))
 
 
 def _claims_section(records: Records, config: DaemonConfig) -> list[str]:
@@ -610,7 +610,7 @@ def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
             "",
             f"1/N bias of log Ẑ: fitted nll_q(N) = a + b/N with b = {sweep['slope']:.3g}, so at N = "
             f"{r['num_samples']} the estimate sits {sweep['bias_at_largest']:+.2g} nats/token from N → ∞ "
-            f"(ratio at N → ∞: {np.exp(sweep['intercept'] - sweep['nll_p']):.4f}).",
+            f"(ratio at N → ∞: {_extrapolated_ratio(sweep):.4f}).",
             "",
             *_table(["N", "groups averaged", "ppl under q"], sweep_rows),
             "",
