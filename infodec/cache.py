@@ -45,6 +45,8 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """``with atomic_file(path, mode) as f: ...`` writes ``path`` atomically: into a temporary file beside it,
     renamed into place (mode 0644) when the block succeeds and deleted when it raises, so a reader (or a
     rerun after a crash) sees the whole file or none. ``mode``: "w" (text, UTF-8) or "wb"."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f'atomic_file writes a new file: mode must be "w" or "wb", got {mode!r}')
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:

@@ -140,3 +140,5 @@ def test_atomic_file_leaves_the_whole_file_or_none(tmp_path):
         raise KeyboardInterrupt  # interrupted mid-write: the old file stays, no temporary is left
     assert target.read_bytes() == b"done" and sorted(p.name for p in target.parent.iterdir()) == ["chunk.pkl"]
     assert path_part("wiki/fit/tau=0.8 M,5") == "wiki_fit_tau=0.8_M,5"
+    with pytest.raises(ValueError, match='mode must be "w" or "wb"'), atomic_file(target, "a"):
+        pass
