@@ -120,6 +120,39 @@ def test_chi_square_rejects_a_wrong_distribution(tiny, draws):
     assert p_value < ALPHA
 
 
+def _flat_inversion(log_pi: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: the first token whose float64 CDF reaches ``u`` (``u`` in (0, 1]), and the CDF."""
+    cdf = np.cumsum(np.exp(log_pi.astype(np.float64)), axis=-1)
+    cdf /= cdf[:, -1:]
+    return np.array([np.searchsorted(row, x) for row, x in zip(cdf, u, strict=True)]), cdf
+
+
+def test_sample_tokens_inverts_the_cdf_of_the_same_uniforms():
+    """The two-level inversion picks the token the flat float64 CDF picks for each row's uniform, except
+    within float32 rounding of a boundary; tokens of probability 0 (single ones, whole blocks, the
+    padded tail of a vocabulary that is not a multiple of the block) are never picked."""
+    rows, vocab = 3000, 3 * engine.SAMPLE_BLOCK + 37
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 2.0, (rows, vocab))
+    logits[rng.random((rows, vocab)) < 0.3] = -np.inf  # scattered zeros
+    logits[: rows // 3, : 2 * engine.SAMPLE_BLOCK] = -np.inf  # whole blocks of zeros, mass only at the end
+    logits[rows // 3 : rows // 2, engine.SAMPLE_BLOCK :] = -np.inf  # mass only in the first block
+    logits[-1] = -np.inf
+    logits[-1, vocab - 1] = 0.0  # the very last token alone
+    log_pi = np.asarray(jax.nn.log_softmax(logits.astype(np.float32)))
+    keys = jax.random.split(jax.random.key(7), rows)
+    u = 1.0 - np.asarray(jax.vmap(jax.random.uniform)(keys), np.float64)
+    got = np.asarray(engine.sample_tokens(keys, log_pi))
+    want, cdf = _flat_inversion(log_pi, u)
+    assert np.all(np.isfinite(log_pi[np.arange(rows), got])), "a token of probability 0 was picked"
+    assert got[-1] == vocab - 1
+    differ = np.flatnonzero(got != want)
+    near_boundary = np.abs(cdf[differ, want[differ]] - u[differ]) < 1e-5
+    near_boundary |= np.abs(cdf[differ, np.maximum(want[differ] - 1, 0)] - u[differ]) < 1e-5
+    assert np.all(near_boundary), f"rows {differ[~near_boundary][:8]} pick tokens away from a CDF boundary"
+    assert differ.size <= rows // 200, differ.size
+
+
 # --- 2. independence ----------------------------------------------------------------------------------
 
 

@@ -53,6 +53,9 @@ Array = jax.Array
 
 MAX_STOP_TOKENS = 8
 
+# Tokens per block of sample_tokens' two-level CDF inversion.
+SAMPLE_BLOCK = 256
+
 # Stop tokens: explicit ids, None / () for none, or ... for the tokenizer's end-of-generation ids.
 StopTokens = Sequence[int] | None | EllipsisType
 
@@ -730,9 +733,9 @@ def _step(model, params, policy, state: DecodeState) -> DecodeState:
         new = next_policy_state(policy, state.policy_state, log_pi, token)
         state = dataclasses.replace(state, policy_state=jax.tree.map(live, new, state.policy_state))
     pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]
-    logp_model = pick(jax.nn.log_softmax(state.logits[:, 0]))
+    logp_model = token_log_prob(state.logits[:, 0], token)
     if state.num_streams == 2:  # attribution of the chosen token: log P(a | s, c) - log P(a | s)
-        diagnostics = {**diagnostics, "pmi": logp_model - pick(jax.nn.log_softmax(state.logits[:, 1]))}
+        diagnostics = {**diagnostics, "pmi": logp_model - token_log_prob(state.logits[:, 1], token)}
     return advance(
         model, params, state, token, logp_model=logp_model, logp_policy=pick(log_pi), diagnostics=diagnostics
     )
@@ -749,7 +752,7 @@ def advance(
     rows, streams = state.num_rows, state.num_streams
     token = jnp.where(state.done, state.pad_id, token).astype(jnp.int32)
     if logp_model is None:
-        logp_model = jnp.take_along_axis(jax.nn.log_softmax(state.logits[:, 0]), token[:, None], axis=-1)[:, 0]
+        logp_model = token_log_prob(state.logits[:, 0], token)
     logp_policy = logp_model if logp_policy is None else logp_policy
     diagnostics = diagnostics or {}
 
@@ -791,16 +794,47 @@ def advance(
     )
 
 
+def token_log_prob(logits: Array, token: Array) -> Array:
+    """``log softmax(logits)[token]`` per row (``logits [N, V]``, ``token [N]``) without writing the
+    ``[N, V]`` log-softmax: one fused max and exp-sum pass over the vocabulary."""
+    return jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
+
+
 def sample_tokens(keys: Array, log_pi: Array) -> Array:
     """One token per row from ``log_pi[N, V]`` by inverting the CDF with one uniform per row.
 
     Exact like Gumbel-max, but draws N random numbers instead of N x V (the threefry draws dominated
-    sampling at batch 25 on CPU). Zero-probability tokens are never chosen: ``u > 0`` and a token is
-    picked only where the CDF strictly rises past ``u``.
+    sampling at batch 25 on CPU). The CDF is inverted in two levels, first over the masses of blocks of
+    ``SAMPLE_BLOCK`` tokens and then inside the chosen block, so the only vocabulary-wide work is one
+    fused exp-and-sum pass: a flat cumulative sum over the vocabulary cost ~7x more on XLA:CPU (270 ms
+    of a 1.2 s step at 96 rows x 262k tokens). Zero-probability tokens are never chosen: at each level
+    the pick is the first entry with positive mass whose cumulative mass reaches ``u`` (``u > 0``).
     """
-    cdf = jnp.cumsum(jnp.exp(log_pi), axis=-1)
-    u = (1.0 - jax.vmap(jax.random.uniform)(keys)) * cdf[:, -1]  # in (0, total]
-    return jnp.minimum(jnp.sum(cdf < u[:, None], axis=-1), log_pi.shape[-1] - 1).astype(jnp.int32)
+    rows, vocab = log_pi.shape
+    blocks = -(-vocab // SAMPLE_BLOCK)
+    padded = log_pi
+    if blocks * SAMPLE_BLOCK != vocab:  # static: common vocabularies (32k, 49k, 128k, 262k) need no copy
+        padded = jnp.pad(log_pi, ((0, 0), (0, blocks * SAMPLE_BLOCK - vocab)), constant_values=-jnp.inf)
+    padded = padded.reshape(rows, blocks, SAMPLE_BLOCK)
+    block_mass = jnp.sum(jnp.exp(padded), axis=-1)
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
+    u = (1.0 - jax.vmap(jax.random.uniform)(keys)) * block_cdf[:, -1]  # in (0, total]
+    block = _first_reaching(block_cdf, block_mass, u)
+    inside = jnp.exp(jnp.take_along_axis(padded, block[:, None, None], axis=1)[:, 0])  # [N, SAMPLE_BLOCK]
+    mass_before = jnp.pad(block_cdf[:, :-1], ((0, 0), (1, 0)))  # the mass of the blocks before each block
+    before = jnp.take_along_axis(mass_before, block[:, None], axis=1)
+    offset = _first_reaching(before + jnp.cumsum(inside, axis=-1), inside, u)
+    return (block * SAMPLE_BLOCK + offset).astype(jnp.int32)
+
+
+def _first_reaching(cdf: Array, mass: Array, u: Array) -> Array:
+    """Per row of ``cdf, mass [N, K]``: the first index with positive mass whose ``cdf`` reaches ``u [N]``,
+    or the last index with positive mass if rounding leaves every such ``cdf`` just below ``u``."""
+    positions = jnp.arange(cdf.shape[-1])
+    positive = mass > 0
+    first = jnp.min(jnp.where(positive & (cdf >= u[:, None]), positions, cdf.shape[-1]), axis=-1)
+    last_positive = jnp.max(jnp.where(positive, positions, 0), axis=-1)
+    return jnp.where(first < cdf.shape[-1], first, last_positive)
 
 
 def _step_impl(model, params, policy, state, structure):
