@@ -13,6 +13,7 @@ from scipy.special import softmax
 
 from infodec import daemon
 from infodec.daemon import fitting
+from infodec.daemon import metrics as metrics_lib
 from infodec.results import ResultsFolder
 from infodec.studies.daemon import DaemonConfig
 from infodec.studies.daemon import study as study_lib
@@ -203,6 +204,67 @@ def test_the_tau_sweeps_uncorrected_form_uses_the_tau_1_fit_and_the_same_candida
     np.testing.assert_array_equal(jax.random.key_data(corrected["key"]), jax.random.key_data(uncorrected["key"]))
     assert (record_c["form"], record_c["mu_from"]) == ("corrected", "wiki/fit/tau=0.8")
     assert (record_u["form"], record_u["mu_from"]) == ("uncorrected", "wiki/fit/tau=1")
+
+
+def _tiny_pipeline(rows_per_call: int, bank=None) -> study_lib.Pipeline:
+    model, params = tiny_models.tiny_llama(seed=3)
+    functions = tuple(metrics_lib.metric_functions(["sr1"]))
+    return study_lib.Pipeline(model, params, ("sr1",), functions, 5, rows_per_call, log=lambda _: None, bank=bank)
+
+
+@pytest.mark.slow
+def test_the_studys_daemon_is_sampling_sample_chunk_by_chunk():
+    """Pipeline.daemon (candidates, then weights and resampling) = daemon.sample on each chunk's prompts
+    with that chunk's key, in both τ forms."""
+    pipeline = _tiny_pipeline(rows_per_call=6)  # M = 3: two prompts per chunk
+    prompts, key, mu = [[1, 2], [3, 4, 5], [0, 1], [2, 2, 2]], jax.random.key(4), [0.8]
+    for correct in (True, False):
+        got = pipeline.daemon(prompts, mu, 3, key, proposal_temperature=0.7, correct_proposal=correct)
+        for i, rows in enumerate(([0, 1], [2, 3])):
+            want = daemon.sample(
+                pipeline.model,
+                pipeline.params,
+                [prompts[r] for r in rows],
+                mu,
+                ["sr1"],
+                num_candidates=3,
+                max_new_tokens=5,
+                key=jax.random.fold_in(key, i),
+                proposal_temperature=0.7,
+                correct_proposal=correct,
+                stop_tokens=(),
+            )
+            np.testing.assert_array_equal(got["index"][rows], want.index)
+            np.testing.assert_array_equal(got["tokens"][rows], want.tokens)
+            np.testing.assert_allclose(got["features"][rows], want.features)
+            np.testing.assert_allclose(got["ess"][rows], want.ess, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_points_that_share_a_candidate_set_decode_it_once(tmp_path, monkeypatch):
+    """With a bank, the two τ forms resample one candidate set, and smaller M take the first M of it."""
+    draws = []
+    real_draw = fitting.draw_candidates
+    monkeypatch.setattr(
+        fitting, "draw_candidates", lambda *a, **k: draws.append(k["num_samples"]) or real_draw(*a, **k)
+    )
+    pipeline = _tiny_pipeline(rows_per_call=8, bank=tmp_path / "bank")
+    prompts, key = [[1, 2], [3, 4, 5], [0, 1]], jax.random.key(6)
+    full = pipeline.daemon(prompts, [0.5], 4, key)
+    small = pipeline.daemon(prompts, [0.5], 2, key, drawn=4)
+    assert draws == [4, 4]  # two chunks of two prompts, drawn for the first call only
+    np.testing.assert_array_equal(small["features"], full["features"][:, :2])
+    assert np.all(small["index"] < 2)
+    np.testing.assert_array_equal(
+        small["tokens"],
+        study_lib.Pipeline.candidates(pipeline, prompts, 4, key)["tokens"][np.arange(3), small["index"]],
+    )
+    corrected = pipeline.daemon(prompts, [0.5], 4, key, proposal_temperature=0.8)
+    uncorrected = pipeline.daemon(prompts, [0.5], 4, key, proposal_temperature=0.8, correct_proposal=False)
+    assert draws == [4, 4, 4, 4]  # one more set, for τ = 0.8
+    np.testing.assert_array_equal(corrected["features"], uncorrected["features"])
+    with pytest.raises(ValueError, match="num_candidates must be in"):
+        pipeline.daemon(prompts, [0.5], 5, key, drawn=4)
 
 
 def test_fit_options_default_to_the_dual_and_old_results_folders_still_resume(tmp_path):

@@ -26,10 +26,14 @@ fit prefixes: the target is a corpus statistic, and a few dozen windows estimate
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
+import shutil
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -128,21 +132,18 @@ def window_features(
 # --- the pipeline: Algorithm 1's samples, the baselines, Algorithm 2, scoring -----------------------
 
 
-def expected_over_resampling(out: sampling_lib.DaemonOutput, keep: int) -> dict[str, np.ndarray]:
-    """Per prompt, the expectation over the resampling step given the ``M`` candidates of the first
-    ``keep`` prompts of ``sampling.sample``'s output ``out``.
+def expected_over_resampling(log_weights: np.ndarray, features: np.ndarray, nll: np.ndarray) -> dict[str, np.ndarray]:
+    """Per prompt, the expectation over the resampling step given its ``M`` candidates: ``log_weights
+    [P, M]`` (SIR's), ``features [P, M, K]`` and ``nll [P, M]`` (each candidate's mean token NLL).
 
-    ``daemon [keep, K]`` = ``Σ_m w_m f(x_m)`` (the chosen text's expected metrics, ``w`` the SIR weights),
-    ``plain [keep, K]`` = ``mean_m f(x_m)`` (the candidates are plain samples), and likewise the mean token
-    NLL from the candidates' ``logp_model``: ``nll_daemon`` / ``nll_plain`` ``[keep]``. The same quantities
-    as a drawn text's, without the resampling step's noise.
+    ``daemon [P, K]`` = ``Σ_m w_m f(x_m)`` (the chosen text's expected metrics, ``w`` the normalised
+    weights), ``plain [P, K]`` = ``mean_m f(x_m)`` (the candidates are plain samples), and likewise for the
+    NLL: ``nll_daemon`` / ``nll_plain`` ``[P]``. The same quantities as a drawn text's, without the
+    resampling step's noise.
     """
-    weights = fit_lib.softmax(np.asarray(out.log_weights[:keep], np.float64), axis=1)
-    metrics = np.asarray(out.features[:keep], np.float64)
-    m = weights.shape[1]
-    logp = np.asarray(out.candidates.logp_model[: keep * m], np.float64)
-    count = np.asarray(out.candidates.lengths[: keep * m])
-    nll = (-logp.sum(1) / np.maximum(count, 1)).reshape(keep, m)
+    weights = fit_lib.softmax(np.asarray(log_weights, np.float64), axis=1)
+    metrics = np.asarray(features, np.float64)
+    nll = np.asarray(nll, np.float64)
     return {
         "daemon": np.einsum("pm,pmk->pk", weights, metrics),
         "plain": metrics.mean(1),
@@ -151,15 +152,17 @@ def expected_over_resampling(out: sampling_lib.DaemonOutput, keep: int) -> dict[
     }
 
 
+def _key_tag(key: jax.Array) -> str:
+    """A short name of a PRNG key's value (candidate sets are kept under it)."""
+    return hashlib.sha1(np.asarray(jax.random.key_data(key)).tobytes()).hexdigest()[:12]
+
+
 def perplexity_summary(logp: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """Token-level perplexity over all rows of ``logp [B, L]`` (``mask [B, L]``: real tokens) and the
     per-row mean NLL's mean ± SE."""
     count = mask.sum(1)
     per_row = -np.where(mask, logp, 0.0).sum(1) / np.maximum(count, 1)
     return {"ppl": float(np.exp(-np.where(mask, logp, 0.0).sum() / mask.sum())), "nll_per_row": mean_se(per_row)}
-
-
-_DAEMON_FIELDS = ("tokens", "lengths", "ess", "index", "features", "log_ratios")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +179,9 @@ class Pipeline:
       log: progress messages.
       amateur: ``(model, params)`` of the amateur LM that baselines with ``needs_amateur`` (contrastive
         decoding) contrast the LM with; None if there is none.
+      bank: a folder where :meth:`candidates` keeps candidate sets for every point of a run to share
+        (``run_studies`` sets ``<out>/.partial/<corpus>__candidates`` and deletes it once the corpus's points
+        are stored); None: kept only with the current point's chunks.
     """
 
     model: Any
@@ -186,6 +192,7 @@ class Pipeline:
     rows_per_call: int
     log: Log = print
     amateur: tuple[Any, Any] | None = None
+    bank: Path | None = None
 
     def fit_samples(
         self, prompts: Prompts, num_samples: int, key: jax.Array, *, proposal_temperature: float = 1.0
@@ -279,6 +286,51 @@ class Pipeline:
             raise ValueError("the contrastive_decoding baseline needs an amateur model: pass amateur=(model, params)")
         return contrastive_decoding(model, params, *self.amateur, prompts, **kwargs)
 
+    def candidates(
+        self, prompts: Prompts, num_candidates: int, key: jax.Array, *, proposal_temperature: float = 1.0
+    ) -> dict[str, np.ndarray]:
+        """``num_candidates`` proposal candidates per prompt from ``Temperature(proposal_temperature)``, drawn
+        as ``sampling.sample`` draws them (chunk ``i`` of ``rows_per_call // M`` prompts generates with
+        ``split(fold_in(key, i))[0]``): ``features [P, M, K]``, ``log_ratios [P, M]`` (``ρ``), ``tokens
+        [P, M, L]``, ``lengths [P, M]`` and ``nll [P, M]`` (mean token NLL under p_θ).
+
+        With :attr:`bank` set, the finished chunks are kept there under a name made of the key, ``M``, ``τ``
+        and the prompt count, so every point asking for the same set decodes it once: the two τ forms
+        resample one set, and the M sweep takes the first M of one set of ``max(M)``."""
+        deps: dict[str, Any] = {n: f for n, f in zip(self.metric_names, self.functions) if n in ("coh", "info")}
+        start = time.perf_counter()
+
+        def chunk(rows: np.ndarray, i: int) -> dict[str, np.ndarray]:
+            gen_key, _ = jax.random.split(jax.random.fold_in(key, i))
+            out, feats, rho = fit_lib.draw_candidates(
+                self.model,
+                self.params,
+                [prompts[r] for r in rows],
+                self.metric_names,
+                num_samples=num_candidates,
+                max_new_tokens=self.max_new_tokens,
+                key=gen_key,
+                proposal_temperature=proposal_temperature,
+                stop_tokens=(),
+                **deps,
+            )
+            self._progress(f"candidates (M={num_candidates})", i, len(rows), len(prompts), "prompts", start)
+            count = np.asarray(out.lengths)
+            nll = -np.asarray(out.logp_model, np.float64).sum(1) / np.maximum(count, 1)
+            per_prompt = lambda x: np.asarray(x).reshape(len(rows), num_candidates, *np.shape(x)[1:])
+            return {
+                "features": np.asarray(feats),
+                "log_ratios": np.asarray(rho),
+                "tokens": per_prompt(out.tokens),
+                "lengths": per_prompt(count),
+                "nll": per_prompt(nll),
+            }
+
+        per_call = self._daemon_prompts_per_call(num_candidates, len(prompts))
+        label = f"candidates-M{num_candidates}-tau{proposal_temperature:g}-key{_key_tag(key)}"
+        with contextlib.nullcontext() if self.bank is None else checkpointed_chunks(self.bank):
+            return map_in_chunks(chunk, len(prompts), per_call, checkpoint=label)
+
     def daemon(
         self,
         prompts: Prompts,
@@ -288,41 +340,43 @@ class Pipeline:
         *,
         proposal_temperature: float = 1.0,
         correct_proposal: bool = True,
+        drawn: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Algorithm 2 (``sampling.sample``, ``M = num_candidates``, ``correct_proposal`` as there) on every
-        prompt: ``tokens [P, L]``, ``lengths [P]``, ``ess [P]``, ``index [P]``, the candidates' ``features
-        [P, M, K]`` / ``log_ratios [P, M]``, and :func:`expected_over_resampling`'s values as
-        ``expected_daemon`` / ``expected_plain`` ``[P, K]`` and ``expected_nll_daemon`` /
+        """Algorithm 2 (as ``sampling.sample``, ``M = num_candidates``, ``correct_proposal`` as there) on every
+        prompt, from the first ``M`` of the ``drawn`` (default ``M``) candidates of :meth:`candidates`
+        (chunk ``i`` resamples with ``split(fold_in(key, i))[1]``; with ``drawn = M`` the result is
+        ``sampling.sample``'s, chunk by chunk): ``tokens [P, L]``, ``lengths [P]``, ``ess [P]``, ``index [P]``,
+        the candidates' ``features [P, M, K]`` / ``log_ratios [P, M]``, and :func:`expected_over_resampling`'s
+        values as ``expected_daemon`` / ``expected_plain`` ``[P, K]`` and ``expected_nll_daemon`` /
         ``expected_nll_plain`` ``[P]``."""
-        deps: dict[str, Any] = {n: f for n, f in zip(self.metric_names, self.functions) if n in ("coh", "info")}
-        start = time.perf_counter()
+        drawn = num_candidates if drawn is None else drawn
+        if not 1 <= num_candidates <= drawn:
+            raise ValueError(f"num_candidates must be in [1, drawn={drawn}], got {num_candidates}")
+        bank = self.candidates(prompts, drawn, key, proposal_temperature=proposal_temperature)
+        first = {k: v[:, :num_candidates] for k, v in bank.items()}
 
-        def chunk(rows: np.ndarray, i: int) -> dict[str, np.ndarray]:
-            out = sampling_lib.sample(
-                self.model,
-                self.params,
-                [prompts[r] for r in rows],
-                mu,
-                self.metric_names,
-                num_candidates=num_candidates,
-                max_new_tokens=self.max_new_tokens,
-                key=jax.random.fold_in(key, i),
-                proposal_temperature=proposal_temperature,
-                correct_proposal=correct_proposal,
-                stop_tokens=(),
-                **deps,
-            )
-            self._progress(f"DAEMON (M={num_candidates})", i, len(rows), len(prompts), "prompts", start)
-            expected = expected_over_resampling(out, len(rows))
-            return {
-                **{k: np.asarray(getattr(out, k)) for k in _DAEMON_FIELDS},
-                **{f"expected_{k}": v for k, v in expected.items()},
-            }
+        def choose(rows: np.ndarray, i: int) -> dict[str, np.ndarray]:
+            _, pick_key = jax.random.split(jax.random.fold_in(key, i))
+            ratios = first["log_ratios"][rows] if correct_proposal else None
+            log_w = sampling_lib.log_weights(mu, first["features"][rows], ratios)
+            index, ess = (np.asarray(x) for x in sampling_lib.resample(pick_key, log_w))
+            return {"index": index, "ess": ess, "log_weights": log_w}
 
-        per_call = max(1, min(self.rows_per_call // num_candidates, len(prompts)))
-        form = "corrected" if correct_proposal else "uncorrected"
-        label = f"daemon-M{num_candidates}-tau{proposal_temperature:g}-{form}"
-        return map_in_chunks(chunk, len(prompts), per_call, checkpoint=label)
+        chosen = map_in_chunks(choose, len(prompts), self._daemon_prompts_per_call(drawn, len(prompts)))
+        everyone = np.arange(len(prompts))
+        expected = expected_over_resampling(chosen["log_weights"], first["features"], first["nll"])
+        return {
+            "tokens": first["tokens"][everyone, chosen["index"]],
+            "lengths": first["lengths"][everyone, chosen["index"]],
+            "ess": chosen["ess"],
+            "index": chosen["index"],
+            "features": first["features"],
+            "log_ratios": first["log_ratios"],
+            **{f"expected_{k}": v for k, v in expected.items()},
+        }
+
+    def _daemon_prompts_per_call(self, num_candidates: int, prompts: int) -> int:
+        return max(1, min(self.rows_per_call // num_candidates, prompts))
 
     def metrics(self, tokens: np.ndarray, lengths: np.ndarray, prefix: np.ndarray) -> np.ndarray:
         """``[B, K]`` float32 metrics of continuations ``tokens [B, L]`` after ``prefix [B, W]`` (-1 padded)."""
@@ -479,6 +533,7 @@ class DaemonStudy:
         proposal_temperature: float = 1.0,
         correct_proposal: bool = True,
         prompts: int | None = None,
+        drawn: int | None = None,
     ) -> dict[str, np.ndarray]:
         """:meth:`Pipeline.daemon` on the first ``prompts`` eval prompts (all by default)."""
         count = len(self.eval_prompts) if prompts is None else prompts
@@ -489,6 +544,7 @@ class DaemonStudy:
             key,
             proposal_temperature=proposal_temperature,
             correct_proposal=correct_proposal,
+            drawn=drawn,
         )
 
     # --- evaluation -------------------------------------------------------------------------------
@@ -1111,15 +1167,22 @@ def _sr4_point(study: DaemonStudy, config: DaemonConfig) -> Points:
 
 
 def _m_sweep_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey: jax.Array) -> Points:
+    """DAEMON at each M of ``config.m_values`` on the first ``config.sweep_prompts`` eval prompts, resampling
+    the first M of one set of ``max(m_values)`` candidates per prompt (nested sets: the M values are compared
+    on the same texts, and the largest set is decoded once)."""
+    largest = max(config.m_values)
+
     def sweep_m(m: int) -> dict:
         start = time.perf_counter()
-        out = study.daemon(mu, m, jax.random.fold_in(ckey, 300 + m), prompts=config.sweep_prompts)
+        key = jax.random.fold_in(ckey, 300 + largest)
+        out = study.daemon(mu, m, key, prompts=config.sweep_prompts, drawn=largest)
         seconds = time.perf_counter() - start
         chosen = study.features(out["tokens"], out["lengths"])
         return {
             "corpus": study.corpus,
             "study": "m_sweep",
             "num_candidates": m,
+            "candidates_drawn": largest,
             "decode_s": seconds,
             "ess": mean_se(out["ess"]),
             "gap": study.gap_to_human(chosen),
@@ -1216,6 +1279,8 @@ def run_studies(
             amateur=amateur,
             evaluator=evaluator,
         )
+        bank = folder.scratch(f"{corpus}/candidates")  # no point has this key: it outlives the points
+        study = dataclasses.replace(study, pipeline=dataclasses.replace(study.pipeline, bank=bank))
         log(
             f"{corpus}: {len(study.fit_prompts)} fit prefixes, {len(study.eval_prompts)} eval prompts, "
             f"{config.max_new_tokens} new tokens, metrics {', '.join(study.metric_names)}"
@@ -1242,6 +1307,7 @@ def run_studies(
                     run(_temperature_point(study, config, tau, records, ckey, form="uncorrected"))
         if "perplexity" in config.studies:  # last: the costliest decode per prompt
             run(_human_perplexity_point(study, mu, config.perplexity_samples, ckey, config.perplexity_prompts))
+        shutil.rmtree(bank, ignore_errors=True)  # every point that shares these candidates is stored
     return records
 
 
