@@ -733,9 +733,13 @@ def _step(model, params, policy, state: DecodeState) -> DecodeState:
         new = next_policy_state(policy, state.policy_state, log_pi, token)
         state = dataclasses.replace(state, policy_state=jax.tree.map(live, new, state.policy_state))
     pick = lambda x: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]
-    logp_model = token_log_prob(state.logits[:, 0], token)
-    if state.num_streams == 2:  # attribution of the chosen token: log P(a | s, c) - log P(a | s)
-        diagnostics = {**diagnostics, "pmi": logp_model - token_log_prob(state.logits[:, 1], token)}
+    if state.num_streams == 1:
+        logp_model = token_log_prob(state.logits[:, 0], token)
+    else:  # two-stream policies compute these log-softmaxes too; XLA shares them (a logsumexp costs 2 [N, V] more)
+        log_p = [pick(jax.nn.log_softmax(state.logits[:, stream])) for stream in (0, 1)]
+        logp_model = log_p[0]
+        # attribution of the chosen token: log P(a | s, c) - log P(a | s)
+        diagnostics = {**diagnostics, "pmi": log_p[0] - log_p[1]}
     return advance(
         model, params, state, token, logp_model=logp_model, logp_policy=pick(log_pi), diagnostics=diagnostics
     )

@@ -85,11 +85,11 @@ VOCAB_TEMPORARIES: tuple[tuple[tuple[type, ...], float], ...] = (
         ),
         5.0,
     ),
-    ((llamacpp.TopNSigma,), 6.0),
-    ((llamacpp.XTC,), 6.25),
+    ((llamacpp.TopNSigma,), 6.05),
+    ((llamacpp.XTC,), 5.25),
     ((ClassifierFreeGuidance, DynamicValuePolicy, ValuePolicy), 6.25),
-    ((standard.Typical,), 7.0),
-    ((standard.TopP,), 7.3),
+    ((standard.Typical,), 6.05),
+    ((standard.TopP,), 6.35),
     ((KLGuidedTemperature,), 7.6),
 )
 # Policies the table does not know (custom ones, classifier guidance): a bound above every measured one.
