@@ -238,6 +238,8 @@ def test_the_studys_daemon_is_sampling_sample_chunk_by_chunk():
             np.testing.assert_array_equal(got["tokens"][rows], want.tokens)
             np.testing.assert_allclose(got["features"][rows], want.features)
             np.testing.assert_allclose(got["ess"][rows], want.ess, rtol=1e-6)
+            candidate_nll = -want.candidates.sequence_logp()[0] / want.candidates.lengths  # [2 * M] prompt-major
+            np.testing.assert_allclose(got["expected_nll_plain"][rows], candidate_nll.reshape(2, 3).mean(1), rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -49,6 +49,7 @@ from infodec.data import corpora
 from infodec.decoding import beam_search, contrastive_decoding, contrastive_search, generate, memory
 from infodec.decoding.scoring import prefix_lists, scored_log_probs
 from infodec.eval import mauve as mauve_lib
+from infodec.eval.sensibleness import mean_log_prob
 from infodec.eval.stats import clustered_mean_se, mean_se, paired_difference
 from infodec.models.checkpoints import load
 from infodec.policies import named
@@ -315,14 +316,13 @@ class Pipeline:
                 **deps,
             )
             self._progress(f"candidates (M={num_candidates})", i, len(rows), len(prompts), "prompts", start)
-            count = np.asarray(out.lengths)
-            nll = -np.asarray(out.logp_model, np.float64).sum(1) / np.maximum(count, 1)
+            nll = -mean_log_prob(out.logp_model, out.mask())  # every row has max_new_tokens tokens (no EOS)
             per_prompt = lambda x: np.asarray(x).reshape(len(rows), num_candidates, *np.shape(x)[1:])
             return {
                 "features": np.asarray(feats),
                 "log_ratios": np.asarray(rho),
                 "tokens": per_prompt(out.tokens),
-                "lengths": per_prompt(count),
+                "lengths": per_prompt(out.lengths),
                 "nll": per_prompt(nll),
             }
 
