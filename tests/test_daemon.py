@@ -129,6 +129,7 @@ def test_coherence_matches_unbatched_embeddings():
     prefix = np.full((5, 6), -1, np.int32)
     for b, n in enumerate([6, 2, 3, 1, 4]):
         prefix[b, :n] = rng.integers(0, 20, n)
+    prefix[3] = prefix[0]  # candidates of one prompt share its prefix, which the metric embeds once
     got = np.asarray(coh(tokens, lengths, prefix))
 
     embed_rows = jax.jit(encoder.encode)

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infodec.decoding.engine import prompt_bucket
 from infodec.decoding.scoring import check_continuations, continuation_log_probs, prefix_lists, score
+from infodec.eval.attribution import text_embedder
 
 Array = jax.Array
 Metric = Callable[..., Array]
@@ -161,30 +161,19 @@ def coherence(encoder, params, encoder_tokenizer, lm_tokenizer, *, max_length: i
       lm_tokenizer: the LM's tokenizer, to turn ids back into text (``decode``).
       max_length: encoder tokens kept per text (default: the encoder's maximum); longer texts keep
         their first ``max_length − 1`` tokens and their last (``[SEP]``).
-    Texts are padded to power-of-two buckets so a new batch rarely recompiles.
+    Texts are embedded by ``eval.attribution.text_embedder`` (fixed-size batches, bucketed widths), and
+    each distinct prefix text once: the candidates of one prompt share it.
     """
-    limit = min(max_length or encoder.max_length, encoder.max_length)
-    embed = jax.jit(lambda p, t, m: encoder.encode(p, t, m))
-
-    def encode(texts: list[str]) -> np.ndarray:
-        ids = [list(x) for x in encoder_tokenizer.encode_batch(texts)]
-        ids = [x if len(x) <= limit else x[: limit - 1] + x[-1:] for x in ids]
-        width = min(prompt_bucket(max(len(x) for x in ids)), limit)
-        tokens = np.zeros((len(ids), width), np.int32)
-        mask = np.zeros((len(ids), width), np.int32)
-        for row, x in enumerate(ids):
-            tokens[row, : len(x)] = x
-            mask[row, : len(x)] = 1
-        return np.asarray(embed(params, jnp.asarray(tokens), jnp.asarray(mask)))
+    embed = text_embedder(encoder, params, encoder_tokenizer, max_length=max_length)
 
     def coh(tokens, lengths, prefix=None) -> Array:
         tokens, lengths = check_continuations(tokens, lengths)
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-        prefixes = prefix_lists(prefix, len(tokens))
-        prefix_text = [lm_tokenizer.decode(p) for p in prefixes]
+        prefix_text = [lm_tokenizer.decode(p) for p in prefix_lists(prefix, len(tokens))]
         continuation_text = [lm_tokenizer.decode(tokens[b, : lengths[b]]) for b in range(len(tokens))]
-        a, b = encode(prefix_text), encode(continuation_text)
-        return jnp.asarray(np.sum(a * b, axis=-1), jnp.float32)
+        distinct = {text: i for i, text in enumerate(dict.fromkeys(prefix_text))}
+        a = embed(list(distinct))[[distinct[text] for text in prefix_text]]
+        return jnp.asarray(np.sum(a * embed(continuation_text), axis=-1), jnp.float32)
 
     return coh
 

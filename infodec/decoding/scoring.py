@@ -3,7 +3,8 @@
 DAEMON's ``info`` metric and its perplexity under q, the sensibleness and attribution measures, and MAUVE's
 features all read a model over ``prefix + continuation`` in one cache-free full-sequence ``apply``. The
 rows are packed here once (:func:`pack_prefix_continuation`): prefix then continuation, right-padded to a
-power-of-two bucket so a new length rarely recompiles; under the causal mask the padding changes nothing.
+width bucket (``state.sequence_bucket``) so a new length rarely recompiles; under the causal mask the
+padding changes nothing.
 
 Prefixes come either as ``[B, P]`` arrays right-padded with ``-1`` (``GenerateOutput.prompt_tokens``'
 layout) or as lists of token lists.
@@ -19,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.batching import map_in_chunks
-from infodec.decoding.engine import encode_prompts, prompt_bucket
+from infodec.decoding.engine import encode_prompts
+from infodec.decoding.state import sequence_bucket
 
 
 def prefix_lists(prefix, batch: int) -> list[list[int]]:
@@ -39,7 +41,7 @@ def pack_prefix_continuation(
     model, prefixes: list[list[int]], tokens: np.ndarray, lengths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Packs each row's prefix + continuation for one cache-free ``apply``: ``(ids [B, S], positions
-    [B, S] (-1 after the text), starts [B])`` with ``S`` the power-of-two bucket of the longest row and
+    [B, S] (-1 after the text), starts [B])`` with ``S`` the ``sequence_bucket`` of the longest row and
     ``starts[b]`` the column of row b's first continuation token. Under the causal mask the right
     padding changes nothing."""
     batch = len(tokens)
@@ -48,7 +50,7 @@ def pack_prefix_continuation(
         raise ValueError(
             f"prefix + continuation of {longest} tokens exceeds the evaluator's context of {model.max_length}"
         )
-    span = min(prompt_bucket(longest), model.max_length)
+    span = min(sequence_bucket(longest), model.max_length)
     full = np.zeros((batch, span), np.int32)
     positions = np.full((batch, span), -1, np.int32)
     starts = np.zeros(batch, np.int64)
@@ -64,7 +66,7 @@ def pack_prefix_continuation(
 def continuation_log_probs(model, params, tokens, lengths, prefix, *, apply=None) -> tuple[np.ndarray, np.ndarray]:
     """``(logp [B, L], mask [B, L])``: log p(x_t | c, x_<t) of each continuation token under ``model``,
     from one cache-free full-sequence ``apply`` over prefix + continuation (right-padded to a
-    power-of-two bucket; under the causal mask the padding changes nothing). Every prefix must be
+    ``sequence_bucket``; under the causal mask the padding changes nothing). Every prefix must be
     non-empty (its last token predicts the first continuation token).
 
     Args:

@@ -22,6 +22,13 @@ def prompt_bucket(length: int) -> int:
     return max(MIN_BUCKET, 1 << (length - 1).bit_length())
 
 
+def sequence_bucket(length: int) -> int:
+    """Widths of full-sequence calls (teacher-forced scoring, sentence encoders): :func:`prompt_bucket` up
+    to 64, then multiples of 64. A 165-token row pads to 192 rather than 256 (these calls cost in
+    proportion to their width), while rows of similar lengths still share one shape."""
+    return prompt_bucket(length) if length <= 64 else -(-length // 64) * 64
+
+
 def output_slots(max_new_tokens: int, chunk: int = DEFAULT_CHUNK) -> int:
     """Output slots of a decode of ``max_new_tokens``: whole chunks of ``chunk`` steps."""
     return -(-max_new_tokens // chunk) * chunk

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.batching import map_in_chunks
-from infodec.decoding.engine import prompt_bucket
 from infodec.decoding.scoring import scored_log_probs
+from infodec.decoding.state import sequence_bucket
 from infodec.eval.diversity import ngrams
 from infodec.eval.sensibleness import mean_log_prob
 
@@ -108,7 +108,7 @@ def text_embedder(
 
     Texts are encoded with the encoder's tokenizer (``[CLS] … [SEP]``); longer ones keep their first
     ``max_length − 1`` tokens and their last. Rows go through in batches of ``batch_size`` (the last one
-    padded) with widths bucketed to powers of two, so few shapes compile.
+    padded) with widths bucketed (``state.sequence_bucket``), so few shapes compile.
     """
     limit = min(max_length or encoder.max_length, encoder.max_length)
     encode = jax.jit(encoder.encode)
@@ -121,7 +121,7 @@ def text_embedder(
         ids = [x if len(x) <= limit else x[: limit - 1] + x[-1:] for x in ids]
 
         def chunk(rows: np.ndarray, _: int) -> jax.Array:
-            width = min(prompt_bucket(max(len(ids[r]) for r in rows)), limit)
+            width = min(sequence_bucket(max(len(ids[r]) for r in rows)), limit)
             tokens = np.zeros((len(rows), width), np.int32)
             mask = np.zeros((len(rows), width), np.int32)
             for row, r in enumerate(rows):
