@@ -23,6 +23,7 @@ setup(
         "gguf>=0.10",
         "huggingface_hub>=0.24",
         "tqdm>=4.66",
+        "flatbuffers>=24.3",  # jax.export's serialisation (infodec.compilation's saved programs)
         "matplotlib>=3.8",
     ],
     extras_require={

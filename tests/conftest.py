@@ -25,11 +25,13 @@ def pytest_configure(config):
     # INFODEC_TEST_XLA_CACHE=1 it is the launchers' $INFODEC_CACHE/xla, so a second run loads the
     # executables instead (test_engine.py: 83 s -> 21 s); =0 turns it off. JAX still traces every
     # function, so compile_count(), which counts traces, is unchanged.
+    # Saved programs stay off: a loaded one keeps its executable for the whole run, which would undo
+    # _release_executables; tests/test_saved_programs.py turns them on in a folder of its own.
     choice = os.environ.get("INFODEC_TEST_XLA_CACHE", "")
     if choice == "1":
-        enable_compilation_cache()
+        enable_compilation_cache(saved_programs=False)
     elif choice != "0":
-        enable_compilation_cache(tempfile.mkdtemp(prefix="infodec-test-xla-"))
+        enable_compilation_cache(tempfile.mkdtemp(prefix="infodec-test-xla-"), saved_programs=False)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -124,7 +124,19 @@ def _reference_logp(ref, prefix, continuation):
 
 def test_full_sequence_widths_are_powers_of_two_up_to_64_then_multiples_of_64():
     widths = {n: sequence_bucket(n) for n in (1, 16, 17, 33, 64, 65, 129, 165, 192, 193, 1000)}
-    assert widths == {1: 16, 16: 16, 17: 32, 33: 64, 64: 64, 65: 128, 129: 192, 165: 192, 192: 192, 193: 256, 1000: 1024}
+    assert widths == {
+        1: 16,
+        16: 16,
+        17: 32,
+        33: 64,
+        64: 64,
+        65: 128,
+        129: 192,
+        165: 192,
+        192: 192,
+        193: 256,
+        1000: 1024,
+    }
 
 
 def test_scored_log_probs_and_pmi_match_a_cache_free_recomputation(tiny):

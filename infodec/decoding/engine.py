@@ -36,7 +36,7 @@ import numpy as np
 from jax.core import Tracer
 from jax.sharding import NamedSharding, PartitionSpec
 
-from infodec import sharding
+from infodec import compilation, sharding
 from infodec.decoding import memory
 from infodec.decoding.state import DEFAULT_CHUNK, DecodeState, GenerateOutput, output_slots, prompt_bucket
 from infodec.models.base import CausalLM
@@ -134,7 +134,7 @@ def generate(
         num_samples=num_samples,
         pad_id=pad_id,
     )
-    state = _decode_loop(model, params, policy, state, chunk=chunk, structure=policy_structure(policy))
+    state = _loop_program(_decode_loop, model, chunk, params, policy, state)(params, policy, state)
     return finish(state, tokenizer)
 
 
@@ -177,11 +177,12 @@ def stream(
         pad_id=pad_id,
     )
     rows = int(np.sum(np.asarray(state.real)))  # without the rows that only pad the data axis
+    program = _loop_program(_decode_chunk, model, chunk, params, policy, state)
     while True:
         start = int(state.step)
         if start >= max_new_tokens or bool(np.all(np.asarray(state.done))):
             return
-        state = _decode_chunk(model, params, policy, state, chunk=chunk, structure=policy_structure(policy))
+        state = program(params, policy, state)
         stop = min(int(state.step), max_new_tokens)
         yield np.asarray(state.tokens[:rows, start:stop])
 
@@ -201,8 +202,8 @@ def _start(model, params, prompts, policy, key, loop, *, what, chunk, mesh, **op
         chunk=chunk,
         mesh=mesh,
         what=what,
-        next_call=lambda policy, state: loop.lower(
-            model, params, policy, state, chunk=chunk, structure=policy_structure(policy)
+        next_call=lambda policy, state: _loop_program(loop, model, chunk, params, policy, state).lower(
+            params, policy, state
         ),
         **options,
     )
@@ -511,7 +512,8 @@ def _prefill(
     if next_call is not None:
         compiling = threading.Thread(target=next_call(policy, state_shape).compile)
         compiling.start()
-    logits, cache, hidden = run_prompt(model, params, tokens, positions, cache, with_hidden=policy.needs_hidden)
+    prompt_program = _prompt_program(model, policy.needs_hidden, params, tokens, positions, cache)
+    logits, cache, hidden = prompt_program(params, tokens, positions, cache)
     state = jax.device_put(initial(logits, cache, None if hidden is None else hidden[:, -1]), placement)
     if compiling is not None:
         compiling.join()
@@ -597,6 +599,35 @@ def _prefill_impl(model, params, tokens, positions, cache, with_hidden=False):
 
 
 run_prompt = jax.jit(_prefill_impl, static_argnums=0, static_argnames="with_hidden", donate_argnums=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+    """A jitted function with its static arguments bound: called and lowered on the dynamic ones."""
+
+    jitted: Any
+    static: tuple
+    keywords: dict
+
+    def __call__(self, *args):
+        return self.jitted(*self.static, *args, **self.keywords)
+
+    def lower(self, *args):
+        return self.jitted.lower(*self.static, *args, **self.keywords)
+
+
+def _prompt_program(model, with_hidden: bool, params, tokens, positions, cache):
+    """``run_prompt`` for these arguments, as a function of ``(params, tokens, positions, cache)``: the saved
+    program (``compilation.saved_program``; skips tracing in a later process) when saved programs are on
+    and every argument lives on one device, else the jitted function."""
+    saved = compilation.saved_program(
+        "prefill",
+        functools.partial(_prefill_impl, model, with_hidden=with_hidden),
+        (repr(model), with_hidden),
+        (params, tokens, positions, cache),
+        donate_argnums=(3,),
+    )
+    return saved or _Bound(run_prompt, (model,), {"with_hidden": with_hidden})
 
 
 def _initial_state(
@@ -970,6 +1001,21 @@ def _decode_loop_impl(model, params, policy, state, chunk, structure):
 def _decode_chunk_impl(model, params, policy, state, chunk, structure):
     count_trace("decode_chunk")
     return _chunk(model, params, policy, _placed(state, state.mesh), chunk)
+
+
+def _loop_program(loop, model, chunk: int, params, policy, state):
+    """``loop`` (``_decode_loop`` or ``_decode_chunk``) for these arguments, as a function of ``(params,
+    policy, state)``: saved or jitted, as :func:`_prompt_program`. The policy's structure keys both."""
+    structure = policy_structure(policy)
+    impl = loop.__wrapped__
+    saved = compilation.saved_program(
+        impl.__name__,
+        functools.partial(impl, model, chunk=chunk, structure=structure),
+        (repr(model), chunk, structure),
+        (params, policy, state),
+        donate_argnums=(2,),
+    )
+    return saved or _Bound(loop, (model,), {"chunk": chunk, "structure": structure})
 
 
 # ``structure`` is unused in the body: it only keys the compiled code (policy_structure). The mesh is a
