@@ -102,3 +102,19 @@ def test_off_under_disable_jit_and_for_arrays_on_a_mesh(tiny, saved):
     placed = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     assert compilation.saved_program("f", lambda x: x, (), (placed,)) is None
     assert list(saved.iterdir()) == []
+
+
+@pytest.mark.parametrize("policy", ["greedy", "kl_guided"])
+def test_greedy_and_two_stream_policies_decode_the_same_from_saved_programs(tiny, saved, policy):
+    from infodec.policies.value import KLGuidedTemperature
+
+    options = {}
+    if policy == "kl_guided":
+        options["evidence"] = [[3, 3, 1], [2], [0, 4, 4, 1]]  # two streams: evidence + prompt, and the prompt
+    chosen = named.build("greedy") if policy == "greedy" else KLGuidedTemperature(0.9, 1.0)
+    compilation.save_programs(None)
+    want = decode(tiny, chosen, key=7, **options)
+    compilation.save_programs(saved)
+    decode(tiny, chosen, key=7, **options)  # exports
+    compilation.forget_saved_programs()
+    assert_same(want, decode(tiny, chosen, key=7, **options))
