@@ -6,7 +6,8 @@ r"""The floor under a decode step: a model's matrix products alone, per batch si
 One decode step multiplies ``rows`` activations by every layer's weight matrices (q, k, v, o, gate, up,
 down) and by the LM head. This times exactly those products, with random weights of a ``bench/shapes.py``
 shape, as one jitted program of the layers in order (each layer's output feeds the next, so nothing runs
-ahead), and the LM head separately; torch (``torch.set_num_threads(--threads)``) runs the same layer stack
+ahead), and the LM head separately in both layouts, ``[D, V]`` (an untied kernel) and ``[V, D]`` (a tied
+head reading the embedding); torch (``torch.set_num_threads(--threads)``) runs the same layer stack
 in the same process, taking turns. A decode step cannot be faster than its products at the best rate any
 library reaches here, so these times bound what tuning the rest of the step can win.
 """
@@ -70,8 +71,10 @@ def main(argv):
     ]
     weights = jax.device_put(host)
     head = jnp.asarray(rng.standard_normal((config["hidden_size"], config["vocab_size"]), np.float32) * 0.02)
+    embedding = jnp.asarray(np.ascontiguousarray(np.asarray(head).T))  # [V, D], as a tied head reads it
     stack = jax.jit(lambda x, w: layer_stack(x, w, jnp.matmul, jax.nn.silu))
     logits = jax.jit(jnp.matmul)
+    tied_logits = jax.jit(lambda x, e: jnp.einsum("bd,vd->bv", x, e))
     layer_flops = 2 * config["num_hidden_layers"] * sum(a * b for a, b in per_layer)
     head_flops = 2 * config["hidden_size"] * config["vocab_size"]
     torch = None
@@ -88,6 +91,8 @@ def main(argv):
         row["layers_ms"], row["layers_gflop_s"] = 1e3 * seconds, rows * layer_flops / seconds / 1e9
         seconds = median_seconds(lambda x=x: logits(x, head).block_until_ready(), _REPEATS.value)
         row["head_ms"], row["head_gflop_s"] = 1e3 * seconds, rows * head_flops / seconds / 1e9
+        seconds = median_seconds(lambda x=x: tied_logits(x, embedding).block_until_ready(), _REPEATS.value)
+        row["tied_head_ms"], row["tied_head_gflop_s"] = 1e3 * seconds, rows * head_flops / seconds / 1e9
         if torch is not None:
             tx = torch.from_numpy(np.array(x))
             with torch.inference_mode():
@@ -98,8 +103,9 @@ def main(argv):
         rows_out.append(row)
         print(row, flush=True)
     table = [
-        "| rows | layers ms (XLA) | GFLOP/s | layers ms (torch) | GFLOP/s | LM head ms (XLA) | GFLOP/s |",
-        "|---|---|---|---|---|---|---|",
+        "| rows | layers ms (XLA) | GFLOP/s | layers ms (torch) | GFLOP/s | head `[D, V]` ms | GFLOP/s "
+        "| tied head `[V, D]` ms | GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows_out:
         torch_cells = (
@@ -107,7 +113,7 @@ def main(argv):
         )
         table.append(
             f"| {r['rows']} | {r['layers_ms']:.1f} | {r['layers_gflop_s']:.0f} | {torch_cells} | "
-            f"{r['head_ms']:.1f} | {r['head_gflop_s']:.0f} |"
+            f"{r['head_ms']:.1f} | {r['head_gflop_s']:.0f} | {r['tied_head_ms']:.1f} | {r['tied_head_gflop_s']:.0f} |"
         )
     meta = {"shape": _SHAPE.value, "cpu": cpu_description(), "layer_gflop_per_row": layer_flops / 1e9}
     write_results(_OUT.value, f"products_{_SHAPE.value}", meta, rows_out, "\n".join(table) + "\n")
