@@ -98,6 +98,8 @@ def saved_program(
       args: the dynamic arguments, arrays or ``ShapeDtypeStruct``s with shardings (for compiling ahead).
       donate_argnums: arguments whose buffers the program may reuse, as for ``jax.jit``.
     """
+    if any(not 0 <= i < len(args) for i in donate_argnums):
+        raise ValueError(f"donate_argnums {donate_argnums} must index the {len(args)} arguments")
     if _saved_programs_dir is None or jax.config.jax_disable_jit:  # pyright: ignore[reportAttributeAccessIssue]
         return None
     leaves, in_tree = jax.tree.flatten(args)

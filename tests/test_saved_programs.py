@@ -118,3 +118,8 @@ def test_greedy_and_two_stream_policies_decode_the_same_from_saved_programs(tiny
     decode(tiny, chosen, key=7, **options)  # exports
     compilation.forget_saved_programs()
     assert_same(want, decode(tiny, chosen, key=7, **options))
+
+
+def test_donating_an_argument_that_is_not_there_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"donate_argnums \(1,\) must index the 1 arguments"):
+        compilation.saved_program("f", lambda x: x, (), (np.zeros(2),), donate_argnums=(1,))

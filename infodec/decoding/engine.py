@@ -117,7 +117,7 @@ def generate(
         of the data-axis size, copies of the last prompt fill it up; they are decoded as finished rows
         and dropped from the output. Results equal the single-device results (module docstring).
     """
-    state, policy, params = _start(
+    state, program = _start(
         model,
         params,
         prompts,
@@ -134,8 +134,7 @@ def generate(
         num_samples=num_samples,
         pad_id=pad_id,
     )
-    state = _loop_program(_decode_loop, model, chunk, params, policy, state)(params, policy, state)
-    return finish(state, tokenizer)
+    return finish(program(state), tokenizer)
 
 
 def stream(
@@ -159,7 +158,7 @@ def stream(
     Rows that are done yield ``pad_id``. Same compiled step as ``generate``; the host sees each chunk.
     ``mesh`` as for ``generate``.
     """
-    state, policy, params = _start(
+    state, program = _start(
         model,
         params,
         prompts,
@@ -177,37 +176,32 @@ def stream(
         pad_id=pad_id,
     )
     rows = int(np.sum(np.asarray(state.real)))  # without the rows that only pad the data axis
-    program = _loop_program(_decode_chunk, model, chunk, params, policy, state)
     while True:
         start = int(state.step)
         if start >= max_new_tokens or bool(np.all(np.asarray(state.done))):
             return
-        state = program(params, policy, state)
+        state = program(state)
         stop = min(int(state.step), max_new_tokens)
         yield np.asarray(state.tokens[:rows, start:stop])
 
 
 def _start(model, params, prompts, policy, key, loop, *, what, chunk, mesh, **options):
-    """``generate``'s and ``stream``'s set-up: ``(state, policy, params)`` with the policy canonical and
-    padded to the rows, the parameters placed on ``mesh``, and ``loop`` compiled while prefill runs."""
+    """``generate``'s and ``stream``'s set-up: ``(state, run)``, ``run(state)`` being the ``loop`` program
+    (:func:`_loop_program`) for the parameters placed on ``mesh`` and the canonical policy padded to the
+    rows, compiled while prefill runs."""
     policy = canonical_policy(policy)
     if mesh is not None:
         params = sharding.shard_params(model, params, mesh)
+    programs = []
+
+    def next_call(policy, state):  # the program compiled ahead is the one the caller runs
+        programs.append(_loop_program(loop, model, chunk, params, policy, state))
+        return programs[0].lower(params, policy, state)
+
     state, policy = _prefill(
-        model,
-        params,
-        prompts,
-        key,
-        policy=policy,
-        chunk=chunk,
-        mesh=mesh,
-        what=what,
-        next_call=lambda policy, state: _loop_program(loop, model, chunk, params, policy, state).lower(
-            params, policy, state
-        ),
-        **options,
+        model, params, prompts, key, policy=policy, chunk=chunk, mesh=mesh, what=what, next_call=next_call, **options
     )
-    return state, policy, params
+    return state, functools.partial(programs[0], params, policy)
 
 
 # --- the primitives ---------------------------------------------------------------------------------
