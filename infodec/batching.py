@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
-import pickle
+import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -67,19 +67,59 @@ def map_in_chunks(
     call = store.next_call(f"{checkpoint}-n{n}-size{size}-rows{rows_per_item}")
     parts = []
     for chunk, (indices, kept) in enumerate(fixed_batches(n, size)):
-        saved = store.folder / f"{call}-chunk{chunk:05d}.pkl"
+        saved = store.folder / f"{call}-chunk{chunk:05d}.npz"
         if saved.exists():
-            parts.append(pickle.loads(saved.read_bytes()))
+            parts.append(_load_chunk(saved))
             continue
         token = _CHECKPOINTS.set(None)  # calls nested inside a chunk are part of that chunk's result
         try:
             part = _head(fn(indices, chunk), kept * rows_per_item)
         finally:
             _CHECKPOINTS.reset(token)
-        with atomic_file(saved, "wb") as f:
-            pickle.dump(part, f, protocol=pickle.HIGHEST_PROTOCOL)
+        _save_chunk(saved, part)
         parts.append(part)
     return _join(parts)
+
+
+def _save_chunk(path: Path, part: Any) -> None:
+    """Writes a chunk's result (arrays in tuples, dicts with string keys and lists) atomically as a
+    compressed ``.npz``: the arrays, plus the nesting as JSON. No pickle, so a chunk file from elsewhere (a
+    results folder committed mid-run and resumed from a fresh clone) loads as data and cannot run code."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def layout(x: Any) -> Any:
+        if isinstance(x, tuple | list):
+            return {type(x).__name__: [layout(v) for v in x]}
+        if isinstance(x, Mapping):
+            if not all(isinstance(k, str) for k in x):
+                raise TypeError(f"a checkpointed chunk's dicts need string keys, got {list(x)}")
+            return {"dict": {k: layout(v) for k, v in x.items()}}
+        array = np.asarray(x)
+        if array.dtype == object:
+            raise TypeError("a checkpointed chunk holds arrays of numbers, bools or strings, not Python objects")
+        arrays[f"a{len(arrays)}"] = array
+        return f"a{len(arrays) - 1}"
+
+    structure = json.dumps(layout(part))
+    with atomic_file(path, "wb") as f:
+        arrays["__layout__"] = np.array(structure)
+        # allow_pickle is numpy's keyword, never one of these names (a0, a1, ...): pyright cannot tell.
+        np.savez_compressed(f, **arrays)  # pyright: ignore[reportArgumentType]
+
+
+def _load_chunk(path: Path) -> Any:
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+
+    def build(spec: Any) -> Any:
+        if isinstance(spec, str):
+            return arrays[spec]
+        (kind, inner), *_ = spec.items()
+        if kind == "dict":
+            return {k: build(v) for k, v in inner.items()}
+        return (tuple if kind == "tuple" else list)(build(v) for v in inner)
+
+    return build(json.loads(str(arrays.pop("__layout__"))))
 
 
 class _ChunkStore:
@@ -102,14 +142,13 @@ def checkpointed_chunks(folder: str | Path) -> Iterator[Path]:
     """Within the block, every outermost :func:`map_in_chunks` call with a ``checkpoint`` label keeps each
     finished chunk in ``folder``.
 
-    A chunk is saved (pickled, written atomically) as soon as it finishes, named by the call's signature
-    (label, ``n``, ``size``, ``rows_per_item``), how many calls of that signature the block made before it,
-    and the chunk's number; a rerun of the same block finds it and loads it instead of calling ``fn``. So
-    an interrupted block, rerun, repeats only the chunk that was running. Calls made inside a chunk are not
-    saved separately (they belong to that chunk's result and would not run once it is loaded). The block
-    must make its labelled calls in the same order each time, with chunk functions that depend only on
-    their rows and chunk number. Deleting ``folder`` once the block's result is stored is the caller's
-    job."""
+    A chunk is saved (a compressed ``.npz``, written atomically, never pickled) as soon as it finishes, named by
+    the call's signature (label, ``n``, ``size``, ``rows_per_item``), how many calls of that signature the block
+    made before it, and the chunk's number; a rerun of the same block finds it and loads it instead of calling
+    ``fn``. So an interrupted block, rerun, repeats only the chunk that was running. Calls made inside a chunk
+    are not saved separately (they belong to that chunk's result and would not run once it is loaded). The block
+    must make its labelled calls in the same order each time, with chunk functions that depend only on their
+    rows and chunk number. Deleting ``folder`` once the block's result is stored is the caller's job."""
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     token = _CHECKPOINTS.set(_ChunkStore(path))

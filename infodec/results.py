@@ -94,7 +94,8 @@ class ResultsFolder:
     def scratch(self, key: str) -> Path:
         """``<out>/.partial/<key as a folder name>``: where point ``key`` may keep partial work (finished
         chunks, ``infodec.batching.checkpointed_chunks``) while it runs. :meth:`run` deletes it once the point
-        is stored; it is not a result (``.partial`` is ignored by git)."""
+        is stored. It is not a result: git ignores ``.partial`` except in ``docs/results/*/``, whose long studies
+        commit their finished chunks between sittings so that a fresh clone resumes them."""
         return self.path / ".partial" / path_part(key.replace("/", "__"))
 
     def append(self, key: str, record: Mapping[str, Any]) -> dict:

@@ -63,8 +63,8 @@ def test_checkpointed_chunks_resume_an_interrupted_call_from_its_last_finished_c
         map_in_chunks(chunk, 7, 2, checkpoint="decode")
     assert [c for c in calls if c[0] == "outer"] == [("outer", 0), ("outer", 1), ("outer", 2)]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "decode-n7-size2-rows1-0-chunk00000.pkl",
-        "decode-n7-size2-rows1-0-chunk00001.pkl",
+        "decode-n7-size2-rows1-0-chunk00000.npz",
+        "decode-n7-size2-rows1-0-chunk00001.npz",
     ]
 
     fail, calls[:] = False, []
@@ -74,6 +74,27 @@ def test_checkpointed_chunks_resume_an_interrupted_call_from_its_last_finished_c
     fresh = map_in_chunks(chunk, 7, 2)
     np.testing.assert_array_equal(resumed["rows"], np.arange(7))
     np.testing.assert_array_equal(resumed["tenfold"], fresh["tenfold"])
+
+
+def test_saved_chunks_round_trip_their_nesting_and_dtypes_without_pickle(tmp_path):
+    """A loaded chunk equals the saved one (tuple, dict, list; int, float, bool and string arrays) and the
+    file is a plain ``.npz`` that loads with ``allow_pickle=False``; Python objects are refused."""
+    part = (
+        {"tokens": np.arange(6, dtype=np.int32).reshape(2, 3), "ok": np.array([True, False])},
+        [np.array(["a", "bc"]), np.float64([0.5, -1.0])],
+    )
+    with checkpointed_chunks(tmp_path):
+        map_in_chunks(lambda rows, i: part, 2, 2, checkpoint="mixed")
+    (saved,) = tmp_path.iterdir()
+    np.load(saved, allow_pickle=False).close()
+    with checkpointed_chunks(tmp_path):
+        loaded = map_in_chunks(lambda rows, i: None, 2, 2, checkpoint="mixed")  # loaded, never called
+    assert isinstance(loaded, tuple) and isinstance(loaded[0], dict) and isinstance(loaded[1], list)
+    for got, want in zip([loaded[0]["tokens"], loaded[0]["ok"], *loaded[1]], [*part[0].values(), *part[1]]):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="not Python objects"), checkpointed_chunks(tmp_path / "objects"):
+        map_in_chunks(lambda rows, i: np.array([{"a": 1}, None]), 2, 2, checkpoint="objects")
 
 
 def test_checkpointed_calls_of_one_label_are_told_apart_by_order_and_shape(tmp_path):
