@@ -682,3 +682,23 @@ def test_cross_validate_l2_rejects_bad_input(kwargs, message):
     features = np.random.default_rng(0).uniform(size=(8, 4, 2))
     with pytest.raises(ValueError, match=message):
         daemon.cross_validate_l2(features, None, features.mean((0, 1)), **kwargs)
+
+
+@pytest.mark.parametrize("add_bos, bos_id, lead", [(True, 2, (2,)), (False, 1, ()), (True, None, ())])
+def test_study_prompts_start_as_the_tokenizer_starts_a_text(monkeypatch, add_bos, bos_id, lead):
+    """Windows are cut from documents encoded without BOS; the study's prompts get BOS back exactly when the
+    tokenizer adds it to a text (Gemma: True; SmolLM2: False), so the model reads them as it was trained."""
+    from types import SimpleNamespace
+
+    from infodec.data import corpora
+    from infodec.data.corpora import Window
+    from infodec.studies.daemon import study as studies
+
+    window = Window(
+        doc_id="d", index=0, start=0, prompt=(7, 8), continuation=(9,), prompt_text="", continuation_text=""
+    )
+    monkeypatch.setattr(corpora, "load_windows", lambda *args, **kwargs: [window])
+    tokenizer = SimpleNamespace(add_bos=add_bos, bos_id=bos_id)
+    (got,) = studies.split_windows("wiki", tokenizer, "eval", 2, 1, None)
+    assert studies.sequence_start(tokenizer) == lead
+    assert got.prompt == lead + (7, 8) and got.continuation == (9,) and got.doc_id == "d"

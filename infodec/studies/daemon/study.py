@@ -71,8 +71,11 @@ EPSILON = 1e-6
 def split_windows(
     corpus: str, tokenizer, split: str, prompt_tokens: int, continuation_tokens: int, max_per_document: int | None
 ) -> list[corpora.Window]:
-    """Every window of one split of ``corpus`` (``corpora.load_windows``)."""
-    return corpora.load_windows(
+    """Every window of one split of ``corpus`` (``corpora.load_windows``), each prompt led by
+    :func:`sequence_start` (BOS for Gemma, nothing for SmolLM2): a window is cut from the middle of a
+    document, but the model reads every sequence from its start token, so the prompt is ``prompt_tokens``
+    text tokens after it."""
+    windows = corpora.load_windows(
         corpus,
         tokenizer,
         split=split,
@@ -80,6 +83,18 @@ def split_windows(
         continuation_tokens=continuation_tokens,
         max_per_document=max_per_document,
     )
+    start = sequence_start(tokenizer)
+    return [dataclasses.replace(w, prompt=start + w.prompt) for w in windows] if start else windows
+
+
+def sequence_start(tokenizer) -> tuple[int, ...]:
+    """``(BOS,)`` when ``tokenizer`` adds BOS to a text by default (its ``add_bos`` and ``bos_id``), else
+    ``()``: the ids every sequence the model was trained on begins with. Token-id prompts are passed to the
+    model as given, so a study that cuts them from encoded documents must add these itself; Gemma 3 270M
+    without BOS continues wiki windows in loops (on 16 windows, human-text perplexity 86.6 without BOS and
+    22.8 with it; top-k 50 samples' perplexity 1.1-1.9 against 5-11)."""
+    bos = getattr(tokenizer, "bos_id", None)
+    return (int(bos),) if bos is not None and getattr(tokenizer, "add_bos", False) else ()
 
 
 def pick_windows(pool: Sequence[corpora.Window], count: int, seed: int, where: str) -> list[corpora.Window]:
@@ -1328,6 +1343,7 @@ __all__ = [
     "run_studies",
     "single_metric_study",
     "split_windows",
+    "sequence_start",
     "pick_windows",
     "prompt_windows",
     "window_features",
