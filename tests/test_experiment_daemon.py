@@ -115,7 +115,10 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
         "wiki/human_perplexity/N=4",  # last: the costliest decode per prompt
     ]
     assert points[-1]["num_texts"] == 2 and points[-1]["num_samples"] == 4
-    assert not list((tmp_path / ".partial").iterdir())  # every point's finished chunks deleted once it is stored
+    # every point's finished chunks are deleted once it is stored; the human texts' features are kept for good
+    assert [p.name for p in (tmp_path / ".partial").iterdir()] == ["wiki__human"]
+    human = {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".partial" / "wiki__human").iterdir()}
+    assert {name.split("-n")[0] for name in human} == {"human-fit-target", "human-eval-split", "human-eval-prompts"}
     with (tmp_path / "main.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["decoder"] for r in rows] == [
@@ -137,6 +140,8 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming, 4 of 4 points already done" in second.stdout + second.stderr
     assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 6  # nothing recomputed
+    # the eval prompts' human features were loaded, not recomputed (a recomputed chunk is rewritten)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".partial" / "wiki__human").iterdir()} == human
 
 
 @pytest.mark.parametrize(

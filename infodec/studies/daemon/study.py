@@ -130,10 +130,16 @@ def prompt_windows(
 
 
 def window_features(
-    functions: Sequence[metrics_lib.Metric], pool: Sequence[corpora.Window], max_new_tokens: int, batch_size: int = 64
+    functions: Sequence[metrics_lib.Metric],
+    pool: Sequence[corpora.Window],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    *,
+    checkpoint: str | None = None,
 ) -> np.ndarray:
     """``[len(pool), K]`` float64 metrics (``metrics.metric_functions``) of the windows' human continuations,
-    cut to ``max_new_tokens``, in fixed batches of ``batch_size`` windows."""
+    cut to ``max_new_tokens``, in fixed batches of ``batch_size`` windows (``checkpoint``: the batches'
+    label for ``batching.checkpointed_chunks``)."""
     if not pool:
         raise ValueError("window_features needs at least one window, got none")
 
@@ -142,7 +148,7 @@ def window_features(
         prefix = fit_lib.pad_rows([list(pool[r].prompt) for r in rows], fill=-1)[0]
         return np.asarray(metrics_lib.compute_with(functions, tokens, lengths, prefix), np.float64)
 
-    return map_in_chunks(batch, len(pool), batch_size)
+    return map_in_chunks(batch, len(pool), batch_size, checkpoint=checkpoint)
 
 
 # --- the pipeline: Algorithm 1's samples, the baselines, Algorithm 2, scoring -----------------------
@@ -343,7 +349,7 @@ class Pipeline:
 
         per_call = self._daemon_prompts_per_call(num_candidates, len(prompts))
         label = f"candidates-M{num_candidates}-tau{proposal_temperature:g}-key{_key_tag(key)}"
-        with contextlib.nullcontext() if self.bank is None else checkpointed_chunks(self.bank):
+        with _kept_in(self.bank):
             return map_in_chunks(chunk, len(prompts), per_call, checkpoint=label)
 
     def daemon(
@@ -456,6 +462,8 @@ class DaemonStudy:
       human_features: ``[P, K]`` float64 metrics of the human continuations.
       eval_documents: ``[P]`` the document of each eval prompt: the clusters of every SE over prompts
         (empty: every prompt its own cluster).
+      human_store: a folder where the human texts' features (:attr:`fit_target`, :attr:`human_split`) are
+        kept once computed, so every later run on the same results folder loads them (None: not kept).
     """
 
     pipeline: Pipeline
@@ -470,6 +478,7 @@ class DaemonStudy:
     prefix: np.ndarray
     human_features: np.ndarray
     eval_documents: list = dataclasses.field(default_factory=list)
+    human_store: Path | None = None
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -526,7 +535,13 @@ class DaemonStudy:
     def fit_target(self) -> np.ndarray:
         """``[K]`` human mean of every metric over ``fit_target_windows``."""
         start = time.perf_counter()
-        target = window_features(self.pipeline.functions, self.fit_target_windows, self.pipeline.max_new_tokens)
+        with _kept_in(self.human_store):
+            target = window_features(
+                self.pipeline.functions,
+                self.fit_target_windows,
+                self.pipeline.max_new_tokens,
+                checkpoint="human-fit-target",
+            )
         self.log(f"  fit target: {len(self.fit_target_windows)} human windows ({time.perf_counter() - start:.0f} s)")
         return target.mean(0)
 
@@ -534,7 +549,13 @@ class DaemonStudy:
     def human_split(self) -> dict[str, dict]:
         """Per metric, the human mean ± SE (clustered by document) over ``human_split_windows``."""
         start = time.perf_counter()
-        feats = window_features(self.pipeline.functions, self.human_split_windows, self.pipeline.max_new_tokens)
+        with _kept_in(self.human_store):
+            feats = window_features(
+                self.pipeline.functions,
+                self.human_split_windows,
+                self.pipeline.max_new_tokens,
+                checkpoint="human-eval-split",
+            )
         documents = [w.doc_id for w in self.human_split_windows]
         self.log(f"  human, eval split: {len(documents)} windows ({time.perf_counter() - start:.0f} s)")
         return {n: clustered_mean_se(feats[:, k], documents) for k, n in enumerate(self.metric_names)}
@@ -750,6 +771,7 @@ def prepare(
     log: Log = print,
     amateur: tuple[Any, Any] | None = None,
     evaluator: tuple[Any, Any, Any] | None = None,
+    human_store: Path | None = None,
 ) -> DaemonStudy:
     """Loads the corpus windows and builds the metric functions of a :class:`DaemonStudy`.
 
@@ -760,6 +782,7 @@ def prepare(
     split's human mean (``coh`` and ``info`` of thousands of windows take minutes on a CPU); None = all.
     ``encoder``, ``evaluator``: as for :func:`metric_functions` (``evaluator=None``: ``info`` under the LM
     itself). ``amateur``: ``(model, params)`` for the baselines that need one (``Pipeline.amateur``).
+    ``human_store``: :attr:`DaemonStudy.human_store`; the eval prompts' human features are kept there too.
     """
     if max_human_windows is not None and max_human_windows < 1:
         raise ValueError(f"max_human_windows must be >= 1 or None (every window), got {max_human_windows}")
@@ -787,6 +810,13 @@ def prepare(
     human_tokens, human_lengths = fit_lib.pad_rows([list(w.continuation) for w in eval_windows], max_new_tokens)
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
     pipeline = Pipeline(model, params, names, functions, max_new_tokens, rows_per_call, log, amateur)
+    with _kept_in(human_store):
+        human_features = map_in_chunks(
+            lambda rows, _: pipeline.metrics(human_tokens[rows], human_lengths[rows], prefix[rows]),
+            len(eval_prompts),
+            64,
+            checkpoint="human-eval-prompts",
+        )
     return DaemonStudy(
         pipeline=pipeline,
         tokenizer=tokenizer,
@@ -798,9 +828,15 @@ def prepare(
         human_tokens=human_tokens,
         human_lengths=human_lengths,
         prefix=prefix,
-        human_features=pipeline.metrics(human_tokens, human_lengths, prefix).astype(np.float64),
+        human_features=np.asarray(human_features, np.float64),
         eval_documents=[w.doc_id for w in eval_windows],
+        human_store=human_store,
     )
+
+
+def _kept_in(store: Path | None) -> contextlib.AbstractContextManager:
+    """``checkpointed_chunks(store)``, or nothing when ``store`` is None."""
+    return contextlib.nullcontext() if store is None else checkpointed_chunks(store)
 
 
 def fit_summary(report: fit_lib.FitReport) -> dict[str, Any]:
@@ -1293,6 +1329,8 @@ def run_studies(
             log=log,
             amateur=amateur,
             evaluator=evaluator,
+            # the human texts' features never change: kept for good, so no later run recomputes them
+            human_store=folder.scratch(f"{corpus}/human"),
         )
         bank = folder.scratch(f"{corpus}/candidates")  # no point has this key: it outlives the points
         study = dataclasses.replace(study, pipeline=dataclasses.replace(study.pipeline, bank=bank))
