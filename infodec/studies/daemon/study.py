@@ -535,13 +535,7 @@ class DaemonStudy:
     def fit_target(self) -> np.ndarray:
         """``[K]`` human mean of every metric over ``fit_target_windows``."""
         start = time.perf_counter()
-        with _kept_in(self.human_store):
-            target = window_features(
-                self.pipeline.functions,
-                self.fit_target_windows,
-                self.pipeline.max_new_tokens,
-                checkpoint="human-fit-target",
-            )
+        target = self._human_window_features(self.fit_target_windows, "human-fit-target")
         self.log(f"  fit target: {len(self.fit_target_windows)} human windows ({time.perf_counter() - start:.0f} s)")
         return target.mean(0)
 
@@ -549,16 +543,15 @@ class DaemonStudy:
     def human_split(self) -> dict[str, dict]:
         """Per metric, the human mean ± SE (clustered by document) over ``human_split_windows``."""
         start = time.perf_counter()
-        with _kept_in(self.human_store):
-            feats = window_features(
-                self.pipeline.functions,
-                self.human_split_windows,
-                self.pipeline.max_new_tokens,
-                checkpoint="human-eval-split",
-            )
+        feats = self._human_window_features(self.human_split_windows, "human-eval-split")
         documents = [w.doc_id for w in self.human_split_windows]
         self.log(f"  human, eval split: {len(documents)} windows ({time.perf_counter() - start:.0f} s)")
         return {n: clustered_mean_se(feats[:, k], documents) for k, n in enumerate(self.metric_names)}
+
+    def _human_window_features(self, windows: list[corpora.Window], label: str) -> np.ndarray:
+        """:func:`window_features` of ``windows``, its chunks kept in :attr:`human_store` under ``label``."""
+        with _kept_in(self.human_store):
+            return window_features(self.pipeline.functions, windows, self.pipeline.max_new_tokens, checkpoint=label)
 
     def daemon(
         self,
