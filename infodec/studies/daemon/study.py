@@ -804,12 +804,7 @@ def prepare(
     prefix, _ = fit_lib.pad_rows(eval_prompts, fill=-1)
     pipeline = Pipeline(model, params, names, functions, max_new_tokens, rows_per_call, log, amateur)
     with _kept_in(human_store):
-        human_features = map_in_chunks(
-            lambda rows, _: pipeline.metrics(human_tokens[rows], human_lengths[rows], prefix[rows]),
-            len(eval_prompts),
-            64,
-            checkpoint="human-eval-prompts",
-        )
+        human_features = window_features(functions, eval_windows, max_new_tokens, checkpoint="human-eval-prompts")
     return DaemonStudy(
         pipeline=pipeline,
         tokenizer=tokenizer,
@@ -821,7 +816,7 @@ def prepare(
         human_tokens=human_tokens,
         human_lengths=human_lengths,
         prefix=prefix,
-        human_features=np.asarray(human_features, np.float64),
+        human_features=np.asarray(human_features, np.float64),  # chunks kept before this were float32
         eval_documents=[w.doc_id for w in eval_windows],
         human_store=human_store,
     )
