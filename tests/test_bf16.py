@@ -100,32 +100,55 @@ def test_bf16_cached_decoding_equals_its_own_full_forward(tmp_path, family):
 
 
 @pytest.mark.download
-def test_smollm2_bf16_greedy_text_follows_float32(capsys):
-    """Criterion (fixed before running): over the four prompts, the bf16 greedy continuation equals the
-    float32 one for at least 48 of 64 tokens on average (tokens before the first divergence)."""
+def test_real_smollm2_bf16_error_is_at_most_1_5x_hf_bf16_error(smollm2_gguf, capsys):
+    """The same criterion on the real SmolLM2-135M-Instruct, teacher-forced along its float32 greedy
+    continuations of four prompts (64 tokens each): HF float32 (its own GGUF loader) is the reference.
+
+    This replaced a criterion on free-running greedy text (bf16 follows float32 for >= 48 of 64 leading
+    tokens on average), which measured the host's bf16 arithmetic rather than infodec: 64, 64, 64, 64 and
+    64, 64, 64, 16 on CPUs where XLA keeps excess precision between bf16 ops, 64, 64, 39, 16 with
+    ``--xla_allow_excess_precision=false``, 23, 64, 39, 16 on a CI machine. One near-tie flips a token
+    and the rest of the text differs; teacher forcing measures every position instead."""
+    from transformers import AutoModelForCausalLM
+
     prompts = [
         "The history of the printing press begins",
         "The capital of France is",
         "Photosynthesis is the process by which",
         "Once upon a time, in a small village,",
     ]
-    common = []
-    outputs = {}
-    for dtype in (jnp.float32, jnp.bfloat16):
-        model, params, tokenizer = infodec.load("smollm2-135m", dtype=dtype)
-        out = infodec.generate(
-            model,
-            params,
-            prompts,
-            infodec.Greedy(),
-            jax.random.key(0),
-            max_new_tokens=64,
-            tokenizer=tokenizer,
-            stop_tokens=(),
-        )
-        outputs[dtype] = np.asarray(out.tokens)
-    for f32, bf16 in zip(outputs[jnp.float32], outputs[jnp.bfloat16]):
-        common.append(int(np.cumprod(f32 == bf16).sum()))
+    model, params, tokenizer = infodec.load("smollm2-135m")
+    greedy = infodec.generate(
+        model,
+        params,
+        prompts,
+        infodec.Greedy(),
+        jax.random.key(0),
+        max_new_tokens=64,
+        tokenizer=tokenizer,
+        stop_tokens=(),
+    )
+    texts = [tokenizer.encode(p) + [int(t) for t in row] for p, row in zip(prompts, greedy.tokens)]
+    model, params, _ = infodec.load("smollm2-135m", dtype=jnp.bfloat16)
+    forward = jax.jit(model.apply)
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32)
+    hf.eval()
+    reference, hf_bf16, ours = [], [], []
+    for ids in texts:
+        scored = slice(len(ids) - 65, len(ids) - 1)  # the logits that predict the 64 continuation tokens
+        with torch.no_grad():
+            reference.append(hf(torch.tensor([ids])).logits[0, scored].double().numpy())
+            hf_bf16.append(hf.to(torch.bfloat16)(torch.tensor([ids])).logits[0, scored].double().numpy())
+        hf.to(torch.float32)
+        logits, _ = forward(params, np.asarray([ids]), np.arange(len(ids))[None])
+        ours.append(np.asarray(logits[0, scored]))
+    reference, hf_bf16, ours = (np.concatenate(x) for x in (reference, hf_bf16, ours))
+    hf_error, our_error = _mean_kl(reference, hf_bf16), _mean_kl(reference, ours)
+    agree = [float(np.mean(reference.argmax(-1) == x.argmax(-1))) for x in (hf_bf16, ours)]
     with capsys.disabled():
-        print(f"\nSmolLM2-135M greedy, bf16 vs float32, identical leading tokens of 64 per prompt: {common}")
-    assert np.mean(common) >= 48
+        print(
+            f"\nSmolLM2-135M bf16, 256 teacher-forced positions: mean KL to HF float32 HF {hf_error:.2e}, "
+            f"infodec {our_error:.2e}; same top token HF {agree[0]:.3f}, infodec {agree[1]:.3f}"
+        )
+    assert hf_error > 1e-5  # the real model is perturbed by bf16: the ratio compares two real errors
+    assert our_error <= RATIO * hf_error
