@@ -6,15 +6,21 @@ Contrastive search left transformers' core in v5 (it lives in the hub repo
 of HF 4.x's ``_contrastive_search`` that recomputes everything without a cache.
 """
 
+import dataclasses
+import re
+import types
 import warnings
+from typing import Any, cast
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 import infodec
-from infodec.decoding import beam_search, compile_count, contrastive_search
+from infodec.decoding import beam_search, compile_count, contrastive_search, search
 from tests.hf_tiny import save_tiny_llama
 
 STEPS = 20
@@ -134,6 +140,46 @@ def test_beam_search_is_not_greedy_and_does_not_recompile(tiny, prompts):
     # New length penalty, stop tokens and a shorter horizon in the same output bucket: no recompile.
     beam_search(model, params, prompts, num_beams=4, max_new_tokens=STEPS - 3, stop_tokens=(2, 5), length_penalty=0.7)
     assert compile_count() == count
+
+
+def test_top_k_over_beams_is_the_flat_top_k_ties_included():
+    # Scores drawn from 5 values: most of the top entries tie, so the order among equals is tested.
+    scores = jax.random.randint(jax.random.key(0), (3, 4 * 50), 0, 5).astype(jnp.float32)
+    expected = jax.lax.top_k(scores, 4)
+    got = search._top_k_over_beams(scores, 4, 50)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_beam_step_sorts_no_full_vocabulary_row():
+    # The regression this guards: XLA's CPU backend lowered the running beams' flat top-k to a stable
+    # sort of all K * V scores (10 s a step at a 262k vocabulary). Only the K * k survivors are sorted.
+    batch, beams, vocab = 2, 4, 4096
+    state = search.BeamState(
+        running=cast(Any, None),  # set inside the traced function
+        run_scores=jnp.zeros((batch, beams)),
+        fin_scores=jnp.zeros((batch, beams)),
+        fin_tokens=jnp.zeros((batch, beams, 8), jnp.int32),
+        fin_logp=jnp.zeros((batch, beams, 8)),
+        fin_lengths=jnp.zeros((batch, beams), jnp.int32),
+        fin_full=jnp.zeros((batch, beams), bool),
+        open=jnp.ones((batch,), bool),
+    )
+
+    def choose(state, scores, tokens, stops):
+        running = types.SimpleNamespace(
+            step=jnp.int32(0), max_new_tokens=jnp.int32(8), tokens=tokens, logp_model=tokens.astype(jnp.float32),
+            stop_tokens=stops,
+        )  # fmt: skip
+        new, source, token = search.beam_choose(dataclasses.replace(state, running=running), scores, scores, 1.0, 0)
+        return dataclasses.replace(new, running=None), source, token
+
+    scores = jnp.zeros((batch * beams, vocab))
+    compiled = jax.jit(choose).lower(state, scores, jnp.zeros((batch * beams, 8), jnp.int32), jnp.array([2, -1]))
+    hlo = compiled.compile().as_text()
+    assert hlo is not None
+    sorted_widths = [int(m) for m in re.findall(r"= \(f32\[\d+,(\d+)\]\S* s32\[[^=]*\bsort\(", hlo)]
+    assert max(sorted_widths, default=0) <= beams * beams, sorted_widths
 
 
 def _reference_contrastive(hf_model, prompt, top_k, alpha, steps, eos=None):
