@@ -91,7 +91,9 @@ def test_sweep_runs_every_family_and_resumes(tiny, tmp_path):
     config = small_config()
     model = tiny[0]
     logs = []
-    kwargs = dict(loaded=tiny, embed=bag_of_letters, inputs=INPUTS, discriminator=discriminator(model), log=logs.append)
+    kwargs: dict[str, Any] = dict(
+        loaded=tiny, embed=bag_of_letters, inputs=INPUTS, discriminator=discriminator(model), log=logs.append
+    )
     result = tradeoff.run(config, tmp_path, **kwargs)
     keys = [r["key"] for r in result.records]
     assert keys == [
