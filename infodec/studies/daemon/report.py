@@ -424,14 +424,15 @@ def write_tables_and_plots(folder: ResultsFolder, records: Records, config: Daem
 
 
 def plot_gaps(path: Path, rows: list[dict], metric_names: Sequence[str]) -> None:
-    """Grouped bars of ``(decoder − human) / human SD`` per metric, one panel per corpus."""
+    """Grouped bars of ``(decoder − human) / human SD`` per metric (symmetric log scale, linear within ±1 SD),
+    one panel per corpus."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     corpora_ = list(dict.fromkeys(r["corpus"] for r in rows))
-    fig, axes = plt.subplots(len(corpora_), 1, figsize=(8, 3.2 * len(corpora_)), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(len(corpora_), 1, figsize=(9.5, 3.2 * len(corpora_)), dpi=110, squeeze=False)
     for ax, corpus in zip(axes[:, 0], corpora_):
         group = [r for r in rows if r["corpus"] == corpus]
         reference, decoders = _reference_and_decoders(group)
@@ -439,11 +440,16 @@ def plot_gaps(path: Path, rows: list[dict], metric_names: Sequence[str]) -> None
         if human is None or reference is None:
             continue
         width = 0.8 / max(len(decoders), 1)
+        tab20 = plt.get_cmap("tab20").colors  # the default cycle repeats after 10 decoders
+        colours = tab20[::2] + tab20[1::2]
         for i, r in enumerate(decoders):
             # the human SD is the prompts' continuations' (one window each); the reference may be the split's mean
             gaps = [(r[n] - reference[n]) / max(human[n + "_se"] * np.sqrt(human["n"]), 1e-12) for n in metric_names]
-            ax.bar(np.arange(len(metric_names)) + i * width - 0.4 + width / 2, gaps, width, label=r["decoder"])
+            x = np.arange(len(metric_names)) + i * width - 0.4 + width / 2
+            ax.bar(x, gaps, width, label=r["decoder"], color=colours[i % len(colours)])
         ax.axhline(0, color="k", lw=0.8)
+        # greedy's gaps reach tens of SDs; a symmetric log scale keeps sub-SD gaps visible beside them
+        ax.set_yscale("symlog", linthresh=1, linscale=2)
         ax.set_xticks(np.arange(len(metric_names)), metric_names)
         ax.set_ylabel("(decoder − human) / human SD")
         where = (
@@ -452,7 +458,7 @@ def plot_gaps(path: Path, rows: list[dict], metric_names: Sequence[str]) -> None
             else "the prompts' continuations"
         )
         ax.set_title(f"{corpus}: distance to human text per metric (0 = human mean over {where})", fontsize=10)
-        ax.legend(fontsize=6, ncol=3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path)
