@@ -379,3 +379,13 @@ def test_an_sr4_point_file_gets_its_own_generated_page(tmp_path):
     (tmp_path / "empty.jsonl").write_text('{"key": "wiki/fit/tau=1", "study": "fit"}\n')
     with pytest.raises(FileNotFoundError, match="no SR-4 study point"):
         report.write_report(tmp_path / "empty.jsonl")
+
+
+def test_perplexity_summary_pools_tokens_and_refuses_an_empty_row():
+    logp = np.log(np.array([[0.5, 0.25, 1.0], [0.125, 1.0, 1.0]]))
+    mask = np.array([[True, True, False], [True, False, False]])
+    summary = study.perplexity_summary(logp, mask)
+    assert summary["ppl"] == pytest.approx(np.exp((np.log(2) + np.log(4) + np.log(8)) / 3))  # 3 tokens pooled
+    assert summary["nll_per_row"]["mean"] == pytest.approx((np.log(8) / 2 + np.log(8)) / 2)
+    with pytest.raises(ValueError, match=r"rows \[1\] have no real token"):
+        study.perplexity_summary(logp, np.array([[True, True, False], [False, False, False]]))

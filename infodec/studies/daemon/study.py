@@ -181,8 +181,10 @@ def _key_tag(key: jax.Array) -> str:
 
 def perplexity_summary(logp: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """Token-level perplexity over all rows of ``logp [B, L]`` (``mask [B, L]``: real tokens) and the
-    per-row mean NLL's mean ± SE."""
+    per-row mean NLL's mean ± SE. Every row must hold at least one real token."""
     count = mask.sum(1)
+    if not count.all():  # an empty row would enter the mean as NLL 0 (and an empty batch as NaN)
+        raise ValueError(f"perplexity_summary: rows {np.flatnonzero(count == 0).tolist()} have no real token")
     per_row = -np.where(mask, logp, 0.0).sum(1) / np.maximum(count, 1)
     return {"ppl": float(np.exp(-np.where(mask, logp, 0.0).sum() / mask.sum())), "nll_per_row": mean_se(per_row)}
 
