@@ -440,8 +440,8 @@ def plot_gaps(path: Path, rows: list[dict], metric_names: Sequence[str]) -> None
         if human is None or reference is None:
             continue
         width = 0.8 / max(len(decoders), 1)
-        tab20 = plt.get_cmap("tab20").colors  # the default cycle repeats after 10 decoders
-        colours = tab20[::2] + tab20[1::2]
+        tab20 = plt.get_cmap("tab20")  # the default cycle repeats after 10 decoders; dark shades first
+        colours = [tab20(j) for j in (*range(0, 20, 2), *range(1, 20, 2))]
         for i, r in enumerate(decoders):
             # the human SD is the prompts' continuations' (one window each); the reference may be the split's mean
             gaps = [(r[n] - reference[n]) / max(human[n + "_se"] * np.sqrt(human["n"]), 1e-12) for n in metric_names]
