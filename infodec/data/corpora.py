@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from infodec.cache import cache_dir
-from infodec.data.documents import Document, Window, check_unique, read_jsonl, safe_name, write_jsonl
+from infodec.cache import cache_dir, path_part
+from infodec.data.documents import Document, Window, check_unique, read_jsonl, write_jsonl
 from infodec.data.mediawiki import parse_wiki_xml
 from infodec.data.parsers import parse_brown_tarball, parse_lee
 from infodec.data.sources import (
@@ -79,7 +79,7 @@ def load_documents(name: str, *, refresh: bool = False) -> list[Document]:
     if not isinstance(name, str):
         raise ValueError(f"corpus name must be a str, got {type(name).__name__}")
     builder = _builder(name)
-    path = _cache_root() / f"{safe_name(name)}.v{_FORMAT_VERSION}.jsonl"
+    path = _cache_root() / f"{path_part(name)}.v{_FORMAT_VERSION}.jsonl"
     if path.exists() and not refresh:
         return read_jsonl(path)
     documents = builder()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -69,8 +68,3 @@ def check_unique(documents: Sequence[Document]) -> None:
         if doc.id in seen:
             raise ValueError(f"duplicate document id {doc.id!r}")
         seen.add(doc.id)
-
-
-def safe_name(name: str) -> str:
-    """``name`` with every run of characters unsafe in a file name replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)

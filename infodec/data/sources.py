@@ -11,8 +11,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from infodec.cache import cache_dir, download_wheel
-from infodec.data.documents import Document, safe_name
+from infodec.cache import cache_dir, download_wheel, path_part
+from infodec.data.documents import Document
 from infodec.data.parsers import parse_wikitext_lines
 
 GENSIM = ("gensim", "4.4.0")
@@ -84,7 +84,7 @@ def load_hf(path: str, config: str | None, split: str, articles: bool) -> list[D
             f"{split!r}): {error}; offline corpora: {', '.join(OFFLINE_CORPORA)}"
         ) from error
     texts = list(data["text"])
-    prefix = safe_name(path.split("/")[-1])
+    prefix = path_part(path.split("/")[-1])
     if articles:
         return parse_wikitext_lines(texts, prefix=prefix)
     return [Document(f"{prefix}-{i}", text.strip()) for i, text in enumerate(texts) if text.strip()]
