@@ -183,10 +183,10 @@ def perplexity_summary(logp: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """Token-level perplexity over all rows of ``logp [B, L]`` (``mask [B, L]``: real tokens) and the
     per-row mean NLL's mean ± SE. Every row must hold at least one real token."""
     count = mask.sum(1)
-    if not count.all():  # an empty row would enter the mean as NLL 0 (and an empty batch as NaN)
+    if not count.all():  # an empty row would enter the per-row mean as NLL 0
         raise ValueError(f"perplexity_summary: rows {np.flatnonzero(count == 0).tolist()} have no real token")
-    per_row = -np.where(mask, logp, 0.0).sum(1) / np.maximum(count, 1)
-    return {"ppl": float(np.exp(-np.where(mask, logp, 0.0).sum() / mask.sum())), "nll_per_row": mean_se(per_row)}
+    nll = -np.where(mask, logp, 0.0).sum(1)
+    return {"ppl": float(np.exp(nll.sum() / count.sum())), "nll_per_row": mean_se(nll / count)}
 
 
 @dataclasses.dataclass(frozen=True)
