@@ -431,6 +431,8 @@ def plot_gaps(path: Path, rows: list[dict], metric_names: Sequence[str]) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tab20 = plt.get_cmap("tab20")  # the default cycle repeats after 10 decoders; dark shades first
+    colours = [tab20(j) for j in (*range(0, 20, 2), *range(1, 20, 2))]
     corpora_ = list(dict.fromkeys(r["corpus"] for r in rows))
     fig, axes = plt.subplots(len(corpora_), 1, figsize=(9.5, 3.2 * len(corpora_)), dpi=110, squeeze=False)
     for ax, corpus in zip(axes[:, 0], corpora_):
@@ -440,8 +442,6 @@ def plot_gaps(path: Path, rows: list[dict], metric_names: Sequence[str]) -> None
         if human is None or reference is None:
             continue
         width = 0.8 / max(len(decoders), 1)
-        tab20 = plt.get_cmap("tab20")  # the default cycle repeats after 10 decoders; dark shades first
-        colours = [tab20(j) for j in (*range(0, 20, 2), *range(1, 20, 2))]
         for i, r in enumerate(decoders):
             # the human SD is the prompts' continuations' (one window each); the reference may be the split's mean
             gaps = [(r[n] - reference[n]) / max(human[n + "_se"] * np.sqrt(human["n"]), 1e-12) for n in metric_names]
