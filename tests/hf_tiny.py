@@ -1,16 +1,20 @@
 """Tiny randomly initialised HF checkpoints, saved with save_pretrained, for parity tests."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
-def save_tiny_llama(directory: Path, **overrides) -> "torch.nn.Module":
+
+def save_tiny_llama(directory: Path, **overrides) -> "LlamaForCausalLM":
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = dict(
+    config: dict[str, Any] = dict(
         vocab_size=97,
         hidden_size=48,
         intermediate_size=80,

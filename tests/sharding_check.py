@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -64,7 +65,7 @@ def tiny_results() -> dict:
         "state_specs": {},
     }
     results["recompile"] = recompilation(model, params)  # first: its first call compiles
-    daemon_args = dict(
+    daemon_args: dict[str, Any] = dict(
         mu=np.array([2.0, -1.0]),
         metric_names=["sr2", "div"],
         num_candidates=4,
@@ -152,7 +153,7 @@ def tiny_results() -> dict:
     # Two-stream (evidence) rows, per-row policy fields (padded with the rows) and stream().
     evidence = [[30, 31], [29], [28, 27, 26]]
     cfg = infodec.ClassifierFreeGuidance(1.5)
-    per_row = infodec.Temperature(np.array([0.5, 1.0, 1.5], np.float32))
+    per_row = infodec.Temperature(cast(jax.Array, np.array([0.5, 1.0, 1.5], np.float32)))
     results["more"] = {
         "two_stream": [
             decode(model, params, cfg, evidence=evidence)["tokens"],
@@ -211,7 +212,7 @@ def recompilation(model, params) -> dict:
     placed = sharding.shard_params(model, params, mesh)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, secs, **kw: (
+        lambda event, duration_secs, **kw: (
             compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
         )
     )
@@ -293,7 +294,7 @@ def real_results() -> dict:
     start = time.perf_counter()
     model, params, tokenizer = infodec.load("smollm2-135m", scan_layers=True)
     prompts = ["The history of the printing press begins", "Water boils at", "My favourite poem is"]
-    kwargs = dict(max_new_tokens=12, tokenizer=tokenizer, stop_tokens=())
+    kwargs: dict[str, Any] = dict(max_new_tokens=12, tokenizer=tokenizer, stop_tokens=())
     single = infodec.generate(model, params, prompts, infodec.Greedy(), jax.random.key(0), **kwargs)
     mesh = sharding.make_mesh(4, 2)
     placed = sharding.shard_params(model, params, mesh)

@@ -81,7 +81,7 @@ def test_saved_chunks_round_trip_their_nesting_and_dtypes_without_pickle(tmp_pat
     file is a plain ``.npz`` that loads with ``allow_pickle=False``; Python objects are refused."""
     part = (
         {"tokens": np.arange(6, dtype=np.int32).reshape(2, 3), "ok": np.array([True, False])},
-        [np.array(["a", "bc"]), np.float64([0.5, -1.0])],
+        [np.array(["a", "bc"]), np.float64([0.5, -1.0])],  # pyright: ignore[reportArgumentType] (an array of a list)
     )
     with checkpointed_chunks(tmp_path):
         map_in_chunks(lambda rows, i: part, 2, 2, checkpoint="mixed")

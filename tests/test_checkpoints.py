@@ -195,6 +195,7 @@ def test_cache_location_follows_the_environment(tmp_path, monkeypatch, smollm2_g
     copy = tmp_path / "my-model.gguf"
     shutil.copy(smollm2_gguf, copy)
     model, _, tokenizer = infodec.load(copy)
+    assert tokenizer is not None
     assert model.config.num_layers == 30 and tokenizer.vocab_size == 49152
     assert len(list((tmp_path / "converted").glob("my-model-*"))) == 1
 
@@ -204,6 +205,7 @@ def test_gemma3_270m_matches_hf_gguf_loader(gemma3_gguf):
     from transformers import AutoModelForCausalLM
 
     model, params, tokenizer = infodec.load("gemma3-270m")
+    assert tokenizer is not None
     ids = tokenizer.encode(PROSE)
     assert ids[0] == tokenizer.bos_id == 2
     ours = _full_logits(model, params, ids)
@@ -219,6 +221,7 @@ def test_gemma3_270m_matches_hf_gguf_loader(gemma3_gguf):
 @pytest.mark.download
 def test_minilm_registry_model_encodes(minilm_dir):
     encoder, params, tokenizer = infodec.load("minilm-l6")
+    assert tokenizer is not None
     ids = tokenizer.encode("A man is playing a guitar.")
     embedding = encoder.encode(params, np.asarray([ids]), np.ones((1, len(ids)), int))
     chex.assert_shape(embedding, (1, 384))
@@ -228,7 +231,7 @@ def test_minilm_registry_model_encodes(minilm_dir):
 def test_bfloat16_checkpoint_is_widened_exactly(tmp_path):
     from tests.hf_tiny import hf_logits
 
-    hf_model = save_tiny_llama(tmp_path).to(torch.bfloat16)
+    hf_model = save_tiny_llama(tmp_path).to(torch.bfloat16)  # pyright: ignore[reportArgumentType] (transformers' @wraps'd .to)
     hf_model.save_pretrained(tmp_path)
     model, params, _ = infodec.load(tmp_path)
     tokens = np.random.RandomState(0).randint(0, 97, (2, 8))

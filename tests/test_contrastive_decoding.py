@@ -7,6 +7,7 @@ The reference never touches the engine: each next-token distribution is the full
 """
 
 import types
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -149,7 +150,7 @@ def test_beam_search_matches_the_reference(models):
 @pytest.mark.slow
 def test_sampled_law_and_chi_square(models):
     refs = models[4:]
-    settings = dict(alpha=0.05, beta=1.0, amateur_temperature=0.5)
+    settings: dict[str, Any] = dict(alpha=0.05, beta=1.0, amateur_temperature=0.5)
     temperature = 1.5
     out = _run(models, key=jax.random.key(3), do_sample=True, temperature=temperature, num_samples=4, **settings)
     assert out.tokens.shape == (len(PROMPTS) * 4, STEPS)
@@ -284,7 +285,7 @@ def test_bad_input_is_named(changes, message):
     expert = amateur = _vocabulary_only(VOCAB)  # every check runs before a model is called
     kwargs = {"max_new_tokens": STEPS, "stop_tokens": (), **changes}
     with pytest.raises(ValueError, match=message):
-        contrastive_decoding(expert, None, amateur, None, PROMPTS, **kwargs)
+        contrastive_decoding(expert, None, amateur, None, PROMPTS, **kwargs)  # pyright: ignore[reportArgumentType] (stand-in models)
 
 
 def _vocabulary_only(size):
@@ -294,10 +295,10 @@ def _vocabulary_only(size):
 def test_vocabularies_must_match():
     expert, amateur = _vocabulary_only(VOCAB), _vocabulary_only(VOCAB + 2000)
     with pytest.raises(ValueError, match="same tokenizer"):
-        contrastive_decoding(expert, None, amateur, None, PROMPTS, max_new_tokens=STEPS)
+        contrastive_decoding(expert, None, amateur, None, PROMPTS, max_new_tokens=STEPS)  # pyright: ignore[reportArgumentType] (stand-in models)
     tokenizer = types.SimpleNamespace(vocab_size=VOCAB + 10, eos_ids=())
     with pytest.raises(ValueError, match="fewer than the tokenizer's 26"):
-        contrastive_decoding(expert, None, expert, None, PROMPTS, max_new_tokens=STEPS, tokenizer=tokenizer)
+        contrastive_decoding(expert, None, expert, None, PROMPTS, max_new_tokens=STEPS, tokenizer=tokenizer)  # pyright: ignore[reportArgumentType] (stand-in models)
 
 
 def test_exported():

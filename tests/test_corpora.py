@@ -9,6 +9,7 @@ import sys
 import tarfile
 import types
 import zipfile
+from typing import Any
 
 import pytest
 
@@ -372,7 +373,7 @@ def test_load_documents_builds_once_then_reads_the_cache(synthetic_cache):
 
 def test_load_windows_splits(synthetic_cache):
     tokenizer = ByteTokenizer()
-    kwargs = dict(prompt_tokens=3, continuation_tokens=5, fit_fraction=0.5, seed=0)
+    kwargs: dict[str, Any] = dict(prompt_tokens=3, continuation_tokens=5, fit_fraction=0.5, seed=0)
     fit = corpora.load_windows("news", tokenizer, "fit", **kwargs)
     evaluation = corpora.load_windows("news", tokenizer, "eval", **kwargs)
     everything = corpora.load_windows("news", tokenizer, "all", **kwargs)

@@ -487,6 +487,7 @@ def test_fit_and_perplexity_with_model(tiny):
         stop_tokens=None,
     )
     assert mu.shape == (2,) and report.metric_names == tuple(names)
+    assert report.sample_features is not None and report.human_features is not None
     assert report.sample_features.shape == (4, 64, 2) and report.human_features.shape == (4, 2)
     np.testing.assert_allclose(report.target, report.human_features.mean(0))
     assert report.converged and report.residual_norm < 1e-3

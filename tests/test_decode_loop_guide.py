@@ -73,7 +73,7 @@ def test_lookahead_keeps_the_candidate_with_the_likeliest_rollout(guide, tiny):
         )
         continuation = [int(candidate), *rollout.tokens[0].tolist()]
         values[int(candidate)] = guide["score"](model, params, [PROMPT], [continuation])[0].sum()
-    assert tokens[0] == max(values, key=values.get)
+    assert tokens[0] == max(values, key=values.__getitem__)
 
 
 def test_rerank_orders_by_log_likelihood(guide, tiny):

@@ -9,6 +9,7 @@
 """
 
 import logging
+from typing import cast
 
 import jax
 import numpy as np
@@ -142,7 +143,7 @@ def test_sample_tokens_inverts_the_cdf_of_the_same_uniforms():
     log_pi = np.asarray(jax.nn.log_softmax(logits.astype(np.float32)))
     keys = jax.random.split(jax.random.key(7), rows)
     u = 1.0 - np.asarray(jax.vmap(jax.random.uniform)(keys), np.float64)
-    got = np.asarray(engine.sample_tokens(keys, log_pi))
+    got = np.asarray(engine.sample_tokens(keys, cast(jax.Array, log_pi)))
     want, cdf = _flat_inversion(log_pi, u)
     assert np.all(np.isfinite(log_pi[np.arange(rows), got])), "a token of probability 0 was picked"
     assert got[-1] == vocab - 1
@@ -237,6 +238,7 @@ def test_greedy_equals_uncached_argmax_with_stop_tokens_and_padding(tiny):
         chunk=4,
         pad_id=pad,
     )
+    assert stops_at is not None
     for row, at in enumerate(stops_at):
         length = STEPS if at is None else at + 1
         assert out.lengths[row] == length, (row, out.lengths)

@@ -5,6 +5,8 @@ full-sequence recomputation of the evaluator's log-probabilities (tests/tiny_mod
 """
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -168,6 +170,7 @@ def test_text_embedder_matches_single_unpadded_encodes(minilm_dir):
     import infodec
 
     encoder, params, tokenizer = infodec.load("minilm-l6")
+    assert tokenizer is not None
     texts = [
         "A short sentence.",
         "A somewhat longer sentence about the history of Lisbon and its port.",
@@ -196,7 +199,7 @@ def test_topic_judge_learns_separable_topics():
         return np.stack([vectors[t] for t in texts])
 
     texts = list(vectors)
-    judge = TopicJudge.fit(embed, texts[:40], labels[:40], ["a", "b", "c"], steps=200)
-    assert judge.accuracy(texts[40:], labels[40:]) == 1.0
+    judge = TopicJudge.fit(embed, texts[:40], cast(Sequence[int], labels[:40]), ["a", "b", "c"], steps=200)
+    assert judge.accuracy(texts[40:], cast(Sequence[int], labels[40:])) == 1.0
     with pytest.raises(ValueError, match="labels must index"):
         TopicJudge.fit(embed, texts[:2], [0, 5], ["a", "b", "c"])

@@ -61,7 +61,7 @@ def gpt_neox(parallel: bool):
         max_position_embeddings=64,
         initializer_range=0.1,
         use_parallel_residual=parallel,
-        rotary_pct=0.25 if parallel else 0.5,
+        rotary_pct=0.25 if parallel else 0.5,  # pyright: ignore[reportCallIssue] (a legacy kwarg HF still reads)
     )
     torch.manual_seed(0)
     return t.GPTNeoXForCausalLM(config)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from typing import Any
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ from infodec.models import gemma3
 from infodec.models.base import CheckpointMismatchError
 
 SEQ = 16  # longer than the sliding window (4), so windowed and global layers differ
-TINY = dict(
+TINY: dict[str, Any] = dict(
     vocab_size=128,
     hidden_size=64,
     intermediate_size=96,
@@ -39,7 +40,7 @@ SOFTCAPPED = dict(TINY, final_logit_softcapping=0.5, attn_logit_softcapping=2.0)
 
 def _make_hf(tmp_path, overrides, seed=0):
     torch.manual_seed(seed)
-    hf = Gemma3ForCausalLM(Gemma3TextConfig(**overrides, attn_implementation="eager")).eval()
+    hf = Gemma3ForCausalLM(Gemma3TextConfig(**overrides, attn_implementation="eager")).eval()  # pyright: ignore[reportCallIssue] (a PreTrainedConfig kwarg)
     with torch.no_grad():  # HF initialises norms to 0 (a multiplier of 1): make them matter
         for name, param in hf.named_parameters():
             if "norm" in name:
@@ -195,6 +196,7 @@ def test_hf_config_formats_agree(tiny):
     )
     assert old == new
     assert new.rope_theta == 5000.0 and new.rope_local_theta == 50.0
+    assert new.rope_scaling is not None
     assert dict(new.rope_scaling) == {"rope_type": "linear", "factor": 2.0} and new.rope_local_scaling is None
     assert gemma3.Config.from_hf(new.to_hf()) == new
     # HF's defaults when the config names no RoPE bases: 1e6 global, 1e4 local, every 6th layer global.

@@ -3,6 +3,7 @@ sampling against exact enumeration, training, persistence and errors."""
 
 import itertools
 import json
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -98,8 +99,8 @@ def test_equals_value_policy_on_the_top_k_support():
     policy = ClassifierGuidance(
         random_head(2),
         embeddings,
-        target=np.array([2, 0, 1, 2]),
-        scale=np.array([0.5, 1.0, 2.0, 4.0]),
+        target=cast(jax.Array, np.array([2, 0, 1, 2])),
+        scale=cast(jax.Array, np.array([0.5, 1.0, 2.0, 4.0])),
         top_k=6,
         num_topics=TOPICS,
         hidden_dim=HEAD,
@@ -153,7 +154,7 @@ def test_generate_matches_exact_enumeration(top_k):
     result = chi_square(out.tokens, exact)
     assert result.p_value > 1e-3, result
     # the guided law differs from the model's own law (the test has power)
-    base = exact_log_probs(model, params, policy.replace(scale=0.0), prompt, horizon)
+    base = exact_log_probs(model, params, policy.replace(scale=0.0), prompt, horizon)  # pyright: ignore[reportAttributeAccessIssue] (flax.struct's replace)
     assert chi_square(out.tokens, base).p_value < 1e-6
     assert set(out.diagnostics) >= {"p_target", "p_target_model", "entropy"}
     # the engine's logp_policy is the enumerated per-step law
@@ -183,7 +184,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="target"):
         ClassifierGuidance(head, embeddings, target=3, num_topics=TOPICS)
     with pytest.raises(ValueError, match="target"):
-        ClassifierGuidance(head, embeddings, target=np.array([0, -1]), num_topics=TOPICS)
+        ClassifierGuidance(head, embeddings, target=cast(jax.Array, np.array([0, -1])), num_topics=TOPICS)
     with pytest.raises(ValueError, match="num_topics"):
         ClassifierGuidance(head, embeddings)
 

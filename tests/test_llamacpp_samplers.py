@@ -360,7 +360,7 @@ def test_no_recompile_for_new_parameter_values():
         (lambda: XTC(probability=-0.1), "xtc probability"),
         (lambda: DRY(base=0.5), "dry base"),
         (lambda: DRY(penalty_last_n=-2), "penalty_last_n"),
-        (lambda: DRY(sequence_breakers=[()]), "sequence_breakers"),
+        (lambda: DRY(sequence_breakers=[()]), "sequence_breakers"),  # pyright: ignore[reportArgumentType] (the wrong type on purpose)
         (lambda: DynamicTemperature(exponent=-1.0), "exponent"),
         (lambda: MirostatV2(tau=-1.0), "mirostat tau"),
     ],

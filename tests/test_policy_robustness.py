@@ -8,6 +8,8 @@ written there by hand from the definitions, and ``filter_value`` masking is read
 which is ``TopK(3)`` (infodec's TopK has no separate floor).
 """
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,7 +215,7 @@ def test_minus_inf_never_gives_mass_or_nan(name):
     policy = POLICIES[name]
     logits = np.concatenate([random_masked_logits(seed, policy.num_streams) for seed in range(4)])
     rows = logits.shape[0]
-    impossible = np.isneginf(logits).any(1)
+    impossible = cast(np.ndarray, np.isneginf(logits).any(1))
     step = StepInfo(
         jnp.asarray(np.random.default_rng(1).integers(-1, V, size=(rows, 5)), jnp.int32),
         jnp.int32(2),

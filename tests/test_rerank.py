@@ -72,6 +72,7 @@ def test_mbr_text_and_embedding_utilities():
         u, v = embed([a])[0], embed([b])[0]
         return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
 
+    assert cands.text is not None and out.text is not None
     for p in range(3):
         index, _ = brute_mbr(cands.text[p * m : (p + 1) * m], cosine)
         assert out.index[p] == index and out.text[p] == cands.text[p * m + index]

@@ -13,6 +13,7 @@ tiny random Llama (vocabulary 6) with a prompt and an evidence span. Checks (``d
 """
 
 import itertools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 import infodec
+import infodec.theory.tree
 from infodec import theory
 from infodec.models import llama
 from infodec.policies.value import ClassifierFreeGuidance, DynamicValuePolicy, KLGuidedTemperature, SigmoidSchedule
@@ -210,7 +212,7 @@ def test_dp_is_the_gibbs_optimum(beta, gamma, lam, with_terminal):
     """π*(y) ∝ exp(U(y)/τ) and V(root) = τ·logsumexp(U/τ) = J(π*) ≥ J(any policy)."""
     tree = theory.random_prefix_tree(11, 4, 3, num_streams=2)
     R = terminal(tree) if with_terminal else None
-    kw = dict(beta=beta, gamma=gamma, lam=lam, score="pmi", terminal_reward=R)
+    kw: dict[str, Any] = dict(beta=beta, gamma=gamma, lam=lam, score="pmi", terminal_reward=R)
     sol = theory.solve(tree, **kw)
     log_q, value = theory.sequence_optimum(tree, **kw)
     np.testing.assert_allclose(sol.log_seq_probs, log_q, atol=1e-9)
@@ -228,7 +230,7 @@ def test_dp_is_the_gibbs_optimum(beta, gamma, lam, with_terminal):
         )
     rng = np.random.default_rng(5)
     for _ in range(20):  # random policies never do better
-        tables = [theory.tree.log_softmax(2 * rng.standard_normal((4,) * (t + 1))) for t in range(3)]
+        tables = [infodec.theory.tree.log_softmax(2 * rng.standard_normal((4,) * (t + 1))) for t in range(3)]
         assert theory.sequence_objective(tree, tables, **kw) < sol.value
 
 
@@ -269,7 +271,7 @@ def test_dp_beats_every_myopic_decoder(source, model_tree):
     """J(π*) = V(root) ≥ J(every decoder), strictly above the matching closed form given a terminal reward."""
     tree = model_tree if source == "model" else theory.random_prefix_tree(4, 6, 3, num_streams=2)
     beta, gamma, lam = 1.0, 0.3, 0.8
-    kw = dict(beta=beta, gamma=gamma, lam=lam, score="pmi", terminal_reward=terminal(tree, seed=3))
+    kw: dict[str, Any] = dict(beta=beta, gamma=gamma, lam=lam, score="pmi", terminal_reward=terminal(tree, seed=3))
     best = theory.solve(tree, **kw).value
     for name, policy in decoders().items():
         assert theory.sequence_objective(tree, policy, **kw) <= best + 1e-9, name
@@ -295,13 +297,13 @@ def test_last_step_is_the_closed_form():
     # Rewards at the final step only (R = 0): the last step agrees, earlier ones do not (the final
     # reward's log-normaliser depends on the prefix), so myopic decoding is strictly worse.
     last_only = [np.zeros(1), np.zeros(1), tree.pmi(2)]
-    kw = dict(beta=beta, gamma=gamma, lam=lam, score=last_only)
+    kw: dict[str, Any] = dict(beta=beta, gamma=gamma, lam=lam, score=last_only)
     sol, mine = theory.solve(tree, **kw), theory.myopic(tree, **kw)
     np.testing.assert_allclose(sol.log_policy[2], mine.log_policy[2], atol=1e-12)
     assert theory.sequence_objective(tree, mine, **kw) < sol.value - 1e-3
     R = terminal(tree)
     with_r = theory.solve(tree, beta=beta, gamma=gamma, lam=lam, score="pmi", terminal_reward=R)
-    expected = theory.tree.log_softmax((beta * tree.log_model(2) + lam * tree.pmi(2) + R) / (beta + gamma))
+    expected = infodec.theory.tree.log_softmax((beta * tree.log_model(2) + lam * tree.pmi(2) + R) / (beta + gamma))
     np.testing.assert_allclose(with_r.log_policy[2], expected, atol=1e-12)
 
 
@@ -373,7 +375,7 @@ def test_hard_limit_is_the_brute_force_map():
         y: sum(beta * tree.log_model(t)[y[:t]][y[t]] + lam * tree.pmi(t)[y[:t]][y[t]] for t in range(3)) + R[y]
         for y in itertools.product(range(4), repeat=3)
     }
-    map_seq = max(utility, key=utility.get)
+    map_seq = max(utility, key=utility.__getitem__)
     hard = theory.solve(tree, beta=beta, lam=lam, score="pmi", terminal_reward=R, hard=True)
     assert tuple(hard.mode) == map_seq
     assert hard.value == pytest.approx(utility[map_seq], abs=1e-10)
@@ -436,7 +438,9 @@ def test_policy_distribution_of_stateful_and_truncating_policies(model_tree):
     for prefix in [(), (0,), (0, 5)]:
         logits = tree.logits[len(prefix)][prefix][0].astype(np.float64)
         seen = np.isin(np.arange(tree.vocab), EVIDENCE + PROMPT + list(prefix))
-        expected = theory.tree.log_softmax(np.where(seen, np.where(logits < 0, logits * 3.0, logits / 3.0), logits))
+        expected = infodec.theory.tree.log_softmax(
+            np.where(seen, np.where(logits < 0, logits * 3.0, logits / 3.0), logits)
+        )
         close(tables[len(prefix)][prefix], expected)
     assert np.exp(theory.accumulate(tables)).sum() == pytest.approx(1.0, abs=1e-9)
 
@@ -446,7 +450,7 @@ def test_policy_distribution_of_stateful_and_truncating_policies(model_tree):
 
 def test_chi_square_accepts_the_law_and_rejects_another():
     tree = theory.random_prefix_tree(51, 4, 3, num_streams=2)
-    kw = dict(beta=1.0, gamma=0.3, lam=0.8, score="pmi", terminal_reward=terminal(tree))
+    kw: dict[str, Any] = dict(beta=1.0, gamma=0.3, lam=0.8, score="pmi", terminal_reward=terminal(tree))
     optimal = theory.solve(tree, **kw).log_seq_probs
     mine = theory.myopic(tree, beta=1.0, gamma=0.3, lam=0.8, score="pmi").log_seq_probs
     n = 5000

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from absl import app
@@ -100,7 +101,7 @@ def test_a_crashing_check_fails_and_is_retried(tmp_path, monkeypatch):
                 "m0/closed-form/flaky",
                 functools.partial(
                     theory_report._on_case,
-                    lambda i: None,
+                    lambda i: None,  # pyright: ignore[reportArgumentType] (a stand-in builder)
                     0,
                     "closed-form/flaky",
                     functools.partial(check, crash=crash),
@@ -132,7 +133,7 @@ def test_a_crashing_check_fails_and_is_retried(tmp_path, monkeypatch):
     ],
 )
 def test_launcher_rejects_bad_flags(flag, value, message):
-    values = dict(num_models=2, vocab=5, horizon=3, seed=0, samples=500, smoke=False)
+    values: dict[str, Any] = dict(num_models=2, vocab=5, horizon=3, seed=0, samples=500, smoke=False)
     assert launcher.build_config(**values) == theory_report.ReportConfig(**{**values})
     with pytest.raises(app.UsageError, match=message):
         launcher.build_config(**{**values, flag: value})

@@ -8,6 +8,7 @@ with ``infodec.generate`` checks the cache, the padding, the sampler and the boo
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,9 @@ from infodec.models import gemma3, gpt2, llama
 VOCAB = 6
 MAX_LENGTH = 64
 # Config overrides whose heads (8), KV heads (4), MLP width (64) and vocabulary (32) split 2, 4 and 8 ways.
-SHARDABLE = dict(vocab_size=32, hidden_size=32, intermediate_size=64, num_heads=8, num_kv_heads=4, head_dim=8)
+SHARDABLE: dict[str, Any] = dict(
+    vocab_size=32, hidden_size=32, intermediate_size=64, num_heads=8, num_kv_heads=4, head_dim=8
+)
 
 
 def tiny_llama(seed: int = 0, scale: float = 2.0, **overrides):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from infodec.decoding.engine import encode_prompts, generate
+from infodec.decoding.engine import StopTokens, encode_prompts, generate
 from infodec.decoding.state import GenerateOutput
 from infodec.eval.diversity import rows, sentence_bleu
 from infodec.policies.standard import Temperature
@@ -62,7 +62,7 @@ def draw(
     max_new_tokens: int,
     temperature: float = 1.0,
     tokenizer=None,
-    stop_tokens=...,
+    stop_tokens: StopTokens = ...,
 ) -> GenerateOutput:
     """``num_candidates`` continuations per prompt from ``Temperature(temperature)``, one shared prefill per
     prompt, prompts encoded with a BOS as DAEMON's candidates are (``daemon.fitting.draw_candidates``)."""

@@ -246,7 +246,7 @@ class Llama(nn.Module):
         return logits, x, cache, layer_logits
 
 
-def convert_hf_weights(config: LlamaConfig, tensors: Mapping[str, np.ndarray]) -> dict:
+def convert_hf_weights(config: LlamaConfig, tensors: Mapping[str, Any]) -> dict:
     """HF ``LlamaForCausalLM`` state dict (numpy, ``[out, in]`` linears) -> Flax params."""
     c = config
     w = HFWeights(tensors)
