@@ -186,7 +186,7 @@ class SentenceEncoder:
             )
 
 
-def convert_hf_weights(config: BertConfig, tensors: Mapping[str, np.ndarray]) -> dict:
+def convert_hf_weights(config: BertConfig, tensors: Mapping[str, Any]) -> dict:
     """HF ``BertModel`` state dict (numpy, ``[out, in]`` linears) -> Flax params.
 
     Names are accepted with or without the ``bert.`` prefix; the pooler, MLM/NSP heads and the

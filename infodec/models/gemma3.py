@@ -325,7 +325,7 @@ class Gemma3(nn.Module):
         return logits, x, cache
 
 
-def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, np.ndarray]) -> dict:
+def convert_hf_weights(config: Gemma3Config, tensors: Mapping[str, Any]) -> dict:
     """HF ``Gemma3ForCausalLM`` state dict (numpy, ``[out, in]`` linears, norms store ``w``) -> Flax params.
 
     A multimodal checkpoint's language-model weights are renamed to a text model's; the rest is not read."""

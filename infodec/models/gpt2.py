@@ -163,7 +163,7 @@ class GPT2(nn.Module):
         return logits, x, cache, layer_logits
 
 
-def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, np.ndarray]) -> dict:
+def convert_hf_weights(config: GPT2Config, tensors: Mapping[str, Any]) -> dict:
     """HF ``GPT2LMHeadModel`` state dict (numpy, Conv1D ``[in, out]`` weights) -> Flax params.
 
     Names are accepted with or without the ``transformer.`` prefix; HF's attention-mask buffers

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import numpy as np
 
 from infodec.models.base import CausalLM, EvenHeads, HFWeights, check_heads_and_activation, layer_params
 from infodec.models.layers import (
@@ -199,7 +198,7 @@ class GPTNeoX(nn.Module):
         return lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype), x, cache
 
 
-def convert_hf_weights(config: GPTNeoXConfig, tensors: Mapping[str, np.ndarray]) -> dict:
+def convert_hf_weights(config: GPTNeoXConfig, tensors: Mapping[str, Any]) -> dict:
     """HF ``GPTNeoXForCausalLM`` state dict (``[out, in]`` linears) -> Flax params. HF's buffers in old
     checkpoints (``attention.bias``, ``attention.masked_bias``, ``rotary_emb.inv_freq``) are ignored."""
     c = config

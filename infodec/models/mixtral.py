@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from infodec.models.base import CausalLM, HFWeights
 from infodec.models.layers import default_scan_layers
 from infodec.models.qwen3 import Qwen3, Qwen3Config, convert_layers, rope_from_hf
@@ -62,7 +60,7 @@ class MixtralConfig(Qwen3Config):
         )
 
 
-def convert_hf_weights(config: Qwen3Config, tensors: Mapping[str, np.ndarray]) -> dict:
+def convert_hf_weights(config: Qwen3Config, tensors: Mapping[str, Any]) -> dict:
     """HF ``MixtralForCausalLM`` state dict -> Flax params: per-expert ``w1``/``w2``/``w3`` linears under
     ``block_sparse_moe`` (what ``save_pretrained`` writes), or transformers 5's in-memory names, ``mlp.gate``
     and fused ``mlp.experts.gate_up_proj``/``down_proj`` (either block name with fused experts)."""

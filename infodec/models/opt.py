@@ -20,7 +20,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from infodec.models.base import CausalLM, EvenHeads, HFWeights, check_heads_and_activation, checked, layer_params
 from infodec.models.layers import (
@@ -173,7 +172,7 @@ class OPT(nn.Module):
         return lm_logits(x, embed if c.tie_word_embeddings else None, c.vocab_size, c.dtype), x, cache
 
 
-def convert_hf_weights(config: OPTConfig, tensors: Mapping[str, np.ndarray]) -> dict:
+def convert_hf_weights(config: OPTConfig, tensors: Mapping[str, Any]) -> dict:
     """HF ``OPTForCausalLM`` state dict (``[out, in]`` linears) -> Flax params. Names are accepted with or
     without the ``model.`` prefix (``OPTModel`` checkpoints such as facebook/opt-350m's carry none)."""
     c = config

@@ -289,7 +289,7 @@ def convert_layers(config: Qwen3Config, w: HFWeights, mlp_prefix: str = "mlp", e
     return layers
 
 
-def convert_hf_weights(config: Qwen3Config, tensors: Mapping[str, np.ndarray]) -> dict:
+def convert_hf_weights(config: Qwen3Config, tensors: Mapping[str, Any]) -> dict:
     """HF ``Qwen3ForCausalLM`` / ``Qwen3MoeForCausalLM`` state dict -> Flax params."""
     w = HFWeights(tensors)
     return w.decoder(config, convert_layers(config, w))
