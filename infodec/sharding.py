@@ -55,7 +55,7 @@ from infodec.models.partitioning import param_spec as param_spec
 # --- meshes -----------------------------------------------------------------------------------------
 
 
-def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | np.ndarray | None = None) -> Mesh:
     """A ``Mesh`` of shape ``(data, model)`` with axes ``("data", "model")``.
 
     Args:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import jax
 import numpy as np
@@ -153,7 +153,7 @@ def tiny_results() -> dict:
     # Two-stream (evidence) rows, per-row policy fields (padded with the rows) and stream().
     evidence = [[30, 31], [29], [28, 27, 26]]
     cfg = infodec.ClassifierFreeGuidance(1.5)
-    per_row = infodec.Temperature(cast(jax.Array, np.array([0.5, 1.0, 1.5], np.float32)))
+    per_row = infodec.Temperature(np.array([0.5, 1.0, 1.5], np.float32))
     results["more"] = {
         "two_stream": [
             decode(model, params, cfg, evidence=evidence)["tokens"],

@@ -1,7 +1,7 @@
 """BERT sentence encoder against HF transformers: a tiny random model and the real all-MiniLM-L6-v2."""
 
 import json
-from typing import Any, cast
+from typing import Any
 
 import chex
 import jax
@@ -105,12 +105,12 @@ def test_input_validation(tiny):
     with pytest.raises(ValueError, match="batch, length"):
         encoder.encode(params, tokens[0], mask[0])
     with pytest.raises(ValueError, match="mask"):
-        encoder.encode(params, cast(jax.Array, tokens), cast(jax.Array, mask[:, :5]))
+        encoder.encode(params, tokens, mask[:, :5])
     with pytest.raises(ValueError, match="integers"):
-        encoder.encode(params, cast(jax.Array, tokens.astype(np.float32)), cast(jax.Array, mask))
+        encoder.encode(params, tokens.astype(np.float32), mask)
     too_long = np.ones((1, TINY["max_position_embeddings"] + 1), np.int32)
     with pytest.raises(ValueError, match="longer"):
-        encoder.encode(params, cast(jax.Array, too_long), cast(jax.Array, too_long))
+        encoder.encode(params, too_long, too_long)
 
 
 def test_empty_mask_gives_zero_vector_not_nan(tiny):

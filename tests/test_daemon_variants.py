@@ -219,7 +219,7 @@ def test_the_studys_daemon_is_sampling_sample_chunk_by_chunk():
     pipeline = _tiny_pipeline(rows_per_call=6)  # M = 3: two prompts per chunk
     prompts, key, mu = [[1, 2], [3, 4, 5], [0, 1], [2, 2, 2]], jax.random.key(4), [0.8]
     for correct in (True, False):
-        got = pipeline.daemon(prompts, cast(np.ndarray, mu), 3, key, proposal_temperature=0.7, correct_proposal=correct)
+        got = pipeline.daemon(prompts, mu, 3, key, proposal_temperature=0.7, correct_proposal=correct)
         for i, rows in enumerate(([0, 1], [2, 3])):
             want = daemon.sample(
                 pipeline.model,
@@ -252,8 +252,8 @@ def test_points_that_share_a_candidate_set_decode_it_once(tmp_path, monkeypatch)
     )
     pipeline = _tiny_pipeline(rows_per_call=8, bank=tmp_path / "bank")
     prompts, key = [[1, 2], [3, 4, 5], [0, 1]], jax.random.key(6)
-    full = pipeline.daemon(prompts, cast(np.ndarray, [0.5]), 4, key)
-    small = pipeline.daemon(prompts, cast(np.ndarray, [0.5]), 2, key, drawn=4)
+    full = pipeline.daemon(prompts, [0.5], 4, key)
+    small = pipeline.daemon(prompts, [0.5], 2, key, drawn=4)
     assert draws == [4, 4]  # two chunks of two prompts, drawn for the first call only
     np.testing.assert_array_equal(small["features"], full["features"][:, :2])
     assert np.all(small["index"] < 2)
@@ -261,14 +261,12 @@ def test_points_that_share_a_candidate_set_decode_it_once(tmp_path, monkeypatch)
         small["tokens"],
         study_lib.Pipeline.candidates(pipeline, prompts, 4, key)["tokens"][np.arange(3), small["index"]],
     )
-    corrected = pipeline.daemon(prompts, cast(np.ndarray, [0.5]), 4, key, proposal_temperature=0.8)
-    uncorrected = pipeline.daemon(
-        prompts, cast(np.ndarray, [0.5]), 4, key, proposal_temperature=0.8, correct_proposal=False
-    )
+    corrected = pipeline.daemon(prompts, [0.5], 4, key, proposal_temperature=0.8)
+    uncorrected = pipeline.daemon(prompts, [0.5], 4, key, proposal_temperature=0.8, correct_proposal=False)
     assert draws == [4, 4, 4, 4]  # one more set, for τ = 0.8
     np.testing.assert_array_equal(corrected["features"], uncorrected["features"])
     with pytest.raises(ValueError, match="num_candidates must be in"):
-        pipeline.daemon(prompts, cast(np.ndarray, [0.5]), 5, key, drawn=4)
+        pipeline.daemon(prompts, [0.5], 5, key, drawn=4)
 
 
 def test_fit_options_default_to_the_dual_and_old_results_folders_still_resume(tmp_path):

@@ -8,7 +8,7 @@ of full-sequence torch forwards (one per token), the contrast is HF's ``_dola_se
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import jax
 import numpy as np
@@ -137,7 +137,7 @@ def test_contrast_matches_hf_on_random_rows_with_inf_masks():
     final[banned] = -np.inf
     early[np.broadcast_to(banned[:, None], early.shape)] = -np.inf
     for alpha in (0.1, 0.5):
-        scores, premature = contrast_layers(cast(jax.Array, final), cast(jax.Array, early), alpha)
+        scores, premature = contrast_layers(final, early, alpha)
         scores, premature = np.asarray(scores), np.asarray(premature)
         assert np.all(np.isfinite(scores))
         for row in range(batch):
@@ -148,7 +148,7 @@ def test_contrast_matches_hf_on_random_rows_with_inf_masks():
             np.testing.assert_allclose(scores[row][kept], ref[kept], rtol=0, atol=1e-4)
     independent = np.where(rng.random(early.shape) < 0.3, -np.inf, early)
     independent[:, :, 0] = 1.0  # no layer row entirely impossible
-    scores, premature = contrast_layers(cast(jax.Array, final), cast(jax.Array, independent), 0.1)
+    scores, premature = contrast_layers(final, independent, 0.1)
     assert np.all(np.isfinite(np.asarray(scores))) and np.all((0 <= premature) & (premature < k))
     assert np.all(np.asarray(scores)[banned] < -1e29)
 
@@ -206,9 +206,7 @@ def test_unsupported_family_and_bad_layers_raise():
         dola(model, params, [[1, 2]], max_new_tokens=2, layers=[0])
     model, params = tiny_llama()
     with pytest.raises(ValueError, match="0 <= i < 2"):
-        model.apply(
-            params, cast(jax.Array, np.ones((1, 2), np.int32)), cast(jax.Array, np.arange(2)[None]), return_layers=(2,)
-        )
+        model.apply(params, np.ones((1, 2), np.int32), np.arange(2)[None], return_layers=(2,))
     with pytest.raises(ValueError, match="relative_top must be in"):
         dola(model, params, [[1, 2]], max_new_tokens=2, layers=[0], relative_top=1.5)
     with pytest.raises(ValueError, match="repetition_penalty must be"):
@@ -260,7 +258,6 @@ def test_sampled_dola_follows_the_contrast_and_never_recompiles():
     reuse the compiled loop."""
     model, params = tiny_llama(num_layers=4, vocab_size=16)
     kwargs: dict[str, Any] = dict(max_new_tokens=6, layers=[0, 1, 2], do_sample=True, stop_tokens=(), num_samples=4)
-    import jax
 
     prompts = [[p % 16 for p in prompt] for prompt in PROMPTS]
     out = dola(model, params, prompts, jax.random.key(0), transform=Temperature(1.0), **kwargs)

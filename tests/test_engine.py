@@ -9,9 +9,9 @@
 """
 
 import logging
-from typing import cast
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -143,7 +143,7 @@ def test_sample_tokens_inverts_the_cdf_of_the_same_uniforms():
     log_pi = np.asarray(jax.nn.log_softmax(logits.astype(np.float32)))
     keys = jax.random.split(jax.random.key(7), rows)
     u = 1.0 - np.asarray(jax.vmap(jax.random.uniform)(keys), np.float64)
-    got = np.asarray(engine.sample_tokens(keys, cast(jax.Array, log_pi)))
+    got = np.asarray(engine.sample_tokens(keys, jnp.asarray(log_pi)))
     want, cdf = _flat_inversion(log_pi, u)
     assert np.all(np.isfinite(log_pi[np.arange(rows), got])), "a token of probability 0 was picked"
     assert got[-1] == vocab - 1

@@ -5,8 +5,6 @@ full-sequence recomputation of the evaluator's log-probabilities (tests/tiny_mod
 """
 
 import math
-from collections.abc import Sequence
-from typing import cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -199,7 +197,7 @@ def test_topic_judge_learns_separable_topics():
         return np.stack([vectors[t] for t in texts])
 
     texts = list(vectors)
-    judge = TopicJudge.fit(embed, texts[:40], cast(Sequence[int], labels[:40]), ["a", "b", "c"], steps=200)
-    assert judge.accuracy(texts[40:], cast(Sequence[int], labels[40:])) == 1.0
+    judge = TopicJudge.fit(embed, texts[:40], labels[:40], ["a", "b", "c"], steps=200)
+    assert judge.accuracy(texts[40:], labels[40:]) == 1.0
     with pytest.raises(ValueError, match="labels must index"):
         TopicJudge.fit(embed, texts[:2], [0, 5], ["a", "b", "c"])

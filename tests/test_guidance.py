@@ -3,7 +3,6 @@ sampling against exact enumeration, training, persistence and errors."""
 
 import itertools
 import json
-from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -99,8 +98,8 @@ def test_equals_value_policy_on_the_top_k_support():
     policy = ClassifierGuidance(
         random_head(2),
         embeddings,
-        target=cast(jax.Array, np.array([2, 0, 1, 2])),
-        scale=cast(jax.Array, np.array([0.5, 1.0, 2.0, 4.0])),
+        target=np.array([2, 0, 1, 2]),
+        scale=np.array([0.5, 1.0, 2.0, 4.0]),
         top_k=6,
         num_topics=TOPICS,
         hidden_dim=HEAD,
@@ -184,7 +183,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="target"):
         ClassifierGuidance(head, embeddings, target=3, num_topics=TOPICS)
     with pytest.raises(ValueError, match="target"):
-        ClassifierGuidance(head, embeddings, target=cast(jax.Array, np.array([0, -1])), num_topics=TOPICS)
+        ClassifierGuidance(head, embeddings, target=np.array([0, -1]), num_topics=TOPICS)
     with pytest.raises(ValueError, match="num_topics"):
         ClassifierGuidance(head, embeddings)
 

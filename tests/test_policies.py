@@ -15,8 +15,6 @@ To stay fast, every policy of a sweep is evaluated by one jitted call per parame
 Python counter in that function checks that new parameter values never retrace.
 """
 
-from typing import cast
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -439,7 +437,7 @@ def test_top_p_boundary_ties():
     ]
     logits = np.stack(designed + designed[:1] * 8).astype(np.float32)  # the sweeps' [16, 64] shape
     p = np.array([0.35, 0.65, 0.85, 0.0, 1.0, 0.5, 0.5, 0.75] + [0.35] * 8, np.float32)
-    log_pi = np.asarray(TopP(cast(jax.Array, p))(jnp.asarray(logits))[0])
+    log_pi = np.asarray(TopP(p)(jnp.asarray(logits))[0])
     kept = [np.flatnonzero(row > KEPT).tolist() for row in log_pi[:8]]
     assert kept == [
         [0, 1, 2, 3],
@@ -501,7 +499,7 @@ def test_greedy_and_zero_temperature():
             Temperature(temperature)(jnp.asarray(logits))[0], greedy, err_msg=str(temperature)
         )
     per_row = np.where(np.arange(16) % 3 == 0, 0.0, np.where(np.arange(16) % 3 == 1, 1e-5, 1.0)).astype(np.float32)
-    mixed, _ = Temperature(cast(jax.Array, per_row))(jnp.asarray(logits))
+    mixed, _ = Temperature(per_row)(jnp.asarray(logits))
     np.testing.assert_array_equal(np.asarray(mixed)[per_row < 1], greedy[per_row < 1])
     np.testing.assert_allclose(np.asarray(mixed)[per_row == 1], _log_softmax64(logits[per_row == 1]), atol=1e-4)
 
@@ -544,7 +542,7 @@ def test_jit_matches_eager(scalar_sweep, name):
     "make,match",
     [
         (lambda: Temperature(-0.1), r"temperature.*>= 0"),
-        (lambda: Temperature(cast(jax.Array, np.array([0.5, -1.0]))), r"temperature.*>= 0"),
+        (lambda: Temperature(np.array([0.5, -1.0])), r"temperature.*>= 0"),
         (lambda: Temperature(float("nan")), r"temperature"),
         (lambda: TopP(-0.01), r"top_p.*\[0, 1\]"),
         (lambda: TopP(1.5), r"top_p.*\[0, 1\]"),

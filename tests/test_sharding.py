@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import jax
 import numpy as np
@@ -370,7 +370,7 @@ def test_mesh_needs_data_and_model_axes():
         infodec.generate(model, params, [[1, 2]], infodec.Greedy(), jax.random.key(0), max_new_tokens=2, mesh=wrong)
     with pytest.raises(ValueError, match="must be a jax.sharding.Mesh"):
         sharding.shard_params(model, params, "data:1")  # pyright: ignore[reportArgumentType] (the wrong type on purpose)
-    assert dict(sharding.make_mesh(devices=cast(Any, np.array(jax.devices()))).shape) == {"data": 1, "model": 1}
+    assert dict(sharding.make_mesh(devices=np.array(jax.devices())).shape) == {"data": 1, "model": 1}
 
 
 def test_host_slice():

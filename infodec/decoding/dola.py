@@ -43,6 +43,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from infodec.decoding.engine import (
     StopTokens,
@@ -121,7 +122,7 @@ def layer_divergence(log_final: Array, log_layers: Array) -> Array:
     return 0.5 * (kl_final + kl_layer)
 
 
-def contrast_layers(final_logits: Array, layer_logits: Array, relative_top: float | Array) -> tuple[Array, Array]:
+def contrast_layers(final_logits: ArrayLike, layer_logits: ArrayLike, relative_top: ArrayLike) -> tuple[Array, Array]:
     """DoLa's contrast of one step, per row: ``(scores [B, V], premature [B])``.
 
     Args:
@@ -134,8 +135,8 @@ def contrast_layers(final_logits: Array, layer_logits: Array, relative_top: floa
       ``MASK_VALUE`` elsewhere (at least the top token is kept). ``premature``: int32 index into ``K``
       of the layer with the largest :func:`layer_divergence` (ties: the first).
     """
-    log_final = jax.nn.log_softmax(jnp.maximum(final_logits.astype(jnp.float32), MASK_VALUE))
-    log_layers = jax.nn.log_softmax(jnp.maximum(layer_logits.astype(jnp.float32), MASK_VALUE))
+    log_final = jax.nn.log_softmax(jnp.maximum(jnp.asarray(final_logits, jnp.float32), MASK_VALUE))
+    log_layers = jax.nn.log_softmax(jnp.maximum(jnp.asarray(layer_logits, jnp.float32), MASK_VALUE))
     divergence = layer_divergence(log_final, log_layers)
     premature = jnp.argmax(first_argmax_mask(divergence), axis=-1).astype(jnp.int32)
     log_base = jnp.take_along_axis(log_layers, premature[:, None, None], axis=1)[:, 0]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 import optax
 
 
@@ -63,7 +64,7 @@ class TopicJudge:
         cls,
         embed: Callable[[Sequence[str]], np.ndarray],
         texts: Sequence[str],
-        labels: Sequence[int],
+        labels: npt.ArrayLike,
         topics: Sequence[str],
         *,
         steps: int = 500,
@@ -90,7 +91,7 @@ class TopicJudge:
         """``[N]`` topic indices of ``texts``."""
         return self.predict_embeddings(self.embed(texts))
 
-    def accuracy(self, texts: Sequence[str], labels: Sequence[int]) -> float:
+    def accuracy(self, texts: Sequence[str], labels: npt.ArrayLike) -> float:
         """Share of ``texts`` whose predicted topic equals ``labels``."""
         return float(np.mean(self.predict(texts) == np.asarray(labels)))
 

@@ -21,6 +21,7 @@ import jax
 import jax.core
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from infodec.models.layers import ACTIVATIONS, KVCache
 from infodec.models.tensors import is_lazy, stack_layers
@@ -75,8 +76,8 @@ class CausalLM:
     def apply(
         self,
         params: Params,
-        tokens: Array,
-        positions: Array,
+        tokens: ArrayLike,
+        positions: ArrayLike,
         cache: KVCache | None = None,
         *,
         return_hidden: bool = False,

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from infodec.models.base import EvenHeads, HFWeights, Params, check_heads_and_activation, checked, layer_params
 from infodec.models.layers import ACTIVATIONS, default_scan_layers, dot_product_attention, layer_norm, run_layers
@@ -147,7 +148,7 @@ class SentenceEncoder:
     def max_length(self) -> int:
         return self.config.max_position_embeddings
 
-    def apply(self, params: Params, tokens: Array, mask: Array, token_types: Array | None = None) -> Array:
+    def apply(self, params: Params, tokens: ArrayLike, mask: ArrayLike, token_types: ArrayLike | None = None) -> Array:
         """Last-layer hidden states ``[B, T, D]`` of ``tokens[B, T]``; ``mask[B, T]`` is 1/True for real tokens.
 
         ``token_types`` (segment ids, ``[B, T]``) default to 0, as for single sentences.
@@ -158,7 +159,7 @@ class SentenceEncoder:
         hidden = Bert(self.config).apply({"params": params}, tokens, jnp.asarray(mask) != 0, token_types)
         return cast(Array, hidden)
 
-    def encode(self, params: Params, tokens: Array, mask: Array, token_types: Array | None = None) -> Array:
+    def encode(self, params: Params, tokens: ArrayLike, mask: ArrayLike, token_types: ArrayLike | None = None) -> Array:
         """Sentence embeddings ``[B, D]``: masked mean pooling of ``apply``, then L2 normalisation.
 
         A row with no kept token gets the zero vector (never NaN), like sentence-transformers.

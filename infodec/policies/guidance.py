@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
+from jax.typing import ArrayLike
 
 from infodec.policies.base import MASK_VALUE, Diagnostics, Policy, StepInfo, check_range
 from infodec.policies.value_policy import FunctionScore, ValuePolicy
@@ -108,8 +109,8 @@ class ClassifierGuidance(Policy):
 
     discriminator_params: Any
     embeddings: Array
-    target: int | Array = 0
-    scale: float | Array = 1.0
+    target: ArrayLike = 0
+    scale: ArrayLike = 1.0
     top_k: int = flax.struct.field(pytree_node=False, default=50)
     num_topics: int = flax.struct.field(pytree_node=False, default=0)
     hidden_dim: int = flax.struct.field(pytree_node=False, default=256)

@@ -28,6 +28,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from infodec.policies.base import (
     MASK_VALUE,
@@ -71,7 +72,7 @@ class TopNSigma(Transform):
     paper has no such case). ``n``: scalar or ``[B]``. HF transformers has no top-nσ.
     """
 
-    n: float | Array = 1.0
+    n: ArrayLike = 1.0
 
     def __post_init__(self):
         check_range("top_n_sigma", self.n, float("-inf"), float("inf"), allowed="a number (<= 0 keeps all)")
@@ -100,8 +101,8 @@ class XTC(Transform):
     likely above-threshold tokens: the lowest index is kept (llama.cpp: its sort order). Not in HF.
     """
 
-    threshold: float | Array = 0.1
-    probability: float | Array = 0.5
+    threshold: ArrayLike = 0.1
+    probability: ArrayLike = 0.5
     min_tokens_to_keep: int = flax.struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
@@ -144,9 +145,9 @@ class DynamicTemperature(Transform):
     Fields: scalars or ``[B]``.
     """
 
-    temperature: float | Array = 1.0
-    range: float | Array = 0.0
-    exponent: float | Array = 1.0
+    temperature: ArrayLike = 1.0
+    range: ArrayLike = 0.0
+    exponent: ArrayLike = 1.0
 
     def __post_init__(self):
         check_range("temperature", self.temperature, 0.0, float("inf"), allowed="a number >= 0 (0 = greedy)")
@@ -190,9 +191,9 @@ class DRY(Transform):
     ``base`` and ``allowed_length`` are traced (scalars or ``[B]``).
     """
 
-    multiplier: float | Array = 0.8
-    base: float | Array = 1.75
-    allowed_length: int | Array = 2
+    multiplier: ArrayLike = 0.8
+    base: ArrayLike = 1.75
+    allowed_length: ArrayLike = 2
     penalty_last_n: int = flax.struct.field(pytree_node=False, default=-1)
     sequence_breakers: tuple[tuple[int, ...], ...] = flax.struct.field(pytree_node=False, default=())
 
@@ -339,8 +340,8 @@ class MirostatV2(Transform):
     ``tau``, ``eta``: scalars or ``[B]``. Not in HF.
     """
 
-    tau: float | Array = 5.0
-    eta: float | Array = 0.1
+    tau: ArrayLike = 5.0
+    eta: ArrayLike = 0.1
     mu: Array | None = None
 
     stateful = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from infodec.policies.base import (
     MASK_VALUE,
@@ -43,7 +44,7 @@ class Greedy(Transform):
 class Temperature(Transform):
     """``logits / T``; ``T < 1e-4`` (including 0) is greedy. ``temperature``: scalar or ``[B]``."""
 
-    temperature: float | Array = 1.0
+    temperature: ArrayLike = 1.0
 
     def __post_init__(self):
         check_range("temperature", self.temperature, 0.0, float("inf"), allowed="a number >= 0 (0 = greedy)")
@@ -62,7 +63,7 @@ class Temperature(Transform):
 class TopK(Transform):
     """Keeps the ``k`` largest logits (and every token tied with the k-th), as HF's TopKLogitsWarper."""
 
-    k: int | Array = 50
+    k: ArrayLike = 50
 
     def __post_init__(self):
         check_range("top_k", self.k, 1, float("inf"), allowed="an integer >= 1")
@@ -80,7 +81,7 @@ class TopP(Transform):
     boundary are broken toward lower indices (HF breaks them by an unstable sort, i.e. arbitrarily).
     """
 
-    p: float | Array = 0.9
+    p: ArrayLike = 0.9
     min_tokens_to_keep: int = flax.struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
@@ -98,7 +99,7 @@ class TopP(Transform):
 class MinP(Transform):
     """Keeps tokens with probability >= ``p_min * max_prob`` (HF's MinPLogitsWarper)."""
 
-    p: float | Array = 0.05
+    p: ArrayLike = 0.05
     min_tokens_to_keep: int = flax.struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
@@ -119,7 +120,7 @@ class Typical(Transform):
     the token that crosses the mass (so ties at that gap are all kept).
     """
 
-    p: float | Array = 0.9
+    p: ArrayLike = 0.9
     min_tokens_to_keep: int = flax.struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
@@ -143,7 +144,7 @@ class Typical(Transform):
 class Epsilon(Transform):
     """Epsilon sampling (Hewitt et al.): drops tokens with probability below ``epsilon``."""
 
-    epsilon: float | Array = 3e-4
+    epsilon: ArrayLike = 3e-4
     min_tokens_to_keep: int = flax.struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
@@ -159,7 +160,7 @@ class Epsilon(Transform):
 class Eta(Transform):
     """Eta sampling (Hewitt et al.): threshold ``min(ε, sqrt(ε) · exp(-H(p)))``."""
 
-    epsilon: float | Array = 3e-4
+    epsilon: ArrayLike = 3e-4
     min_tokens_to_keep: int = flax.struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
@@ -180,7 +181,7 @@ class RepetitionPenalty(Transform):
     """CTRL's penalty (as HF): logits of tokens already in the context are divided by ``penalty`` if
     positive and multiplied if negative. Needs ``step`` (the engine passes it)."""
 
-    penalty: float | Array = 1.2
+    penalty: ArrayLike = 1.2
 
     def __post_init__(self):
         check_range("repetition_penalty", self.penalty, 0.0, float("inf"), low_open=True, allowed="> 0")

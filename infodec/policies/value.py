@@ -26,6 +26,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from infodec.policies.base import (
     MASK_VALUE,
@@ -52,8 +53,8 @@ class ClassifierFreeGuidance(Policy):
     ``w = 1`` is plain conditional sampling, ``w = 0`` unconditional, ``w > 1`` sharpens toward the evidence. Equals
     ``ValuePolicy(β=1, γ=0, λ=w−1, PMI())``; ``temperature`` divides the result (γ = T − 1)."""
 
-    scale: float | Array = 1.5
-    temperature: float | Array = 1.0
+    scale: ArrayLike = 1.5
+    temperature: ArrayLike = 1.0
 
     num_streams = 2
 
@@ -90,10 +91,10 @@ class KLGuidedTemperature(Policy):
     exactly at the boundary.
     """
 
-    t0: float | Array = 1.0
-    half_life: float | Array = 1.0
-    top_k: int | Array = 0
-    top_p: float | Array = 1.0
+    t0: ArrayLike = 1.0
+    half_life: ArrayLike = 1.0
+    top_k: ArrayLike = 0
+    top_p: ArrayLike = 1.0
     exact: bool = flax.struct.field(pytree_node=False, default=True)
     official_ties: bool = flax.struct.field(pytree_node=False, default=False)
 
@@ -162,8 +163,8 @@ class HalfLifeSchedule:
     ``DynamicValuePolicy(HalfLifeSchedule(t0, h))`` and ``KLGuidedTemperature(t0, h)`` agree for every
     ``h >= 0``."""
 
-    base: float | Array = 1.0
-    half_life: float | Array = 1.0
+    base: ArrayLike = 1.0
+    half_life: ArrayLike = 1.0
 
     def __post_init__(self):
         check_range("half_life", self.half_life, 0.0, float("inf"), allowed=">= 0 nats (0 disables)")
@@ -179,13 +180,16 @@ class SigmoidSchedule:
     """An alternative: ``low + (high − low) · sigmoid((KL − midpoint) / width)``. With ``high > low``
     for guidance it raises λ where the evidence matters (large KL) and leaves P_G alone elsewhere."""
 
-    low: float | Array = 1.0
-    high: float | Array = 3.0
-    midpoint: float | Array = 0.5
-    width: float | Array = 0.25
+    low: ArrayLike = 1.0
+    high: ArrayLike = 3.0
+    midpoint: ArrayLike = 0.5
+    width: ArrayLike = 0.25
 
     def __call__(self, kl: Array) -> Array:
-        return self.low + (self.high - self.low) * jax.nn.sigmoid((kl - self.midpoint) / self.width)
+        low, high, midpoint, width = (
+            jnp.asarray(v, jnp.float32) for v in (self.low, self.high, self.midpoint, self.width)
+        )
+        return low + (high - low) * jax.nn.sigmoid((kl - midpoint) / width)
 
 
 @flax.struct.dataclass

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
+from jax.typing import ArrayLike
 
 from infodec.policies.base import Diagnostics, Policy, StepInfo, check_range, per_row
 
@@ -63,9 +64,9 @@ class ValuePolicy(Policy):
     Scalars or per-row ``[B]`` arrays; all traced.
     """
 
-    beta: float | Array = 1.0
-    gamma: float | Array = 0.0
-    lam: float | Array = 0.0
+    beta: ArrayLike = 1.0
+    gamma: ArrayLike = 0.0
+    lam: ArrayLike = 0.0
     score: Any = None
 
     def __post_init__(self):

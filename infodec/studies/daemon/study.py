@@ -38,6 +38,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import numpy.typing as npt
 
 from infodec.batching import checkpointed_chunks, map_in_chunks
 from infodec.daemon import cross_validate_l2, fit_coefficients, perplexity_over_seeds, perplexity_under_q
@@ -357,7 +358,7 @@ class Pipeline:
     def daemon(
         self,
         prompts: Prompts,
-        mu: np.ndarray,
+        mu: npt.ArrayLike,
         num_candidates: int,
         key: jax.Array,
         *,
@@ -557,7 +558,7 @@ class DaemonStudy:
 
     def daemon(
         self,
-        mu: np.ndarray,
+        mu: npt.ArrayLike,
         num_candidates: int,
         key: jax.Array,
         *,
@@ -623,7 +624,7 @@ class DaemonStudy:
 
     def perplexity_under_q(
         self,
-        mu: np.ndarray,
+        mu: npt.ArrayLike,
         candidate_features: np.ndarray,
         candidate_log_ratios: np.ndarray | None = None,
         *,
@@ -676,7 +677,7 @@ class DaemonStudy:
 
     def human_perplexity(
         self,
-        mu: np.ndarray,
+        mu: npt.ArrayLike,
         num_samples: int,
         key: jax.Array,
         *,
