@@ -389,3 +389,33 @@ def test_perplexity_summary_pools_tokens_and_refuses_an_empty_row():
     assert summary["nll_per_row"]["mean"] == pytest.approx((np.log(8) / 2 + np.log(8)) / 2)
     with pytest.raises(ValueError, match=r"rows \[1\] have no real token"):
         study.perplexity_summary(logp, np.array([[True, True, False], [False, False, False]]))
+
+
+def test_m_sweep_reports_a_decode_time_only_where_each_m_drew_its_own_candidates(tmp_path):
+    """A nested sweep's points share one decode (paid by whichever ran first), so a time per M would
+    mislead; a folder whose points drew apart keeps its times. Per-metric gaps come from the records."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("flags.json", "points.jsonl"):
+        shutil.copy(RESULTS.parent / name, folder / name)
+    records = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    sweep = [r for r in records if r.get("study") == "m_sweep"]
+    assert sweep and all("candidates_drawn" not in r for r in sweep)
+    report.write_report(folder)
+    text = (folder / "report.md").read_text()
+    assert "decode s |" in text and "drawn once" not in text
+    with (folder / "sweeps.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["study"] == "m_sweep"]
+    # the CSV keeps 6 significant digits
+    assert [float(r["decode_s"]) for r in rows] == pytest.approx([r["decode_s"] for r in sweep], rel=1e-5)
+    assert [float(r["gap_info"]) for r in rows] == pytest.approx([r["gap"]["info"] for r in sweep], rel=1e-5)
+
+    largest = max(r["num_candidates"] for r in sweep)
+    for r in sweep:
+        r["candidates_drawn"] = largest
+    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report.write_report(folder)
+    text = (folder / "report.md").read_text()
+    assert "decode s |" not in text and f"one set of {largest} candidates per prompt, drawn once" in text
+    with (folder / "sweeps.csv").open() as f:
+        assert all(r["decode_s"] == "" for r in csv.DictReader(f) if r["study"] == "m_sweep")

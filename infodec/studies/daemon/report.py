@@ -153,7 +153,11 @@ def sweep_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
             "gap_mean_abs": r["gap"]["mean_abs"],
             "ess": r["ess"]["mean"],
             "ess_se": r["ess"]["se"],
-            "decode_s": r["decode_s"],
+            # a nested sweep's points share one decode (paid by whichever point ran first, and only its
+            # unfinished part when resumed), so only folders that drew each M apart have a time per M
+            "candidates_drawn": r.get("candidates_drawn", r["num_candidates"]),
+            "decode_s": None if "candidates_drawn" in r else r["decode_s"],
+            **{f"gap_{n}": g for n, g in r["gap"].items() if n != "mean_abs"},
         }
         for r in _in_order(records, config, "m_sweep")
     ]
@@ -544,11 +548,27 @@ def _sweep_sections(records: Records, config: DaemonConfig, folder: Path) -> lis
     sweeps, lines = sweep_rows(records, config), []
     m_points = [p for p in sweeps if p["study"] == "m_sweep"]
     if m_points:
+        names = [n for n in config.metrics if f"gap_{n}" in m_points[0]]
+        timed = all(p["decode_s"] is not None for p in m_points)
         rows = [
-            [str(p["M"]), f"{p['gap_mean_abs']:.3g}", f"{p['ess']:.3g} ± {p['ess_se']:.2g}", f"{p['decode_s']:.1f}"]
+            [
+                str(p["M"]),
+                f"{p['ess']:.3g} ± {p['ess_se']:.2g}",
+                f"{p['gap_mean_abs']:.3g}",
+                *(f"{p['gap_' + n]:+.3f}" for n in names),
+                *([f"{p['decode_s']:.1f}"] if timed else []),
+            ]
             for p in m_points
         ]
-        lines += ["## M sweep", "", *_table(["M", "mean \\|gap to human\\| (human SD)", "ESS", "decode s"], rows), ""]
+        header = ["M", "ESS", "mean \\|gap\\|", *names, *(["decode s"] if timed else [])]
+        lines += ["## M sweep", "", "Gaps to human in human SDs, on the same prompts.", "", *_table(header, rows), ""]
+        if not timed:
+            drawn = max(p["candidates_drawn"] for p in m_points)
+            lines += [
+                f"Every M resamples the first M of one set of {drawn} candidates per prompt, drawn once, so the"
+                " points have no separate decode times (a decode of M candidates runs M rows per prompt).",
+                "",
+            ]
         lines += ["![gap and ESS against M](m_sweep.png)", ""] if (folder / "m_sweep.png").exists() else []
     t_points = [p for p in sweeps if p["study"] == "temperature"]
     if t_points:
