@@ -25,7 +25,8 @@ Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
 * ``temperature``: proposal temperature τ (``--proposal_temperatures``): µ refitted with samples from
   ``Temperature(τ)`` (with the proposal correction), then diversity against coherence; with
   ``--temperature_forms=corrected,uncorrected`` also the paper's uncorrected heuristic (µ fitted at τ = 1,
-  weights −µᵀf on the same candidates).
+  weights −µᵀf on the same candidates). At τ = 1, when ``--m_values`` reaches ``--num_candidates``, the point
+  resamples the M sweep's set (its texts are the M sweep's at M = ``--num_candidates``), decoded once.
 
 Algorithm 1's fit is the per-prefix dual by default; ``--fit_normalization=global --fit_objective=relative_error``
 is the paper's pooled, relative-error Adam fit as third-party reconstructions describe it.

@@ -419,3 +419,25 @@ def test_m_sweep_reports_a_decode_time_only_where_each_m_drew_its_own_candidates
     assert "decode s |" not in text and f"one set of {largest} candidates per prompt, drawn once" in text
     with (folder / "sweeps.csv").open() as f:
         assert all(r["decode_s"] == "" for r in csv.DictReader(f) if r["study"] == "m_sweep")
+
+
+def test_a_tau_point_that_resamples_the_m_sweeps_set_says_so(tmp_path):
+    """The τ = 1 point of a nested sweep resamples the M sweep's set; the page says whose texts it shows
+    (and a folder whose τ points drew their own sets says nothing of the kind)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("flags.json", "points.jsonl"):
+        shutil.copy(RESULTS.parent / name, folder / name)
+    report.write_report(folder)
+    assert "resamples the first" not in (folder / "report.md").read_text()
+    records = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    [tau_1] = [r for r in records if r.get("study") == "temperature" and r["proposal_temperature"] == 1]
+    tau_1["candidates_of"] = "wiki/m_sweep"
+    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report.write_report(folder)
+    m = json.loads((folder / "flags.json").read_text())["num_candidates"]
+    sentence = f"At τ = 1 (corrected) the point resamples the first {m} of the M sweep's candidates per prompt"
+    assert sentence in (folder / "report.md").read_text()
+    with (folder / "sweeps.csv").open() as f:
+        marked = [r["tau"] for r in csv.DictReader(f) if r["study"] == "temperature" and r["candidates_of"]]
+    assert [float(t) for t in marked] == [1.0]

@@ -186,6 +186,12 @@ class _FakeStudy:
     def evaluate(self, tokens, lengths, mauve=True):
         return {"metrics": {}}
 
+    def features(self, tokens, lengths):
+        return np.zeros((len(tokens), 1))
+
+    def gap_to_human(self, features):
+        return {}
+
 
 def test_the_tau_sweeps_uncorrected_form_uses_the_tau_1_fit_and_the_same_candidates():
     config = DaemonConfig(temperature_forms=("corrected", "uncorrected"), num_candidates=7, sweep_prompts=2)
@@ -204,6 +210,41 @@ def test_the_tau_sweeps_uncorrected_form_uses_the_tau_1_fit_and_the_same_candida
     np.testing.assert_array_equal(jax.random.key_data(corrected["key"]), jax.random.key_data(uncorrected["key"]))
     assert (record_c["form"], record_c["mu_from"]) == ("corrected", "wiki/fit/tau=0.8")
     assert (record_u["form"], record_u["mu_from"]) == ("uncorrected", "wiki/fit/tau=1")
+
+
+def _key_and_size(call: dict) -> tuple[list[int], int | None]:
+    return jax.random.key_data(call["key"]).tolist(), call["drawn"]
+
+
+@pytest.mark.parametrize("m_values, shared", [((1, 7, 10), True), ((1, 5), False)])
+def test_at_tau_1_the_sweep_resamples_the_m_sweeps_set_when_it_is_large_enough(m_values, shared):
+    """At τ = 1 (µ of the τ = 1 fit, corrected) the τ point is the M sweep's point at M = num_candidates:
+    the same µ, key and candidate set, hence the same texts. A smaller M-sweep set cannot hold M
+    candidates, so the point then draws its own set of M."""
+    config = DaemonConfig(m_values=m_values, num_candidates=7, sweep_prompts=2)
+    records = {"wiki/fit/tau=1": {"mu": [1.0, 2.0]}}
+    fake, ckey = _FakeStudy(), jax.random.key(0)
+    study = cast(Any, fake)  # stands in for a DaemonStudy
+    [(_, run_tau)] = study_lib._temperature_point(study, config, 1.0, records, ckey)
+    record = run_tau()
+    [(_, run_other)] = study_lib._temperature_point(study, config, 0.9, {"wiki/fit/tau=0.9": {"mu": [0.0]}}, ckey)
+    run_other()
+    tau_1, tau_09 = fake.calls
+    assert tau_1["num_candidates"] == tau_09["num_candidates"] == 7
+    assert _key_and_size(tau_09)[1] == 7  # other τ draw their own set of M
+    assert _key_and_size(tau_09)[0] != _key_and_size(tau_1)[0]
+    if shared:
+        m_sweep = _FakeStudy()
+        points = study_lib._m_sweep_points(cast(Any, m_sweep), config, np.array([1.0, 2.0]), ckey)
+        [run_7] = [run for key, run in points if key == "wiki/m_sweep/M=7"]
+        run_7()
+        [at_7] = m_sweep.calls
+        assert _key_and_size(tau_1) == _key_and_size(at_7) and _key_and_size(at_7)[1] == 10
+        np.testing.assert_array_equal(tau_1["mu"], at_7["mu"])
+        assert tau_1["proposal_temperature"] == 1.0 and tau_1["correct_proposal"]
+        assert (record["candidates_drawn"], record["candidates_of"]) == (10, "wiki/m_sweep")
+    else:
+        assert _key_and_size(tau_1)[1] == 7 and "candidates_of" not in record
 
 
 def _tiny_pipeline(rows_per_call: int, bank=None) -> study_lib.Pipeline:

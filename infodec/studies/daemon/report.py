@@ -169,6 +169,7 @@ def sweep_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
                 "corpus": r["corpus"],
                 "tau": r["proposal_temperature"],
                 "form": r.get("form", "corrected"),  # folders from before the uncorrected form hold only this
+                "candidates_of": r.get("candidates_of", ""),
                 "ess": r["ess"]["mean"],
                 **{n: metrics[n]["mean"] for n in metrics},
                 **{f"{n}_se": metrics[n]["se"] for n in metrics},
@@ -578,6 +579,13 @@ def _sweep_sections(records: Records, config: DaemonConfig, folder: Path) -> lis
             for p in t_points
         ]
         lines += ["## Proposal temperature", "", *_table(["τ", "form", "ESS", *names], rows), ""]
+        for p in (p for p in t_points if p["candidates_of"]):
+            m = config.num_candidates
+            lines += [
+                f"At τ = {p['tau']:g} ({p['form']}) the point resamples the first {m} of the M sweep's candidates"
+                f" per prompt: its texts are the M sweep's at M = {m}.",
+                "",
+            ]
         if (folder / "temperature.png").exists():
             lines += ["![diversity against coherence](temperature.png)", ""]
     return lines

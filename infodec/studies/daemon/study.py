@@ -1212,11 +1212,10 @@ def _m_sweep_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ck
     """DAEMON at each M of ``config.m_values`` on the first ``config.sweep_prompts`` eval prompts, resampling
     the first M of one set of ``max(m_values)`` candidates per prompt (nested sets: the M values are compared
     on the same texts, and the largest set is decoded once)."""
-    largest = max(config.m_values)
+    key, largest = _m_sweep_draw(config, ckey)
 
     def sweep_m(m: int) -> dict:
         start = time.perf_counter()
-        key = jax.random.fold_in(ckey, 300 + largest)
         out = study.daemon(mu, m, key, prompts=config.sweep_prompts, drawn=largest)
         seconds = time.perf_counter() - start
         chosen = study.features(out["tokens"], out["lengths"])
@@ -1233,14 +1232,27 @@ def _m_sweep_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ck
     return [(f"{study.corpus}/m_sweep/M={m}", functools.partial(sweep_m, m)) for m in config.m_values]
 
 
+def _m_sweep_draw(config: DaemonConfig, ckey: jax.Array) -> tuple[jax.Array, int]:
+    """The key and size of the M sweep's one candidate set per prompt (``max(config.m_values)``)."""
+    largest = max(config.m_values)
+    return jax.random.fold_in(ckey, 300 + largest), largest
+
+
 def _temperature_point(
     study: DaemonStudy, config: DaemonConfig, tau: float, records: dict, ckey: jax.Array, form: str = "corrected"
 ) -> Points:
     """DAEMON with proposal ``Temperature(tau)`` in one of ``config.TEMPERATURE_FORMS``: "corrected" uses µ of
     the point ``<corpus>/fit/tau=<tau>`` and the proposal correction; "uncorrected" (the paper's heuristic
     as reconstructed) uses µ of ``<corpus>/fit/tau=1`` and weights ``−µᵀf`` alone. Both forms draw with the
-    same key, so at one τ they resample the same candidates (a paired comparison)."""
-    key = jax.random.fold_in(ckey, 500 + int(1000 * tau))
+    same key, so at one τ they resample the same candidates (a paired comparison).
+
+    At τ = 1, when the M sweep's set holds at least ``config.num_candidates`` candidates, the point
+    resamples the first ``num_candidates`` of that set (:func:`_m_sweep_draw`) instead of drawing its own:
+    it is then the M sweep's point at ``M = num_candidates``, and the set is decoded once."""
+    sweep_key, largest = _m_sweep_draw(config, ckey)
+    shared = tau == 1.0 and largest >= config.num_candidates
+    key = sweep_key if shared else jax.random.fold_in(ckey, 500 + int(1000 * tau))
+    drawn = largest if shared else config.num_candidates
     corrected = form == "corrected"
     fit_key = f"{study.corpus}/fit/tau={tau:g}" if corrected else f"{study.corpus}/fit/tau=1"
 
@@ -1253,6 +1265,7 @@ def _temperature_point(
             proposal_temperature=tau,
             correct_proposal=corrected,
             prompts=config.sweep_prompts,
+            drawn=drawn,
         )
         return {
             "corpus": study.corpus,
@@ -1260,6 +1273,8 @@ def _temperature_point(
             "proposal_temperature": tau,
             "form": form,
             "mu_from": fit_key,
+            "candidates_drawn": drawn,
+            **({"candidates_of": f"{study.corpus}/m_sweep"} if shared else {}),
             "ess": mean_se(out["ess"]),
             **study.evaluate(out["tokens"], out["lengths"], mauve=False),
         }
