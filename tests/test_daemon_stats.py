@@ -441,3 +441,34 @@ def test_a_tau_point_that_resamples_the_m_sweeps_set_says_so(tmp_path):
     with (folder / "sweeps.csv").open() as f:
         marked = [r["tau"] for r in csv.DictReader(f) if r["study"] == "temperature" and r["candidates_of"]]
     assert [float(t) for t in marked] == [1.0]
+
+
+def test_the_tau_table_states_each_points_paired_gap_to_the_same_prompts_human_text(tmp_path):
+    """A τ point with paired gaps gets z = gap / SE per metric and T = Σ z² (in sweeps.csv and the page),
+    and the page adds the human mean of the sweep's prompts (point mean − paired gap); without paired
+    gaps neither appears."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("flags.json", "points.jsonl"):
+        shutil.copy(RESULTS.parent / name, folder / name)
+    report.write_report(folder)
+    assert "human (same prompts)" not in (folder / "report.md").read_text()
+    records = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    taus = [r for r in records if r.get("study") == "temperature"]
+    names = list(taus[0]["metrics"])
+    for i, r in enumerate(taus):
+        # z = (i + 1) · (k − 1) on metric k, so T = (i + 1)² · Σ_k (k − 1)²
+        r["paired_gap"] = {
+            n: {"mean": 0.01 * (i + 1) * (k - 1), "se": 0.01, "n": 24, "clusters": 9} for k, n in enumerate(names)
+        }
+    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report.write_report(folder)
+    with (folder / "sweeps.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["study"] == "temperature"]
+    for i, row in enumerate(rows):
+        assert float(row["z_" + names[0]]) == pytest.approx(-(i + 1))
+        assert float(row["T"]) == pytest.approx((i + 1) ** 2 * sum((k - 1) ** 2 for k in range(len(names))), rel=1e-5)
+    text = (folder / "report.md").read_text()
+    human_row = next(line for line in text.splitlines() if line.startswith("| human (same prompts)"))
+    first = taus[0]["metrics"][names[0]]["mean"]
+    assert f"| {first + 0.01:.4g} |" in human_row

@@ -173,9 +173,17 @@ def sweep_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
                 "ess": r["ess"]["mean"],
                 **{n: metrics[n]["mean"] for n in metrics},
                 **{f"{n}_se": metrics[n]["se"] for n in metrics},
+                **_paired_z(r.get("paired_gap", {}), config.metrics),
             }
         )
     return rows
+
+
+def _paired_z(paired: dict, names: Sequence[str]) -> dict[str, float]:
+    """``z_<metric>``: a point's paired gap to the same prompts' human continuations in its clustered SE,
+    and ``T`` = Σ z² when every metric has one (the main table's statistic); empty without paired gaps."""
+    z = {f"z_{n}": in_se_units(paired[n]["mean"], paired[n]["se"]) for n in names if n in paired}
+    return {**z, "T": float(np.sum(np.square(list(z.values()))))} if len(z) == len(names) else z
 
 
 def gap_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
@@ -578,7 +586,22 @@ def _sweep_sections(records: Records, config: DaemonConfig, folder: Path) -> lis
             [f"{p['tau']:g}", p["form"], f"{p['ess']:.3g}", *(f"{p[n]:.4g} ± {p[n + '_se']:.2g}" for n in names)]
             for p in t_points
         ]
+        human = _same_prompts_human(records, config)
+        if human:
+            rows.append(["human (same prompts)", "", "", *(f"{human[n]:.4g}" for n in names)])
         lines += ["## Proposal temperature", "", *_table(["τ", "form", "ESS", *names], rows), ""]
+        if all("T" in p for p in t_points):
+            z_rows = [
+                [f"{p['tau']:g}", p["form"], f"{p['T']:.1f}", *(f"{p['z_' + n]:+.2f}" for n in names)] for p in t_points
+            ]
+            lines += [
+                "Gap to the same prompts' human continuations: (point − human) / the SE of that paired difference,"
+                " clustered by document, and T = Σ z² as in the main table's claim. No verdict: the sweep has"
+                " no threshold fixed before it ran.",
+                "",
+                *_table(["τ", "form", "T", *names], z_rows),
+                "",
+            ]
         for p in (p for p in t_points if p["candidates_of"]):
             m = config.num_candidates
             lines += [
@@ -589,6 +612,16 @@ def _sweep_sections(records: Records, config: DaemonConfig, folder: Path) -> lis
         if (folder / "temperature.png").exists():
             lines += ["![diversity against coherence](temperature.png)", ""]
     return lines
+
+
+def _same_prompts_human(records: Records, config: DaemonConfig) -> dict[str, float]:
+    """The human continuations' mean per metric over the τ sweep's prompts, from its first point with paired
+    gaps (point mean − paired mean: both average over the same prompts); empty when none has them."""
+    for r in _in_order(records, config, "temperature"):
+        paired = r.get("paired_gap", {})
+        if all(n in paired for n in config.metrics):
+            return {n: r["metrics"][n]["mean"] - paired[n]["mean"] for n in config.metrics}
+    return {}
 
 
 def _gap_section(records: Records, config: DaemonConfig) -> list[str]:
