@@ -254,8 +254,7 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     their numbers are the records' own."""
     folder = tmp_path / "run"
     shutil.copytree(RESULTS, folder)
-    lines = (folder / "points.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    records = _records(folder)
     sampling = next(r for r in records if r.get("decoder") == "sampling")
     sampling["paired_gap"] = {n: {"mean": 0.2, "se": 0.05, "n": 96, "clusters": 34} for n in sampling["metrics"]}
     sweep = {
@@ -299,7 +298,7 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
             "eps_paired": paired,
         }
     )
-    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _rewrite(folder, records)
     path = report.write_report(folder)
     with (folder / "gaps.csv").open() as f:
         gaps = list(csv.DictReader(f))
@@ -348,13 +347,13 @@ def test_claims_table_computes_t_from_the_paired_gaps(tmp_path):
     """DAEMON's and the baselines' T = Σ z² come from the records' paired gaps; the verdict follows."""
     folder = tmp_path / "run"
     shutil.copytree(RESULTS, folder)
-    records = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    records = _records(folder)
     z_of = {"daemon": 0.5, "sampling": 1.5}  # the folder's decoders
     for r in records:
         if r.get("study") == "main" and r.get("decoder") in z_of:
             z = z_of[r["decoder"]]
             r["paired_gap"] = {n: {"mean": z * 0.1, "se": 0.1, "n": 24, "clusters": 9} for n in r["metrics"]}
-    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _rewrite(folder, records)
     report.write_report(folder)
     with (folder / "claims.csv").open() as f:
         rows = {r["corpus"]: r for r in csv.DictReader(f)}
@@ -394,11 +393,8 @@ def test_perplexity_summary_pools_tokens_and_refuses_an_empty_row():
 def test_m_sweep_reports_a_decode_time_only_where_each_m_drew_its_own_candidates(tmp_path):
     """A nested sweep's points share one decode (paid by whichever ran first), so a time per M would
     mislead; a folder whose points drew apart keeps its times. Per-metric gaps come from the records."""
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for name in ("flags.json", "points.jsonl"):
-        shutil.copy(RESULTS.parent / name, folder / name)
-    records = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    folder = _sweep_run(tmp_path)
+    records = _records(folder)
     sweep = [r for r in records if r.get("study") == "m_sweep"]
     assert sweep and all("candidates_drawn" not in r for r in sweep)
     report.write_report(folder)
@@ -413,7 +409,7 @@ def test_m_sweep_reports_a_decode_time_only_where_each_m_drew_its_own_candidates
     largest = max(r["num_candidates"] for r in sweep)
     for r in sweep:
         r["candidates_drawn"] = largest
-    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _rewrite(folder, records)
     report.write_report(folder)
     text = (folder / "report.md").read_text()
     assert "decode s |" not in text and f"one set of {largest} candidates per prompt, drawn once" in text
@@ -424,16 +420,13 @@ def test_m_sweep_reports_a_decode_time_only_where_each_m_drew_its_own_candidates
 def test_a_tau_point_that_resamples_the_m_sweeps_set_says_so(tmp_path):
     """The τ = 1 point of a nested sweep resamples the M sweep's set; the page says whose texts it shows
     (and a folder whose τ points drew their own sets says nothing of the kind)."""
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for name in ("flags.json", "points.jsonl"):
-        shutil.copy(RESULTS.parent / name, folder / name)
+    folder = _sweep_run(tmp_path)
     report.write_report(folder)
     assert "resamples the first" not in (folder / "report.md").read_text()
-    records = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    records = _records(folder)
     [tau_1] = [r for r in records if r.get("study") == "temperature" and r["proposal_temperature"] == 1]
     tau_1["candidates_of"] = "wiki/m_sweep"
-    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _rewrite(folder, records)
     report.write_report(folder)
     m = json.loads((folder / "flags.json").read_text())["num_candidates"]
     sentence = f"At τ = 1 (corrected) the point resamples the first {m} of the M sweep's candidates per prompt"
@@ -447,13 +440,10 @@ def test_the_tau_table_states_each_points_paired_gap_to_the_same_prompts_human_t
     """A τ point with paired gaps gets z = gap / SE per metric and T = Σ z² (in sweeps.csv and the page),
     and the page adds the human mean of the sweep's prompts (point mean − paired gap); without paired
     gaps neither appears."""
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for name in ("flags.json", "points.jsonl"):
-        shutil.copy(RESULTS.parent / name, folder / name)
+    folder = _sweep_run(tmp_path)
     report.write_report(folder)
     assert "human (same prompts)" not in (folder / "report.md").read_text()
-    records = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    records = _records(folder)
     taus = [r for r in records if r.get("study") == "temperature"]
     names = list(taus[0]["metrics"])
     for i, r in enumerate(taus):
@@ -461,7 +451,7 @@ def test_the_tau_table_states_each_points_paired_gap_to_the_same_prompts_human_t
         r["paired_gap"] = {
             n: {"mean": 0.01 * (i + 1) * (k - 1), "se": 0.01, "n": 24, "clusters": 9} for k, n in enumerate(names)
         }
-    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _rewrite(folder, records)
     report.write_report(folder)
     with (folder / "sweeps.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["study"] == "temperature"]
@@ -472,3 +462,20 @@ def test_the_tau_table_states_each_points_paired_gap_to_the_same_prompts_human_t
     human_row = next(line for line in text.splitlines() if line.startswith("| human (same prompts)"))
     first = taus[0]["metrics"][names[0]]["mean"]
     assert f"| {first + 0.01:.4g} |" in human_row
+
+
+def _sweep_run(tmp_path: Path) -> Path:
+    """A copy of the SmolLM2 wiki run's settings and points (it holds M and τ sweeps) to edit."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("flags.json", "points.jsonl"):
+        shutil.copy(RESULTS.parent / name, folder / name)
+    return folder
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+
+
+def _rewrite(folder: Path, records: list[dict]) -> None:
+    (folder / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
