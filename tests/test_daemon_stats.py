@@ -192,10 +192,22 @@ def test_epsilon_perplexity_is_martins_smoothing():
     assert daemon.epsilon_perplexity(logp[1:], mask[1:], epsilon=0.0, vocab_size=vocab) == pytest.approx(
         np.exp(-np.mean(np.log([0.1, 0.6])))
     )
-    ratios = daemon.epsilon_log_ratios(logp[1:], mask[1:], epsilon=eps, vocab_size=vocab)
-    assert ratios[0] == pytest.approx(np.log((0.1 + eps) / 1.04) + np.log((0.6 + eps) / 1.04) - np.log(0.06))
     with pytest.raises(ValueError, match="epsilon"):
         daemon.epsilon_perplexity(logp, mask, epsilon=-1.0, vocab_size=vocab)
+
+
+def test_epsilon_importance_ratios_are_refused_where_p_theta_samples_miss_the_smoothing_mass():
+    """p_ε draws a uniform token with probability α = ε|V|/(1 + ε|V|); reweighting p_θ samples estimates Ẑ_ε
+    only while α T (uniform tokens expected per row) is small."""
+    logp, mask = np.log([[0.1, 0.6]]), np.ones((1, 2), bool)
+    assert tp.smoothing_mass(0.01, 4) == pytest.approx(0.04 / 1.04)
+    eps = 1e-3  # α T = 2 · 0.004 / 1.004 < 0.05
+    ratios = daemon.epsilon_log_ratios(logp, mask, epsilon=eps, vocab_size=4)
+    assert ratios[0] == pytest.approx(np.log((0.1 + eps) / 1.004) + np.log((0.6 + eps) / 1.004) - np.log(0.06))
+    with pytest.raises(ValueError, match="EpsilonSmoothing"):  # α T = 2 · 0.04 / 1.04 = 0.077
+        daemon.epsilon_log_ratios(logp, mask, epsilon=0.01, vocab_size=4)
+    # the first wiki run's setting: Gemma 3's 262144 tokens, ε = 1e-6, 128-token texts
+    assert tp.smoothing_mass(1e-6, 262144) * 128 == pytest.approx(26.6, abs=0.05)
 
 
 def _tiny_study(documents):
@@ -237,15 +249,20 @@ def test_study_clusters_decoder_rows_and_reports_the_paired_perplexity():
         diff = feats[:, k] - s.human_features[:, k]
         assert result["paired_gap"][name]["mean"] == pytest.approx(diff.mean())
         assert result["paired_gap"][name]["clusters"] == 3
-    out = s.human_perplexity(np.array([0.5, -0.5]), 8, jax.random.key(2), sizes=(2, 4, 8), epsilon=1e-3)
+    out = s.human_perplexity(np.array([0.5, -0.5]), 8, jax.random.key(2), sizes=(2, 4, 8))
     paired = out["paired"]
     assert paired["clusters"] == 3 and paired["ppl_ratio"] == pytest.approx(out["ppl_q"] / out["ppl_model"])
     assert out["n_sweep"]["sizes"] == [2, 4, 8] and out["n_sweep"]["groups"] == [4, 2, 1]
     logp, mask = s.pipeline.scored(s.human_tokens, s.human_lengths, s.prefix)
-    assert out["eps_ppl_model"] == pytest.approx(
-        daemon.epsilon_perplexity(logp, mask, epsilon=1e-3, vocab_size=tiny_models.VOCAB), rel=1e-9
-    )
     assert out["ppl_model"] == pytest.approx(np.exp(-np.where(mask, logp, 0).sum() / mask.sum()), rel=1e-9)
+    exact_eps_ppl = daemon.epsilon_perplexity(logp, mask, epsilon=0.05, vocab_size=tiny_models.VOCAB)
+    eps = s.epsilon_perplexity(np.array([0.5, -0.5]), 8, jax.random.key(3), epsilon=0.05)
+    assert eps["eps_ppl_model"] == pytest.approx(exact_eps_ppl, rel=1e-9)
+    assert eps["paired"]["ppl_ratio"] == pytest.approx(eps["eps_ppl_q"] / eps["eps_ppl_model"])
+    assert eps["smoothing_mass"] == pytest.approx(0.3 / 1.3)
+    # µ = 0: q_ε is p_ε and every sample's weight is 1, so Ẑ_ε = 1 exactly
+    zero = s.epsilon_perplexity(np.zeros(2), 8, jax.random.key(3), epsilon=0.05)
+    assert zero["eps_ppl_q"] == pytest.approx(exact_eps_ppl, rel=1e-9)
 
 
 @pytest.mark.slow
@@ -292,10 +309,29 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
             "ppl_q": 22.6,
             "paired": paired,
             "n_sweep": sweep,
-            "epsilon": 1e-6,
+            "epsilon": 1e-6,  # a first-run point: ε-perplexities with Ẑ_ε from reweighted p_θ samples
             "eps_ppl_model": 22.9,
             "eps_ppl_q": 22.7,
             "eps_paired": paired,
+        }
+    )
+    _rewrite(folder, records)
+    _, config, loaded = report.load(folder)
+    withdrawn = report.epsilon_result(loaded, config, "wiki")
+    assert withdrawn == {"epsilon": 1e-6, "eps_ppl_model": 22.9, "eps_q": report.WITHDRAWN_EPSILON}
+    records.append(
+        {
+            "key": "wiki/epsilon_perplexity/N=50,eps=1e-06",
+            "corpus": "wiki",
+            "study": "epsilon_perplexity",
+            "num_samples": 50,
+            "num_texts": 96,
+            "num_tokens": 12288.0,
+            "epsilon": 1e-6,
+            "smoothing_mass": 0.2,
+            "eps_ppl_model": 28.0,
+            "eps_ppl_q": 27.7,
+            "paired": {**paired, "ppl_ratio": 0.99, "ppl_ratio_low": 0.98, "ppl_ratio_high": 0.995},
         }
     )
     _rewrite(folder, records)
@@ -312,8 +348,10 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     with (folder / "human_perplexity.csv").open() as f:
         (ppl,) = list(csv.DictReader(f))
     assert float(ppl["ppl_ratio_low"]) == pytest.approx(np.exp(-0.018)) and ppl["N"] == "50"
+    assert (ppl["eps_ppl_q"], ppl["eps_ppl_ratio_high"], ppl["eps_N"]) == ("27.7", "0.995", "50")
     text = path.read_text()
     assert "Human-text perplexity under q_µ (wiki)" in text and "gap to human in standard errors" in text
+    assert "28 under the model, 27.7 under q_ε" in text and "ratio 0.9900, 95% CI [0.9800, 0.9950]" in text
 
 
 @pytest.mark.parametrize(

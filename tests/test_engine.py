@@ -36,6 +36,7 @@ POLICIES = {
     "typical-0.9": lambda: infodec.Typical(0.9),
     "epsilon-0.1": lambda: infodec.Epsilon(0.1),
     "eta-0.1": lambda: infodec.Eta(0.1),
+    "top_k-2+epsilon_smoothing-0.05": lambda: infodec.chain(infodec.TopK(2), infodec.EpsilonSmoothing(0.05)),
 }
 
 

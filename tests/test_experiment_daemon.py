@@ -112,9 +112,10 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
         "wiki/main/greedy",
         "wiki/main/daemon",
         "wiki/m_sweep/M=3",
-        "wiki/human_perplexity/N=4",  # last: the costliest decode per prompt
+        "wiki/human_perplexity/N=4",  # last: the costliest decodes per prompt
+        "wiki/epsilon_perplexity/N=4,eps=1e-06",
     ]
-    assert points[-1]["num_texts"] == 2 and points[-1]["num_samples"] == 4
+    assert all(p["num_texts"] == 2 and p["num_samples"] == 4 for p in points[-2:])
     # every point's finished chunks are deleted once it is stored; the human texts' features are kept for good
     assert [p.name for p in (tmp_path / ".partial").iterdir()] == ["wiki__human"]
     human = {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".partial" / "wiki__human").iterdir()}

@@ -25,6 +25,7 @@ from transformers.generation import logits_process as lp
 from infodec.models.layers import MASK_VALUE
 from infodec.policies import (
     Epsilon,
+    EpsilonSmoothing,
     Eta,
     Greedy,
     MinP,
@@ -553,6 +554,7 @@ def test_jit_matches_eager(scalar_sweep, name):
         (lambda: Typical(1.0), r"typical_p.*\(0, 1\)"),
         (lambda: Epsilon(0.0), r"epsilon.*\(0, 1\)"),
         (lambda: Epsilon(1.0), r"epsilon.*\(0, 1\)"),
+        (lambda: EpsilonSmoothing(0.0), r"epsilon.*\(0, 1\)"),
         (lambda: Eta(0.0), r"eta.*\(0, 1\)"),
         (lambda: Eta(1.2), r"eta.*\(0, 1\)"),
         (lambda: RepetitionPenalty(0.0), r"repetition_penalty.*> 0"),
@@ -590,3 +592,24 @@ def test_spec_temperature_vector():
 def test_min_tokens_to_keep_must_be_positive(policy):
     with pytest.raises(ValueError, match="min_tokens_to_keep must be an integer >= 1"):
         policy(0.5, min_tokens_to_keep=0)
+
+
+def test_epsilon_smoothing_is_martins_mixture_and_gives_truncated_tokens_epsilon_back():
+    """π = (p + ε) / (1 + ε|V|) over the possible tokens, p what the chain so far leaves; a -inf logit
+    (impossible token) stays impossible."""
+    logits = jax.random.normal(jax.random.key(3), (2, 7)) * 3
+    eps = 0.01
+    p = np.asarray(jax.nn.softmax(logits, -1), np.float64)
+    log_pi, _ = EpsilonSmoothing(eps)(logits)
+    np.testing.assert_allclose(np.exp(np.asarray(log_pi)), (p + eps) / (1 + 7 * eps), rtol=1e-5)
+    log_pi, _ = chain(TopK(2), EpsilonSmoothing(eps))(logits)
+    top = np.asarray(jax.lax.top_k(logits, 2)[1])
+    truncated = np.zeros_like(p)
+    for b in range(2):
+        truncated[b, top[b]] = p[b, top[b]] / p[b, top[b]].sum()
+    np.testing.assert_allclose(np.exp(np.asarray(log_pi)), (truncated + eps) / (1 + 7 * eps), rtol=1e-5)
+    banned = logits.at[:, 0].set(-jnp.inf)
+    log_pi, _ = EpsilonSmoothing(eps)(banned)
+    assert np.all(np.asarray(log_pi)[:, 0] == MASK_VALUE)
+    rest = np.asarray(jax.nn.softmax(banned[:, 1:], -1), np.float64)
+    np.testing.assert_allclose(np.exp(np.asarray(log_pi))[:, 1:], (rest + eps) / (1 + 6 * eps), rtol=1e-5)

@@ -557,24 +557,29 @@ def draw_candidates(
     max_new_tokens: int,
     key,
     proposal_temperature: float = 1.0,
+    proposal=None,
     tokenizer=None,
     stop_tokens: StopTokens = ...,
     functions=None,
     mesh=None,
     **metric_deps,
 ):
-    """Draws ``num_samples`` continuations per prompt from ``Temperature(τ)`` (one shared prefill) and
-    returns ``(output, features [P, M, K], log_ratios [P, M])``; ``ρ = Σ_t (log p_θ − log r)`` over the
-    generated tokens, exactly 0 when ``τ = 1``. ``mesh``: as for ``infodec.generate`` (the ``P * M``
-    candidate rows on the data axis, parameters on the model axis; same candidates as one device)."""
+    """Draws ``num_samples`` continuations per prompt from ``Temperature(τ)``, or from the policy
+    ``proposal`` if given (one shared prefill), and returns ``(output, features [P, M, K], log_ratios
+    [P, M])``; ``ρ = Σ_t (log p_θ − log r)`` over the generated tokens, exactly 0 for ``Temperature(1)``.
+    ``mesh``: as for ``infodec.generate`` (the ``P * M`` candidate rows on the data axis, parameters on the
+    model axis; same candidates as one device)."""
     if proposal_temperature <= 0:
         raise ValueError(f"proposal_temperature must be > 0, got {proposal_temperature}")
+    if proposal is not None and proposal_temperature != 1.0:
+        raise ValueError("give a proposal policy or a proposal_temperature, not both")
+    exact = proposal is None and proposal_temperature == 1.0
     prompt_ids = encode_prompts(prompts, tokenizer, add_bos=True)
     out = generate(
         model,
         params,
         prompt_ids,
-        Temperature(float(proposal_temperature)),
+        Temperature(float(proposal_temperature)) if proposal is None else proposal,
         key,
         max_new_tokens=max_new_tokens,
         num_samples=num_samples,
@@ -590,7 +595,7 @@ def draw_candidates(
     logp_model, logp_policy = out.sequence_logp()
     rho = (
         np.zeros_like(logp_model, np.float64)
-        if proposal_temperature == 1.0
+        if exact
         else (logp_model.astype(np.float64) - logp_policy.astype(np.float64))
     )
     num_prompts = len(prompt_ids)

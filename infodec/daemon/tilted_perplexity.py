@@ -18,15 +18,26 @@ Uncertainty and bias (issue 19):
   and the least-squares fit ``nll_q(N) = a + b / N`` (``E[log Ẑ_N] = log Z − Var(w) / (2 N Z²) + O(N⁻²)``
   by the delta method), so ``a`` is the ``N → ∞`` extrapolation and ``b / N`` the remaining bias at ``N``.
 * :func:`epsilon_perplexity` / :func:`epsilon_log_probs`: the ε-perplexity of Martins, Marinho & Martins,
-  "Sparse Text Generation" (EMNLP 2020, §4), which truncation-sampling comparisons (and the DAEMON paper's
-  perplexity column, per issue 19) report so that a distribution giving a human token probability zero
-  does not have infinite perplexity: every token's probability is smoothed as
+  "Sparse Text Generation" (EMNLP 2020, §4), which truncation-sampling comparisons (and the DAEMON
+  paper's perplexity column, per issue 19) report so that a distribution giving a human token probability
+  zero does not have infinite perplexity: every token's probability is smoothed as
   ``p_ε(x_t) = (p(x_t) + ε) / (1 + ε |V|)`` and ``ε-ppl = exp(−Σ_t log p_ε(x_t) / T)``. (The DAEMON
   paper's own text could not be retrieved offline here; its exact ε is not known to us, so ε is a
   parameter.) For q, which is defined per sequence, the smoothing is applied to the tokens of the base LM
-  inside the tilt: ``q_ε(x) ∝ p_ε(x) exp(−µᵀf(x))`` with ``p_ε(x) = Π_t p_ε(x_t|x_<t)``; ``Ẑ_ε`` is estimated
-  from the same p_θ samples with the importance ratios ``log p_ε(x_i) − log p_θ(x_i)``
-  (:func:`epsilon_log_ratios`). With ``µ = 0`` and exact ``Z`` this is the ε-perplexity of p_θ itself.
+  inside the tilt: ``q_ε(x) ∝ p_ε(x) exp(−µᵀf(x))`` with ``p_ε(x) = Π_t p_ε(x_t|x_<t)``, so
+  ``Ẑ_ε = mean_i exp(−µᵀf(x_i))`` over samples ``x_i`` of p_ε itself (``infodec.EpsilonSmoothing``).
+  With ``µ = 0`` this is the ε-perplexity of p_θ.
+
+  Why not reweight p_θ samples: p_ε is, token by token, the mixture ``(1 − α) p + α · uniform`` with
+  ``α = ε|V| / (1 + ε|V|)`` (:func:`smoothing_mass`). A p_θ sample almost never contains a token the
+  uniform part would draw, so the importance estimate ``mean_i (p_ε/p_θ)(x_i) exp(−µᵀf(x_i))`` (unbiased,
+  but its mass sits on samples it never sees) comes out ≈ ``(1 − α)^T Ẑ``, q's ε-perplexity ≈ its plain
+  perplexity, and the ratio to p_θ's ε-perplexity ≈ the plain ratio / ``(1 + ε|V|)`` whatever µ is. With a
+  262k vocabulary and ε = 1e-6, α = 0.21: the "ratio 0.79" the first wiki run printed was this artefact.
+  :func:`epsilon_log_ratios` (the importance route) therefore refuses unless the expected number of
+  uniform-drawn tokens per continuation, ``α T``, is below :data:`MAX_SMOOTHED_TOKENS`; below it the
+  unseen mass moves ``log Ẑ_ε`` by about ``α T`` nats per continuation (if the tilt weighs such texts
+  like the others), about ``α`` nats per token.
 """
 
 from __future__ import annotations
@@ -43,6 +54,9 @@ from infodec.daemon import sampling as sampling_lib
 from infodec.decoding.engine import StopTokens
 from infodec.decoding.scoring import continuation_log_probs
 from infodec.eval.stats import clustered_ratio, confidence_interval
+
+# Expected uniform-drawn tokens per continuation above which p_θ samples cannot estimate Ẑ_ε (docstring).
+MAX_SMOOTHED_TOKENS = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,9 +395,26 @@ def epsilon_perplexity(token_log_probs, mask, *, epsilon: float, vocab_size: int
     )
 
 
+def smoothing_mass(epsilon: float, vocab_size: int) -> float:
+    """``α = ε|V| / (1 + ε|V|)``: the per-token probability with which p_ε draws from its uniform part."""
+    if not epsilon >= 0 or vocab_size < 1:
+        raise ValueError(f"need epsilon >= 0 and vocab_size >= 1, got {epsilon} and {vocab_size}")
+    return epsilon * vocab_size / (1.0 + epsilon * vocab_size)
+
+
 def epsilon_log_ratios(token_log_probs, mask, *, epsilon: float, vocab_size: int) -> np.ndarray:
     """Per row ``log p_ε(x) − log p_θ(x)`` of samples from p_θ (``token_log_probs [..., L]`` their per-token
-    ``log p_θ``): the importance ratios that turn p_θ samples into an estimate of ``Ẑ_ε`` for ``q_ε``
-    (module docstring). Pass as ``perplexity_under_q``'s ``sample_log_ratios`` (added to any proposal's)."""
+    ``log p_θ``): the importance ratios that turn p_θ samples into an estimate of ``Ẑ_ε`` for ``q_ε``.
+    Pass as ``perplexity_under_q``'s ``sample_log_ratios`` (added to any proposal's). Raises when
+    ``α T`` (:func:`smoothing_mass` times the longest row's tokens) exceeds :data:`MAX_SMOOTHED_TOKENS`,
+    where the estimate misses p_ε's uniform part (module docstring): sample p_ε instead."""
+    tokens = int(np.asarray(mask, bool).sum(-1).max(initial=0))
+    expected = smoothing_mass(epsilon, vocab_size) * tokens
+    if expected > MAX_SMOOTHED_TOKENS:
+        raise ValueError(
+            f"epsilon = {epsilon:g} with {vocab_size} tokens and {tokens}-token rows expects {expected:.3g} "
+            f"uniform-drawn tokens per row (allowed: <= {MAX_SMOOTHED_TOKENS}); p_θ samples cannot estimate "
+            "Ẑ_ε then: draw the samples from infodec.EpsilonSmoothing(epsilon) and pass no ratios"
+        )
     raw = np.where(np.asarray(mask, bool), np.asarray(token_log_probs, np.float64), 0.0).sum(-1)
     return epsilon_log_probs(token_log_probs, mask, epsilon=epsilon, vocab_size=vocab_size) - raw

@@ -85,6 +85,8 @@ class Policy:
     num_streams: ClassVar[int] = 1
     needs_hidden: ClassVar[bool] = False
     stateful: ClassVar[bool] = False  # carries per-row state across steps (module docstring)
+    # gives mass to masked tokens (EpsilonSmoothing): __call__ then renormalises over the possible ones
+    adds_mass: ClassVar[bool] = False
 
     def initial_state(self, rows: int) -> Any:
         """Stateful policies: the state at prefill, a pytree of ``[rows, ...]`` arrays."""
@@ -102,6 +104,9 @@ class Policy:
         logits = as_streams(logits, self.num_streams, type(self).__name__)
         logits, impossible = mask_impossible(logits)
         log_pi, extra = self.log_probs(logits, step)
+        if self.adds_mass:  # static: an impossible token may have got mass; it goes back to the possible ones
+            log_pi = jnp.where(impossible, -jnp.inf, log_pi)
+            log_pi = log_pi - jax.nn.logsumexp(log_pi, axis=-1, keepdims=True)
         log_pi = jnp.where(impossible, MASK_VALUE, log_pi)
         return log_pi, {**information_diagnostics(log_pi, jax.nn.log_softmax(logits[:, 0])), **extra}
 

@@ -8,6 +8,8 @@ exact 32-step bisection over the float ordering handles the rest.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -177,6 +179,23 @@ class Eta(Transform):
 
 
 @flax.struct.dataclass
+class EpsilonSmoothing(Transform):
+    """Martins et al. (2020)'s ε-smoothing: ``π = (p + ε) / (1 + ε|V|)``, ``p`` the distribution the chain so
+    far leaves (so ``chain(TopK(k), EpsilonSmoothing(ε))`` is ε-smoothed top-k: truncated tokens get ``ε``
+    back) and ``|V|`` the possible tokens. Not a truncation: it *adds* mass; the ε-perplexity of DAEMON's
+    ``q_µ`` samples it (``infodec.daemon.tilted_perplexity``)."""
+
+    epsilon: ArrayLike = 1e-6
+    adds_mass: ClassVar[bool] = True
+
+    def __post_init__(self):
+        check_range("epsilon", self.epsilon, 0.0, 1.0, low_open=True, high_open=True, allowed="in (0, 1)")
+
+    def transform(self, logits: Array, step: StepInfo | None) -> Array:
+        return jnp.logaddexp(jax.nn.log_softmax(logits, axis=-1), jnp.log(per_row(self.epsilon)))
+
+
+@flax.struct.dataclass
 class RepetitionPenalty(Transform):
     """CTRL's penalty (as HF): logits of tokens already in the context are divided by ``penalty`` if
     positive and multiplied if negative. Needs ``step`` (the engine passes it)."""
@@ -206,6 +225,10 @@ class Chain(Transform):
     """Transforms applied left to right (``chain(Temperature(0.7), TopP(0.9))``: temperature first)."""
 
     transforms: tuple[Transform, ...]
+
+    @property
+    def adds_mass(self) -> bool:  # type: ignore[override]
+        return any(t.adds_mass for t in self.transforms)
 
     def transform(self, logits: Array, step: StepInfo | None) -> Array:
         for transform in self.transforms:

@@ -13,7 +13,8 @@
   measured) in units of the combined SE ``sqrt(se_decoder² + se_human²)``;
 * ``human_perplexity.csv``: the human texts' perplexity under p_θ and ``q_µ`` from the
   ``human_perplexity`` point (``Ẑ`` from N fresh samples per prompt): the ratio with its clustered CI,
-  the N sweep's 1/N extrapolation, and the ε-perplexities;
+  the N sweep's 1/N extrapolation, and the ε-perplexities of the ``epsilon_perplexity`` point
+  (:func:`epsilon_result`);
 * ``claims.csv``: per corpus, [P3]'s claims judged by rules fixed before the runs (:func:`claim_rows`);
 * ``sweeps.csv``: the M sweep and the proposal-temperature sweep;
 * ``main_gaps.png``, ``m_sweep.png``, ``temperature.png``;
@@ -225,11 +226,41 @@ def gap_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
     return rows
 
 
+# Why a first-run human_perplexity point's ε-perplexity of q is not shown (tilted_perplexity docstring).
+WITHDRAWN_EPSILON = (
+    "withdrawn: Z_eps was reweighted from p_theta samples, which miss p_eps's uniform part (alpha*T >> 1 "
+    "tokens per text), so the ratio reduces to the plain ratio / (1 + eps|V|) whatever mu is"
+)
+
+
+def epsilon_result(records: Records, config: DaemonConfig, corpus: str) -> dict[str, Any] | None:
+    """The corpus's ε-perplexities from its ``epsilon_perplexity`` point (``Ẑ_ε`` from samples of p_ε). A
+    ``human_perplexity`` point of the first runs carries p_θ's exact ε-perplexity and a q-side one whose
+    ``Ẑ_ε`` reweighted p_θ samples: that one is withdrawn (:data:`WITHDRAWN_EPSILON`). None without either."""
+    for r in _in_order(records, config, "epsilon_perplexity"):
+        if r["corpus"] == corpus:
+            paired = r["paired"]
+            return {
+                "epsilon": r["epsilon"],
+                "smoothing_mass": r["smoothing_mass"],
+                "eps_N": r["num_samples"],
+                "eps_ppl_model": r["eps_ppl_model"],
+                "eps_ppl_q": r["eps_ppl_q"],
+                **{f"eps_{k}": paired[k] for k in ("ppl_ratio", "ppl_ratio_low", "ppl_ratio_high")},
+                "eps_q": "Z_eps from samples of p_eps",
+            }
+    for r in _in_order(records, config, "human_perplexity"):
+        if r["corpus"] == corpus and "eps_ppl_model" in r:
+            return {"epsilon": r["epsilon"], "eps_ppl_model": r["eps_ppl_model"], "eps_q": WITHDRAWN_EPSILON}
+    return None
+
+
 def perplexity_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
-    """One ``human_perplexity.csv`` row per ``human_perplexity`` point (corpora in the settings' order)."""
+    """One ``human_perplexity.csv`` row per ``human_perplexity`` point (corpora in the settings' order), with
+    the corpus's :func:`epsilon_result`."""
     rows = []
     for r in _in_order(records, config, "human_perplexity"):
-        paired, eps, sweep = r["paired"], r["eps_paired"], r["n_sweep"]
+        paired, sweep = r["paired"], r["n_sweep"]
         rows.append(
             {
                 "corpus": r["corpus"],
@@ -245,12 +276,7 @@ def perplexity_rows(records: Records, config: DaemonConfig) -> list[dict[str, An
                 "ppl_q_extrapolated": sweep["ppl_q_extrapolated"],
                 "slope_1_over_n": sweep["slope"],
                 "bias_at_N": sweep["bias_at_largest"],
-                "epsilon": r["epsilon"],
-                "eps_ppl_model": r["eps_ppl_model"],
-                "eps_ppl_q": r["eps_ppl_q"],
-                "eps_ppl_ratio": eps["ppl_ratio"],
-                "eps_ppl_ratio_low": eps["ppl_ratio_low"],
-                "eps_ppl_ratio_high": eps["ppl_ratio_high"],
+                **(epsilon_result(records, config, r["corpus"]) or {}),
             }
         )
     return rows
@@ -660,7 +686,7 @@ def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
     """The ``human_perplexity`` points: ratio ppl(q)/ppl(p_θ) with its CI, the N sweep, the ε-perplexity."""
     lines = []
     for r in _in_order(records, config, "human_perplexity"):
-        paired, eps, sweep = r["paired"], r["eps_paired"], r["n_sweep"]
+        paired, sweep = r["paired"], r["n_sweep"]
         level = f"{100 * paired['level']:g}%"
         sweep_rows = [
             [str(n), str(g), f"{np.exp(v):.4g}"] for n, g, v in zip(sweep["sizes"], sweep["groups"], sweep["nll_q"])
@@ -681,12 +707,29 @@ def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
             "",
             *_table(["N", "groups averaged", "ppl under q"], sweep_rows),
             "",
-            f"ε-perplexity (Martins et al. 2020, ε = {r['epsilon']:g}): {r['eps_ppl_model']:.4g} under the model, "
-            f"{r['eps_ppl_q']:.4g} under q_µ (ratio {eps['ppl_ratio']:.4f}, {level} CI "
-            f"[{eps['ppl_ratio_low']:.4f}, {eps['ppl_ratio_high']:.4f}]).",
-            "",
+            *_epsilon_lines(epsilon_result(records, config, r["corpus"]), level),
         ]
     return lines
+
+
+def _epsilon_lines(eps: dict[str, Any] | None, level: str) -> list[str]:
+    """The ε-perplexity sentence of :func:`_perplexity_section` (:func:`epsilon_result`'s fields)."""
+    if eps is None:
+        return []
+    head = f"ε-perplexity (Martins et al. 2020, ε = {eps['epsilon']:g}): {eps['eps_ppl_model']:.4g} under the model"
+    if "eps_ppl_q" not in eps:
+        return [
+            f"{head}. Under q_µ withdrawn: this point's Ẑ_ε reweighted p_θ samples, which miss p_ε's uniform part "
+            "(α T ≫ 1 uniform tokens per text; `infodec.daemon.tilted_perplexity`), so its ratio was the plain "
+            "ratio / (1 + ε|V|) whatever µ is. The `epsilon_perplexity` point samples p_ε instead.",
+            "",
+        ]
+    return [
+        f"{head}, {eps['eps_ppl_q']:.4g} under q_ε ∝ p_ε exp(−µᵀf) (Ẑ_ε from N = {eps['eps_N']} samples of p_ε per "
+        f"prompt, which draws a uniform token with probability α = {eps['smoothing_mass']:.3g}): ratio "
+        f"{eps['eps_ppl_ratio']:.4f}, {level} CI [{eps['eps_ppl_ratio_low']:.4f}, {eps['eps_ppl_ratio_high']:.4f}].",
+        "",
+    ]
 
 
 def _sr4_section(records: Records) -> list[str]:

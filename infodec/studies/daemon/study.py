@@ -53,7 +53,7 @@ from infodec.eval import mauve as mauve_lib
 from infodec.eval.sensibleness import mean_log_prob
 from infodec.eval.stats import clustered_mean_se, mean_se, paired_difference
 from infodec.models.checkpoints import load
-from infodec.policies import named
+from infodec.policies import EpsilonSmoothing, named
 from infodec.results import ResultsFolder
 from infodec.studies.daemon.config import BASELINES, METRICS, DaemonConfig, check_fit_target
 
@@ -249,16 +249,16 @@ class Pipeline:
             checkpoint=f"fit_samples-N{num_samples}-tau{proposal_temperature:g}",
         )
 
-    def epsilon_samples(
-        self, prompts: Prompts, num_samples: int, key: jax.Array, *, epsilon: float = EPSILON
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(features [P, N, K], epsilon_log_ratios [P, N])`` of ``num_samples`` samples per prompt from p_θ,
-        the ratios ``log p_ε(x) − log p_θ(x)`` of ``tilted_perplexity.epsilon_log_ratios``."""
+    def perplexity_samples(
+        self, prompts: Prompts, num_samples: int, key: jax.Array, *, epsilon: float = 0.0
+    ) -> np.ndarray:
+        """``features [P, N, K]`` of ``num_samples`` samples per prompt from p_θ, or with ``epsilon > 0`` from
+        its ε-smoothing p_ε (``EpsilonSmoothing``): the samples behind ``Ẑ`` and ``Ẑ_ε``."""
         start = time.perf_counter()
-        vocab = int(self.model.vocab_size)
+        proposal = EpsilonSmoothing(epsilon) if epsilon > 0 else None
 
-        def chunk(rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
-            out, feats, _ = fit_lib.draw_candidates(
+        def chunk(rows: np.ndarray, i: int) -> np.ndarray:
+            _, feats, _ = fit_lib.draw_candidates(
                 self.model,
                 self.params,
                 [prompts[r] for r in rows],
@@ -266,16 +266,15 @@ class Pipeline:
                 num_samples=num_samples,
                 max_new_tokens=self.max_new_tokens,
                 key=jax.random.fold_in(key, i),
+                proposal=proposal,
                 stop_tokens=(),
                 functions=list(self.functions),
             )
-            ratios = ppl_lib.epsilon_log_ratios(out.logp_model, out.mask(), epsilon=epsilon, vocab_size=vocab)
             self._progress("perplexity samples", i, len(rows), len(prompts), "prompts", start)
-            return feats, ratios.reshape(len(rows), num_samples)
+            return feats
 
-        return map_in_chunks(
-            chunk, len(prompts), max(1, self.rows_per_call // num_samples), checkpoint=f"epsilon_samples-N{num_samples}"
-        )
+        name = f"perplexity_samples-N{num_samples}" + (f"-eps{epsilon:g}" if epsilon > 0 else "")
+        return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples), checkpoint=name)
 
     def decode(self, prompts: Prompts, name: str, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens [P, L], lengths [P])`` of baseline ``name`` (a :data:`~config.BASELINES` key): its named
@@ -683,23 +682,18 @@ class DaemonStudy:
         *,
         prompts: int | None = None,
         sizes: Sequence[int] | None = None,
-        epsilon: float = EPSILON,
         level: float = 0.95,
     ) -> dict[str, Any]:
         """The human continuations' perplexity under p_θ and ``q_µ`` with ``Ẑ`` from ``num_samples`` fresh
         p_θ samples per prompt (first ``prompts`` eval prompts, all by default): ``ppl_model`` / ``ppl_q``,
         ``paired`` (``tilted_perplexity.paired_log_perplexity_ci``: ``log ppl(q) − log ppl(p_θ)`` over the
-        texts, clustered by document, ``level`` t interval), ``n_sweep`` (``tilted_perplexity.n_sweep`` over
-        ``sizes``, default ``N, N/2, N/4, N/8``), and the ε-perplexities ``eps_ppl_model`` / ``eps_ppl_q``
-        with their own ``eps_paired`` interval (``epsilon``; module docstring of ``tilted_perplexity``)."""
+        texts, clustered by document, ``level`` t interval) and ``n_sweep`` (``tilted_perplexity.n_sweep``
+        over ``sizes``, default ``N, N/2, N/4, N/8``)."""
         rows = len(self.eval_prompts) if prompts is None else prompts
-        feats, eps_ratios = self.pipeline.epsilon_samples(self.eval_prompts[:rows], num_samples, key, epsilon=epsilon)
+        feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key)
         logp, mask = self.pipeline.scored(self.human_tokens[:rows], self.human_lengths[:rows], self.prefix[:rows])
         tokens, human, docs = mask.sum(1), self.human_features[:rows], self.documents(rows)
         report = perplexity_under_q(logp.sum(1), human, feats, mu, num_tokens=tokens)
-        vocab = int(self.pipeline.model.vocab_size)
-        eps_logp = ppl_lib.epsilon_log_probs(logp, mask, epsilon=epsilon, vocab_size=vocab)
-        eps = perplexity_under_q(eps_logp, human, feats, mu, num_tokens=tokens, sample_log_ratios=eps_ratios)
         sweep = ppl_lib.n_sweep(
             logp.sum(1), human, feats, mu, sizes=sizes or ppl_lib.default_sweep_sizes(num_samples), num_tokens=tokens
         )
@@ -711,10 +705,38 @@ class DaemonStudy:
             "ppl_q": report.ppl_q,
             "paired": ppl_lib.paired_log_perplexity_ci(report.log_p, report.log_q, tokens, docs, level=level),
             "n_sweep": sweep.to_json(),
+        }
+
+    def epsilon_perplexity(
+        self,
+        mu: npt.ArrayLike,
+        num_samples: int,
+        key: jax.Array,
+        *,
+        prompts: int | None = None,
+        epsilon: float = EPSILON,
+        level: float = 0.95,
+    ) -> dict[str, Any]:
+        """The human continuations' ε-perplexity (``tilted_perplexity`` module docstring) under p_θ (exact)
+        and under ``q_ε ∝ p_ε exp(−µᵀf)`` with ``Ẑ_ε`` from ``num_samples`` samples of p_ε per prompt:
+        ``eps_ppl_model`` / ``eps_ppl_q``, their ``paired`` interval as in :meth:`human_perplexity`, and
+        ``smoothing_mass`` (α, the per-token probability of p_ε's uniform part)."""
+        rows = len(self.eval_prompts) if prompts is None else prompts
+        feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key, epsilon=epsilon)
+        logp, mask = self.pipeline.scored(self.human_tokens[:rows], self.human_lengths[:rows], self.prefix[:rows])
+        vocab = int(self.pipeline.model.vocab_size)
+        eps_logp = ppl_lib.epsilon_log_probs(logp, mask, epsilon=epsilon, vocab_size=vocab)
+        tokens, human, docs = mask.sum(1), self.human_features[:rows], self.documents(rows)
+        report = perplexity_under_q(eps_logp, human, feats, mu, num_tokens=tokens)
+        return {
+            "num_samples": num_samples,
+            "num_texts": rows,
+            "num_tokens": report.num_tokens,
             "epsilon": epsilon,
-            "eps_ppl_model": eps.ppl_p,
-            "eps_ppl_q": eps.ppl_q,
-            "eps_paired": ppl_lib.paired_log_perplexity_ci(eps.log_p, eps.log_q, tokens, docs, level=level),
+            "smoothing_mass": ppl_lib.smoothing_mass(epsilon, vocab),
+            "eps_ppl_model": report.ppl_p,
+            "eps_ppl_q": report.ppl_q,
+            "paired": ppl_lib.paired_log_perplexity_ci(report.log_p, report.log_q, tokens, docs, level=level),
         }
 
     def gap_to_human(self, features: np.ndarray) -> dict[str, float]:
@@ -1160,20 +1182,28 @@ def _main_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey:
     return points + [(f"{corpus}/main/daemon", daemon_main)]
 
 
-def _human_perplexity_point(
+def _human_perplexity_points(
     study: DaemonStudy, mu: np.ndarray, num_samples: int, ckey: jax.Array, prompts: int = 0
 ) -> Points:
-    """The human texts' perplexity under ``q_µ`` with ``Ẑ`` from ``num_samples`` fresh samples per eval
-    prompt (:meth:`DaemonStudy.human_perplexity`; the first ``prompts``, 0 = all): paired CI, N sweep,
-    ε-perplexity."""
+    """The human texts' perplexity under ``q_µ`` with ``Ẑ`` from ``num_samples`` fresh p_θ samples per eval
+    prompt (:meth:`DaemonStudy.human_perplexity`; the first ``prompts``, 0 = all: paired CI, N sweep), and
+    their ε-perplexity with ``Ẑ_ε`` from as many samples of p_ε (:meth:`DaemonStudy.epsilon_perplexity`)."""
 
-    def compute() -> dict:
+    def plain() -> dict:
         start = time.perf_counter()
-        key = jax.random.fold_in(ckey, 600)
-        result = study.human_perplexity(mu, num_samples, key, prompts=prompts or None)
+        result = study.human_perplexity(mu, num_samples, jax.random.fold_in(ckey, 600), prompts=prompts or None)
         return {"corpus": study.corpus, "study": "human_perplexity", **result, "decode_s": time.perf_counter() - start}
 
-    return [(f"{study.corpus}/human_perplexity/N={num_samples}", compute)]
+    def smoothed() -> dict:
+        start = time.perf_counter()
+        result = study.epsilon_perplexity(mu, num_samples, jax.random.fold_in(ckey, 700), prompts=prompts or None)
+        decode_s = time.perf_counter() - start
+        return {"corpus": study.corpus, "study": "epsilon_perplexity", **result, "decode_s": decode_s}
+
+    return [
+        (f"{study.corpus}/human_perplexity/N={num_samples}", plain),
+        (f"{study.corpus}/epsilon_perplexity/N={num_samples},eps={EPSILON:g}", smoothed),
+    ]
 
 
 def _sr4_point(study: DaemonStudy, config: DaemonConfig) -> Points:
@@ -1365,7 +1395,7 @@ def run_studies(
                 if "uncorrected" in config.forms and tau != 1.0:  # at τ = 1 it is the corrected decode
                     run(_temperature_point(study, config, tau, records, ckey, form="uncorrected"))
         if "perplexity" in config.studies:  # last: the costliest decode per prompt
-            run(_human_perplexity_point(study, mu, config.perplexity_samples, ckey, config.perplexity_prompts))
+            run(_human_perplexity_points(study, mu, config.perplexity_samples, ckey, config.perplexity_prompts))
         shutil.rmtree(bank, ignore_errors=True)  # every point that shares these candidates is stored
     return records
 
