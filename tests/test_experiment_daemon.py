@@ -140,7 +140,7 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming, 4 of 4 points already done" in second.stdout + second.stderr
-    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 6  # nothing recomputed
+    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 7  # nothing recomputed
     # the eval prompts' human features were loaded, not recomputed (a recomputed chunk is rewritten)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".partial" / "wiki__human").iterdir()} == human
 
