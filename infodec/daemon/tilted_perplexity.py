@@ -371,10 +371,7 @@ def n_sweep(
 def epsilon_log_probs(token_log_probs, mask, *, epsilon: float, vocab_size: int) -> np.ndarray:
     """``[..., ]`` per-row ``Σ_t log p_ε(x_t)`` with ``p_ε = (p + ε) / (1 + ε |V|)`` (module docstring) over the
     real tokens (``mask``) of ``token_log_probs [..., L]``."""
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    if vocab_size < 1:
-        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    _check_smoothing(epsilon, vocab_size)
     logp = np.asarray(token_log_probs, np.float64)
     m = np.asarray(mask, bool)
     if logp.shape != m.shape:
@@ -397,9 +394,15 @@ def epsilon_perplexity(token_log_probs, mask, *, epsilon: float, vocab_size: int
 
 def smoothing_mass(epsilon: float, vocab_size: int) -> float:
     """``α = ε|V| / (1 + ε|V|)``: the per-token probability with which p_ε draws from its uniform part."""
-    if not epsilon >= 0 or vocab_size < 1:
-        raise ValueError(f"need epsilon >= 0 and vocab_size >= 1, got {epsilon} and {vocab_size}")
+    _check_smoothing(epsilon, vocab_size)
     return epsilon * vocab_size / (1.0 + epsilon * vocab_size)
+
+
+def _check_smoothing(epsilon: float, vocab_size: int) -> None:
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
 
 
 def epsilon_log_ratios(token_log_probs, mask, *, epsilon: float, vocab_size: int) -> np.ndarray:

@@ -228,8 +228,9 @@ def gap_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
 
 # Why a first-run human_perplexity point's ε-perplexity of q is not shown (tilted_perplexity docstring).
 WITHDRAWN_EPSILON = (
-    "withdrawn: Z_eps was reweighted from p_theta samples, which miss p_eps's uniform part (alpha*T >> 1 "
-    "tokens per text), so the ratio reduces to the plain ratio / (1 + eps|V|) whatever mu is"
+    "withdrawn: this point's Ẑ_ε reweighted p_θ samples, which miss p_ε's uniform part (α T ≫ 1 uniform "
+    "tokens per text; `infodec.daemon.tilted_perplexity`), so its ratio was the plain ratio / (1 + ε|V|) "
+    "whatever µ is. The `epsilon_perplexity` point samples p_ε instead"
 )
 
 
@@ -718,12 +719,7 @@ def _epsilon_lines(eps: dict[str, Any] | None, level: str) -> list[str]:
         return []
     head = f"ε-perplexity (Martins et al. 2020, ε = {eps['epsilon']:g}): {eps['eps_ppl_model']:.4g} under the model"
     if "eps_ppl_q" not in eps:
-        return [
-            f"{head}. Under q_µ withdrawn: this point's Ẑ_ε reweighted p_θ samples, which miss p_ε's uniform part "
-            "(α T ≫ 1 uniform tokens per text; `infodec.daemon.tilted_perplexity`), so its ratio was the plain "
-            "ratio / (1 + ε|V|) whatever µ is. The `epsilon_perplexity` point samples p_ε instead.",
-            "",
-        ]
+        return [f"{head}. Under q_µ {eps['eps_q']}.", ""]
     return [
         f"{head}, {eps['eps_ppl_q']:.4g} under q_ε ∝ p_ε exp(−µᵀf) (Ẑ_ε from N = {eps['eps_N']} samples of p_ε per "
         f"prompt, which draws a uniform token with probability α = {eps['smoothing_mass']:.3g}): ratio "

@@ -674,6 +674,12 @@ class DaemonStudy:
             }
         return result
 
+    def _scored_human(self, rows: int) -> tuple[np.ndarray, ...]:
+        """The first ``rows`` human continuations' per-token ``log p_θ [rows, L]`` and ``mask``, their token
+        counts ``[rows]``, features ``[rows, K]`` and documents: what both perplexity points read."""
+        logp, mask = self.pipeline.scored(self.human_tokens[:rows], self.human_lengths[:rows], self.prefix[:rows])
+        return logp, mask, mask.sum(1), self.human_features[:rows], self.documents(rows)
+
     def human_perplexity(
         self,
         mu: npt.ArrayLike,
@@ -691,8 +697,7 @@ class DaemonStudy:
         over ``sizes``, default ``N, N/2, N/4, N/8``)."""
         rows = len(self.eval_prompts) if prompts is None else prompts
         feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key)
-        logp, mask = self.pipeline.scored(self.human_tokens[:rows], self.human_lengths[:rows], self.prefix[:rows])
-        tokens, human, docs = mask.sum(1), self.human_features[:rows], self.documents(rows)
+        logp, mask, tokens, human, docs = self._scored_human(rows)
         report = perplexity_under_q(logp.sum(1), human, feats, mu, num_tokens=tokens)
         sweep = ppl_lib.n_sweep(
             logp.sum(1), human, feats, mu, sizes=sizes or ppl_lib.default_sweep_sizes(num_samples), num_tokens=tokens
@@ -723,10 +728,9 @@ class DaemonStudy:
         ``smoothing_mass`` (α, the per-token probability of p_ε's uniform part)."""
         rows = len(self.eval_prompts) if prompts is None else prompts
         feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key, epsilon=epsilon)
-        logp, mask = self.pipeline.scored(self.human_tokens[:rows], self.human_lengths[:rows], self.prefix[:rows])
+        logp, mask, tokens, human, docs = self._scored_human(rows)
         vocab = int(self.pipeline.model.vocab_size)
         eps_logp = ppl_lib.epsilon_log_probs(logp, mask, epsilon=epsilon, vocab_size=vocab)
-        tokens, human, docs = mask.sum(1), self.human_features[:rows], self.documents(rows)
         report = perplexity_under_q(eps_logp, human, feats, mu, num_tokens=tokens)
         return {
             "num_samples": num_samples,
@@ -1189,20 +1193,20 @@ def _human_perplexity_points(
     prompt (:meth:`DaemonStudy.human_perplexity`; the first ``prompts``, 0 = all: paired CI, N sweep), and
     their ε-perplexity with ``Ẑ_ε`` from as many samples of p_ε (:meth:`DaemonStudy.epsilon_perplexity`)."""
 
-    def plain() -> dict:
-        start = time.perf_counter()
-        result = study.human_perplexity(mu, num_samples, jax.random.fold_in(ckey, 600), prompts=prompts or None)
-        return {"corpus": study.corpus, "study": "human_perplexity", **result, "decode_s": time.perf_counter() - start}
+    def point(study_name: str, estimate: Callable[..., dict], salt: int) -> Callable[[], dict]:
+        def compute() -> dict:
+            start = time.perf_counter()
+            result = estimate(mu, num_samples, jax.random.fold_in(ckey, salt), prompts=prompts or None)
+            return {"corpus": study.corpus, "study": study_name, **result, "decode_s": time.perf_counter() - start}
 
-    def smoothed() -> dict:
-        start = time.perf_counter()
-        result = study.epsilon_perplexity(mu, num_samples, jax.random.fold_in(ckey, 700), prompts=prompts or None)
-        decode_s = time.perf_counter() - start
-        return {"corpus": study.corpus, "study": "epsilon_perplexity", **result, "decode_s": decode_s}
+        return compute
 
     return [
-        (f"{study.corpus}/human_perplexity/N={num_samples}", plain),
-        (f"{study.corpus}/epsilon_perplexity/N={num_samples},eps={EPSILON:g}", smoothed),
+        (f"{study.corpus}/human_perplexity/N={num_samples}", point("human_perplexity", study.human_perplexity, 600)),
+        (
+            f"{study.corpus}/epsilon_perplexity/N={num_samples},eps={EPSILON:g}",
+            point("epsilon_perplexity", study.epsilon_perplexity, 700),
+        ),
     ]
 
 
