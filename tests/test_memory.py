@@ -4,7 +4,8 @@
   10% of the peak memory the call really adds on XLA:CPU, where device memory is host memory. The
   measurement is the process's resident-set high-water mark (``VmHWM``, reset before the call) above the
   resident size before it, in a child process whose allocator returns freed memory (``tests/memory_check.py``
-  explains why): unlike XLA's own ``memory_analysis`` of one compiled function, it sees the whole call
+  explains why), the median of five calls (the same call's prefill peak now and then measures ~10 MB
+  more, see there): unlike XLA's own ``memory_analysis`` of one compiled function, it sees the whole call
   (prefill, the broadcast to ``num_samples`` rows, the loop) and everything that lives across them. The
   comparison leaves the parameters out (they are in both, exactly): what is compared is what the call adds.
   A second test checks the decode loop alone against ``memory_analysis`` for policies with many
@@ -86,7 +87,7 @@ def generate_plan(model, params, rows, policy, *, num_samples=1):
 @pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_plan_is_within_ten_percent_of_the_measured_peak():
-    report = child("peak", {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"})
+    report = child("peak", {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"})
     settings = report["settings"]
     assert len({(s["rows"], s["max_len"]) for s in settings}) == 3
     assert {s["phase"] for s in settings} == {"prefill", "decode"}, settings  # both kinds of peak are exercised
