@@ -266,6 +266,32 @@ def test_study_clusters_decoder_rows_and_reports_the_paired_perplexity():
 
 
 @pytest.mark.slow
+def test_baseline_epsilon_perplexity_is_each_policys_smoothed_law_on_the_human_tokens():
+    """Greedy's π is one-hot on the model's argmax: against an independent cache-free argmax, each human
+    token gets (1[argmax] + ε) / (1 + ε|V|). Ancestral sampling's π is p_θ, so its ε-perplexity is p_ε's.
+    Searches have no per-token law and are left out."""
+    s = _tiny_study(["a", "a", "b", "c"])
+    eps, vocab = 0.05, tiny_models.VOCAB
+    out = s.baseline_epsilon_perplexity(["greedy", "beam", "sampling"], epsilon=eps)
+    assert list(out["decoders"]) == ["greedy", "sampling"]
+    full = np.concatenate([s.prefix, s.human_tokens], axis=1)
+    logits, _ = s.pipeline.model.apply(s.pipeline.params, full, np.tile(np.arange(full.shape[1]), (len(full), 1)))
+    width = s.prefix.shape[1]
+    argmax = np.asarray(logits)[:, width - 1 : -1].argmax(-1)
+    hits = argmax == s.human_tokens
+    expected = np.exp(-np.log((hits + eps) / (1 + eps * vocab)).mean())
+    greedy = out["decoders"]["greedy"]
+    assert 0 < hits.sum() < hits.size  # both kinds of token occur
+    assert greedy["eps_ppl"] == pytest.approx(expected, rel=1e-6)
+    assert greedy["truncated_tokens"] == (~hits).sum()
+    assert greedy["paired"]["clusters"] == 3
+    assert greedy["paired"]["ppl_ratio"] == pytest.approx(greedy["eps_ppl"] / out["eps_ppl_model"])
+    sampling = out["decoders"]["sampling"]
+    assert sampling["truncated_tokens"] == 0
+    assert sampling["eps_ppl"] == pytest.approx(out["eps_ppl_model"], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path):
     """An old folder (no paired gaps, no clusters) plus synthetic new records: the new tables appear and
     their numbers are the records' own."""
@@ -334,8 +360,28 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
             "paired": {**paired, "ppl_ratio": 0.99, "ppl_ratio_low": 0.98, "ppl_ratio_high": 0.995},
         }
     )
+    top_p_paired = {**paired, "ppl_ratio": 1.5, "ppl_ratio_low": 1.4, "ppl_ratio_high": 1.6}
+    records.append(
+        {
+            "key": "wiki/baseline_epsilon_perplexity/eps=1e-06",
+            "corpus": "wiki",
+            "study": "baseline_epsilon_perplexity",
+            "num_texts": 96,
+            "num_tokens": 12288.0,
+            "epsilon": 1e-6,
+            "eps_ppl_model": 28.0,
+            "decoders": {"top_p": {"eps_ppl": 42.0, "truncated_tokens": 310, "paired": top_p_paired, "score_s": 9.0}},
+        }
+    )
     _rewrite(folder, records)
     path = report.write_report(folder)
+    with (folder / "decoder_epsilon_perplexity.csv").open() as f:
+        eps_rows = list(csv.DictReader(f))
+    assert [(r["decoder"], float(r["eps_ppl"]), r["ppl_ratio_low"]) for r in eps_rows] == [
+        ("model", 28.0, ""),
+        ("top_p", 42.0, "1.4"),
+        ("daemon", 27.7, "0.98"),  # the epsilon_perplexity point's q_ε, on the same 96 texts
+    ]
     with (folder / "gaps.csv").open() as f:
         gaps = list(csv.DictReader(f))
     row = next(r for r in gaps if r["decoder"] == "sampling" and r["metric"] == "div")
@@ -352,6 +398,7 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     text = path.read_text()
     assert "Human-text perplexity under q_µ (wiki)" in text and "gap to human in standard errors" in text
     assert "28 under the model, 27.7 under q_ε" in text and "ratio 0.9900, 95% CI [0.9800, 0.9950]" in text
+    assert "| top_p | 42 | 1.5000 [1.4000, 1.6000] | 310 |" in text and "| daemon | 27.7 | 0.9900" in text
 
 
 @pytest.mark.parametrize(

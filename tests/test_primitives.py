@@ -7,7 +7,9 @@
   in the last bits (by up to 9 float32 ulps on an AVX-512 CPU), so there it gives the same tokens. (The
   same on a mesh: ``tests/sharding_check.py``.)
 * ``select`` forks the cache, not only the tokens: a selected row continues exactly as its parent.
-* ``score`` equals the log-probabilities ``generate`` recorded for its own tokens.
+* ``score`` equals the log-probabilities ``generate`` recorded for its own tokens; with a policy, the log π
+  it recorded (truncating, context-reading, stateful and two-stream policies), and under ``Temperature(1)``
+  the cache-free score of the model.
 * Bad input gets one clear error each.
 """
 
@@ -18,6 +20,7 @@ import pytest
 import infodec
 from infodec.decoding import engine, finish, prefill, score, select, step
 from infodec.decoding.state import DEFAULT_CHUNK
+from infodec.models.layers import MASK_VALUE
 from tests.tiny_models import tiny_llama
 
 PROMPTS = [[1, 2, 3], [4, 0, 2, 5, 1, 1, 2]]
@@ -156,6 +159,55 @@ def test_score_equals_the_log_probs_generate_records(tiny):
     np.testing.assert_allclose(logp, np.where(out.mask(), out.logp_model, 0.0)[:, : logp.shape[1]], atol=1e-5)
 
 
+SCORED = {
+    "top_p": (lambda: infodec.chain(infodec.Temperature(0.8), infodec.TopP(0.7)), None),
+    "penalties": (lambda: infodec.chain(infodec.RepetitionPenalty(1.6), infodec.DRY(0.8, allowed_length=1)), None),
+    "mirostat": (lambda: infodec.MirostatV2(tau=2.0, eta=0.3), None),
+    "cfg": (lambda: infodec.ClassifierFreeGuidance(1.5), EVIDENCE),
+    "kl_guided": (lambda: infodec.KLGuidedTemperature(), EVIDENCE),
+}
+
+
+@pytest.mark.parametrize("case", SCORED)
+def test_score_under_a_policy_equals_the_log_pi_generate_records(tiny, case):
+    """Teacher forcing the engine's own samples gives back the log π it recorded while sampling them:
+    the policy saw the same logits, context (penalties), per-row state (Mirostat) and evidence stream."""
+    model, params = tiny
+    make, evidence = SCORED[case]
+    out = infodec.generate(
+        model, params, PROMPTS, make(), jax.random.key(3), max_new_tokens=NEW, evidence=evidence, num_samples=3
+    )
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    continuations = [row[:n].tolist() for row, n in zip(out.tokens, out.lengths)]
+    evidence_rows = None if evidence is None else [e for e in evidence for _ in range(3)]
+    logp, mask = score(model, params, prompts, continuations, policy=make(), evidence=evidence_rows, batch_size=4)
+    recorded = np.where(out.mask(), out.logp_policy, 0.0)[:, : logp.shape[1]]
+    assert mask.sum() == out.lengths.sum() > 0
+    assert not np.allclose(recorded, np.where(out.mask(), out.logp_model, 0.0)[:, : logp.shape[1]])  # π is not p_θ
+    np.testing.assert_allclose(logp, recorded, atol=2e-5)
+
+
+def test_score_under_temperature_one_is_the_models_score(tiny):
+    model, params = tiny
+    continuations = [[3, 3, 1, 0, 5], [2, 4]]
+    plain, mask = score(model, params, PROMPTS, continuations)
+    forced, forced_mask = score(model, params, PROMPTS, continuations, policy=infodec.Temperature(1.0))
+    np.testing.assert_array_equal(mask, forced_mask)
+    np.testing.assert_allclose(forced, plain, atol=2e-5)
+
+
+def test_score_gives_truncated_tokens_no_mass(tiny):
+    """Under greedy decoding every token but the model's argmax has (numerically) zero probability."""
+    model, params = tiny
+    plain, _ = score(model, params, PROMPTS, [[3, 3, 1], [2, 5, 4]])
+    argmax = int(np.argmax(np.asarray(model.apply(params, np.array([PROMPTS[0]]), np.arange(3)[None])[0][0, -1])))
+    other = (argmax + 1) % model.vocab_size
+    logp, _ = score(model, params, PROMPTS[:1] * 2, [[argmax], [other]], policy=infodec.Greedy())
+    assert logp[0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert logp[1, 0] < MASK_VALUE / 2
+    assert plain.min() > -30  # the model itself gives every token mass
+
+
 def test_steps_do_not_recompile_across_calls(tiny):
     model, params = tiny
     for temperature in (0.7, 1.3):
@@ -183,3 +235,10 @@ def test_clear_errors(tiny):
         finish({"tokens": None})  # pyright: ignore[reportArgumentType] (a dict is not a state)
     with pytest.raises(ValueError, match="one each"):
         score(model, params, PROMPTS, [[1]])
+    with pytest.raises(ValueError, match="1 evidence prompts for 2 continuations"):
+        score(model, params, PROMPTS, [[1], [2]], policy=infodec.ClassifierFreeGuidance(1.0), evidence=[[1]])
+    state = prefill(model, params, PROMPTS, jax.random.key(0), max_new_tokens=2, policy=policy)
+    with pytest.raises(ValueError, match="3 tokens do not fit the state's 2 free output slots"):
+        engine.teacher_force(model, params, policy, state, np.ones((2, 3), np.int32))
+    with pytest.raises(ValueError, match=r"tokens must be integer ids \[rows=2, L\]"):
+        engine.teacher_force(model, params, policy, state, np.ones((3, 2), np.int32))

@@ -5,9 +5,9 @@ continuations, and the memory plan they check before allocating."""
 
 from infodec.decoding.contrastive_decoding import contrastive_decoding
 from infodec.decoding.dola import dola
-from infodec.decoding.engine import compile_count, finish, generate, prefill, select, step, stream
+from infodec.decoding.engine import compile_count, finish, generate, prefill, select, step, stream, teacher_force
 from infodec.decoding.memory import MemoryPlan, MemoryPlanError, memory_plan
-from infodec.decoding.scoring import continuation_log_probs, score, scored_log_probs
+from infodec.decoding.scoring import continuation_log_probs, policy_log_probs, score, scored_log_probs
 from infodec.decoding.search import beam_search, contrastive_search
 from infodec.decoding.state import DecodeState, GenerateOutput
 
@@ -17,6 +17,7 @@ __all__ = [
     "select",
     "finish",
     "score",
+    "teacher_force",
     "generate",
     "stream",
     "compile_count",
@@ -31,4 +32,5 @@ __all__ = [
     "MemoryPlanError",
     "continuation_log_probs",
     "scored_log_probs",
+    "policy_log_probs",
 ]

@@ -746,13 +746,13 @@ def _check_step(policy: Policy, state: DecodeState) -> None:
         )
 
 
-def _step(model, params, policy, state: DecodeState) -> DecodeState:
-    """One token for every row: policy, sample, advance the policy's state, then :func:`advance` (record,
-    one model call)."""
+def _step(model, params, policy, state: DecodeState, token: Array | None = None) -> DecodeState:
+    """One token for every row: policy, sample (or take the given ``token [N]``: teacher forcing), advance
+    the policy's state, then :func:`advance` (record, one model call)."""
     keys = jax.random.split(jax.random.fold_in(state.key, state.step), state.num_rows)[state.lineage]
     bound = bind_policy_state(policy, state.policy_state)
     log_pi, diagnostics = bound(state.logits, StepInfo(state.context, state.step, state.hidden, keys))
-    token = sample_tokens(keys, log_pi)
+    token = sample_tokens(keys, log_pi) if token is None else token.astype(jnp.int32)
     if state.policy_state is not None:  # static: stateless policies compile the step they always did
         live = lambda new, old: jnp.where(jnp.reshape(state.done, (-1,) + (1,) * (new.ndim - 1)), old, new)
         new = next_policy_state(policy, state.policy_state, log_pi, token)
@@ -874,6 +874,38 @@ def _step_impl(model, params, policy, state, structure):
 # ``structure`` only keys the compiled code (policy_structure); ``step(..., donate=True)`` takes the donating one.
 _step_jit = jax.jit(_step_impl, static_argnums=0, static_argnames="structure")
 _step_donated = jax.jit(_step_impl, static_argnums=0, static_argnames="structure", donate_argnums=3)
+
+
+def teacher_force(model: CausalLM, params: Any, policy: Policy, state: DecodeState, tokens) -> DecodeState:
+    """``state`` after feeding ``tokens [N, L]`` column by column, each step exactly as :func:`step` runs
+    except that the token is the given one instead of a sample: what the state records as ``logp_policy``
+    is then log π of each given token under the policy, on the context of the tokens before it (the
+    policy's own state, for stateful policies, advanced by the given tokens). One jitted ``lax.scan``;
+    ``state`` is donated. Rows already done record 0, as in ``step``; ``prefill(policy=...,
+    stop_tokens=())`` keeps every row live for ``max_new_tokens >= L`` steps."""
+    policy = canonical_policy(policy)
+    _check_step(policy, state)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] != state.num_rows or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integer ids [rows={state.num_rows}, L], got {tokens.dtype} {tokens.shape}")
+    if tokens.shape[1] > state.tokens.shape[1] - int(state.step):
+        raise ValueError(
+            f"{tokens.shape[1]} tokens do not fit the state's {state.tokens.shape[1] - int(state.step)} free "
+            "output slots; prefill with max_new_tokens >= the continuation length"
+        )
+    return _teacher_force_jit(model, params, policy, state, tokens, structure=policy_structure(policy))
+
+
+def _teacher_force_impl(model, params, policy, state, tokens, structure):
+    count_trace("teacher_force")
+
+    def body(carry, token):
+        return _placed(_step(model, params, policy, carry, token), carry.mesh), None
+
+    return jax.lax.scan(body, _placed(state, state.mesh), tokens.T)[0]
+
+
+_teacher_force_jit = jax.jit(_teacher_force_impl, static_argnums=0, static_argnames="structure", donate_argnums=3)
 
 
 # --- select -----------------------------------------------------------------------------------------

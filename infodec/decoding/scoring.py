@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from infodec.batching import map_in_chunks
-from infodec.decoding.engine import encode_prompts
+from infodec.decoding.engine import encode_prompts, prefill, teacher_force
 from infodec.decoding.state import sequence_bucket
 
 
@@ -133,18 +133,40 @@ def scored_log_probs(
 
 
 def score(
-    model, params, prefixes, continuations, *, tokenizer=None, batch_size: int = 8
+    model,
+    params,
+    prefixes,
+    continuations,
+    *,
+    policy=None,
+    evidence=None,
+    key=None,
+    tokenizer=None,
+    batch_size: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Teacher-forced scoring: ``(logp [N, L], mask [N, L])``, ``logp[n, t] = log p(y_t | x, y_<t)`` of
     each token of ``continuations[n]`` given ``prefixes[n]`` (float64, 0 where ``mask`` is False; ``L``
     the longest continuation). ``logp.sum(1)`` is each continuation's log-likelihood.
+
+    With a ``policy``, ``logp[n, t] = log π(y_t | x, y_<t)`` instead: the probability the decoder ``policy``
+    gives each token when the tokens before it are the given ones (``-inf``-like, about ``-1e30``, where
+    the policy truncates the token away). The continuations are fed through the decode engine
+    (``prefill``, then ``step`` with the given token in place of a sample), so the policy sees exactly the
+    logits, context, hidden state and per-row state it sees when it decodes: for a text the engine
+    sampled, this is the ``logp_policy`` it recorded.
 
     Args:
       model, params: from ``infodec.load``.
       prefixes: N non-empty prefixes: strings (with ``tokenizer``; encoded with its BOS convention) or
         token-id lists.
       continuations: N continuations: strings (encoded without BOS) or token-id lists; may be empty.
-      batch_size: rows per forward pass (one cache-free ``apply`` over prefix + continuation).
+      policy: None (the model's own distribution, one cache-free ``apply`` over prefix + continuation) or
+        an infodec ``Policy``.
+      evidence: with a two-stream policy (classifier-free guidance), the N evidence prompts, as for
+        ``generate``.
+      key: PRNG key for policies that draw random numbers (``XTC``): their π is the one of this draw
+        (default ``jax.random.key(0)``).
+      batch_size: rows per forward pass (fixed: the last batch repeats its last row).
     """
     prefix_ids = encode_prompts(prefixes, tokenizer)
     continuation_ids = encode_prompts(continuations, tokenizer, add_bos=False, allow_empty=True)
@@ -154,9 +176,65 @@ def score(
     tokens = np.zeros((len(continuation_ids), max(1, int(lengths.max()))), np.int32)
     for row, ids in enumerate(continuation_ids):
         tokens[row, : len(ids)] = ids
-    logp, mask = scored_log_probs(model, params, tokens, lengths, prefix_ids, batch_size=batch_size)
+    if policy is None:
+        logp, mask = scored_log_probs(model, params, tokens, lengths, prefix_ids, batch_size=batch_size)
+    else:
+        logp, mask = policy_log_probs(
+            model, params, tokens, lengths, prefix_ids, policy, evidence=evidence, key=key, batch_size=batch_size
+        )
     width = int(lengths.max())
     return logp[:, :width], mask[:, :width]
+
+
+def policy_log_probs(
+    model,
+    params,
+    tokens,
+    lengths,
+    prefixes: Sequence[Sequence[int]],
+    policy,
+    *,
+    evidence=None,
+    key=None,
+    batch_size: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(logp [N, L], mask [N, L])``: log π of each output token under ``policy`` given its prefix and the
+    output tokens before it (float64; 0 where masked), teacher-forced through ``prefill`` and
+    ``engine.teacher_force`` in fixed batches of ``batch_size`` rows (see :func:`score`).
+
+    Args:
+      tokens, lengths: the outputs ``[N, L]`` (right-padded) and their lengths ``[N]``.
+      prefixes: N non-empty token lists the outputs are conditioned on.
+      evidence: N evidence prompts for a two-stream policy, else None.
+    """
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1] or len(prefixes) != len(tokens):
+        raise ValueError(
+            f"tokens [N, L], lengths [N] and N prefixes expected, got {tokens.shape}, "
+            f"{lengths.shape} and {len(prefixes)} prefixes"
+        )
+    if evidence is not None and len(evidence) != len(tokens):
+        raise ValueError(f"got {len(evidence)} evidence prompts for {len(tokens)} continuations; pass one each")
+    key = jax.random.key(0) if key is None else key
+    width = tokens.shape[1]
+
+    def chunk(rows: np.ndarray, _) -> np.ndarray:
+        state = prefill(
+            model,
+            params,
+            [list(prefixes[r]) for r in rows],
+            key,
+            max_new_tokens=width,
+            evidence=None if evidence is None else [evidence[r] for r in rows],
+            policy=policy,
+            stop_tokens=(),
+        )
+        state = teacher_force(model, params, policy, state, tokens[rows])
+        return np.asarray(state.logp_policy[:, :width])
+
+    logp = map_in_chunks(chunk, len(tokens), min(batch_size, len(tokens)))
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    return np.where(mask, logp, 0.0).astype(np.float64), mask
 
 
 def check_continuations(tokens, lengths) -> tuple[jax.Array, jax.Array]:

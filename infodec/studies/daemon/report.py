@@ -15,6 +15,9 @@
   ``human_perplexity`` point (``Ẑ`` from N fresh samples per prompt): the ratio with its clustered CI,
   the N sweep's 1/N extrapolation, and the ε-perplexities of the ``epsilon_perplexity`` point
   (:func:`epsilon_result`);
+* ``decoder_epsilon_perplexity.csv``: the human texts' ε-perplexity under p_ε, under each sampling
+  baseline's smoothed π (exact) and, once its point ran, under DAEMON's q_ε, each with its paired ratio to
+  p_ε (:func:`decoder_epsilon_rows`);
 * ``claims.csv``: per corpus, [P3]'s claims judged by rules fixed before the runs (:func:`claim_rows`);
 * ``sweeps.csv``: the M sweep and the proposal-temperature sweep;
 * ``main_gaps.png``, ``m_sweep.png``, ``temperature.png``;
@@ -256,6 +259,33 @@ def epsilon_result(records: Records, config: DaemonConfig, corpus: str) -> dict[
     return None
 
 
+def decoder_epsilon_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
+    """One ``decoder_epsilon_perplexity.csv`` row per corpus × decoder of a ``baseline_epsilon_perplexity``
+    point: p_ε itself ("model"), each sampling baseline (exact: its π on the human tokens, smoothed) and
+    DAEMON (``epsilon_perplexity``'s q_ε, when that point ran on the same texts and ε), with the paired
+    ``ppl / ppl(p_ε)`` ratio and its interval, and how many human tokens the decoder truncates away."""
+    rows = []
+    for r in _in_order(records, config, "baseline_epsilon_perplexity"):
+        common = {"corpus": r["corpus"], "epsilon": r["epsilon"], "texts": r["num_texts"], "tokens": r["num_tokens"]}
+        rows.append(_epsilon_row(common, "model", r["eps_ppl_model"], None, 0, "exact: p_eps"))
+        for name, d in r["decoders"].items():
+            rows.append(
+                _epsilon_row(
+                    common, name, d["eps_ppl"], d["paired"], d["truncated_tokens"], "exact: the policy's pi, smoothed"
+                )
+            )
+        for e in _in_order(records, config, "epsilon_perplexity"):
+            if (e["corpus"], e["num_texts"], e["epsilon"]) == (r["corpus"], r["num_texts"], r["epsilon"]):
+                how = f"Z_eps from N = {e['num_samples']} samples of p_eps per prompt"
+                rows.append(_epsilon_row(common, "daemon", e["eps_ppl_q"], e["paired"], None, how))
+    return rows
+
+
+def _epsilon_row(common: dict, decoder: str, eps_ppl: float, paired: dict | None, truncated, how: str) -> dict:
+    ratio = {k: None if paired is None else paired[k] for k in ("ppl_ratio", "ppl_ratio_low", "ppl_ratio_high")}
+    return {**common, "decoder": decoder, "eps_ppl": eps_ppl, **ratio, "truncated_tokens": truncated, "how": how}
+
+
 def perplexity_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
     """One ``human_perplexity.csv`` row per ``human_perplexity`` point (corpora in the settings' order), with
     the corpus's :func:`epsilon_result`."""
@@ -414,6 +444,9 @@ def write_tables_and_plots(folder: ResultsFolder, records: Records, config: Daem
     ppl = perplexity_rows(records, config)
     if ppl:
         folder.write_csv("human_perplexity.csv", ppl)
+    decoder_eps = decoder_epsilon_rows(records, config)
+    if decoder_eps:
+        folder.write_csv("decoder_epsilon_perplexity.csv", decoder_eps)
     claims = claim_rows(records, config)
     if claims:
         folder.write_csv("claims.csv", claims)
@@ -728,6 +761,46 @@ def _epsilon_lines(eps: dict[str, Any] | None, level: str) -> list[str]:
     ]
 
 
+def _decoder_epsilon_section(records: Records, config: DaemonConfig) -> list[str]:
+    """Per corpus, :func:`decoder_epsilon_rows` as a table (descriptive: no rule was fixed for it)."""
+    rows = decoder_epsilon_rows(records, config)
+    lines = []
+    for corpus in dict.fromkeys(r["corpus"] for r in rows):
+        group = [r for r in rows if r["corpus"] == corpus]
+        first = group[0]
+
+        def ratio(r: dict) -> str:
+            if r["ppl_ratio"] is None:
+                return "1 (reference)"
+            return f"{r['ppl_ratio']:.4f} [{r['ppl_ratio_low']:.4f}, {r['ppl_ratio_high']:.4f}]"
+
+        table = [
+            [
+                r["decoder"],
+                f"{r['eps_ppl']:.4g}",
+                ratio(r),
+                "–" if r["truncated_tokens"] is None else str(r["truncated_tokens"]),
+            ]
+            for r in group
+        ]
+        lines += [
+            f"## Human-text ε-perplexity under each decoder ({corpus})",
+            "",
+            f"The {first['texts']} human continuations ({first['tokens']:.0f} tokens) of the perplexity point, scored "
+            f"token by token under each sampling decoder's law π given the human tokens before it, smoothed as "
+            f"π_ε = (π + ε) / (1 + ε|V|) with ε = {first['epsilon']:g} so that a token the decoder truncates away "
+            "keeps ε's share (Martins et al. 2020). Exact for the baselines (no sampling); DAEMON's row, once its "
+            "point has run, is q_ε ∝ p_ε exp(−µᵀf) with Ẑ_ε estimated from samples of p_ε. Ratios are to p_ε "
+            "(the model smoothed alike), paired over texts and clustered by document (95% t intervals). "
+            "Descriptive: no rule was fixed for this table. Searches (beam, contrastive) have no per-token law "
+            "and are not listed. `decoder_epsilon_perplexity.csv` holds the numbers.",
+            "",
+            *_table(["decoder", "ε-perplexity", "ratio to p_ε [95% CI]", "human tokens truncated"], table),
+            "",
+        ]
+    return lines
+
+
 def _sr4_section(records: Records) -> list[str]:
     lines = []
     for r in (r for r in records.values() if r.get("study") == "sr4"):
@@ -802,7 +875,7 @@ def markdown(folder: Path, records: Records, config: DaemonConfig) -> str:
         lines += ["![gap to human per metric](main_gaps.png)", ""] if (folder / "main_gaps.png").exists() else []
         lines += _gap_section(records, config)
     lines += _claims_section(records, config)
-    lines += _perplexity_section(records, config)
+    lines += _perplexity_section(records, config) + _decoder_epsilon_section(records, config)
     lines += _sweep_sections(records, config, folder) + _sr4_section(records)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -815,6 +888,7 @@ __all__ = [
     "sweep_rows",
     "gap_rows",
     "perplexity_rows",
+    "decoder_epsilon_rows",
     "claim_rows",
     "closest_to_human_status",
     "perplexity_status",

@@ -48,11 +48,12 @@ from infodec.daemon import sampling as sampling_lib
 from infodec.daemon import tilted_perplexity as ppl_lib
 from infodec.data import corpora
 from infodec.decoding import beam_search, contrastive_decoding, contrastive_search, generate, memory
-from infodec.decoding.scoring import prefix_lists, scored_log_probs
+from infodec.decoding.scoring import policy_log_probs, prefix_lists, scored_log_probs
 from infodec.eval import mauve as mauve_lib
 from infodec.eval.sensibleness import mean_log_prob
 from infodec.eval.stats import clustered_mean_se, mean_se, paired_difference
 from infodec.models.checkpoints import load
+from infodec.models.layers import MASK_VALUE
 from infodec.policies import EpsilonSmoothing, named
 from infodec.results import ResultsFolder
 from infodec.studies.daemon.config import BASELINES, METRICS, DaemonConfig, check_fit_target
@@ -405,10 +406,18 @@ class Pipeline:
         """``[B, K]`` float32 metrics of continuations ``tokens [B, L]`` after ``prefix [B, W]`` (-1 padded)."""
         return np.asarray(metrics_lib.compute_with(self.functions, tokens, lengths, prefix))
 
-    def scored(self, tokens: np.ndarray, lengths: np.ndarray, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def scored(
+        self, tokens: np.ndarray, lengths: np.ndarray, prefix: np.ndarray, policy=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(logp [B, L], mask [B, L])`` of continuations under the model, ``prefix [B, W]`` padded with -1
-        (teacher-forced, in fixed batches of 16 rows)."""
+        (teacher-forced, in fixed batches of 16 rows: the full-sequence logits ``[rows, S, V]`` bound it), or
+        with ``policy`` under that decoder's π (``scoring.policy_log_probs``, through the decode engine in
+        batches of ``rows_per_call``: a decode step holds only ``[rows, V]`` logits)."""
         prefixes = prefix_lists(prefix, len(prefix))
+        if policy is not None:
+            return policy_log_probs(
+                self.model, self.params, tokens, lengths, prefixes, policy, batch_size=self.rows_per_call
+            )
         return scored_log_probs(self.model, self.params, tokens, lengths, prefixes, batch_size=16)
 
     def perplexity(self, tokens: np.ndarray, lengths: np.ndarray, prefix: np.ndarray) -> dict[str, Any]:
@@ -741,6 +750,51 @@ class DaemonStudy:
             "eps_ppl_model": report.ppl_p,
             "eps_ppl_q": report.ppl_q,
             "paired": ppl_lib.paired_log_perplexity_ci(report.log_p, report.log_q, tokens, docs, level=level),
+        }
+
+    def baseline_epsilon_perplexity(
+        self,
+        names: Sequence[str],
+        *,
+        prompts: int | None = None,
+        epsilon: float = EPSILON,
+        level: float = 0.95,
+    ) -> dict[str, Any]:
+        """The human continuations' ε-perplexity under each baseline of ``names`` that samples from a policy
+        (searches have no per-token law and are skipped): every token's probability under the baseline's π
+        given the human tokens before it (``scoring.policy_log_probs``), smoothed as p_θ's is (``π_ε = (π +
+        ε) / (1 + ε|V|)``; a token the policy truncates gets ``ε / (1 + ε|V|)``). Exact: no sampling.
+        Returns ``eps_ppl_model`` (p_ε's) and per baseline ``eps_ppl`` with the ``paired`` interval of
+        ``ppl(π_ε) / ppl(p_ε)`` over the texts, clustered by document."""
+        rows = len(self.eval_prompts) if prompts is None else prompts
+        logp, mask, tokens, _, docs = self._scored_human(rows)
+        vocab = int(self.pipeline.model.vocab_size)
+        smoothed = functools.partial(ppl_lib.epsilon_log_probs, epsilon=epsilon, vocab_size=vocab)
+        model_side = smoothed(logp, mask)
+        decoders = {}
+        for name in names:
+            baseline = BASELINES[name]
+            if baseline.policy is None:
+                continue
+            policy = named.build(baseline.policy, **baseline.settings)
+            start = time.perf_counter()
+            pi_logp, pi_mask = self.pipeline.scored(
+                self.human_tokens[:rows], self.human_lengths[:rows], self.prefix[:rows], policy=policy
+            )
+            decoder_side = smoothed(pi_logp, pi_mask)
+            decoders[name] = {
+                "eps_ppl": float(np.exp(-decoder_side.sum() / tokens.sum())),
+                "truncated_tokens": int(((pi_logp < MASK_VALUE / 2) & pi_mask).sum()),
+                "paired": ppl_lib.paired_log_perplexity_ci(model_side, decoder_side, tokens, docs, level=level),
+                "score_s": time.perf_counter() - start,
+            }
+            self.log(f"  ε-perplexity under {name}: {decoders[name]['eps_ppl']:.4g}")
+        return {
+            "num_texts": rows,
+            "num_tokens": float(tokens.sum()),
+            "epsilon": epsilon,
+            "eps_ppl_model": float(np.exp(-model_side.sum() / tokens.sum())),
+            "decoders": decoders,
         }
 
     def gap_to_human(self, features: np.ndarray) -> dict[str, float]:
@@ -1187,11 +1241,18 @@ def _main_points(study: DaemonStudy, config: DaemonConfig, mu: np.ndarray, ckey:
 
 
 def _human_perplexity_points(
-    study: DaemonStudy, mu: np.ndarray, num_samples: int, ckey: jax.Array, prompts: int = 0
+    study: DaemonStudy,
+    mu: np.ndarray,
+    num_samples: int,
+    ckey: jax.Array,
+    prompts: int = 0,
+    baseline_names: Sequence[str] = (),
 ) -> Points:
-    """The human texts' perplexity under ``q_µ`` with ``Ẑ`` from ``num_samples`` fresh p_θ samples per eval
-    prompt (:meth:`DaemonStudy.human_perplexity`; the first ``prompts``, 0 = all: paired CI, N sweep), and
-    their ε-perplexity with ``Ẑ_ε`` from as many samples of p_ε (:meth:`DaemonStudy.epsilon_perplexity`)."""
+    """The human texts' ε-perplexity under each sampling baseline of ``baseline_names`` (exact,
+    :meth:`DaemonStudy.baseline_epsilon_perplexity`), their perplexity under ``q_µ`` with ``Ẑ`` from
+    ``num_samples`` fresh p_θ samples per eval prompt (:meth:`DaemonStudy.human_perplexity`; the first
+    ``prompts``, 0 = all: paired CI, N sweep), and their ε-perplexity under q_ε with ``Ẑ_ε`` from as many
+    samples of p_ε (:meth:`DaemonStudy.epsilon_perplexity`)."""
 
     def point(study_name: str, estimate: Callable[..., dict], salt: int) -> Callable[[], dict]:
         def compute() -> dict:
@@ -1201,7 +1262,12 @@ def _human_perplexity_points(
 
         return compute
 
+    def baselines() -> dict:
+        result = study.baseline_epsilon_perplexity(baseline_names, prompts=prompts or None)
+        return {"corpus": study.corpus, "study": "baseline_epsilon_perplexity", **result}
+
     return [
+        (f"{study.corpus}/baseline_epsilon_perplexity/eps={EPSILON:g}", baselines),
         (f"{study.corpus}/human_perplexity/N={num_samples}", point("human_perplexity", study.human_perplexity, 600)),
         (
             f"{study.corpus}/epsilon_perplexity/N={num_samples},eps={EPSILON:g}",
@@ -1399,7 +1465,11 @@ def run_studies(
                 if "uncorrected" in config.forms and tau != 1.0:  # at τ = 1 it is the corrected decode
                     run(_temperature_point(study, config, tau, records, ckey, form="uncorrected"))
         if "perplexity" in config.studies:  # last: the costliest decode per prompt
-            run(_human_perplexity_points(study, mu, config.perplexity_samples, ckey, config.perplexity_prompts))
+            run(
+                _human_perplexity_points(
+                    study, mu, config.perplexity_samples, ckey, config.perplexity_prompts, config.baselines
+                )
+            )
         shutil.rmtree(bank, ignore_errors=True)  # every point that shares these candidates is stored
     return records
 
