@@ -398,7 +398,7 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     text = path.read_text()
     assert "Human-text perplexity under q_µ (wiki)" in text and "gap to human in standard errors" in text
     assert "28 under the model, 27.7 under q_ε" in text and "ratio 0.9900, 95% CI [0.9800, 0.9950]" in text
-    assert "| top_p | 42 | 1.5000 [1.4000, 1.6000] | 310 |" in text and "| daemon | 27.7 | 0.9900" in text
+    assert "| top_p | 42 | 1.5000 [1.4000, 1.6000] | 310 |" in text and "| DAEMON (q_ε) | 27.7 | 0.9900" in text
 
 
 @pytest.mark.parametrize(

@@ -761,6 +761,17 @@ def _epsilon_lines(eps: dict[str, Any] | None, level: str) -> list[str]:
     ]
 
 
+EPSILON_LABELS = {"model": "p_ε (the model)", "sampling": "sampling (π = p_θ)", "daemon": "DAEMON (q_ε)"}
+
+
+def _ratio_cell(row: dict) -> str:
+    """``ratio [low, high]`` of a :func:`decoder_epsilon_rows` row (4 decimals below 10, else 4 digits)."""
+    if row["ppl_ratio"] is None:
+        return "1 (reference)"
+    value = lambda x: f"{x:.4f}" if x < 10 else f"{x:.4g}"
+    return f"{value(row['ppl_ratio'])} [{value(row['ppl_ratio_low'])}, {value(row['ppl_ratio_high'])}]"
+
+
 def _decoder_epsilon_section(records: Records, config: DaemonConfig) -> list[str]:
     """Per corpus, :func:`decoder_epsilon_rows` as a table (descriptive: no rule was fixed for it)."""
     rows = decoder_epsilon_rows(records, config)
@@ -769,16 +780,11 @@ def _decoder_epsilon_section(records: Records, config: DaemonConfig) -> list[str
         group = [r for r in rows if r["corpus"] == corpus]
         first = group[0]
 
-        def ratio(r: dict) -> str:
-            if r["ppl_ratio"] is None:
-                return "1 (reference)"
-            return f"{r['ppl_ratio']:.4f} [{r['ppl_ratio_low']:.4f}, {r['ppl_ratio_high']:.4f}]"
-
         table = [
             [
-                r["decoder"],
+                EPSILON_LABELS.get(r["decoder"], r["decoder"]),
                 f"{r['eps_ppl']:.4g}",
-                ratio(r),
+                _ratio_cell(r),
                 "–" if r["truncated_tokens"] is None else str(r["truncated_tokens"]),
             ]
             for r in group
@@ -791,7 +797,9 @@ def _decoder_epsilon_section(records: Records, config: DaemonConfig) -> list[str
             f"π_ε = (π + ε) / (1 + ε|V|) with ε = {first['epsilon']:g} so that a token the decoder truncates away "
             "keeps ε's share (Martins et al. 2020). Exact for the baselines (no sampling); DAEMON's row, once its "
             "point has run, is q_ε ∝ p_ε exp(−µᵀf) with Ẑ_ε estimated from samples of p_ε. Ratios are to p_ε "
-            "(the model smoothed alike), paired over texts and clustered by document (95% t intervals). "
+            "(the model smoothed alike), paired over texts and clustered by document (95% t intervals). Ancestral "
+            "sampling's π is p_θ itself, so its row, teacher-forced through the decode engine, checks that path "
+            "against the cache-free scoring of p_ε's row. "
             "Descriptive: no rule was fixed for this table. Searches (beam, contrastive) have no per-token law "
             "and are not listed. `decoder_epsilon_perplexity.csv` holds the numbers.",
             "",
