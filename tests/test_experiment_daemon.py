@@ -120,7 +120,7 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     # greedy's π is one-hot: each human token that is not the argmax gets only ε's share
     greedy = points[-3]["decoders"]["greedy"]
     assert list(points[-3]["decoders"]) == ["greedy"] and greedy["truncated_tokens"] > 0
-    assert greedy["eps_ppl"] > points[-3]["eps_ppl_model"] and greedy["paired"]["ppl_ratio_low"] > 1
+    assert greedy["eps_ppl"] > points[-3]["eps_ppl_model"] and greedy["paired"]["ppl_ratio"] > 1
     # every point's finished chunks are deleted once it is stored; the human texts' features are kept for good
     assert [p.name for p in (tmp_path / ".partial").iterdir()] == ["wiki__human"]
     human = {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".partial" / "wiki__human").iterdir()}

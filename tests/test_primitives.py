@@ -196,6 +196,15 @@ def test_score_under_temperature_one_is_the_models_score(tiny):
     np.testing.assert_allclose(forced, plain, atol=2e-5)
 
 
+def test_scoring_under_another_setting_of_a_policy_does_not_recompile(tiny):
+    model, params = tiny
+    continuations = [[3, 3, 1], [2, 5, 4]]
+    score(model, params, PROMPTS, continuations, policy=infodec.TopP(0.9))
+    before = engine.compile_count()
+    score(model, params, PROMPTS, continuations, policy=infodec.TopP(0.6))
+    assert engine.compile_count() == before
+
+
 def test_score_gives_truncated_tokens_no_mass(tiny):
     """Under greedy decoding every token but the model's argmax has (numerically) zero probability."""
     model, params = tiny
