@@ -82,3 +82,16 @@ def test_rerank_orders_by_log_likelihood(guide, tiny):
     order = guide["rerank"](model, params, PROMPT, candidates)
     totals = [guide["score"](model, params, [PROMPT], [c])[0].sum() for c in candidates]
     assert list(order) == list(np.argsort(-np.array(totals)))
+
+
+def test_epsilon_perplexity_under_a_decoder(guide, tiny):
+    """Under ancestral sampling it is the model's own ε-perplexity; truncating to the top token raises it."""
+    model, params = tiny
+    prompts, continuations = [PROMPT, [5, 1]], [[3, 3, 1], [2, 5, 4, 0]]
+    logp, mask = infodec.decoding.score(model, params, prompts, continuations)
+    model_eps = infodec.daemon.epsilon_perplexity(logp, mask, epsilon=1e-3, vocab_size=VOCAB)
+    under = lambda policy: guide["epsilon_perplexity_under"](
+        model, params, policy, prompts, continuations, epsilon=1e-3
+    )
+    assert under(infodec.Temperature(1.0)) == pytest.approx(model_eps, rel=1e-5)
+    assert under(infodec.TopK(1)) > model_eps
