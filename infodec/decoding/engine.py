@@ -888,10 +888,11 @@ def teacher_force(model: CausalLM, params: Any, policy: Policy, state: DecodeSta
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[0] != state.num_rows or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"tokens must be integer ids [rows={state.num_rows}, L], got {tokens.dtype} {tokens.shape}")
-    if tokens.shape[1] > state.tokens.shape[1] - int(state.step):
+    free = None if isinstance(state.step, Tracer) else state.tokens.shape[1] - int(state.step)
+    if free is not None and tokens.shape[1] > free:
         raise ValueError(
-            f"{tokens.shape[1]} tokens do not fit the state's {state.tokens.shape[1] - int(state.step)} free "
-            "output slots; prefill with max_new_tokens >= the continuation length"
+            f"{tokens.shape[1]} tokens do not fit the state's {free} free output slots; prefill with "
+            "max_new_tokens >= the continuation length"
         )
     return _teacher_force_jit(model, params, policy, state, tokens, structure=policy_structure(policy))
 

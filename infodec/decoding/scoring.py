@@ -114,12 +114,7 @@ def scored_log_probs(
       prefixes: N non-empty token lists the outputs are conditioned on.
       batch_size: rows per forward pass (bounds the ``[batch, S, V]`` logits in memory).
     """
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1] or len(prefixes) != len(tokens):
-        raise ValueError(
-            f"tokens [N, L], lengths [N] and N prefixes expected, got {tokens.shape}, "
-            f"{lengths.shape} and {len(prefixes)} prefixes"
-        )
+    tokens, lengths = _outputs_with_prefixes(tokens, lengths, prefixes)
     width = max(1, max((len(p) for p in prefixes), default=1))
     padded = np.full((len(prefixes), width), -1, np.int64)
     for row, p in enumerate(prefixes):
@@ -207,12 +202,7 @@ def policy_log_probs(
       prefixes: N non-empty token lists the outputs are conditioned on.
       evidence: N evidence prompts for a two-stream policy, else None.
     """
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1] or len(prefixes) != len(tokens):
-        raise ValueError(
-            f"tokens [N, L], lengths [N] and N prefixes expected, got {tokens.shape}, "
-            f"{lengths.shape} and {len(prefixes)} prefixes"
-        )
+    tokens, lengths = _outputs_with_prefixes(tokens, lengths, prefixes)
     if evidence is not None and len(evidence) != len(tokens):
         raise ValueError(f"got {len(evidence)} evidence prompts for {len(tokens)} continuations; pass one each")
     key = jax.random.key(0) if key is None else key
@@ -235,6 +225,17 @@ def policy_log_probs(
     logp = map_in_chunks(chunk, len(tokens), min(batch_size, len(tokens)))
     mask = np.arange(width)[None, :] < lengths[:, None]
     return np.where(mask, logp, 0.0).astype(np.float64), mask
+
+
+def _outputs_with_prefixes(tokens, lengths, prefixes) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens [N, L], lengths [N])`` as arrays; ValueError unless there is one prefix per output."""
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1] or len(prefixes) != len(tokens):
+        raise ValueError(
+            f"tokens [N, L], lengths [N] and N prefixes expected, got {tokens.shape}, "
+            f"{lengths.shape} and {len(prefixes)} prefixes"
+        )
+    return tokens, lengths
 
 
 def check_continuations(tokens, lengths) -> tuple[jax.Array, jax.Array]:
