@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import infodec
+from infodec.decoding import score
 from tests.tiny_models import VOCAB, tiny_llama
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "decode-loop.md"
@@ -88,7 +89,7 @@ def test_epsilon_perplexity_under_a_decoder(guide, tiny):
     """Under ancestral sampling it is the model's own ε-perplexity; truncating to the top token raises it."""
     model, params = tiny
     prompts, continuations = [PROMPT, [5, 1]], [[3, 3, 1], [2, 5, 4, 0]]
-    logp, mask = infodec.decoding.score(model, params, prompts, continuations)
+    logp, mask = score(model, params, prompts, continuations)
     model_eps = infodec.daemon.epsilon_perplexity(logp, mask, epsilon=1e-3, vocab_size=VOCAB)
     under = lambda policy: guide["epsilon_perplexity_under"](
         model, params, policy, prompts, continuations, epsilon=1e-3
