@@ -186,6 +186,7 @@ def tiny_results() -> dict:
             user_loop(model, params, cfg, sharding.make_mesh(4, 2), evidence=evidence, num_samples=2),
         ],
     }
+    results["teacher_force"] = teacher_forced(model, params, cfg, sharding.make_mesh(4, 2), evidence=evidence)
     run_daemon(sharding.make_mesh(4, 2), "4x2")
     run_daemon(sharding.make_mesh(8, 1), "8x1")
     results["loop"] = loop_on_device(model, params)
@@ -204,6 +205,35 @@ def user_loop(model, params, policy, mesh, **kwargs) -> list:
         if t == 2:
             state = engine.select(engine.select(state, backwards), backwards)
     return engine.finish(state).tokens.tolist()
+
+
+def teacher_forced(model, params, policy, mesh, **kwargs) -> dict:
+    """log π that ``generate`` records for its own tokens on one device, and what ``teacher_force`` gives
+    for the same tokens on ``mesh`` (3 prompts: the state has a padding row, fed ``pad_id``)."""
+    out = infodec.generate(
+        model, params, PROMPTS, policy, jax.random.key(0), max_new_tokens=NEW_TOKENS, stop_tokens=(), **kwargs
+    )
+    placed = sharding.shard_params(model, params, mesh)
+    state = engine.prefill(
+        model,
+        placed,
+        PROMPTS,
+        jax.random.key(1),
+        max_new_tokens=NEW_TOKENS,
+        policy=policy,
+        stop_tokens=(),
+        mesh=mesh,
+        **kwargs,
+    )
+    tokens = np.full((state.num_rows, NEW_TOKENS), state.pad_id, np.int32)
+    tokens[: len(out.tokens)] = out.tokens
+    forced = engine.finish(engine.teacher_force(model, placed, policy, state, tokens))
+    return {
+        "rows": state.num_rows,
+        "generated": out.logp_policy.tolist(),
+        "forced": forced.logp_policy.tolist(),
+        "model": [out.logp_model.tolist(), forced.logp_model.tolist()],
+    }
 
 
 def recompilation(model, params) -> dict:

@@ -106,6 +106,19 @@ def test_two_stream_per_row_and_stream_equal_single_device(report, case):
     assert sharded == single
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_teacher_force_on_a_padded_mesh_gives_the_log_probs_generate_recorded(report):
+    """``generate``'s own ClassifierFreeGuidance tokens, teacher-forced on (4, 2), where the 3 prompts
+    fill 4 rows (the padding row is fed ``pad_id`` and dropped by ``finish``): the same log π and log p_θ."""
+    forced = report["teacher_force"]
+    assert forced["rows"] == 4
+    np.testing.assert_allclose(forced["forced"], forced["generated"], atol=1e-4)
+    np.testing.assert_allclose(*forced["model"], atol=1e-4)
+    # Under guidance π is not p_θ, so the first comparison is not the second one again.
+    assert np.abs(np.subtract(forced["model"][0], forced["generated"])).max() > 1e-2
+
+
 @pytest.mark.parametrize("family", ["gpt2", "gemma3"])
 @pytest.mark.slow
 @pytest.mark.subprocess

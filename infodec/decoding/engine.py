@@ -882,12 +882,18 @@ def teacher_force(model: CausalLM, params: Any, policy: Policy, state: DecodeSta
     is then log π of each given token under the policy, on the context of the tokens before it (the
     policy's own state, for stateful policies, advanced by the given tokens). One jitted ``lax.scan``;
     ``state`` is donated. Rows already done record 0, as in ``step``; ``prefill(policy=...,
-    stop_tokens=())`` keeps every row live for ``max_new_tokens >= L`` steps."""
+    stop_tokens=())`` keeps every row live for ``max_new_tokens >= L`` steps. On a mesh ``tokens`` has a
+    row for every row of the state, padding rows included (any ids: they are done from the start)."""
     policy = canonical_policy(policy)
     _check_step(policy, state)
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[0] != state.num_rows or not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"tokens must be integer ids [rows={state.num_rows}, L], got {tokens.dtype} {tokens.shape}")
+        padding = (
+            "" if state.mesh is None else " (every row of the state, the rows that pad the mesh's data axis included)"
+        )
+        raise ValueError(
+            f"tokens must be integer ids [rows={state.num_rows}, L]{padding}, got {tokens.dtype} {tokens.shape}"
+        )
     free = None if isinstance(state.step, Tracer) else state.tokens.shape[1] - int(state.step)
     if free is not None and tokens.shape[1] > free:
         raise ValueError(
