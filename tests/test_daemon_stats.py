@@ -179,6 +179,52 @@ def test_n_sweep_recovers_the_known_1_over_n_bias_of_log_z():
         tp.n_sweep(np.zeros(3), np.zeros((3, 1)), feats[:3, :10], np.array([-1.0]), sizes=(5, 20))
 
 
+def test_perplexity_report_measures_how_concentrated_each_prefixs_weights_are():
+    # µ = −1 on one feature: prefix 0's weights ∝ (1, 3) -> w = (1/4, 3/4), ESS = 1 / (1/16 + 9/16) = 1.6;
+    # prefix 1's are equal -> ESS = N = 2, top weight 1/2
+    feats = np.array([[[0.0], [np.log(3.0)]], [[1.0], [1.0]]])
+    report = tp.perplexity_under_q(np.zeros(2), np.zeros((2, 1)), feats, np.array([-1.0]))
+    np.testing.assert_allclose(report.ess, [1.6, 2.0], rtol=1e-12)
+    np.testing.assert_allclose(report.top_weight, [0.75, 0.5], rtol=1e-12)
+
+
+def test_doubling_check_reads_the_form_of_the_bias_from_the_increments():
+    sizes = np.array([8, 16, 32, 64])
+    exact = tp.doubling_check(sizes, 2.0 - 3.0 / sizes)  # a b/N bias: each doubling halves the rise
+    unconverged = tp.doubling_check(sizes, 2.0 + 0.01 * np.log(sizes))  # log N growth: no shrinking
+    growing = tp.doubling_check(sizes, 0.01 * np.log(sizes) ** 2)  # rises that grow
+    assert exact is not None and unconverged is not None and growing is not None
+    assert exact.decay == pytest.approx(0.5, rel=1e-12)
+    assert exact.tail == pytest.approx(3.0 / 64, rel=1e-12)  # = −b / N_max, the fit's own bias
+    assert unconverged.decay == pytest.approx(1.0) and unconverged.tail > 1e3
+    assert growing.decay > 1 and growing.tail == float("inf")
+    assert tp.doubling_check(sizes, [1.0, 1.1, 1.05, 1.2]) is None  # a fall: noise dominates
+    assert tp.doubling_check(sizes[:2], [1.0, 1.1]) is None  # one increment has no decay
+    with pytest.raises(ValueError, match="sizes that double"):
+        tp.doubling_check([8, 16, 48], [1.0, 1.1, 1.2])
+
+
+@pytest.mark.slow
+def test_doubling_check_flags_heavy_tailed_weights_the_1_over_n_fit_understates():
+    """Log-normal weights again (log Z = σ²/2). At σ = 0.5 the sweep halves per doubling; at σ = 2.5
+    (Var(w) = e^{σ²}(e^{σ²} − 1) ≈ 2.6e5) N ≤ 200 is far from the delta method's regime: the increments
+    shrink by about 0.7 per doubling, the a + b/N intercept falls 0.18 short of log Z, and the geometric
+    tail recovers most of the shortfall."""
+    rng = np.random.default_rng(0)
+    checks = {}
+    for sigma in (0.5, 2.5):
+        feats = rng.normal(0.0, sigma, (20000, 200, 1))
+        sweep = tp.n_sweep(np.zeros(20000), np.zeros((20000, 1)), feats, np.array([-1.0]))
+        checks[sigma] = (sweep, tp.doubling_check(sweep.sizes, sweep.nll_q))
+    light, heavy = checks[0.5][1], checks[2.5][1]
+    assert light.decay == pytest.approx(0.5, abs=0.05)
+    assert heavy.decay > 0.65
+    sweep = checks[2.5][0]
+    log_z = 2.5**2 / 2
+    assert log_z - sweep.intercept > 0.1
+    assert abs(sweep.nll_q[-1] + heavy.tail - log_z) < 0.5 * (log_z - sweep.intercept)
+
+
 def test_epsilon_perplexity_is_martins_smoothing():
     p = np.array([[0.5, 0.25, 0.0], [0.1, 0.6, 0.9]])
     mask = np.array([[True, True, True], [True, True, False]])
@@ -256,13 +302,19 @@ def test_study_clusters_decoder_rows_and_reports_the_paired_perplexity():
     logp, mask = s.pipeline.scored(s.human_tokens, s.human_lengths, s.prefix)
     assert out["ppl_model"] == pytest.approx(np.exp(-np.where(mask, logp, 0).sum() / mask.sum()), rel=1e-9)
     exact_eps_ppl = daemon.epsilon_perplexity(logp, mask, epsilon=0.05, vocab_size=tiny_models.VOCAB)
-    eps = s.epsilon_perplexity(np.array([0.5, -0.5]), 8, jax.random.key(3), epsilon=0.05)
+    eps = s.epsilon_perplexity(np.array([0.5, -0.5]), 8, jax.random.key(3), epsilon=0.05, sizes=(2, 4, 8))
     assert eps["eps_ppl_model"] == pytest.approx(exact_eps_ppl, rel=1e-9)
     assert eps["paired"]["ppl_ratio"] == pytest.approx(eps["eps_ppl_q"] / eps["eps_ppl_model"])
+    # the N sweep's largest size is the point itself (one group of all 8 samples), measured against p_ε
+    sweep = eps["n_sweep"]
+    assert sweep["sizes"] == [2, 4, 8] and sweep["groups"] == [4, 2, 1]
+    assert np.exp(sweep["nll_q"][-1]) == pytest.approx(eps["eps_ppl_q"], rel=1e-9)
+    assert np.exp(sweep["nll_p"]) == pytest.approx(exact_eps_ppl, rel=1e-9)
     assert eps["smoothing_mass"] == pytest.approx(0.3 / 1.3)
     # µ = 0: q_ε is p_ε and every sample's weight is 1, so Ẑ_ε = 1 exactly
     zero = s.epsilon_perplexity(np.zeros(2), 8, jax.random.key(3), epsilon=0.05)
     assert zero["eps_ppl_q"] == pytest.approx(exact_eps_ppl, rel=1e-9)
+    assert zero["weights"]["ess_min"] == pytest.approx(8.0) and zero["weights"]["share_top_over_half"] == 0.0
 
 
 @pytest.mark.slow
@@ -358,6 +410,23 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
             "eps_ppl_model": 28.0,
             "eps_ppl_q": 27.7,
             "paired": {**paired, "ppl_ratio": 0.99, "ppl_ratio_low": 0.98, "ppl_ratio_high": 0.995},
+            "weights": {
+                "ess_median": 1.5,
+                "ess_p10": 1.01,
+                "ess_min": 1.0,
+                "top_weight_median": 0.8,
+                "share_top_over_half": 0.9,
+            },
+            "n_sweep": {
+                "sizes": [8, 16, 32, 64],
+                "groups": [8, 4, 2, 1],
+                "nll_q": [3.2, 3.24, 3.26, 3.27],  # rises 0.04, 0.02, 0.01: the b/N form
+                "nll_p": 3.3,
+                "intercept": 3.28,
+                "slope": -1.0,
+                "bias_at_largest": -0.02,
+                "ppl_q_extrapolated": float(np.exp(3.28)),
+            },
         }
     )
     top_p_paired = {**paired, "ppl_ratio": 1.5, "ppl_ratio_low": 1.4, "ppl_ratio_high": 1.6}
@@ -395,9 +464,21 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
         (ppl,) = list(csv.DictReader(f))
     assert float(ppl["ppl_ratio_low"]) == pytest.approx(np.exp(-0.018)) and ppl["N"] == "50"
     assert (ppl["eps_ppl_q"], ppl["eps_ppl_ratio_high"], ppl["eps_N"]) == ("27.7", "0.995", "50")
+    # the ε point's own N sweep: ratio at N → ∞ = exp(intercept − nll_p) = exp(−0.02)
+    assert float(ppl["eps_ppl_ratio_extrapolated"]) == pytest.approx(np.exp(-0.02))
+    assert float(ppl["eps_decay_per_doubling"]) == pytest.approx(0.5)
+    assert float(ppl["eps_ppl_ratio_geometric_tail"]) == pytest.approx(np.exp(3.27 + 0.01 - 3.3), rel=1e-5)
+    assert float(ppl["eps_bias_at_N"]) == -0.02 and float(ppl["eps_ppl_q_extrapolated"]) == pytest.approx(
+        np.exp(3.28), rel=1e-5
+    )
     text = path.read_text()
     assert "Human-text perplexity under q_µ (wiki)" in text and "gap to human in standard errors" in text
     assert "28 under the model, 27.7 under q_ε" in text and "ratio 0.9900, 95% CI [0.9800, 0.9950]" in text
+    assert "shrinking by 0.50 per doubling" in text and "the ratio at N → ∞ is 0.9802" in text
+    assert "the sweep has under three sizes" in text  # the plain point's two-size sweep
+    assert "effective sample size median 1.5 (10th percentile 1.01, minimum 1)" in text
+    assert "exceeds one half in 90% of prompts" in text and float(ppl["eps_share_top_over_half"]) == 0.9
+    assert "1/N bias of log Ẑ_ε: fitted nll_q_ε(N) = a + b/N with b = -1" in text and "(ratio at N → ∞: 0.9802)" in text
     assert "| top_p | 42 | 1.5000 [1.4000, 1.6000] | 310 |" in text and "| DAEMON (q_ε) | 27.7 | 0.9900" in text
 
 

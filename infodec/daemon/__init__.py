@@ -8,7 +8,7 @@
 * :func:`resample` / :func:`sample`: Algorithm 2 (conditional SIR over M shared-prefix candidates).
 * :func:`perplexity_under_q` / :func:`perplexity`: human-text perplexity under p_θ and q_µ;
   :func:`paired_log_perplexity_ci` (clustered CI over human texts), :func:`n_sweep` (the 1/N bias of
-  ``log Ẑ``), :func:`epsilon_perplexity` (Martins et al. 2020's ε-perplexity).
+  ``log Ẑ``; :func:`doubling_check` tests its form), :func:`epsilon_perplexity` (Martins et al. 2020's ε-perplexity).
 * :mod:`~infodec.daemon.rerank`: best-of-N and MBR reranking of M candidates drawn once per prompt.
 
 The paper's studies (DAEMON against the standard decoders on human text) are ``infodec.studies.daemon``.
@@ -27,9 +27,11 @@ from infodec.daemon.fitting import (
 from infodec.daemon.metrics import METRICS, compute, get_metric, pooled_diversity, register
 from infodec.daemon.sampling import DaemonOutput, log_weights, resample, sample
 from infodec.daemon.tilted_perplexity import (
+    DoublingCheck,
     NSweep,
     PerplexityReport,
     Spread,
+    doubling_check,
     epsilon_log_probs,
     epsilon_log_ratios,
     epsilon_perplexity,
@@ -67,7 +69,9 @@ __all__ = [
     "perplexity_over_seeds",
     "spread",
     "paired_log_perplexity_ci",
+    "DoublingCheck",
     "NSweep",
+    "doubling_check",
     "n_sweep",
     "epsilon_perplexity",
     "epsilon_log_probs",

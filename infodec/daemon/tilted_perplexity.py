@@ -17,6 +17,8 @@ Uncertainty and bias (issue 19):
 * :func:`n_sweep`: the estimate at several ``N`` (the mean over disjoint groups of ``N`` of the samples)
   and the least-squares fit ``nll_q(N) = a + b / N`` (``E[log Ẑ_N] = log Z − Var(w) / (2 N Z²) + O(N⁻²)``
   by the delta method), so ``a`` is the ``N → ∞`` extrapolation and ``b / N`` the remaining bias at ``N``.
+  :func:`doubling_check` tests that form: a ``b / N`` bias halves the rise of ``nll_q`` per doubling of
+  ``N``; heavy-tailed weights (``Var(w)`` infinite or huge) do not, and then the fit understates the bias.
 * :func:`epsilon_perplexity` / :func:`epsilon_log_probs`: the ε-perplexity of Martins, Marinho & Martins,
   "Sparse Text Generation" (EMNLP 2020, §4), which truncation-sampling comparisons (and the DAEMON
   paper's perplexity column, per issue 19) report so that a distribution giving a human token probability
@@ -67,6 +69,8 @@ class PerplexityReport:
     log_z: ``[J]`` ``log Ẑ(c_j, µ)``; log_q ``[J]`` ``log q_µ(x_j|c_j)``; log_p ``[J]`` ``log p_θ(x_j|c_j)``.
     nll_p, nll_q: mean negative log-likelihood per token under p_θ and q.
     ppl_p, ppl_q: ``exp`` of those.
+    ess: ``[J]`` effective sample size ``1 / Σ_i w_i²`` of each prefix's self-normalised weights, in
+      ``[1, N]``; top_weight: ``[J]`` the largest ``w_i``. An ``ess`` near 1 means one sample is ``Ẑ``.
     """
 
     num_samples: int
@@ -78,6 +82,8 @@ class PerplexityReport:
     nll_q: float
     ppl_p: float
     ppl_q: float
+    ess: np.ndarray
+    top_weight: np.ndarray
 
 
 def perplexity_under_q(
@@ -115,6 +121,7 @@ def perplexity_under_q(
     total = float(len(log_p)) if num_tokens is None else float(np.sum(num_tokens))
     nll_p = float(-log_p.sum() / total)
     nll_q = float(-log_q.sum() / total)
+    weights = np.exp(lw - logsumexp(lw, axis=1, keepdims=True))
     return PerplexityReport(
         num_samples=num,
         num_tokens=total,
@@ -125,6 +132,8 @@ def perplexity_under_q(
         nll_q=nll_q,
         ppl_p=float(np.exp(nll_p)),
         ppl_q=float(np.exp(nll_q)),
+        ess=1.0 / np.sum(weights**2, axis=1),
+        top_weight=weights.max(axis=1),
     )
 
 
@@ -366,6 +375,44 @@ def n_sweep(
         bias_at_largest=slope / sizes[-1],
         ppl_q_extrapolated=float(np.exp(intercept)),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DoublingCheck:
+    """Whether an N sweep behaves as the ``a + b / N`` fit assumes (:func:`doubling_check`).
+
+    Attributes:
+      increments: ``[S - 1]`` ``nll_q(2N) − nll_q(N)`` along the sweep, nats/token.
+      decay: the increments' mean factor per doubling (geometric mean of successive ratios): 1/2 when
+        the bias is ``b / N``, 1 when ``nll_q`` grows like ``log N`` (heavy-tailed weights: Ẑ not converged).
+      tail: ``increments[-1] · decay / (1 − decay)``, the further rise of ``nll_q`` if the increments keep
+        shrinking by ``decay`` per doubling (``inf`` when ``decay >= 1``); for an exact ``b / N`` bias it
+        is ``−b / N_max``, the fit's own bias.
+    """
+
+    increments: np.ndarray
+    decay: float
+    tail: float
+
+
+def doubling_check(sizes, nll_q) -> DoublingCheck | None:
+    """Test the ``1/N`` form of an N sweep (``sizes`` doubling, :func:`default_sweep_sizes`) from its
+    increments: :class:`DoublingCheck`, or None with fewer than three sizes or an increment that is not
+    positive (``E[log Ẑ_N]`` rises with ``N``; a fall means Monte Carlo noise dominates the sweep).
+
+    Why: the ``a + b / N`` fit always returns an intercept, even when ``log Ẑ_N`` is far from converged; a
+    sweep whose increments do not halve per doubling is outside the fit's regime, and the intercept then
+    understates the bias."""
+    n = np.asarray(sizes, np.float64).reshape(-1)
+    v = np.asarray(nll_q, np.float64).reshape(-1)
+    if n.shape != v.shape or np.any(n[1:] != 2 * n[:-1]):
+        raise ValueError(f"doubling_check needs sizes that double and one nll_q per size, got {n} and {v}")
+    increments = np.diff(v)
+    if len(increments) < 2 or np.any(increments <= 0):
+        return None
+    decay = float((increments[-1] / increments[0]) ** (1.0 / (len(increments) - 1)))
+    tail = float(increments[-1] * decay / (1.0 - decay)) if decay < 1 else float("inf")
+    return DoublingCheck(increments=increments, decay=decay, tail=tail)
 
 
 def epsilon_log_probs(token_log_probs, mask, *, epsilon: float, vocab_size: int) -> np.ndarray:

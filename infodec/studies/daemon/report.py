@@ -13,8 +13,8 @@
   measured) in units of the combined SE ``sqrt(se_decoder² + se_human²)``;
 * ``human_perplexity.csv``: the human texts' perplexity under p_θ and ``q_µ`` from the
   ``human_perplexity`` point (``Ẑ`` from N fresh samples per prompt): the ratio with its clustered CI,
-  the N sweep's 1/N extrapolation, and the ε-perplexities of the ``epsilon_perplexity`` point
-  (:func:`epsilon_result`);
+  the N sweep's 1/N extrapolation, and the ε-perplexities of the ``epsilon_perplexity`` point with its own
+  N sweep's extrapolation (:func:`epsilon_result`);
 * ``decoder_epsilon_perplexity.csv``: the human texts' ε-perplexity under p_ε, under each sampling
   baseline's smoothed π (exact) and, once its point ran, under DAEMON's q_ε, each with its paired ratio to
   p_ε (:func:`decoder_epsilon_rows`);
@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from infodec.daemon.tilted_perplexity import doubling_check
 from infodec.eval.stats import combined_se, in_se_units
 from infodec.results import ResultsFolder, plot_series, read_points
 from infodec.studies.daemon.config import DaemonConfig
@@ -241,22 +242,32 @@ def epsilon_result(records: Records, config: DaemonConfig, corpus: str) -> dict[
     """The corpus's ε-perplexities from its ``epsilon_perplexity`` point (``Ẑ_ε`` from samples of p_ε). A
     ``human_perplexity`` point of the first runs carries p_θ's exact ε-perplexity and a q-side one whose
     ``Ẑ_ε`` reweighted p_θ samples: that one is withdrawn (:data:`WITHDRAWN_EPSILON`). None without either."""
-    for r in _in_order(records, config, "epsilon_perplexity"):
-        if r["corpus"] == corpus:
-            paired = r["paired"]
-            return {
-                "epsilon": r["epsilon"],
-                "smoothing_mass": r["smoothing_mass"],
-                "eps_N": r["num_samples"],
-                "eps_ppl_model": r["eps_ppl_model"],
-                "eps_ppl_q": r["eps_ppl_q"],
-                **{f"eps_{k}": paired[k] for k in ("ppl_ratio", "ppl_ratio_low", "ppl_ratio_high")},
-                "eps_q": "Z_eps from samples of p_eps",
-            }
+    r = _epsilon_record(records, config, corpus)
+    if r is not None:
+        paired, sweep = r["paired"], r["n_sweep"]
+        return {
+            "epsilon": r["epsilon"],
+            "smoothing_mass": r["smoothing_mass"],
+            "eps_N": r["num_samples"],
+            "eps_ppl_model": r["eps_ppl_model"],
+            "eps_ppl_q": r["eps_ppl_q"],
+            **{f"eps_{k}": paired[k] for k in ("ppl_ratio", "ppl_ratio_low", "ppl_ratio_high")},
+            "eps_ppl_q_extrapolated": sweep["ppl_q_extrapolated"],
+            "eps_ppl_ratio_extrapolated": _extrapolated_ratio(sweep),
+            "eps_bias_at_N": sweep["bias_at_largest"],
+            **{f"eps_{k}": v for k, v in doubling_fields(sweep).items()},
+            **{f"eps_{k}": r["weights"][k] for k in ("ess_median", "share_top_over_half") if "weights" in r},
+            "eps_q": "Z_eps from samples of p_eps",
+        }
     for r in _in_order(records, config, "human_perplexity"):
         if r["corpus"] == corpus and "eps_ppl_model" in r:
             return {"epsilon": r["epsilon"], "eps_ppl_model": r["eps_ppl_model"], "eps_q": WITHDRAWN_EPSILON}
     return None
+
+
+def _epsilon_record(records: Records, config: DaemonConfig, corpus: str) -> dict[str, Any] | None:
+    """The corpus's ``epsilon_perplexity`` point, if it ran."""
+    return next((r for r in _in_order(records, config, "epsilon_perplexity") if r["corpus"] == corpus), None)
 
 
 def decoder_epsilon_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
@@ -307,6 +318,7 @@ def perplexity_rows(records: Records, config: DaemonConfig) -> list[dict[str, An
                 "ppl_q_extrapolated": sweep["ppl_q_extrapolated"],
                 "slope_1_over_n": sweep["slope"],
                 "bias_at_N": sweep["bias_at_largest"],
+                **doubling_fields(sweep),
                 **(epsilon_result(records, config, r["corpus"]) or {}),
             }
         )
@@ -388,6 +400,18 @@ def claim_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
 def _extrapolated_ratio(sweep: dict) -> float:
     """ppl_q / ppl_p at N → ∞: the N sweep's fitted intercept of the per-token NLL under q against p_θ's."""
     return float(np.exp(sweep["intercept"] - sweep["nll_p"]))
+
+
+def doubling_fields(sweep: dict) -> dict[str, float | None]:
+    """The N sweep's ``tilted_perplexity.doubling_check``: ``decay_per_doubling`` of the rise of nll_q (1/2
+    for the b/N bias the fit assumes) and ``ppl_ratio_geometric_tail``, ppl_q / ppl_p if the rise keeps
+    shrinking at that rate (inf when it does not shrink); None for both when the sweep cannot say.
+    Descriptive: no verdict reads them (they were added after the runs)."""
+    check = doubling_check(sweep["sizes"], sweep["nll_q"])
+    if check is None:
+        return {"decay_per_doubling": None, "ppl_ratio_geometric_tail": None}
+    ratio = float(np.exp(sweep["nll_q"][-1] + check.tail - sweep["nll_p"]))
+    return {"decay_per_doubling": check.decay, "ppl_ratio_geometric_tail": ratio}
 
 
 def _claims_section(records: Records, config: DaemonConfig) -> list[str]:
@@ -722,10 +746,6 @@ def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
     for r in _in_order(records, config, "human_perplexity"):
         paired, sweep = r["paired"], r["n_sweep"]
         level = f"{100 * paired['level']:g}%"
-        sweep_rows = [
-            [str(n), str(g), f"{np.exp(v):.4g}"] for n, g, v in zip(sweep["sizes"], sweep["groups"], sweep["nll_q"])
-        ]
-        sweep_rows.append(["∞ (a + b/N fit)", "–", f"{sweep['ppl_q_extrapolated']:.4g}"])
         lines += [
             f"## Human-text perplexity under q_µ ({r['corpus']})",
             "",
@@ -735,28 +755,80 @@ def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
             f"[{paired['ppl_ratio_low']:.4f}, {paired['ppl_ratio_high']:.4f}] (paired over texts, clustered by "
             f"document, t with {paired['dof']} d.o.f.; covers the Monte Carlo noise of Ẑ, not its 1/N bias).",
             "",
-            f"1/N bias of log Ẑ: fitted nll_q(N) = a + b/N with b = {sweep['slope']:.3g}, so at N = "
-            f"{r['num_samples']} the estimate sits {sweep['bias_at_largest']:+.2g} nats/token from N → ∞ "
-            f"(ratio at N → ∞: {_extrapolated_ratio(sweep):.4f}).",
-            "",
-            *_table(["N", "groups averaged", "ppl under q"], sweep_rows),
-            "",
-            *_epsilon_lines(epsilon_result(records, config, r["corpus"]), level),
+            *_sweep_lines(sweep, r["num_samples"], "Ẑ", "q"),
+            *_weights_lines(r),
+            *_epsilon_lines(
+                epsilon_result(records, config, r["corpus"]), _epsilon_record(records, config, r["corpus"]), level
+            ),
         ]
     return lines
 
 
-def _epsilon_lines(eps: dict[str, Any] | None, level: str) -> list[str]:
-    """The ε-perplexity sentence of :func:`_perplexity_section` (:func:`epsilon_result`'s fields)."""
+def _sweep_lines(sweep: dict, num_samples: int, z: str, q: str) -> list[str]:
+    """The 1/N-bias sentence and N-sweep table of a ``n_sweep`` record (``z``, ``q``: how to name Ẑ and q)."""
+    rows = [[str(n), str(g), f"{np.exp(v):.4g}"] for n, g, v in zip(sweep["sizes"], sweep["groups"], sweep["nll_q"])]
+    rows.append(["∞ (a + b/N fit)", "–", f"{sweep['ppl_q_extrapolated']:.4g}"])
+    return [
+        f"1/N bias of log {z}: fitted nll_{q}(N) = a + b/N with b = {sweep['slope']:.3g}, so at N = "
+        f"{num_samples} the estimate sits {sweep['bias_at_largest']:+.2g} nats/token from N → ∞ "
+        f"(ratio at N → ∞: {_extrapolated_ratio(sweep):.4f}). {_doubling_sentence(sweep, z, q)}",
+        "",
+        *_table(["N", "groups averaged", f"ppl under {q}"], rows),
+        "",
+    ]
+
+
+def _doubling_sentence(sweep: dict, z: str, q: str) -> str:
+    """Whether the sweep has the fit's b/N form (:func:`doubling_fields`), in words."""
+    fields = doubling_fields(sweep)
+    decay = fields["decay_per_doubling"]
+    if decay is None:
+        return "Check of that form: the sweep has under three sizes or a rise that is not positive (noise): no answer."
+    rises = ", ".join(f"{d:.2g}" for d in np.diff(sweep["nll_q"]))
+    head = (
+        f"Check of that form: each doubling of N raised nll_{q} by {rises} nats/token, shrinking by {decay:.2f} per "
+        "doubling, where a b/N bias halves them (0.5)"
+    )
+    if decay >= 1:
+        return (
+            f"{head}: the rises do not shrink, so log {z} has not converged at these N, and neither the fit nor "
+            "the sweep bounds the ratio at N → ∞."
+        )
+    return (
+        f"{head}; if they keep shrinking at {decay:.2f}, the ratio at N → ∞ is "
+        f"{fields['ppl_ratio_geometric_tail']:.4f} (descriptive, added after the runs; no verdict reads it)."
+    )
+
+
+def _epsilon_lines(eps: dict[str, Any] | None, record: dict[str, Any] | None, level: str) -> list[str]:
+    """The ε-perplexity paragraph of :func:`_perplexity_section` (:func:`epsilon_result`'s fields and, when
+    the ``epsilon_perplexity`` point ran, its N sweep)."""
     if eps is None:
         return []
     head = f"ε-perplexity (Martins et al. 2020, ε = {eps['epsilon']:g}): {eps['eps_ppl_model']:.4g} under the model"
-    if "eps_ppl_q" not in eps:
+    if record is None:
         return [f"{head}. Under q_µ {eps['eps_q']}.", ""]
     return [
         f"{head}, {eps['eps_ppl_q']:.4g} under q_ε ∝ p_ε exp(−µᵀf) (Ẑ_ε from N = {eps['eps_N']} samples of p_ε per "
         f"prompt, which draws a uniform token with probability α = {eps['smoothing_mass']:.3g}): ratio "
-        f"{eps['eps_ppl_ratio']:.4f}, {level} CI [{eps['eps_ppl_ratio_low']:.4f}, {eps['eps_ppl_ratio_high']:.4f}].",
+        f"{eps['eps_ppl_ratio']:.4f}, {level} CI [{eps['eps_ppl_ratio_low']:.4f}, {eps['eps_ppl_ratio_high']:.4f}] "
+        "(paired and clustered as above). No rule was fixed for this number before the runs, so it gets no verdict.",
+        "",
+        *_sweep_lines(record["n_sweep"], record["num_samples"], "Ẑ_ε", "q_ε"),
+        *_weights_lines(record),
+    ]
+
+
+def _weights_lines(record: dict[str, Any]) -> list[str]:
+    """How concentrated a perplexity point's Ẑ weights are (``study.weight_summary``), if it recorded it."""
+    w = record.get("weights")
+    if w is None:
+        return []
+    return [
+        f"Weights behind Ẑ (per prompt, self-normalised over its N = {record['num_samples']}): effective sample "
+        f"size median {w['ess_median']:.3g} (10th percentile {w['ess_p10']:.3g}, minimum {w['ess_min']:.3g}); the "
+        f"largest single weight has median {w['top_weight_median']:.2f} and exceeds one half in "
+        f"{100 * w['share_top_over_half']:.0f}% of prompts.",
         "",
     ]
 
@@ -796,7 +868,8 @@ def _decoder_epsilon_section(records: Records, config: DaemonConfig) -> list[str
             f"token by token under each sampling decoder's law π given the human tokens before it, smoothed as "
             f"π_ε = (π + ε) / (1 + ε|V|) with ε = {first['epsilon']:g} so that a token the decoder truncates away "
             "keeps ε's share (Martins et al. 2020). Exact for the baselines (no sampling); DAEMON's row, once its "
-            "point has run, is q_ε ∝ p_ε exp(−µᵀf) with Ẑ_ε estimated from samples of p_ε. Ratios are to p_ε "
+            "point has run, is q_ε ∝ p_ε exp(−µᵀf) with Ẑ_ε estimated from samples of p_ε, an estimate biased "
+            "low at finite N whose N sweep is above. Ratios are to p_ε "
             "(the model smoothed alike), paired over texts and clustered by document (95% t intervals). Ancestral "
             "sampling's π is p_θ itself, so its row, teacher-forced through the decode engine, checks that path "
             "against the cache-free scoring of p_ε's row. "

@@ -191,6 +191,19 @@ def perplexity_summary(logp: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     return {"ppl": float(np.exp(nll.sum() / count.sum())), "nll_per_row": mean_se(nll / count)}
 
 
+def weight_summary(report: ppl_lib.PerplexityReport) -> dict[str, float]:
+    """How concentrated each prompt's ``Ẑ`` weights are (``PerplexityReport.ess`` / ``top_weight``): the
+    median, first decile and minimum ESS of the ``N``, the median top weight, and the share of prompts
+    whose top sample holds over half the weight. Heavy concentration is why an N sweep may not decay."""
+    return {
+        "ess_median": float(np.median(report.ess)),
+        "ess_p10": float(np.percentile(report.ess, 10)),
+        "ess_min": float(report.ess.min()),
+        "top_weight_median": float(np.median(report.top_weight)),
+        "share_top_over_half": float(np.mean(report.top_weight > 0.5)),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     """The LM and the metrics every decode of a study shares.
@@ -719,6 +732,7 @@ class DaemonStudy:
             "ppl_q": report.ppl_q,
             "paired": ppl_lib.paired_log_perplexity_ci(report.log_p, report.log_q, tokens, docs, level=level),
             "n_sweep": sweep.to_json(),
+            "weights": weight_summary(report),
         }
 
     def epsilon_perplexity(
@@ -729,18 +743,24 @@ class DaemonStudy:
         *,
         prompts: int | None = None,
         epsilon: float = EPSILON,
+        sizes: Sequence[int] | None = None,
         level: float = 0.95,
     ) -> dict[str, Any]:
         """The human continuations' ε-perplexity (``tilted_perplexity`` module docstring) under p_θ (exact)
         and under ``q_ε ∝ p_ε exp(−µᵀf)`` with ``Ẑ_ε`` from ``num_samples`` samples of p_ε per prompt:
-        ``eps_ppl_model`` / ``eps_ppl_q``, their ``paired`` interval as in :meth:`human_perplexity`, and
-        ``smoothing_mass`` (α, the per-token probability of p_ε's uniform part)."""
+        ``eps_ppl_model`` / ``eps_ppl_q``, their ``paired`` interval and ``n_sweep`` as in
+        :meth:`human_perplexity` (p_ε's uniform draws make the weights heavier-tailed than p_θ's, so the 1/N
+        bias of ``log Ẑ_ε`` is measured, not assumed), and ``smoothing_mass`` (α, the per-token probability
+        of p_ε's uniform part)."""
         rows = len(self.eval_prompts) if prompts is None else prompts
         feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key, epsilon=epsilon)
         logp, mask, tokens, human, docs = self._scored_human(rows)
         vocab = int(self.pipeline.model.vocab_size)
         eps_logp = ppl_lib.epsilon_log_probs(logp, mask, epsilon=epsilon, vocab_size=vocab)
         report = perplexity_under_q(eps_logp, human, feats, mu, num_tokens=tokens)
+        sweep = ppl_lib.n_sweep(
+            eps_logp, human, feats, mu, sizes=sizes or ppl_lib.default_sweep_sizes(num_samples), num_tokens=tokens
+        )
         return {
             "num_samples": num_samples,
             "num_texts": rows,
@@ -750,6 +770,8 @@ class DaemonStudy:
             "eps_ppl_model": report.ppl_p,
             "eps_ppl_q": report.ppl_q,
             "paired": ppl_lib.paired_log_perplexity_ci(report.log_p, report.log_q, tokens, docs, level=level),
+            "n_sweep": sweep.to_json(),
+            "weights": weight_summary(report),
         }
 
     def baseline_epsilon_perplexity(
