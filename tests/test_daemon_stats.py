@@ -475,7 +475,9 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     assert "Human-text perplexity under q_µ (wiki)" in text and "gap to human in standard errors" in text
     assert "28 under the model, 27.7 under q_ε" in text and "ratio 0.9900, 95% CI [0.9800, 0.9950]" in text
     assert "shrinking by 0.50 per doubling" in text and "the ratio at N → ∞ is 0.9802" in text
-    assert "the sweep has under three sizes" in text  # the plain point's two-size sweep
+    assert "the sweep has under three doubling sizes" in text  # the plain point's two-size sweep
+    odd = {"sizes": [1, 3, 6], "nll_q": [1.0, 1.1, 1.15], "nll_p": 1.2}  # default_sweep_sizes(6)
+    assert report.doubling_fields(odd) == {"decay_per_doubling": None, "ppl_ratio_geometric_tail": None}
     assert "effective sample size median 1.5 (10th percentile 1.01, minimum 1)" in text
     assert "exceeds one half in 90% of prompts" in text and float(ppl["eps_share_top_over_half"]) == 0.9
     assert "1/N bias of log Ẑ_ε: fitted nll_q_ε(N) = a + b/N with b = -1" in text and "(ratio at N → ∞: 0.9802)" in text

@@ -406,8 +406,11 @@ def doubling_fields(sweep: dict) -> dict[str, float | None]:
     """The N sweep's ``tilted_perplexity.doubling_check``: ``decay_per_doubling`` of the rise of nll_q (1/2
     for the b/N bias the fit assumes) and ``ppl_ratio_geometric_tail``, ppl_q / ppl_p if the rise keeps
     shrinking at that rate (inf when it does not shrink); None for both when the sweep cannot say.
-    Descriptive: no verdict reads them (they were added after the runs)."""
-    check = doubling_check(sweep["sizes"], sweep["nll_q"])
+    Descriptive: no verdict reads them (they were added after the runs). Sizes that do not double
+    (``default_sweep_sizes`` of an N that is not a power of two) cannot say either."""
+    sizes = np.asarray(sweep["sizes"])
+    doubles = bool(np.all(sizes[1:] == 2 * sizes[:-1]))
+    check = doubling_check(sizes, sweep["nll_q"]) if doubles else None
     if check is None:
         return {"decay_per_doubling": None, "ppl_ratio_geometric_tail": None}
     ratio = float(np.exp(sweep["nll_q"][-1] + check.tail - sweep["nll_p"]))
@@ -783,7 +786,7 @@ def _doubling_sentence(sweep: dict, z: str, q: str) -> str:
     fields = doubling_fields(sweep)
     decay = fields["decay_per_doubling"]
     if decay is None:
-        return "Check of that form: the sweep has under three sizes or a rise that is not positive (noise): no answer."
+        return "Check of that form: the sweep has under three doubling sizes or a rise that is not positive: no answer."
     rises = ", ".join(f"{d:.2g}" for d in np.diff(sweep["nll_q"]))
     head = (
         f"Check of that form: each doubling of N raised nll_{q} by {rises} nats/token, shrinking by {decay:.2f} per "
