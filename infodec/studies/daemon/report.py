@@ -759,7 +759,7 @@ def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
             f"document, t with {paired['dof']} d.o.f.; covers the Monte Carlo noise of Ẑ, not its 1/N bias).",
             "",
             *_sweep_lines(sweep, r["num_samples"], "Ẑ", "q"),
-            *_weights_lines(r),
+            *_weights_lines(r, "Ẑ"),
             *_epsilon_lines(
                 epsilon_result(records, config, r["corpus"]), _epsilon_record(records, config, r["corpus"]), level
             ),
@@ -818,17 +818,18 @@ def _epsilon_lines(eps: dict[str, Any] | None, record: dict[str, Any] | None, le
         "(paired and clustered as above). No rule was fixed for this number before the runs, so it gets no verdict.",
         "",
         *_sweep_lines(record["n_sweep"], record["num_samples"], "Ẑ_ε", "q_ε"),
-        *_weights_lines(record),
+        *_weights_lines(record, "Ẑ_ε"),
     ]
 
 
-def _weights_lines(record: dict[str, Any]) -> list[str]:
-    """How concentrated a perplexity point's Ẑ weights are (``study.weight_summary``), if it recorded it."""
+def _weights_lines(record: dict[str, Any], z: str) -> list[str]:
+    """How concentrated a perplexity point's weights behind ``z`` are (``study.weight_summary``), if it
+    recorded it."""
     w = record.get("weights")
     if w is None:
         return []
     return [
-        f"Weights behind Ẑ (per prompt, self-normalised over its N = {record['num_samples']}): effective sample "
+        f"Weights behind {z} (per prompt, self-normalised over its N = {record['num_samples']}): effective sample "
         f"size median {w['ess_median']:.3g} (10th percentile {w['ess_p10']:.3g}, minimum {w['ess_min']:.3g}); the "
         f"largest single weight has median {w['top_weight_median']:.2f} and exceeds one half in "
         f"{100 * w['share_top_over_half']:.0f}% of prompts.",
