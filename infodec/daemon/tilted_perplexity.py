@@ -121,7 +121,7 @@ def perplexity_under_q(
     total = float(len(log_p)) if num_tokens is None else float(np.sum(num_tokens))
     nll_p = float(-log_p.sum() / total)
     nll_q = float(-log_q.sum() / total)
-    weights = np.exp(lw - logsumexp(lw, axis=1, keepdims=True))
+    weights = np.exp(lw - (log_z + np.log(num))[:, None])  # self-normalised: log Σ_i w_i = log Ẑ + log N
     return PerplexityReport(
         num_samples=num,
         num_tokens=total,

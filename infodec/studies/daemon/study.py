@@ -721,9 +721,7 @@ class DaemonStudy:
         feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key)
         logp, mask, tokens, human, docs = self._scored_human(rows)
         report = perplexity_under_q(logp.sum(1), human, feats, mu, num_tokens=tokens)
-        sweep = ppl_lib.n_sweep(
-            logp.sum(1), human, feats, mu, sizes=sizes or ppl_lib.default_sweep_sizes(num_samples), num_tokens=tokens
-        )
+        sweep = ppl_lib.n_sweep(logp.sum(1), human, feats, mu, sizes=sizes or None, num_tokens=tokens)
         return {
             "num_samples": num_samples,
             "num_texts": rows,
@@ -758,9 +756,7 @@ class DaemonStudy:
         vocab = int(self.pipeline.model.vocab_size)
         eps_logp = ppl_lib.epsilon_log_probs(logp, mask, epsilon=epsilon, vocab_size=vocab)
         report = perplexity_under_q(eps_logp, human, feats, mu, num_tokens=tokens)
-        sweep = ppl_lib.n_sweep(
-            eps_logp, human, feats, mu, sizes=sizes or ppl_lib.default_sweep_sizes(num_samples), num_tokens=tokens
-        )
+        sweep = ppl_lib.n_sweep(eps_logp, human, feats, mu, sizes=sizes or None, num_tokens=tokens)
         return {
             "num_samples": num_samples,
             "num_texts": rows,
