@@ -14,9 +14,11 @@ import pytest
 from scipy import stats as scipy_stats
 
 from infodec import daemon
+from infodec.daemon import fitting as fit_lib
 from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import tilted_perplexity as tp
 from infodec.eval import stats
+from infodec.policies import EpsilonSmoothing
 from infodec.studies.daemon import report, study
 from tests import tiny_models
 
@@ -256,6 +258,99 @@ def test_epsilon_importance_ratios_are_refused_where_p_theta_samples_miss_the_sm
     assert tp.smoothing_mass(1e-6, 262144) * 128 == pytest.approx(26.6, abs=0.05)
 
 
+class _MarkovChain:
+    """A toy p_θ over ``V`` tokens and ``T`` steps whose ε-smoothings can be sampled and enumerated exactly:
+    each token depends on the one before, and the chain prefers a few tokens, so uniform-drawn tokens are
+    unlikely under p_θ, as a real model's are."""
+
+    V = 6
+
+    def __init__(self, steps: int = 4, seed: int = 0):
+        self.T = steps
+        rng = np.random.default_rng(seed)
+        logits = 3.0 * rng.normal(size=(self.V + 1, self.V))  # row V: the first step's distribution
+        self.p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+
+    def smoothed(self, epsilon: float) -> np.ndarray:
+        return (self.p + epsilon) / (1 + epsilon * self.V)
+
+    def token_log_probs(self, x: np.ndarray) -> np.ndarray:
+        """``[B, T]`` log p_θ of each token of ``x [B, T]``."""
+        previous = np.concatenate([np.full((len(x), 1), self.V), x[:, :-1]], axis=1)
+        return np.log(self.p[previous, x])
+
+    def sample(self, epsilon: float, count: int, rng: np.random.Generator) -> np.ndarray:
+        table, x = self.smoothed(epsilon), np.zeros((count, self.T), int)
+        previous = np.full(count, self.V)
+        for t in range(self.T):
+            cdf = np.cumsum(table[previous], axis=1)
+            x[:, t] = np.minimum((rng.random((count, 1)) > cdf).sum(1), self.V - 1)
+            previous = x[:, t]
+        return x
+
+    def every_sequence(self) -> np.ndarray:
+        return np.stack(np.meshgrid(*[np.arange(self.V)] * self.T, indexing="ij"), -1).reshape(-1, self.T)
+
+
+def _ladder_estimates(chain, ladder, mu, per_rung, replicates, rng):
+    """``[replicates]`` Ẑ_ε estimates from ``per_rung`` samples of each rung of ``ladder``, the feature
+    being each sample's mean NLL under p_θ (as the DAEMON ``info`` metric is, under an evaluator)."""
+    draws = np.stack([chain.sample(e, replicates * per_rung, rng) for e in ladder], 1)  # [R·n, rungs, T]
+    x = draws.reshape(replicates, per_rung * len(ladder), chain.T)  # every replicate holds each rung equally
+    logp = chain.token_log_probs(x.reshape(-1, chain.T))
+    mask = np.ones_like(logp, bool)
+    ratios = daemon.epsilon_ladder_log_ratios(logp, mask, ladder=ladder, vocab_size=chain.V)
+    feats = (-logp.mean(-1)).reshape(replicates, -1, 1)
+    report = daemon.perplexity_under_q(
+        np.zeros(replicates), np.zeros((replicates, 1)), feats, [mu], sample_log_ratios=ratios.reshape(replicates, -1)
+    )
+    return np.exp(report.log_z)
+
+
+@pytest.mark.parametrize("rungs", [1, 4])
+def test_epsilon_ladder_estimates_z_epsilon_without_bias(rungs):
+    """The deterministic mixture of p_{ε/2^r} is an unbiased estimator of Ẑ_ε = E_{p_ε}[exp(−µᵀf)] (exact
+    enumeration over all 6⁴ sequences); with one rung it is plain sampling from p_ε (ratios exactly 0)."""
+    chain, eps, mu = _MarkovChain(), 0.05, 2.0
+    every = chain.every_sequence()
+    logp = chain.token_log_probs(every)
+    exact = np.sum(
+        np.exp(
+            tp.epsilon_log_probs(logp, np.ones_like(logp, bool), epsilon=eps, vocab_size=chain.V) - mu * -logp.mean(-1)
+        )
+    )
+    estimates = _ladder_estimates(
+        chain, daemon.epsilon_ladder(eps, rungs), mu, 16 // rungs, 4000, np.random.default_rng(rungs)
+    )
+    z = (estimates.mean() - exact) / (estimates.std(ddof=1) / np.sqrt(len(estimates)))
+    assert abs(z) < 3.5, (estimates.mean(), exact, z)
+
+
+def test_epsilon_ladder_spreads_the_weight_where_the_tilt_puts_q_epsilons_mass():
+    """When p_ε draws several uniform tokens per text (here α = 0.2, 16 steps: 3.2 on average) and the tilt
+    falls with every unlikely token, p_ε's own samples rarely land where q_ε's mass is and a few of them
+    decide Ẑ_ε; the ladder's lower rungs sample there, so at the same N (16) its relative spread is less
+    than half, and no sample's ratio exceeds the number of rungs."""
+    chain, eps, mu = _MarkovChain(steps=16), 0.25 / 6, 4.0
+    rng = np.random.default_rng(7)
+    assert tp.smoothing_mass(eps, chain.V) == pytest.approx(0.2)
+    plain = _ladder_estimates(chain, daemon.epsilon_ladder(eps, 1), mu, 16, 2000, rng)
+    ladder = _ladder_estimates(chain, daemon.epsilon_ladder(eps, 4), mu, 4, 2000, rng)
+    relative = lambda z: z.std() / z.mean()  # noqa: E731
+    assert relative(ladder) < 0.5 * relative(plain), (relative(ladder), relative(plain))
+    x = chain.sample(eps / 8, 500, rng)
+    logp = chain.token_log_probs(x)
+    ratios = daemon.epsilon_ladder_log_ratios(
+        logp, np.ones_like(logp, bool), ladder=(eps, eps / 2, eps / 4, eps / 8), vocab_size=chain.V
+    )
+    assert ratios.max() <= np.log(4) + 1e-12
+    assert daemon.epsilon_ladder(1e-6, 3) == (1e-6, 5e-7, 2.5e-7)
+    with pytest.raises(ValueError, match="rungs"):
+        daemon.epsilon_ladder(1e-6, 0)
+    with pytest.raises(ValueError, match="ladder"):
+        daemon.epsilon_ladder_log_ratios(logp, np.ones_like(logp, bool), ladder=(), vocab_size=chain.V)
+
+
 def _tiny_study(documents):
     model, params = tiny_models.tiny_llama()
     names = ("sr2", "div")
@@ -315,6 +410,42 @@ def test_study_clusters_decoder_rows_and_reports_the_paired_perplexity():
     zero = s.epsilon_perplexity(np.zeros(2), 8, jax.random.key(3), epsilon=0.05)
     assert zero["eps_ppl_q"] == pytest.approx(exact_eps_ppl, rel=1e-9)
     assert zero["weights"]["ess_min"] == pytest.approx(8.0) and zero["weights"]["share_top_over_half"] == 0.0
+
+
+@pytest.mark.slow
+def test_epsilon_ladder_point_interleaves_its_rungs_and_weighs_by_the_mixture():
+    """Sample ``k·R + r`` of each prompt is rung r's k-th draw (so every block of R samples, and every
+    N-sweep group, holds each rung once); its ratio is ``log p_ε − log p_mix``; the point records the ladder
+    and refuses sweep sizes the rungs do not divide."""
+    s, eps, mu = _tiny_study(["a", "a", "b", "c", "c", "c"]), 0.05, np.array([0.5, -0.5])
+    key, ladder = jax.random.key(4), (eps, eps / 2)
+    feats, ratios = s.pipeline.epsilon_ladder_samples(s.eval_prompts, 8, key, ladder=ladder)
+    assert feats.shape == (6, 8, 2) and ratios.shape == (6, 8)
+    pipe = s.pipeline
+    for rung, epsilon in enumerate(ladder):  # one chunk (i = 0): rung r drew with fold_in(fold_in(key, 0), r)
+        out, alone, _ = fit_lib.draw_candidates(
+            pipe.model,
+            pipe.params,
+            list(s.eval_prompts),
+            pipe.metric_names,
+            num_samples=4,
+            max_new_tokens=pipe.max_new_tokens,
+            key=jax.random.fold_in(jax.random.fold_in(key, 0), rung),
+            proposal=EpsilonSmoothing(epsilon),
+            stop_tokens=(),
+            functions=list(pipe.functions),
+        )
+        np.testing.assert_allclose(feats[:, rung::2], alone, rtol=1e-6)
+        smoothed = [
+            tp.epsilon_log_probs(out.logp_model, out.mask(), epsilon=e, vocab_size=tiny_models.VOCAB) for e in ladder
+        ]
+        expected = smoothed[0] - np.log((np.exp(smoothed[0]) + np.exp(smoothed[1])) / 2)
+        np.testing.assert_allclose(ratios[:, rung::2], expected.reshape(6, 4), rtol=1e-6, atol=1e-9)
+    assert ratios.max() <= np.log(2) + 1e-9
+    point = s.epsilon_perplexity(mu, 8, jax.random.key(5), epsilon=eps, rungs=2, sizes=(2, 4, 8))
+    assert point["ladder"] == [eps, eps / 2] and point["n_sweep"]["groups"] == [4, 2, 1]
+    with pytest.raises(ValueError, match="multiple of 2"):
+        s.epsilon_perplexity(mu, 8, key, epsilon=eps, rungs=2, sizes=(1, 2, 8))
 
 
 @pytest.mark.slow
@@ -429,6 +560,10 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
             },
         }
     )
+    ladder_point = {**records[-1], "key": "wiki/epsilon_ladder_perplexity/N=50,eps=1e-06,rungs=2"}
+    ladder_point.update(study="epsilon_ladder_perplexity", ladder=[1e-6, 5e-7], eps_ppl_q=28.5)
+    ladder_point["paired"] = {**paired, "ppl_ratio": 1.0179, "ppl_ratio_low": 1.01, "ppl_ratio_high": 1.03}
+    records.append(ladder_point)
     top_p_paired = {**paired, "ppl_ratio": 1.5, "ppl_ratio_low": 1.4, "ppl_ratio_high": 1.6}
     records.append(
         {
@@ -450,6 +585,7 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
         ("model", 28.0, ""),
         ("top_p", 42.0, "1.4"),
         ("daemon", 27.7, "0.98"),  # the epsilon_perplexity point's q_ε, on the same 96 texts
+        ("daemon_ladder", 28.5, "1.01"),  # the same q_ε, Ẑ_ε from the ε ladder's samples
     ]
     with (folder / "gaps.csv").open() as f:
         gaps = list(csv.DictReader(f))
@@ -476,6 +612,9 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     assert "28 under the model, 27.7 under q_ε" in text and "ratio 0.9900, 95% CI [0.9800, 0.9950]" in text
     assert "shrinking by 0.50 per doubling" in text and "the ratio at N → ∞ is 0.9802" in text
     assert "the sweep has under three doubling sizes" in text  # the plain point's two-size sweep
+    assert "25 from each smoothing ε = 1e-06, 5e-07" in text and "ratio 1.0179, 95% CI [1.0100, 1.0300]" in text
+    assert "| DAEMON (q_ε, ε ladder) | 28.5 | 1.0179 [1.0100, 1.0300] | – |" in text
+    assert "so the ratio at N = 50 errs in q's favour" in text  # log Ẑ_N is biased low at every N
     odd = {"sizes": [1, 3, 6], "nll_q": [1.0, 1.1, 1.15], "nll_p": 1.2}  # default_sweep_sizes(6)
     assert report.doubling_fields(odd) == {"decay_per_doubling": None, "ppl_ratio_geometric_tail": None}
     assert "effective sample size median 1.5 (10th percentile 1.01, minimum 1)" in text

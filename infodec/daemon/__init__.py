@@ -8,7 +8,8 @@
 * :func:`resample` / :func:`sample`: Algorithm 2 (conditional SIR over M shared-prefix candidates).
 * :func:`perplexity_under_q` / :func:`perplexity`: human-text perplexity under p_θ and q_µ;
   :func:`paired_log_perplexity_ci` (clustered CI over human texts), :func:`n_sweep` (the 1/N bias of
-  ``log Ẑ``; :func:`doubling_check` tests its form), :func:`epsilon_perplexity` (Martins et al. 2020's ε-perplexity).
+  ``log Ẑ``; :func:`doubling_check` tests its form), :func:`epsilon_perplexity` (Martins et al. 2020's
+  ε-perplexity; :func:`epsilon_ladder_log_ratios` estimates ``Ẑ_ε`` from a mixture of smoothings).
 * :mod:`~infodec.daemon.rerank`: best-of-N and MBR reranking of M candidates drawn once per prompt.
 
 The paper's studies (DAEMON against the standard decoders on human text) are ``infodec.studies.daemon``.
@@ -32,6 +33,8 @@ from infodec.daemon.tilted_perplexity import (
     PerplexityReport,
     Spread,
     doubling_check,
+    epsilon_ladder,
+    epsilon_ladder_log_ratios,
     epsilon_log_probs,
     epsilon_log_ratios,
     epsilon_perplexity,
@@ -75,5 +78,7 @@ __all__ = [
     "n_sweep",
     "epsilon_perplexity",
     "epsilon_log_probs",
+    "epsilon_ladder",
+    "epsilon_ladder_log_ratios",
     "epsilon_log_ratios",
 ]

@@ -40,6 +40,17 @@ Uncertainty and bias (issue 19):
   uniform-drawn tokens per continuation, ``α T``, is below :data:`MAX_SMOOTHED_TOKENS`; below it the
   unseen mass moves ``log Ẑ_ε`` by about ``α T`` nats per continuation (if the tilt weighs such texts
   like the others), about ``α`` nats per token.
+
+  Why an ε ladder: sampling p_ε itself is unbiased but can still be hopeless. The tilt ``exp(−µᵀf)``
+  falls with every uniform-drawn token (such a token makes the text less fluent and less informative),
+  so q_ε's mass sits on samples with far fewer of them than p_ε's ``α T`` on average, out in the lower
+  tail of their binomial count: a few samples carry all the weight (on wiki, ε = 1e-6, N = 64: per-prompt
+  effective sample size 1.27). :func:`epsilon_ladder_log_ratios` draws instead ``N / R`` samples from each
+  of ``R`` smoothings ``p_{ε_r}``, ``ε_r = ε / 2^r`` (:func:`epsilon_ladder`), and weighs every sample by
+  ``p_ε(x) / p_mix(x)`` with ``p_mix = mean_r p_{ε_r}`` (the deterministic-mixture, or balance-heuristic,
+  estimator of Veach & Guibas 1995 and Owen & Zhou 2000): ``Ẑ_ε = mean_i (p_ε/p_mix)(x_i) exp(−µᵀf(x_i))``
+  is unbiased whatever µ is, as long as every rung gets the same share of each group of samples, and
+  because p_ε is a rung, ``p_ε / p_mix ≤ R``: no sample's weight can explode.
 """
 
 from __future__ import annotations
@@ -468,3 +479,29 @@ def epsilon_log_ratios(token_log_probs, mask, *, epsilon: float, vocab_size: int
         )
     raw = np.where(np.asarray(mask, bool), np.asarray(token_log_probs, np.float64), 0.0).sum(-1)
     return epsilon_log_probs(token_log_probs, mask, epsilon=epsilon, vocab_size=vocab_size) - raw
+
+
+def epsilon_ladder(epsilon: float, rungs: int) -> tuple[float, ...]:
+    """``(ε, ε/2, ..., ε/2^(rungs−1))``: the smoothings :func:`epsilon_ladder_log_ratios` mixes (module
+    docstring). Halving ε roughly halves the expected uniform-drawn tokens ``α T``, so the rungs span q_ε's
+    count of them from p_ε's down to ``2^(1−rungs)`` of it."""
+    if rungs < 1:
+        raise ValueError(f"an ε ladder needs rungs >= 1, got {rungs}")
+    if not 0 < epsilon < 1:
+        raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+    return tuple(epsilon / 2**r for r in range(rungs))
+
+
+def epsilon_ladder_log_ratios(token_log_probs, mask, *, ladder: Sequence[float], vocab_size: int) -> np.ndarray:
+    """Per row ``log p_ε(x) − log p_mix(x)``, ``ε = ladder[0]`` and ``p_mix = mean_r p_{ladder[r]}``, of
+    samples drawn in equal numbers from each ``p_{ladder[r]}`` (``infodec.EpsilonSmoothing``; module
+    docstring); ``token_log_probs [..., L]`` their per-token ``log p_θ`` and ``mask`` their real tokens. Pass
+    as ``perplexity_under_q``'s ``sample_log_ratios``: every group of samples averaged (``n_sweep``'s too)
+    must hold each rung equally often. Each value is at most ``log len(ladder)``."""
+    ladder = tuple(float(e) for e in ladder)
+    if not ladder or any(not 0 < e < 1 for e in ladder):
+        raise ValueError(f"ladder must be a non-empty sequence of smoothings in (0, 1), got {ladder}")
+    per_rung = np.stack(
+        [epsilon_log_probs(token_log_probs, mask, epsilon=e, vocab_size=vocab_size) for e in ladder]
+    )  # [R, ...]
+    return per_rung[0] - (logsumexp(per_rung, axis=0) - np.log(len(ladder)))

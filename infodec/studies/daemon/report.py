@@ -16,8 +16,8 @@
   the N sweep's 1/N extrapolation, and the ε-perplexities of the ``epsilon_perplexity`` point with its own
   N sweep's extrapolation (:func:`epsilon_result`);
 * ``decoder_epsilon_perplexity.csv``: the human texts' ε-perplexity under p_ε, under each sampling
-  baseline's smoothed π (exact) and, once its point ran, under DAEMON's q_ε, each with its paired ratio to
-  p_ε (:func:`decoder_epsilon_rows`);
+  baseline's smoothed π (exact) and, once its points ran, under DAEMON's q_ε (Ẑ_ε from samples of p_ε,
+  and from the ε ladder's), each with its paired ratio to p_ε (:func:`decoder_epsilon_rows`);
 * ``claims.csv``: per corpus, [P3]'s claims judged by rules fixed before the runs (:func:`claim_rows`);
 * ``sweeps.csv``: the M sweep and the proposal-temperature sweep;
 * ``main_gaps.png``, ``m_sweep.png``, ``temperature.png``;
@@ -285,10 +285,13 @@ def decoder_epsilon_rows(records: Records, config: DaemonConfig) -> list[dict[st
                     common, name, d["eps_ppl"], d["paired"], d["truncated_tokens"], "exact: the policy's pi, smoothed"
                 )
             )
-        for e in _in_order(records, config, "epsilon_perplexity"):
-            if (e["corpus"], e["num_texts"], e["epsilon"]) == (r["corpus"], r["num_texts"], r["epsilon"]):
-                how = f"Z_eps from N = {e['num_samples']} samples of p_eps per prompt"
-                rows.append(_epsilon_row(common, "daemon", e["eps_ppl_q"], e["paired"], None, how))
+        for study, decoder in (("epsilon_perplexity", "daemon"), ("epsilon_ladder_perplexity", "daemon_ladder")):
+            for e in _in_order(records, config, study):
+                if (e["corpus"], e["num_texts"], e["epsilon"]) == (r["corpus"], r["num_texts"], r["epsilon"]):
+                    how = f"Z_eps from N = {e['num_samples']} samples of " + (
+                        f"an eps ladder of {len(e['ladder'])} rungs" if "ladder" in e else "p_eps"
+                    )
+                    rows.append(_epsilon_row(common, decoder, e["eps_ppl_q"], e["paired"], None, how + " per prompt"))
     return rows
 
 
@@ -763,6 +766,13 @@ def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
             *_epsilon_lines(
                 epsilon_result(records, config, r["corpus"]), _epsilon_record(records, config, r["corpus"]), level
             ),
+            *_ladder_lines(
+                next(
+                    (e for e in _in_order(records, config, "epsilon_ladder_perplexity") if e["corpus"] == r["corpus"]),
+                    None,
+                ),
+                level,
+            ),
         ]
     return lines
 
@@ -774,7 +784,10 @@ def _sweep_lines(sweep: dict, num_samples: int, z: str, q: str) -> list[str]:
     return [
         f"1/N bias of log {z}: fitted nll_{q}(N) = a + b/N with b = {sweep['slope']:.3g}, so at N = "
         f"{num_samples} the estimate sits {sweep['bias_at_largest']:+.2g} nats/token from N → ∞ "
-        f"(ratio at N → ∞: {_extrapolated_ratio(sweep):.4f}). {_doubling_sentence(sweep, z, q)}",
+        f"(ratio at N → ∞: {_extrapolated_ratio(sweep):.4f}). {_doubling_sentence(sweep, z, q)} The bias has "
+        f"one sign: log {z} from N samples lies below its limit in expectation and rises toward it with N "
+        f"(Jensen), so the ratio at N = {num_samples} errs in q's favour and its limit is at least the "
+        "ratio's expectation here.",
         "",
         *_table(["N", "groups averaged", f"ppl under {q}"], rows),
         "",
@@ -822,6 +835,26 @@ def _epsilon_lines(eps: dict[str, Any] | None, record: dict[str, Any] | None, le
     ]
 
 
+def _ladder_lines(record: dict[str, Any] | None, level: str) -> list[str]:
+    """The ``epsilon_ladder_perplexity`` point's paragraph, if it ran: the same q_ε, Ẑ_ε estimated from a
+    mixture of smoothings (``tilted_perplexity.epsilon_ladder_log_ratios``)."""
+    if record is None:
+        return []
+    paired, ladder = record["paired"], record["ladder"]
+    return [
+        f"The same ε-perplexity of q_ε with Ẑ_ε from an ε ladder (added after the runs above; descriptive): "
+        f"N = {record['num_samples']} samples per prompt, {record['num_samples'] // len(ladder)} from each "
+        f"smoothing ε = {', '.join(f'{e:g}' for e in ladder)}, each weighted by p_ε / p_mix (p_mix the "
+        f"smoothings' equal mixture; unbiased for Ẑ_ε, and no ratio exceeds {len(ladder)}). Since q_ε's tilt "
+        "falls with every uniform-drawn token, the lower rungs sample where its mass is. ε-perplexity "
+        f"{record['eps_ppl_q']:.4g} under q_ε against {record['eps_ppl_model']:.4g} under p_ε: ratio "
+        f"{paired['ppl_ratio']:.4f}, {level} CI [{paired['ppl_ratio_low']:.4f}, {paired['ppl_ratio_high']:.4f}].",
+        "",
+        *_sweep_lines(record["n_sweep"], record["num_samples"], "Ẑ_ε", "q_ε"),
+        *_weights_lines(record, "Ẑ_ε"),
+    ]
+
+
 def _weights_lines(record: dict[str, Any], z: str) -> list[str]:
     """How concentrated a perplexity point's weights behind ``z`` are (``study.weight_summary``), if it
     recorded it."""
@@ -837,7 +870,12 @@ def _weights_lines(record: dict[str, Any], z: str) -> list[str]:
     ]
 
 
-EPSILON_LABELS = {"model": "p_ε (the model)", "sampling": "sampling (π = p_θ)", "daemon": "DAEMON (q_ε)"}
+EPSILON_LABELS = {
+    "model": "p_ε (the model)",
+    "sampling": "sampling (π = p_θ)",
+    "daemon": "DAEMON (q_ε)",
+    "daemon_ladder": "DAEMON (q_ε, ε ladder)",
+}
 
 
 def _ratio_cell(row: dict) -> str:

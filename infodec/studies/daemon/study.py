@@ -65,6 +65,9 @@ Prompts = Sequence[Sequence[int]]
 SEARCH_ROWS_DIVISOR = 4
 # Martins et al. (2020)'s ε for the ε-perplexity of the human texts (tilted_perplexity module docstring).
 EPSILON = 1e-6
+# Smoothings ε, ε/2, ε/4, ε/8 behind the ladder estimate of Ẑ_ε (tilted_perplexity.epsilon_ladder): with
+# Gemma 3's vocabulary they draw a uniform token with probability 0.21, 0.12, 0.06 and 0.03.
+EPSILON_RUNGS = 4
 
 
 # --- windows: prompts and human continuations ------------------------------------------------------
@@ -233,6 +236,22 @@ class Pipeline:
     amateur: tuple[Any, Any] | None = None
     bank: Path | None = None
 
+    def _draw(self, prompts: Prompts, rows: np.ndarray, num_samples: int, key: jax.Array, **proposal: Any):
+        """``fitting.draw_candidates`` for the prompts ``rows`` with the pipeline's model, metrics and length
+        and no stop token; ``proposal``: its ``proposal`` or ``proposal_temperature``."""
+        return fit_lib.draw_candidates(
+            self.model,
+            self.params,
+            [prompts[r] for r in rows],
+            self.metric_names,
+            num_samples=num_samples,
+            max_new_tokens=self.max_new_tokens,
+            key=key,
+            stop_tokens=(),
+            functions=list(self.functions),
+            **proposal,
+        )
+
     def fit_samples(
         self, prompts: Prompts, num_samples: int, key: jax.Array, *, proposal_temperature: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -241,17 +260,8 @@ class Pipeline:
         start = time.perf_counter()
 
         def chunk(rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
-            _, feats, rho = fit_lib.draw_candidates(
-                self.model,
-                self.params,
-                [prompts[r] for r in rows],
-                self.metric_names,
-                num_samples=num_samples,
-                max_new_tokens=self.max_new_tokens,
-                key=jax.random.fold_in(key, i),
-                proposal_temperature=proposal_temperature,
-                stop_tokens=(),
-                functions=list(self.functions),
+            _, feats, rho = self._draw(
+                prompts, rows, num_samples, jax.random.fold_in(key, i), proposal_temperature=proposal_temperature
             )
             self._progress("fit samples", i, len(rows), len(prompts), "prefixes", start)
             return feats, rho
@@ -272,22 +282,39 @@ class Pipeline:
         proposal = EpsilonSmoothing(epsilon) if epsilon > 0 else None
 
         def chunk(rows: np.ndarray, i: int) -> np.ndarray:
-            _, feats, _ = fit_lib.draw_candidates(
-                self.model,
-                self.params,
-                [prompts[r] for r in rows],
-                self.metric_names,
-                num_samples=num_samples,
-                max_new_tokens=self.max_new_tokens,
-                key=jax.random.fold_in(key, i),
-                proposal=proposal,
-                stop_tokens=(),
-                functions=list(self.functions),
-            )
+            _, feats, _ = self._draw(prompts, rows, num_samples, jax.random.fold_in(key, i), proposal=proposal)
             self._progress("perplexity samples", i, len(rows), len(prompts), "prompts", start)
             return feats
 
         name = f"perplexity_samples-N{num_samples}" + (f"-eps{epsilon:g}" if epsilon > 0 else "")
+        return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples), checkpoint=name)
+
+    def epsilon_ladder_samples(
+        self, prompts: Prompts, num_samples: int, key: jax.Array, *, ladder: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(features [P, N, K], log_ratios [P, N])`` of ``num_samples`` samples per prompt drawn in equal
+        numbers from each smoothing ``p_{ε_r}`` of ``ladder`` (``tilted_perplexity.epsilon_ladder``), sample
+        ``i`` from rung ``i mod R`` so that every block of a multiple of ``R`` consecutive samples holds each
+        rung equally often (as ``n_sweep``'s groups need), and their ``log p_ε − log p_mix`` ratios
+        (``epsilon_ladder_log_ratios``, ``ε = ladder[0]``)."""
+        rungs = len(ladder)
+        if num_samples % rungs:
+            raise ValueError(f"num_samples ({num_samples}) must be a multiple of the ladder's {rungs} rungs")
+        per_rung, vocab, start = num_samples // rungs, int(self.model.vocab_size), time.perf_counter()
+
+        def chunk(rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+            feats, ratios = [], []
+            for r, epsilon in enumerate(ladder):
+                rung_key = jax.random.fold_in(jax.random.fold_in(key, i), r)
+                out, f, _ = self._draw(prompts, rows, per_rung, rung_key, proposal=EpsilonSmoothing(epsilon))
+                feats.append(f)
+                ratio = ppl_lib.epsilon_ladder_log_ratios(out.logp_model, out.mask(), ladder=ladder, vocab_size=vocab)
+                ratios.append(ratio.reshape(len(rows), per_rung))
+            self._progress("ε-ladder samples", i, len(rows), len(prompts), "prompts", start)
+            # [P, n, R, ...] -> [P, n·R, ...]: sample k·R + r is rung r's k-th
+            return np.stack(feats, 2).reshape(len(rows), num_samples, -1), np.stack(ratios, 2).reshape(len(rows), -1)
+
+        name = f"epsilon_ladder_samples-N{num_samples}-eps{ladder[0]:g}-rungs{rungs}"
         return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples), checkpoint=name)
 
     def decode(self, prompts: Prompts, name: str, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -741,27 +768,41 @@ class DaemonStudy:
         *,
         prompts: int | None = None,
         epsilon: float = EPSILON,
+        rungs: int = 1,
         sizes: Sequence[int] | None = None,
         level: float = 0.95,
     ) -> dict[str, Any]:
         """The human continuations' ε-perplexity (``tilted_perplexity`` module docstring) under p_θ (exact)
-        and under ``q_ε ∝ p_ε exp(−µᵀf)`` with ``Ẑ_ε`` from ``num_samples`` samples of p_ε per prompt:
+        and under ``q_ε ∝ p_ε exp(−µᵀf)`` with ``Ẑ_ε`` from ``num_samples`` samples of p_ε per prompt, or
+        with ``rungs > 1`` from as many samples of the ε ladder ``ε, ε/2, ...`` (``epsilon_ladder_log_ratios``;
+        recorded as ``ladder``; the sweep's sizes must then be multiples of ``rungs``):
         ``eps_ppl_model`` / ``eps_ppl_q``, their ``paired`` interval and ``n_sweep`` as in
         :meth:`human_perplexity` (p_ε's uniform draws make the weights heavier-tailed than p_θ's, so the 1/N
         bias of ``log Ẑ_ε`` is measured, not assumed), and ``smoothing_mass`` (α, the per-token probability
         of p_ε's uniform part)."""
         rows = len(self.eval_prompts) if prompts is None else prompts
-        feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key, epsilon=epsilon)
+        ladder = ppl_lib.epsilon_ladder(epsilon, rungs)
+        sizes = tuple(sizes or ppl_lib.default_sweep_sizes(num_samples))
+        if any(n % rungs for n in sizes):
+            raise ValueError(f"with {rungs} rungs every N of the sweep must be a multiple of {rungs}, got {sizes}")
+        if rungs == 1:  # plain p_ε samples: the first points' chunks, unchanged
+            feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key, epsilon=epsilon)
+            ratios = None
+        else:
+            feats, ratios = self.pipeline.epsilon_ladder_samples(
+                self.eval_prompts[:rows], num_samples, key, ladder=ladder
+            )
         logp, mask, tokens, human, docs = self._scored_human(rows)
         vocab = int(self.pipeline.model.vocab_size)
         eps_logp = ppl_lib.epsilon_log_probs(logp, mask, epsilon=epsilon, vocab_size=vocab)
-        report = perplexity_under_q(eps_logp, human, feats, mu, num_tokens=tokens)
-        sweep = ppl_lib.n_sweep(eps_logp, human, feats, mu, sizes=sizes or None, num_tokens=tokens)
+        report = perplexity_under_q(eps_logp, human, feats, mu, num_tokens=tokens, sample_log_ratios=ratios)
+        sweep = ppl_lib.n_sweep(eps_logp, human, feats, mu, sizes=sizes, num_tokens=tokens, sample_log_ratios=ratios)
         return {
             "num_samples": num_samples,
             "num_texts": rows,
             "num_tokens": report.num_tokens,
             "epsilon": epsilon,
+            **({} if rungs == 1 else {"ladder": list(ladder)}),
             "smoothing_mass": ppl_lib.smoothing_mass(epsilon, vocab),
             "eps_ppl_model": report.ppl_p,
             "eps_ppl_q": report.ppl_q,
@@ -1270,7 +1311,8 @@ def _human_perplexity_points(
     :meth:`DaemonStudy.baseline_epsilon_perplexity`), their perplexity under ``q_µ`` with ``Ẑ`` from
     ``num_samples`` fresh p_θ samples per eval prompt (:meth:`DaemonStudy.human_perplexity`; the first
     ``prompts``, 0 = all: paired CI, N sweep), and their ε-perplexity under q_ε with ``Ẑ_ε`` from as many
-    samples of p_ε (:meth:`DaemonStudy.epsilon_perplexity`)."""
+    samples of p_ε (:meth:`DaemonStudy.epsilon_perplexity`), and then of the ε ladder (:data:`EPSILON_RUNGS`
+    rungs; ``rungs=`` of the same method)."""
 
     def point(study_name: str, estimate: Callable[..., dict], salt: int) -> Callable[[], dict]:
         def compute() -> dict:
@@ -1290,6 +1332,10 @@ def _human_perplexity_points(
         (
             f"{study.corpus}/epsilon_perplexity/N={num_samples},eps={EPSILON:g}",
             point("epsilon_perplexity", study.epsilon_perplexity, 700),
+        ),
+        (
+            f"{study.corpus}/epsilon_ladder_perplexity/N={num_samples},eps={EPSILON:g},rungs={EPSILON_RUNGS}",
+            point("epsilon_ladder_perplexity", functools.partial(study.epsilon_perplexity, rungs=EPSILON_RUNGS), 800),
         ),
     ]
 
