@@ -414,33 +414,35 @@ def test_study_clusters_decoder_rows_and_reports_the_paired_perplexity():
 
 @pytest.mark.slow
 def test_epsilon_ladder_point_interleaves_its_rungs_and_weighs_by_the_mixture():
-    """Sample ``k·R + r`` of each prompt is rung r's k-th draw (so every block of R samples, and every
-    N-sweep group, holds each rung once); its ratio is ``log p_ε − log p_mix``; the point records the ladder
-    and refuses sweep sizes the rungs do not divide."""
+    """Sample ``k·R + r`` of each prompt is drawn from rung r (so every block of R samples, and every
+    N-sweep group, holds each rung once) in one decode; its ratio is ``log p_ε − log p_mix``; the point
+    records the ladder and refuses sweep sizes the rungs do not divide."""
     s, eps, mu = _tiny_study(["a", "a", "b", "c", "c", "c"]), 0.05, np.array([0.5, -0.5])
     key, ladder = jax.random.key(4), (eps, eps / 2)
     feats, ratios = s.pipeline.epsilon_ladder_samples(s.eval_prompts, 8, key, ladder=ladder)
     assert feats.shape == (6, 8, 2) and ratios.shape == (6, 8)
-    pipe = s.pipeline
-    for rung, epsilon in enumerate(ladder):  # one chunk (i = 0): rung r drew with fold_in(fold_in(key, 0), r)
-        out, alone, _ = fit_lib.draw_candidates(
-            pipe.model,
-            pipe.params,
-            list(s.eval_prompts),
-            pipe.metric_names,
-            num_samples=4,
-            max_new_tokens=pipe.max_new_tokens,
-            key=jax.random.fold_in(jax.random.fold_in(key, 0), rung),
-            proposal=EpsilonSmoothing(epsilon),
-            stop_tokens=(),
-            functions=list(pipe.functions),
-        )
-        np.testing.assert_allclose(feats[:, rung::2], alone, rtol=1e-6)
-        smoothed = [
-            tp.epsilon_log_probs(out.logp_model, out.mask(), epsilon=e, vocab_size=tiny_models.VOCAB) for e in ladder
-        ]
-        expected = smoothed[0] - np.log((np.exp(smoothed[0]) + np.exp(smoothed[1])) / 2)
-        np.testing.assert_allclose(ratios[:, rung::2], expected.reshape(6, 4), rtol=1e-6, atol=1e-9)
+    per_row = np.array([eps, eps / 2] * 24, np.float32)  # 6 prompts × 8 samples, prompt-major
+    np.testing.assert_array_equal(study.ladder_rows(ladder, 48), per_row)
+    pipe = s.pipeline  # one chunk (i = 0): the decode drew with fold_in(key, 0)
+    out, alone, _ = fit_lib.draw_candidates(
+        pipe.model,
+        pipe.params,
+        list(s.eval_prompts),
+        pipe.metric_names,
+        num_samples=8,
+        max_new_tokens=pipe.max_new_tokens,
+        key=jax.random.fold_in(key, 0),
+        proposal=EpsilonSmoothing(per_row),
+        stop_tokens=(),
+        functions=list(pipe.functions),
+    )
+    np.testing.assert_allclose(feats, alone, rtol=1e-6)
+    smoothed = [
+        tp.epsilon_log_probs(out.logp_model, out.mask(), epsilon=e, vocab_size=tiny_models.VOCAB) for e in ladder
+    ]
+    expected = smoothed[0] - np.log((np.exp(smoothed[0]) + np.exp(smoothed[1])) / 2)
+    # per-token log p_θ are float32 (a unit in the last place near |log p| ≈ 4 is 5e-7), two decodes apart
+    np.testing.assert_allclose(ratios, expected.reshape(6, 8), rtol=1e-6, atol=2e-6)
     assert ratios.max() <= np.log(2) + 1e-9
     point = s.epsilon_perplexity(mu, 8, jax.random.key(5), epsilon=eps, rungs=2, sizes=(2, 4, 8))
     assert point["ladder"] == [eps, eps / 2] and point["n_sweep"]["groups"] == [4, 2, 1]

@@ -207,6 +207,12 @@ def weight_summary(report: ppl_lib.PerplexityReport) -> dict[str, float]:
     }
 
 
+def ladder_rows(ladder: Sequence[float], rows: int) -> np.ndarray:
+    """``[rows]`` float32 per-row ε of :meth:`Pipeline.epsilon_ladder_samples`: row ``i`` (prompt-major, so
+    sample ``i mod N`` of its prompt, ``N`` a multiple of ``R``) gets ``ladder[i mod R]``."""
+    return np.resize(np.asarray(ladder, np.float32), rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     """The LM and the metrics every decode of a study shares.
@@ -293,26 +299,22 @@ class Pipeline:
         self, prompts: Prompts, num_samples: int, key: jax.Array, *, ladder: Sequence[float]
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(features [P, N, K], log_ratios [P, N])`` of ``num_samples`` samples per prompt drawn in equal
-        numbers from each smoothing ``p_{ε_r}`` of ``ladder`` (``tilted_perplexity.epsilon_ladder``), sample
-        ``i`` from rung ``i mod R`` so that every block of a multiple of ``R`` consecutive samples holds each
-        rung equally often (as ``n_sweep``'s groups need), and their ``log p_ε − log p_mix`` ratios
-        (``epsilon_ladder_log_ratios``, ``ε = ladder[0]``)."""
+        numbers from each smoothing ``p_{ε_r}`` of ``ladder`` (``tilted_perplexity.epsilon_ladder``) in one
+        decode: ``EpsilonSmoothing`` with a per-row ε, sample ``i`` of each prompt from rung ``i mod R``, so
+        every block of a multiple of ``R`` consecutive samples holds each rung equally often (as
+        ``n_sweep``'s groups need); and their ``log p_ε − log p_mix`` (``epsilon_ladder_log_ratios``,
+        ``ε = ladder[0]``)."""
         rungs = len(ladder)
         if num_samples % rungs:
             raise ValueError(f"num_samples ({num_samples}) must be a multiple of the ladder's {rungs} rungs")
-        per_rung, vocab, start = num_samples // rungs, int(self.model.vocab_size), time.perf_counter()
+        vocab, start = int(self.model.vocab_size), time.perf_counter()
 
         def chunk(rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
-            feats, ratios = [], []
-            for r, epsilon in enumerate(ladder):
-                rung_key = jax.random.fold_in(jax.random.fold_in(key, i), r)
-                out, f, _ = self._draw(prompts, rows, per_rung, rung_key, proposal=EpsilonSmoothing(epsilon))
-                feats.append(f)
-                ratio = ppl_lib.epsilon_ladder_log_ratios(out.logp_model, out.mask(), ladder=ladder, vocab_size=vocab)
-                ratios.append(ratio.reshape(len(rows), per_rung))
+            proposal = EpsilonSmoothing(ladder_rows(ladder, len(rows) * num_samples))
+            out, feats, _ = self._draw(prompts, rows, num_samples, jax.random.fold_in(key, i), proposal=proposal)
+            ratios = ppl_lib.epsilon_ladder_log_ratios(out.logp_model, out.mask(), ladder=ladder, vocab_size=vocab)
             self._progress("ε-ladder samples", i, len(rows), len(prompts), "prompts", start)
-            # [P, n, R, ...] -> [P, n·R, ...]: sample k·R + r is rung r's k-th
-            return np.stack(feats, 2).reshape(len(rows), num_samples, -1), np.stack(ratios, 2).reshape(len(rows), -1)
+            return feats, ratios.reshape(len(rows), num_samples)
 
         name = f"epsilon_ladder_samples-N{num_samples}-eps{ladder[0]:g}-rungs{rungs}"
         return map_in_chunks(chunk, len(prompts), max(1, self.rows_per_call // num_samples), checkpoint=name)
