@@ -20,7 +20,8 @@ Per corpus (``--corpora``; fit and eval prompts from disjoint documents):
   every study but ``sr4`` runs first anyway.
 * ``perplexity``: the human continuations' perplexity under p_θ and under q_µ, with ``Ẑ`` from
   ``--perplexity_samples`` fresh samples per prompt (first ``--perplexity_prompts`` eval prompts): the ratio
-  with a paired CI clustered by document, the N sweep with its 1/N extrapolation, and the ε-perplexity.
+  with a paired CI clustered by document, the N sweep with its 1/N extrapolation, and the ε-perplexity
+  with Ẑ_ε from samples of p_ε and, as a second point, of the ε ladder (``infodec.daemon.epsilon_ladder``).
   It runs last on each corpus (the costliest decode per prompt).
 * ``temperature``: proposal temperature τ (``--proposal_temperatures``): µ refitted with samples from
   ``Temperature(τ)`` (with the proposal correction), then diversity against coherence; with
@@ -166,7 +167,7 @@ _PERPLEXITY_SAMPLES = flags.DEFINE_integer(
     "perplexity_samples",
     _D.perplexity_samples,
     "N fresh p_θ samples per eval prompt behind Ẑ in the perplexity study (paired CI, N sweep, "
-    "ε-perplexity); needed by --studies=perplexity.",
+    "ε-perplexity, ε ladder: a multiple of 8); needed by --studies=perplexity.",
 )
 _PERPLEXITY_PROMPTS = flags.DEFINE_integer(
     "perplexity_prompts",

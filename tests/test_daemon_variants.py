@@ -348,6 +348,7 @@ def test_fit_options_default_to_the_dual_and_old_results_folders_still_resume(tm
         (dict(fit_normalization="global", l2_values=[0.0, 1.0]), "it needs --fit_normalization=prefix"),
         (dict(num_eval_prompts=8, perplexity_prompts=9), "--perplexity_prompts must be between 0"),
         (dict(studies=("main", "perplexity")), "pass --perplexity_samples >= 1"),
+        (dict(studies=("perplexity",), perplexity_samples=12), "--perplexity_samples must be a multiple of 8"),
     ],
 )
 def test_bad_variant_settings_are_named(changes, message):

@@ -99,7 +99,7 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
         "--l2_folds=2",
         "--max_human_windows=50",
         "--studies=main,m_sweep,perplexity",
-        "--perplexity_samples=4",
+        "--perplexity_samples=8",  # the ε ladder's 4 rungs: sweep sizes 4 and 8
         "--perplexity_prompts=2",
         f"--out={tmp_path}",
     ]
@@ -113,14 +113,16 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
         "wiki/main/daemon",
         "wiki/m_sweep/M=3",
         "wiki/baseline_epsilon_perplexity/eps=1e-06",
-        "wiki/human_perplexity/N=4",  # last: the costliest decodes per prompt
-        "wiki/epsilon_perplexity/N=4,eps=1e-06",
+        "wiki/human_perplexity/N=8",  # last: the costliest decodes per prompt
+        "wiki/epsilon_perplexity/N=8,eps=1e-06",
+        "wiki/epsilon_ladder_perplexity/N=8,eps=1e-06,rungs=4",
     ]
-    assert all(p["num_texts"] == 2 and p["num_samples"] == 4 for p in points[-2:])
+    assert all(p["num_texts"] == 2 and p["num_samples"] == 8 for p in points[-3:])
+    assert points[-1]["ladder"] == [1e-6, 5e-7, 2.5e-7, 1.25e-7] and points[-1]["n_sweep"]["sizes"] == [4, 8]
     # greedy's π is one-hot: each human token that is not the argmax gets only ε's share
-    greedy = points[-3]["decoders"]["greedy"]
-    assert list(points[-3]["decoders"]) == ["greedy"] and greedy["truncated_tokens"] > 0
-    assert greedy["eps_ppl"] > points[-3]["eps_ppl_model"] and greedy["paired"]["ppl_ratio"] > 1
+    greedy = points[-4]["decoders"]["greedy"]
+    assert list(points[-4]["decoders"]) == ["greedy"] and greedy["truncated_tokens"] > 0
+    assert greedy["eps_ppl"] > points[-4]["eps_ppl_model"] and greedy["paired"]["ppl_ratio"] > 1
     # every point's finished chunks are deleted once it is stored; the human texts' features are kept for good
     assert [p.name for p in (tmp_path / ".partial").iterdir()] == ["wiki__human"]
     human = {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".partial" / "wiki__human").iterdir()}
@@ -145,7 +147,7 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming, 4 of 4 points already done" in second.stdout + second.stderr
-    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 8  # nothing recomputed
+    assert len((tmp_path / "points.jsonl").read_text().splitlines()) == 9  # nothing recomputed
     # the eval prompts' human features were loaded, not recomputed (a recomputed chunk is rewritten)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".partial" / "wiki__human").iterdir()} == human
 

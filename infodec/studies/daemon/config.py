@@ -34,6 +34,9 @@ SELF_EVALUATOR = ("", "model")
 # as third-party reconstructions describe it: µ fitted at τ = 1, candidates from Temperature(τ), weights
 # −µᵀf only (targets r_τ·exp(−µᵀf), not q_µ).
 TEMPERATURE_FORMS = ("corrected", "uncorrected")
+# Smoothings ε, ε/2, ε/4, ε/8 behind the ladder estimate of Ẑ_ε (tilted_perplexity.epsilon_ladder): with
+# Gemma 3's vocabulary they draw a uniform token with probability 0.21, 0.12, 0.06 and 0.03.
+EPSILON_RUNGS = 4
 # Flags of the launcher that choose how it runs, not what it computes (stored in flags.json all the same).
 LAUNCHER_FLAGS = ("smoke",)
 
@@ -172,7 +175,8 @@ class DaemonConfig:
         main study and the sweeps; the SR-4 study fits its one metric with the dual.
       rows_per_call: decode rows per call (bounds the KV-cache memory).
       perplexity_samples: ``N`` fresh p_θ samples per eval prompt behind ``Ẑ`` for the ``perplexity`` study (the
-        human texts' perplexity under q_µ: paired CI, N sweep, ε-perplexity; each corpus's last point).
+        human texts' perplexity under q_µ: paired CI, N sweep, ε-perplexity from p_ε's samples and from the
+        ε ladder's, whose :data:`EPSILON_RUNGS` rungs make it a multiple of 8; each corpus's last points).
       perplexity_prompts: that study's eval prompts, the first ones (0 = every eval prompt).
       seed: window choice and every PRNG key derive from it.
     """
@@ -332,6 +336,12 @@ class DaemonConfig:
         _require(
             "perplexity" not in self.studies or self.perplexity_samples >= 1,
             "--studies=perplexity draws Ẑ from --perplexity_samples samples per prompt: pass --perplexity_samples >= 1",
+        )
+        _require(
+            "perplexity" not in self.studies or self.perplexity_samples % (2 * EPSILON_RUNGS) == 0,
+            f"--studies=perplexity's ε-ladder point draws N / {EPSILON_RUNGS} samples from each of {EPSILON_RUNGS} "
+            f"smoothings and sweeps N over sizes {EPSILON_RUNGS} divides: --perplexity_samples must be a multiple "
+            f"of {2 * EPSILON_RUNGS}, got {self.perplexity_samples}",
         )
         _require(
             0 <= self.perplexity_prompts <= self.num_eval_prompts,

@@ -56,7 +56,7 @@ from infodec.models.checkpoints import load
 from infodec.models.layers import MASK_VALUE
 from infodec.policies import EpsilonSmoothing, named
 from infodec.results import ResultsFolder
-from infodec.studies.daemon.config import BASELINES, METRICS, DaemonConfig, check_fit_target
+from infodec.studies.daemon.config import BASELINES, EPSILON_RUNGS, METRICS, DaemonConfig, check_fit_target
 
 Log = Callable[[str], None]
 Prompts = Sequence[Sequence[int]]
@@ -65,9 +65,6 @@ Prompts = Sequence[Sequence[int]]
 SEARCH_ROWS_DIVISOR = 4
 # Martins et al. (2020)'s ε for the ε-perplexity of the human texts (tilted_perplexity module docstring).
 EPSILON = 1e-6
-# Smoothings ε, ε/2, ε/4, ε/8 behind the ladder estimate of Ẑ_ε (tilted_perplexity.epsilon_ladder): with
-# Gemma 3's vocabulary they draw a uniform token with probability 0.21, 0.12, 0.06 and 0.03.
-EPSILON_RUNGS = 4
 
 
 # --- windows: prompts and human continuations ------------------------------------------------------
@@ -784,9 +781,13 @@ class DaemonStudy:
         of p_ε's uniform part)."""
         rows = len(self.eval_prompts) if prompts is None else prompts
         ladder = ppl_lib.epsilon_ladder(epsilon, rungs)
-        sizes = tuple(sizes or ppl_lib.default_sweep_sizes(num_samples))
-        if any(n % rungs for n in sizes):
-            raise ValueError(f"with {rungs} rungs every N of the sweep must be a multiple of {rungs}, got {sizes}")
+        # by default N, N/2, N/4, N/8, keeping those the rungs divide (all four for N = 64 and 4 rungs)
+        sizes = tuple(sizes or [n for n in ppl_lib.default_sweep_sizes(num_samples) if n % rungs == 0])
+        if any(n % rungs for n in sizes) or len(sizes) < 2:
+            raise ValueError(
+                f"with {rungs} rungs the N sweep needs two or more sizes, each a multiple of {rungs}, got {sizes} "
+                f"(num_samples = {num_samples}; a multiple of {2 * rungs} gives the default sweep two)"
+            )
         if rungs == 1:  # plain p_ε samples: the first points' chunks, unchanged
             feats = self.pipeline.perplexity_samples(self.eval_prompts[:rows], num_samples, key, epsilon=epsilon)
             ratios = None
