@@ -265,9 +265,11 @@ def epsilon_result(records: Records, config: DaemonConfig, corpus: str) -> dict[
     return None
 
 
-def _epsilon_record(records: Records, config: DaemonConfig, corpus: str) -> dict[str, Any] | None:
-    """The corpus's ``epsilon_perplexity`` point, if it ran."""
-    return next((r for r in _in_order(records, config, "epsilon_perplexity") if r["corpus"] == corpus), None)
+def _epsilon_record(
+    records: Records, config: DaemonConfig, corpus: str, study: str = "epsilon_perplexity"
+) -> dict[str, Any] | None:
+    """The corpus's ``epsilon_perplexity`` point (or ``study``'s, e.g. the ε ladder's), if it ran."""
+    return next((r for r in _in_order(records, config, study) if r["corpus"] == corpus), None)
 
 
 def decoder_epsilon_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
@@ -766,13 +768,7 @@ def _perplexity_section(records: Records, config: DaemonConfig) -> list[str]:
             *_epsilon_lines(
                 epsilon_result(records, config, r["corpus"]), _epsilon_record(records, config, r["corpus"]), level
             ),
-            *_ladder_lines(
-                next(
-                    (e for e in _in_order(records, config, "epsilon_ladder_perplexity") if e["corpus"] == r["corpus"]),
-                    None,
-                ),
-                level,
-            ),
+            *_ladder_lines(_epsilon_record(records, config, r["corpus"], "epsilon_ladder_perplexity"), level),
         ]
     return lines
 
