@@ -616,6 +616,8 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     assert "the sweep has under three doubling sizes" in text  # the plain point's two-size sweep
     assert "25 from each smoothing ε = 1e-06, 5e-07" in text and "ratio 1.0179, 95% CI [1.0100, 1.0300]" in text
     assert "| DAEMON (q_ε, ε ladder) | 28.5 | 1.0179 [1.0100, 1.0300] | – |" in text
+    # the ladder's sweep halves its rises, but 1.5 of 50 is too few effective samples for the rule
+    assert "ESS median at least 6.25 of 50; here 0.50 and 1.5), the ladder's ratio is **not estimable" in text
     assert "so the ratio at N = 50 errs in q's favour" in text  # log Ẑ_N is biased low at every N
     odd = {"sizes": [1, 3, 6], "nll_q": [1.0, 1.1, 1.15], "nll_p": 1.2}  # default_sweep_sizes(6)
     assert report.doubling_fields(odd) == {"decay_per_doubling": None, "ppl_ratio_geometric_tail": None}
@@ -650,6 +652,20 @@ def test_closest_to_human_follows_the_rule_fixed_before_the_runs(totals, daemon_
 )
 def test_perplexity_claim_follows_the_rule_fixed_before_the_runs(low, high, extrapolated, status):
     assert report.perplexity_status(low, high, extrapolated) == status
+
+
+@pytest.mark.parametrize(
+    "decay, ess_median, status",
+    [
+        (0.5, 10.0, "measurement"),
+        (0.6, 8.0, "measurement"),  # both bounds are inclusive
+        (0.61, 30.0, "not estimable at this N"),  # the sweep is not shown to be near the b/N form
+        (0.5, 7.9, "not estimable at this N"),  # too few effective samples per prompt
+        (None, 30.0, "not estimable at this N"),  # the sweep cannot say (a rise that is not positive)
+    ],
+)
+def test_ladder_point_is_a_measurement_only_by_the_rule_fixed_before_it_ran(decay, ess_median, status):
+    assert report.ladder_status(decay, ess_median, num_samples=64) == status
 
 
 def test_claims_table_computes_t_from_the_paired_gaps(tmp_path):

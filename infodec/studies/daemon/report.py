@@ -357,6 +357,23 @@ def perplexity_status(ratio_low: float, ratio_high: float, extrapolated_ratio: f
     return "failed" if ratio_low > 1 else "not shown"
 
 
+# The ε-ladder point's rule, fixed in docs/results/daemon.md before any ladder sample was drawn: its ratio is
+# a measurement of q_ε's ε-perplexity only if Ẑ_ε's N sweep has nearly the b/N form and the weights spread.
+LADDER_MAX_DECAY = 0.6  # the N sweep's rises shrink by at most this per doubling (b/N: 0.5)
+LADDER_MIN_ESS_SHARE = 1 / 8  # per-prompt ESS median at least this share of N (8 of 64)
+
+
+def ladder_status(decay_per_doubling: float | None, ess_median: float, num_samples: int) -> str:
+    """Whether the ``epsilon_ladder_perplexity`` point measures q_ε's ε-perplexity: "measurement" when its
+    N sweep's rises shrink by at most :data:`LADDER_MAX_DECAY` per doubling and the per-prompt ESS median
+    is at least :data:`LADDER_MIN_ESS_SHARE` of N; "not estimable at this N" otherwise, and when the sweep
+    cannot say (``decay_per_doubling`` None: fewer than three doubling sizes or a rise that is not
+    positive), since the rule asks for the shrink to be shown."""
+    shrinks = decay_per_doubling is not None and decay_per_doubling <= LADDER_MAX_DECAY
+    spread = ess_median >= LADDER_MIN_ESS_SHARE * num_samples
+    return "measurement" if shrinks and spread else "not estimable at this N"
+
+
 def claim_rows(records: Records, config: DaemonConfig) -> list[dict[str, Any]]:
     """One ``claims.csv`` row per corpus and claim of [P3] that the folder's points can judge."""
     rows: list[dict[str, Any]] = []
@@ -848,6 +865,24 @@ def _ladder_lines(record: dict[str, Any] | None, level: str) -> list[str]:
         "",
         *_sweep_lines(record["n_sweep"], record["num_samples"], "Ẑ_ε", "q_ε"),
         *_weights_lines(record, "Ẑ_ε"),
+        *_ladder_status_lines(record),
+    ]
+
+
+def _ladder_status_lines(record: dict[str, Any]) -> list[str]:
+    """The ladder point's :func:`ladder_status`, with the numbers it reads (none for a record without weights)."""
+    w = record.get("weights")
+    if w is None:
+        return []
+    decay = doubling_fields(record["n_sweep"])["decay_per_doubling"]
+    n = record["num_samples"]
+    status = ladder_status(decay, w["ess_median"], n)
+    shown = "not shown" if decay is None else f"{decay:.2f}"
+    return [
+        f"By the rule fixed before the ladder ran (rises shrinking by at most {LADDER_MAX_DECAY:g} per doubling, "
+        f"ESS median at least {LADDER_MIN_ESS_SHARE * n:g} of {n}; here {shown} and {w['ess_median']:.3g}), the "
+        f"ladder's ratio is **{status}**.",
+        "",
     ]
 
 
