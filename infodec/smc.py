@@ -41,6 +41,7 @@ from infodec.daemon import resample as daemon_resample
 from infodec.daemon.sampling import sanitize_log_weights
 from infodec.decoding import GenerateOutput, finish, prefill, select, step
 from infodec.decoding.engine import StopTokens, encode_prompts
+from infodec.eval.stats import kish_ess
 from infodec.policies import Policy
 from infodec.theory import PrefixTree, Solution, reward_tables, sequence_index
 from infodec.theory.tree import logsumexp
@@ -126,8 +127,7 @@ def log_mean_exp(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def effective_sample_size(log_weights: np.ndarray) -> np.ndarray:
     """``(Σ w)² / Σ w²`` over the last axis, in ``[1, M]`` (``M`` for a row with no finite weight)."""
-    w = np.asarray(normalized_weights(jnp.asarray(log_weights)), np.float64)
-    return 1.0 / np.sum(w * w, axis=-1)
+    return kish_ess(normalized_weights(jnp.asarray(log_weights)))
 
 
 # --- potentials -------------------------------------------------------------------------------------

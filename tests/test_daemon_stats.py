@@ -124,6 +124,14 @@ def test_holm_adjust_matches_a_hand_computed_example():
         stats.holm_adjust([0.5, 1.5])
 
 
+def test_kish_ess_counts_equal_weights_fully_and_a_dominant_weight_once():
+    weights = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]])
+    # [3, 1]: (3 + 1)² / (9 + 1) = 1.6, and scaling the weights does not change it.
+    np.testing.assert_allclose(stats.kish_ess(weights), [4.0, 1.0, 1.6])
+    np.testing.assert_allclose(stats.kish_ess(7.0 * weights), [4.0, 1.0, 1.6])
+    np.testing.assert_allclose(stats.kish_ess(weights.T, axis=0), [4.0, 1.0, 1.6])
+
+
 def test_t_test_p_value_is_scipys_one_sample_t_test():
     values = np.array([0.3, -0.1, 0.5, 0.2, 0.9, -0.4, 0.6])
     assert stats.t_test_p_value(values) == pytest.approx(scipy_stats.ttest_1samp(values, 0.0)[1], rel=1e-10)

@@ -51,6 +51,7 @@ import optax
 from infodec.daemon import metrics as metrics_lib
 from infodec.decoding import memory
 from infodec.decoding.engine import StopTokens, encode_prompts, generate
+from infodec.eval.stats import kish_ess
 from infodec.policies.standard import Temperature
 
 Array = jax.Array
@@ -341,8 +342,8 @@ def fit_coefficients(
         residual=residual,
         residual_norm=float(np.linalg.norm(residual)),
         residual_norm_standardized=float(np.linalg.norm(residual / std)),
-        ess=1.0 / np.sum(per_prefix**2, axis=1),
-        ess_global=float(1.0 / np.sum(joint**2)),
+        ess=kish_ess(per_prefix, axis=1),
+        ess_global=float(kish_ess(joint)),
         weights=weights,
         loss_history=np.asarray(history[: int(taken) + 1], np.float64),
         steps=int(taken),

@@ -66,7 +66,7 @@ from infodec.daemon import metrics as metrics_lib
 from infodec.daemon import sampling as sampling_lib
 from infodec.decoding.engine import StopTokens
 from infodec.decoding.scoring import continuation_log_probs
-from infodec.eval.stats import clustered_ratio, confidence_interval
+from infodec.eval.stats import clustered_ratio, confidence_interval, kish_ess
 
 # Expected uniform-drawn tokens per continuation above which p_θ samples cannot estimate Ẑ_ε (docstring).
 MAX_SMOOTHED_TOKENS = 0.05
@@ -143,7 +143,7 @@ def perplexity_under_q(
         nll_q=nll_q,
         ppl_p=float(np.exp(nll_p)),
         ppl_q=float(np.exp(nll_q)),
-        ess=1.0 / np.sum(weights**2, axis=1),
+        ess=kish_ess(weights, axis=1),
         top_weight=weights.max(axis=1),
     )
 

@@ -135,6 +135,14 @@ def combined_se(*ses: float) -> float:
     return float(np.sqrt(np.sum(np.square(np.asarray(ses, np.float64)))))
 
 
+def kish_ess(weights, axis: int = -1) -> np.ndarray:
+    """Kish's effective sample size ``(Σ w)² / Σ w²`` of non-negative importance weights over ``axis``
+    (float64; in ``[1, n]``, and ``1 / Σ w²`` for self-normalised weights). How many equally weighted
+    samples carry the same information: 1 when one weight dominates, ``n`` when all are equal."""
+    w = np.asarray(weights, np.float64)
+    return np.sum(w, axis=axis) ** 2 / np.sum(w * w, axis=axis)
+
+
 def t_test_p_value(values) -> float:
     """Two-sided p-value of Student's one-sample t-test of "the mean of ``values`` is 0" (``n − 1`` dof,
     i.i.d. values; a paired t-test when ``values`` are per-row differences).
