@@ -196,6 +196,16 @@ def test_perplexity_report_measures_how_concentrated_each_prefixs_weights_are():
     report = tp.perplexity_under_q(np.zeros(2), np.zeros((2, 1)), feats, np.array([-1.0]))
     np.testing.assert_allclose(report.ess, [1.6, 2.0], rtol=1e-12)
     np.testing.assert_allclose(report.top_weight, [0.75, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(report.weights, [[0.25, 0.75], [0.5, 0.5]], rtol=1e-12)
+
+
+def test_weight_summary_says_which_ladder_rung_holds_the_weight():
+    # N = 4, two rungs (sample i from rung i mod 2): prefix 0's weights ∝ (1, 3, 1, 3) put 3/4 on rung 1,
+    # prefix 1's are equal, so the shares averaged over prefixes are (3/8, 5/8)
+    feats = np.log(np.array([[1.0, 3.0, 1.0, 3.0], [1.0, 1.0, 1.0, 1.0]]))[..., None]
+    report = tp.perplexity_under_q(np.zeros(2), np.zeros((2, 1)), feats, np.array([-1.0]))
+    np.testing.assert_allclose(study.weight_summary(report, rungs=2)["rung_shares"], [0.375, 0.625], rtol=1e-12)
+    assert "rung_shares" not in study.weight_summary(report)  # plain samples have no rungs
 
 
 def test_doubling_check_reads_the_form_of_the_bias_from_the_increments():
@@ -454,6 +464,7 @@ def test_epsilon_ladder_point_interleaves_its_rungs_and_weighs_by_the_mixture():
     assert ratios.max() <= np.log(2) + 1e-9
     point = s.epsilon_perplexity(mu, 8, jax.random.key(5), epsilon=eps, rungs=2, sizes=(2, 4, 8))
     assert point["ladder"] == [eps, eps / 2] and point["n_sweep"]["groups"] == [4, 2, 1]
+    assert len(point["weights"]["rung_shares"]) == 2 and sum(point["weights"]["rung_shares"]) == pytest.approx(1)
     with pytest.raises(ValueError, match="multiple of 2"):
         s.epsilon_perplexity(mu, 8, key, epsilon=eps, rungs=2, sizes=(1, 2, 8))
 
@@ -573,6 +584,7 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     ladder_point = {**records[-1], "key": "wiki/epsilon_ladder_perplexity/N=50,eps=1e-06,rungs=2"}
     ladder_point.update(study="epsilon_ladder_perplexity", ladder=[1e-6, 5e-7], eps_ppl_q=28.5)
     ladder_point["paired"] = {**paired, "ppl_ratio": 1.0179, "ppl_ratio_low": 1.01, "ppl_ratio_high": 1.03}
+    ladder_point["weights"] = {**ladder_point["weights"], "rung_shares": [0.8, 0.2]}
     records.append(ladder_point)
     top_p_paired = {**paired, "ppl_ratio": 1.5, "ppl_ratio_low": 1.4, "ppl_ratio_high": 1.6}
     records.append(
@@ -627,6 +639,9 @@ def test_report_builds_gap_and_perplexity_tables_from_a_results_folder(tmp_path)
     # the ladder's sweep halves its rises, but 1.5 of 50 is too few effective samples for the rule
     assert "ESS median at least 6.25 of 50; here 0.50 and 1.5), the ladder's ratio is **not estimable" in text
     assert "so the ratio at N = 50 errs in q's favour" in text  # log Ẑ_N is biased low at every N
+    # only the ladder point has rungs to share the weight among
+    assert text.count("held by each rung's samples, averaged over prompts: 0.80 (ε = 1e-06), 0.20 (ε = 5e-07).") == 1
+    assert text.count("held by each rung's samples") == 1
     odd = {"sizes": [1, 3, 6], "nll_q": [1.0, 1.1, 1.15], "nll_p": 1.2}  # default_sweep_sizes(6)
     assert report.doubling_fields(odd) == {"decay_per_doubling": None, "ppl_ratio_geometric_tail": None}
     assert "effective sample size median 1.5 (10th percentile 1.01, minimum 1)" in text

@@ -119,6 +119,7 @@ def test_smoke_run_writes_tables_and_plots_and_a_rerun_resumes(tmp_path):
     ]
     assert all(p["num_texts"] == 2 and p["num_samples"] == 8 for p in points[-3:])
     assert points[-1]["ladder"] == [1e-6, 5e-7, 2.5e-7, 1.25e-7] and points[-1]["n_sweep"]["sizes"] == [4, 8]
+    assert len(points[-1]["weights"]["rung_shares"]) == 4 and "rung_shares" not in points[-2]["weights"]
     # greedy's π is one-hot: each human token that is not the argmax gets only ε's share
     greedy = points[-4]["decoders"]["greedy"]
     assert list(points[-4]["decoders"]) == ["greedy"] and greedy["truncated_tokens"] > 0

@@ -80,8 +80,10 @@ class PerplexityReport:
     log_z: ``[J]`` ``log Ẑ(c_j, µ)``; log_q ``[J]`` ``log q_µ(x_j|c_j)``; log_p ``[J]`` ``log p_θ(x_j|c_j)``.
     nll_p, nll_q: mean negative log-likelihood per token under p_θ and q.
     ppl_p, ppl_q: ``exp`` of those.
-    ess: ``[J]`` effective sample size ``1 / Σ_i w_i²`` of each prefix's self-normalised weights, in
-      ``[1, N]``; top_weight: ``[J]`` the largest ``w_i``. An ``ess`` near 1 means one sample is ``Ẑ``.
+    weights: ``[J, N]`` each prefix's self-normalised weights ``w_i`` (summing to 1 over its ``N``
+      samples): which samples ``Ẑ`` rests on.
+    ess: ``[J]`` effective sample size ``1 / Σ_i w_i²`` of each prefix's weights, in ``[1, N]``;
+      top_weight: ``[J]`` the largest ``w_i``. An ``ess`` near 1 means one sample is ``Ẑ``.
     """
 
     num_samples: int
@@ -93,6 +95,7 @@ class PerplexityReport:
     nll_q: float
     ppl_p: float
     ppl_q: float
+    weights: np.ndarray
     ess: np.ndarray
     top_weight: np.ndarray
 
@@ -143,6 +146,7 @@ def perplexity_under_q(
         nll_q=nll_q,
         ppl_p=float(np.exp(nll_p)),
         ppl_q=float(np.exp(nll_q)),
+        weights=weights,
         ess=kish_ess(weights, axis=1),
         top_weight=weights.max(axis=1),
     )

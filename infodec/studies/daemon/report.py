@@ -858,8 +858,9 @@ def _ladder_lines(record: dict[str, Any] | None, level: str) -> list[str]:
         f"The same ε-perplexity of q_ε with Ẑ_ε from an ε ladder (added after the runs above; descriptive): "
         f"N = {record['num_samples']} samples per prompt, {record['num_samples'] // len(ladder)} from each "
         f"smoothing ε = {', '.join(f'{e:g}' for e in ladder)}, each weighted by p_ε / p_mix (p_mix the "
-        f"smoothings' equal mixture; unbiased for Ẑ_ε, and no ratio exceeds {len(ladder)}). Since q_ε's tilt "
-        "falls with every uniform-drawn token, the lower rungs sample where its mass is. ε-perplexity "
+        f"smoothings' equal mixture; unbiased for Ẑ_ε, and no ratio exceeds {len(ladder)}). The lower rungs "
+        "draw fewer uniform tokens, for q_ε's mass if its tilt falls with each; the weight each rung's samples "
+        "hold (below) says whether it does. ε-perplexity "
         f"{record['eps_ppl_q']:.4g} under q_ε against {record['eps_ppl_model']:.4g} under p_ε: ratio "
         f"{paired['ppl_ratio']:.4f}, {level} CI [{paired['ppl_ratio_low']:.4f}, {paired['ppl_ratio_high']:.4f}].",
         "",
@@ -896,9 +897,18 @@ def _weights_lines(record: dict[str, Any], z: str) -> list[str]:
         f"Weights behind {z} (per prompt, self-normalised over its N = {record['num_samples']}): effective sample "
         f"size median {w['ess_median']:.3g} (10th percentile {w['ess_p10']:.3g}, minimum {w['ess_min']:.3g}); the "
         f"largest single weight has median {w['top_weight_median']:.2f} and exceeds one half in "
-        f"{100 * w['share_top_over_half']:.0f}% of prompts.",
+        f"{100 * w['share_top_over_half']:.0f}% of prompts." + _rung_shares_sentence(record),
         "",
     ]
+
+
+def _rung_shares_sentence(record: dict[str, Any]) -> str:
+    """Where an ε ladder's weight sits (``study.weight_summary``'s ``rung_shares``), if recorded."""
+    shares = record.get("weights", {}).get("rung_shares")
+    if shares is None:
+        return ""
+    by_rung = ", ".join(f"{share:.2f} (ε = {e:g})" for share, e in zip(shares, record["ladder"], strict=True))
+    return f" Share of the weight held by each rung's samples, averaged over prompts: {by_rung}."
 
 
 EPSILON_LABELS = {

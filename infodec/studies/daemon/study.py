@@ -191,17 +191,26 @@ def perplexity_summary(logp: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     return {"ppl": float(np.exp(nll.sum() / count.sum())), "nll_per_row": mean_se(nll / count)}
 
 
-def weight_summary(report: ppl_lib.PerplexityReport) -> dict[str, float]:
+def weight_summary(report: ppl_lib.PerplexityReport, rungs: int = 1) -> dict[str, Any]:
     """How concentrated each prompt's ``Ẑ`` weights are (``PerplexityReport.ess`` / ``top_weight``): the
     median, first decile and minimum ESS of the ``N``, the median top weight, and the share of prompts
-    whose top sample holds over half the weight. Heavy concentration is why an N sweep may not decay."""
-    return {
+    whose top sample holds over half the weight. Heavy concentration is why an N sweep may not decay.
+
+    With an ε ladder of ``rungs > 1`` (sample ``i`` from rung ``i mod rungs``, :func:`ladder_rows`), also
+    ``rung_shares``: per rung, the weight its samples hold, averaged over prompts (sums to 1). It says
+    where q_ε's mass is found: a ladder whose lower rungs hold little weight samples q_ε no better than
+    p_ε alone."""
+    summary: dict[str, Any] = {
         "ess_median": float(np.median(report.ess)),
         "ess_p10": float(np.percentile(report.ess, 10)),
         "ess_min": float(report.ess.min()),
         "top_weight_median": float(np.median(report.top_weight)),
         "share_top_over_half": float(np.mean(report.top_weight > 0.5)),
     }
+    if rungs > 1:
+        by_rung = report.weights.reshape(report.weights.shape[0], -1, rungs).sum(axis=1)  # [J, rungs]
+        summary["rung_shares"] = [float(share) for share in by_rung.mean(axis=0)]
+    return summary
 
 
 def ladder_rows(ladder: Sequence[float], rows: int) -> np.ndarray:
@@ -811,7 +820,7 @@ class DaemonStudy:
             "eps_ppl_q": report.ppl_q,
             "paired": ppl_lib.paired_log_perplexity_ci(report.log_p, report.log_q, tokens, docs, level=level),
             "n_sweep": sweep.to_json(),
-            "weights": weight_summary(report),
+            "weights": weight_summary(report, rungs),
         }
 
     def baseline_epsilon_perplexity(
