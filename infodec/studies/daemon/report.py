@@ -859,8 +859,8 @@ def _ladder_lines(record: dict[str, Any] | None, level: str) -> list[str]:
         f"N = {record['num_samples']} samples per prompt, {record['num_samples'] // len(ladder)} from each "
         f"smoothing ε = {', '.join(f'{e:g}' for e in ladder)}, each weighted by p_ε / p_mix (p_mix the "
         f"smoothings' equal mixture; unbiased for Ẑ_ε, and no ratio exceeds {len(ladder)}). The lower rungs "
-        "draw fewer uniform tokens, for q_ε's mass if its tilt falls with each; the weight each rung's samples "
-        "hold (below) says whether it does. ε-perplexity "
+        "draw fewer uniform tokens, so they sample q_ε's mass if its tilt falls with each such token; the weight "
+        "each rung's samples hold (below) says whether they do. ε-perplexity "
         f"{record['eps_ppl_q']:.4g} under q_ε against {record['eps_ppl_model']:.4g} under p_ε: ratio "
         f"{paired['ppl_ratio']:.4f}, {level} CI [{paired['ppl_ratio_low']:.4f}, {paired['ppl_ratio_high']:.4f}].",
         "",
