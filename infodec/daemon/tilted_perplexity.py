@@ -50,7 +50,10 @@ Uncertainty and bias (issue 19):
   ``p_ε(x) / p_mix(x)`` with ``p_mix = mean_r p_{ε_r}`` (the deterministic-mixture, or balance-heuristic,
   estimator of Veach & Guibas 1995 and Owen & Zhou 2000): ``Ẑ_ε = mean_i (p_ε/p_mix)(x_i) exp(−µᵀf(x_i))``
   is unbiased whatever µ is, as long as every rung gets the same share of each group of samples, and
-  because p_ε is a rung, ``p_ε / p_mix ≤ R``: no sample's weight can explode.
+  because p_ε is a rung, ``p_ε / p_mix ≤ R``: no sample's weight can explode. The premise (q_ε's mass
+  on samples with fewer uniform tokens) is an empirical claim: the share of the weight each rung holds
+  (``studies.daemon.study.weight_summary``'s ``rung_shares``) tests it, and on gemma3-270m news it failed
+  (the two lowest of four rungs held 1%; docs/results/daemon.md).
 """
 
 from __future__ import annotations
