@@ -84,9 +84,7 @@ class PerplexityReport:
     nll_p, nll_q: mean negative log-likelihood per token under p_θ and q.
     ppl_p, ppl_q: ``exp`` of those.
     weights: ``[J, N]`` each prefix's self-normalised weights ``w_i`` (summing to 1 over its ``N``
-      samples): which samples ``Ẑ`` rests on.
-    ess: ``[J]`` effective sample size ``1 / Σ_i w_i²`` of each prefix's weights, in ``[1, N]``;
-      top_weight: ``[J]`` the largest ``w_i``. An ``ess`` near 1 means one sample is ``Ẑ``.
+      samples): which samples ``Ẑ`` rests on (:attr:`ess` and :attr:`top_weight` summarise them).
     """
 
     num_samples: int
@@ -99,8 +97,17 @@ class PerplexityReport:
     ppl_p: float
     ppl_q: float
     weights: np.ndarray
-    ess: np.ndarray
-    top_weight: np.ndarray
+
+    @property
+    def ess(self) -> np.ndarray:
+        """``[J]`` effective sample size ``1 / Σ_i w_i²`` of each prefix's weights, in ``[1, N]``; near 1
+        means one sample is ``Ẑ``."""
+        return kish_ess(self.weights, axis=1)
+
+    @property
+    def top_weight(self) -> np.ndarray:
+        """``[J]`` each prefix's largest ``w_i``."""
+        return self.weights.max(axis=1)
 
 
 def perplexity_under_q(
@@ -150,8 +157,6 @@ def perplexity_under_q(
         ppl_p=float(np.exp(nll_p)),
         ppl_q=float(np.exp(nll_q)),
         weights=weights,
-        ess=kish_ess(weights, axis=1),
-        top_weight=weights.max(axis=1),
     )
 
 

@@ -897,17 +897,15 @@ def _weights_lines(record: dict[str, Any], z: str) -> list[str]:
         f"Weights behind {z} (per prompt, self-normalised over its N = {record['num_samples']}): effective sample "
         f"size median {w['ess_median']:.3g} (10th percentile {w['ess_p10']:.3g}, minimum {w['ess_min']:.3g}); the "
         f"largest single weight has median {w['top_weight_median']:.2f} and exceeds one half in "
-        f"{100 * w['share_top_over_half']:.0f}% of prompts." + _rung_shares_sentence(record),
+        f"{100 * w['share_top_over_half']:.0f}% of prompts."
+        + (_rung_shares_sentence(w["rung_shares"], record["ladder"]) if "rung_shares" in w else ""),
         "",
     ]
 
 
-def _rung_shares_sentence(record: dict[str, Any]) -> str:
-    """Where an ε ladder's weight sits (``study.weight_summary``'s ``rung_shares``), if recorded."""
-    shares = record.get("weights", {}).get("rung_shares")
-    if shares is None:
-        return ""
-    by_rung = ", ".join(f"{share:.2f} (ε = {e:g})" for share, e in zip(shares, record["ladder"], strict=True))
+def _rung_shares_sentence(shares: list[float], ladder: list[float]) -> str:
+    """Where an ε ladder's weight sits (``study.weight_summary``'s ``rung_shares``)."""
+    by_rung = ", ".join(f"{share:.2f} (ε = {e:g})" for share, e in zip(shares, ladder, strict=True))
     return f" Share of the weight held by each rung's samples, averaged over prompts: {by_rung}."
 
 
