@@ -132,6 +132,12 @@ def test_kish_ess_counts_equal_weights_fully_and_a_dominant_weight_once():
     np.testing.assert_allclose(stats.kish_ess(weights.T, axis=0), [4.0, 1.0, 1.6])
 
 
+def test_kish_ess_is_zero_when_no_weight_is_carried_nan_for_a_nan_weight_and_refuses_negative_ones():
+    np.testing.assert_array_equal(stats.kish_ess([[0.0, 0.0], [0.0, 2.0], [1.0, np.nan]]), [0.0, 1.0, np.nan])
+    with pytest.raises(ValueError, match="non-negative weights; got -0.5"):
+        stats.kish_ess([1.0, -0.5])
+
+
 def test_t_test_p_value_is_scipys_one_sample_t_test():
     values = np.array([0.3, -0.1, 0.5, 0.2, 0.9, -0.4, 0.6])
     assert stats.t_test_p_value(values) == pytest.approx(scipy_stats.ttest_1samp(values, 0.0)[1], rel=1e-10)

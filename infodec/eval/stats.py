@@ -138,9 +138,14 @@ def combined_se(*ses: float) -> float:
 def kish_ess(weights, axis: int = -1) -> np.ndarray:
     """Kish's effective sample size ``(Σ w)² / Σ w²`` of non-negative importance weights over ``axis``
     (float64; in ``[1, n]``, and ``1 / Σ w²`` for self-normalised weights). How many equally weighted
-    samples carry the same information: 1 when one weight dominates, ``n`` when all are equal."""
+    samples carry the same information: 1 when one weight dominates, ``n`` when all are equal, and 0 for
+    a row whose weights are all zero (no sample carries any); NaN where a row has a NaN weight (a fit
+    that diverged reports it rather than stopping). Raises on a negative weight."""
     w = np.asarray(weights, np.float64)
-    return np.sum(w, axis=axis) ** 2 / np.sum(w * w, axis=axis)
+    if (w < 0).any():
+        raise ValueError(f"kish_ess needs non-negative weights; got {w[w < 0][0]:g}")
+    total, squares = np.sum(w, axis=axis), np.sum(w * w, axis=axis)
+    return np.divide(total**2, squares, out=np.zeros_like(total), where=squares != 0)
 
 
 def t_test_p_value(values) -> float:
