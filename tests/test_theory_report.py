@@ -18,6 +18,7 @@ from absl import app
 
 from experiments import theory as launcher
 from infodec.studies import theory_check
+from infodec.studies.theory_check import report as report_module
 from infodec.studies.theory_check import study as theory_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,3 +160,42 @@ def test_launcher_exits_with_the_message():
     assert result.returncode != 0
     assert "--vocab must be in [2, 8], got 12" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_summary_rows_give_each_kinds_worst_number():
+    tol32, tol64 = theory_report.TOLERANCES["policy_float32"], theory_report.TOLERANCES["float64"]
+    records = [
+        {"kind": "closed-form", "model": 0, "name": "a", "passed": True, "max_abs_diff": 2e-8, "tolerance": tol32},
+        {"kind": "closed-form", "model": 1, "name": "a", "passed": False, "max_abs_diff": 3e-5, "tolerance": tol32},
+        {"kind": "dp-vs-myopic", "model": 0, "name": "t", "passed": True, "min_gap": 0.5, "min_gap_decoder": "x"},
+        {"kind": "dp-vs-myopic", "model": 1, "name": "t", "passed": True, "min_gap": 0.25, "min_gap_decoder": "y"},
+        # float64 cases: the worst is an objective difference; the float32 ones: a policy object, then last-step.
+        {
+            "kind": "exact-case",
+            "model": 0,
+            "name": "e",
+            "passed": True,
+            "max_abs_diff": 1e-16,
+            "objective_diff": 4e-15,
+            "value_diff": 0.0,
+            "policy_diff": 6e-8,
+            "tolerance": tol64,
+        },
+        {"kind": "exact-case", "model": 1, "name": "last", "passed": True, "max_abs_diff": 9e-8, "tolerance": tol32},
+        {"kind": "chi-square", "model": 0, "name": "own", "passed": True, "p_value": 0.2},
+        {"kind": "chi-square", "model": 1, "name": "own", "passed": True, "p_value": 0.04},
+        {"kind": "chi-square", "model": 0, "name": "power-x", "passed": True, "p_value": 1e-9},
+        {"kind": "chi-square", "model": 1, "name": "power-x", "passed": True, "error": "boom"},
+    ]
+    titles = {title: kind for kind, title in report_module.KIND_TITLES.items()}
+    rows = {titles[r["check"]]: r for r in report_module.summary_rows(records, num_models=2)}
+    assert rows["closed-form"] == {
+        "check": report_module.KIND_TITLES["closed-form"],
+        "per model": 1,
+        "passed": "1/2",
+        "worst result": "max |Δπ| = 3.0e-05 (tolerance 1e-05)",
+    }
+    assert rows["dp-vs-myopic"]["worst result"] == "smallest gap 0.25 nats (y, model 1)"
+    assert rows["exact-case"]["worst result"] == "4.0e-15 in float64, 9.0e-08 for float32 policy objects"
+    assert rows["chi-square"]["worst result"] == "own laws (2): p from 0.04 to 0.2; power checks (1): p ≤ 1e-09"
+    assert rows["chi-square"]["passed"] == "4/4" and rows["chi-square"]["per model"] == 2

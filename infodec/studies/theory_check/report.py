@@ -202,6 +202,58 @@ KIND_TITLES = {
 }
 
 
+def _largest(rows: list[dict], *fields: str) -> float:
+    """The largest of ``fields`` over ``rows`` (fields a row lacks are skipped)."""
+    return max(r[f] for r in rows for f in fields if f in r)
+
+
+def _worst_result(kind: str, rows: list[dict]) -> str:
+    """The number a reader checks first for one kind of check, in words: the largest error against the
+    exact answer, the smallest margin, or the p-values' range."""
+    if kind == "closed-form":
+        return f"max |Δπ| = {_largest(rows, 'max_abs_diff'):.1e} (tolerance {TOLERANCES['policy_float32']:g})"
+    if kind == "dp-vs-enumeration":
+        return (
+            f"max |ΔV|, |Δq| = {_largest(rows, 'max_abs_diff', 'value_diff'):.1e} (tolerance {TOLERANCES['float64']:g})"
+        )
+    if kind == "dp-vs-myopic":
+        r = min(rows, key=lambda r: r["min_gap"])
+        return f"smallest gap {r['min_gap']:.2g} nats ({r['min_gap_decoder']}, model {r['model']})"
+    if kind == "exact-case":
+        exact = [r for r in rows if r["tolerance"] == TOLERANCES["float64"]]
+        float64 = _largest(exact, "max_abs_diff", "objective_diff", "value_diff") if exact else float("nan")
+        policies = _largest(rows, "policy_diff") if any("policy_diff" in r for r in rows) else float("nan")
+        last_steps = [r["max_abs_diff"] for r in rows if r["tolerance"] == TOLERANCES["policy_float32"]]
+        policies = max([policies, *last_steps]) if last_steps else policies
+        return f"{float64:.1e} in float64, {policies:.1e} for float32 policy objects"
+    own = [r["p_value"] for r in rows if not r["name"].startswith("power")]
+    power = [r["p_value"] for r in rows if r["name"].startswith("power")]
+    return (
+        f"own laws ({len(own)}): p from {min(own, default=float('nan')):.2g} to {max(own, default=float('nan')):.2g}; "
+        f"power checks ({len(power)}): p ≤ {max(power, default=float('nan')):.2g}"
+    )
+
+
+def summary_rows(records: list[dict], num_models: int) -> list[dict]:
+    """One row per kind of check: how many per model, how many passed, and :func:`_worst_result` over the
+    records that hold numbers."""
+    rows = []
+    for kind, title in KIND_TITLES.items():
+        records_of_kind = [r for r in records if r["kind"] == kind]
+        if not records_of_kind:
+            continue
+        measured = _measured(records, kind)
+        rows.append(
+            {
+                "check": title,
+                "per model": len(records_of_kind) // max(num_models, 1),
+                "passed": f"{sum(r['passed'] for r in records_of_kind)}/{len(records_of_kind)}",
+                "worst result": _worst_result(kind, measured) if measured else "no numbers (every check crashed)",
+            }
+        )
+    return rows
+
+
 def _seeds(c: ReportConfig) -> str:
     return f"{c.seed}..{c.seed + c.num_models - 1}" if c.num_models > 1 else str(c.seed)
 
@@ -228,6 +280,13 @@ def render_markdown(config: ReportConfig, records: list[dict]) -> str:
         f"passed.** Compute time {compute:.1f} s (sum over points).",
         "",
         f"Tolerances: {', '.join(f'{k} {v:g}' for k, v in TOLERANCES.items())}; chi-square α = {ALPHA:g}.",
+        "",
+        "| check | per model | passed | worst result |",
+        "|---|---|---|---|",
+        *(
+            f"| {r['check']} | {r['per model']} | {r['passed']} | {_cell(r['worst result'])} |"
+            for r in summary_rows(records, c.num_models)
+        ),
         "",
         "![theory check](theory.png)",
     ]
