@@ -52,8 +52,9 @@ Uncertainty and bias (issue 19):
   is unbiased whatever µ is, as long as every rung gets the same share of each group of samples, and
   because p_ε is a rung, ``p_ε / p_mix ≤ R``: no sample's weight can explode. The premise (q_ε's mass
   on samples with fewer uniform tokens) is an empirical claim: the share of the weight each rung holds
-  (``studies.daemon.study.weight_summary``'s ``rung_shares``) tests it, and on gemma3-270m news it failed
-  (the two lowest of four rungs held 1%; docs/results/daemon.md).
+  (``studies.daemon.study.weight_summary``'s ``rung_shares``) tests it. On gemma3-270m news it failed
+  (the two lowest of four rungs held 1%); on wiki it held in part (ε/2 and ε/4 held 57%), but one sample
+  per prompt still carried most of the weight (docs/results/daemon.md).
 """
 
 from __future__ import annotations
