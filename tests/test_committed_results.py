@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from experiments.report import STUDIES
+
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
 def _study(folder: Path) -> str:
     top = folder.relative_to(RESULTS).parts[0]
-    return next(s for s in ("daemon", "tradeoff", "theory_check", "guidance") if top.startswith(s))
+    return next(s for s in STUDIES if top.startswith(s))
 
 
 FOLDERS = sorted(p.parent for p in RESULTS.rglob("report.md") if ".partial" not in p.parts)
@@ -26,7 +28,7 @@ FOLDERS = sorted(p.parent for p in RESULTS.rglob("report.md") if ".partial" not 
 
 def test_every_results_folder_with_a_report_is_covered():
     assert len(FOLDERS) >= 10  # the daemon, tradeoff, theory-check and guidance folders
-    assert {_study(f) for f in FOLDERS} == {"daemon", "tradeoff", "theory_check", "guidance"}
+    assert {_study(f) for f in FOLDERS} == set(STUDIES)
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: str(f.relative_to(RESULTS)))

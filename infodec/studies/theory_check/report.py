@@ -203,8 +203,8 @@ KIND_TITLES = {
 
 
 def _largest(rows: list[dict], *fields: str) -> float:
-    """The largest of ``fields`` over ``rows`` (fields a row lacks are skipped)."""
-    return max(r[f] for r in rows for f in fields if f in r)
+    """The largest of ``fields`` over ``rows`` (fields a row lacks are skipped; NaN when none has one)."""
+    return max((r[f] for r in rows for f in fields if f in r), default=float("nan"))
 
 
 def _worst_result(kind: str, rows: list[dict]) -> str:
@@ -221,7 +221,7 @@ def _worst_result(kind: str, rows: list[dict]) -> str:
         return f"smallest gap {r['min_gap']:.2g} nats ({r['min_gap_decoder']}, model {r['model']})"
     if kind == "exact-case":
         exact = [r for r in rows if r["tolerance"] == TOLERANCES["float64"]]
-        float64 = _largest(exact, "max_abs_diff", "objective_diff", "value_diff") if exact else float("nan")
+        float64 = _largest(exact, "max_abs_diff", "objective_diff", "value_diff")
         # float32 policy objects: those compared beside a float64 case, and the cases checked in float32 alone
         policies = max(
             [r["policy_diff"] for r in rows if "policy_diff" in r]
